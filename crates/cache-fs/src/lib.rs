@@ -1,1 +1,776 @@
-//! placeholder
+//! A verified on-disk cache of serialized wasmtime artifacts, the bottom layer of Strata's
+//! module cache.
+//!
+//! Layout: `<dir>/v<FORMAT_VERSION>-<engine fingerprint hex>/<wasm hash hex>.cwasm`. A folder
+//! per format version and engine fingerprint means an artifact of another wasmtime version or
+//! engine configuration is never even opened; [`FsCache::prune`] removes such folders.
+//!
+//! Each file is the artifact followed by a 192-byte trailer (magic, format version, engine
+//! fingerprint, wasm hash, artifact length and sha256, optional HMAC tag, trailer digest); see
+//! [`FORMAT_VERSION`] and the `docs/ARCHITECTURE.md` section on the cache for the byte layout.
+//!
+//! Loads, by [`Verification`] mode:
+//! - `Verified` (default): the file is read once into memory; the trailer and the sha256 of
+//!   exactly those bytes are checked, and those same bytes are deserialized. Nothing
+//!   unverified reaches wasmtime's `unsafe` deserializer, and there is no window in which the
+//!   file can be swapped between check and use.
+//! - `Authenticated { key }`: as `Verified`, plus an HMAC-SHA256 tag over the trailer (which
+//!   holds the artifact's sha256). The key comes from the caller and is never written to the
+//!   cache directory; it defends against an attacker who can write the directory.
+//! - `Trusted`: the trailer is checked (cheap), then the file is mapped by wasmtime without
+//!   hashing. For directories only the node can write.
+//!
+//! Any bad file (truncated, corrupt, tampered, swapped, foreign engine, wrong tag) is a miss:
+//! it is removed, counted as `rejected`, and the caller recompiles. Writes go to a uniquely
+//! named temp file in the same folder, then fsync, rename and fsync of the folder, so several
+//! processes can share one directory and a crash never leaves a half-written entry under a
+//! final name. An optional byte limit evicts the least recently used files.
+//!
+//! # Example
+//!
+//! ```
+//! use cache_core::{CacheKey, ModuleCache};
+//! use cache_fs::{FsCache, FsCacheConfig, Verification};
+//! use wasmtime::{Engine, Instance, Module, Store};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let engine = Engine::default();
+//! let wat = r#"(module (func (export "answer") (result i32) i32.const 42))"#;
+//! let key = CacheKey::new(&engine, wat.as_bytes());
+//!
+//! let config = FsCacheConfig { mode: Verification::Verified, max_bytes: Some(64 << 20), fsync: true };
+//! let cache = FsCache::open(dir.path(), &engine, config.clone())?;
+//! cache.save(&key, &Module::new(&engine, wat)?)?;
+//!
+//! // Another process (here: another handle) finds it, verified.
+//! let reopened = FsCache::open(dir.path(), &engine, config)?;
+//! let module = reopened.load(&key)?.expect("a hit");
+//! let mut store = Store::new(&engine, ());
+//! let instance = Instance::new(&mut store, &module, &[])?;
+//! let answer = instance.get_typed_func::<(), i32>(&mut store, "answer")?;
+//! assert_eq!(answer.call(&mut store, ())?, 42);
+//! assert_eq!(reopened.verify_all()?.bad.len(), 0);
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+
+mod format;
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+pub use cache_core::CacheError;
+use cache_core::{CacheKey, EngineFingerprint, LayerStats, ModuleCache, StatCounters, WasmHash};
+pub use format::{FORMAT_VERSION, MAGIC, TRAILER_LEN};
+use format::{HmacSha256, Reject};
+use parking_lot::Mutex;
+use wasmtime::{Engine, Module};
+
+/// The extension of cache entries.
+const EXTENSION: &str = "cwasm";
+/// The prefix of temp files; they never end in `.cwasm`.
+const TEMP_PREFIX: &str = ".tmp-";
+/// Temp files older than this are leftovers of a crashed writer and are removed at open.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// How much a load checks before handing a file to wasmtime's `unsafe` deserializer.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Verification {
+    /// Check the trailer only (magic, version, engine, key, length), then map the file without
+    /// hashing it. For cache directories that only the node can write.
+    Trusted,
+    /// Read the file once, check the trailer and the sha256 of the artifact bytes, and
+    /// deserialize exactly the bytes that were checked.
+    #[default]
+    Verified,
+    /// As `Verified`, plus an HMAC-SHA256 tag with a secret `key` kept outside the cache
+    /// directory. Files without a valid tag for this key are rejected.
+    Authenticated {
+        /// The HMAC secret. Must not be empty.
+        key: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verification::Trusted => f.write_str("Trusted"),
+            Verification::Verified => f.write_str("Verified"),
+            // Never print the secret.
+            Verification::Authenticated { .. } => f.write_str("Authenticated { key: <redacted> }"),
+        }
+    }
+}
+
+/// Settings of an [`FsCache`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsCacheConfig {
+    /// What a load checks. Default: [`Verification::Verified`].
+    pub mode: Verification,
+    /// Upper bound on the bytes of this engine's folder; least recently used files are evicted
+    /// after each save. Default: no limit.
+    pub max_bytes: Option<u64>,
+    /// fsync each file before its rename and the folder after it. Default: `true`. Turning it
+    /// off trades durability across power loss (not atomicity) for write speed.
+    pub fsync: bool,
+}
+
+impl Default for FsCacheConfig {
+    fn default() -> Self {
+        FsCacheConfig {
+            mode: Verification::Verified,
+            max_bytes: None,
+            fsync: true,
+        }
+    }
+}
+
+/// Alias of [`FsCacheConfig`].
+pub type FsConfig = FsCacheConfig;
+
+/// What [`FsCache::prune`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Folders of other engine fingerprints or format versions that were removed.
+    pub removed_folders: Vec<PathBuf>,
+    /// Files removed (in those folders, plus stale temp files in this engine's folder).
+    pub removed_files: u64,
+    /// Bytes of the removed files.
+    pub removed_bytes: u64,
+}
+
+/// One file that failed [`FsCache::verify_all`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadEntry {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it is bad.
+    pub reason: String,
+}
+
+/// What [`FsCache::verify_all`] found in this engine's folder.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Entries checked.
+    pub checked: u64,
+    /// Entries that passed.
+    pub valid: u64,
+    /// Bytes of the entries that passed.
+    pub valid_bytes: u64,
+    /// Entries that failed, with the reason. They are not removed by `verify_all`; a load
+    /// removes them.
+    pub bad: Vec<BadEntry>,
+}
+
+/// What the cache knows of one file of its folder.
+#[derive(Clone, Copy, Debug)]
+struct IndexEntry {
+    bytes: u64,
+    last_used: SystemTime,
+}
+
+/// An on-disk module cache for one engine configuration. See the crate docs.
+pub struct FsCache {
+    dir: PathBuf,
+    engine_dir: PathBuf,
+    engine: Engine,
+    fingerprint: EngineFingerprint,
+    config: FsCacheConfig,
+    hmac: Option<HmacSha256>,
+    counters: StatCounters,
+    /// File name -> size and last use, for stats and the byte limit. Rebuilt from the folder
+    /// at open and before each eviction, since other processes share the folder.
+    index: Mutex<HashMap<String, IndexEntry>>,
+    /// Why the last rejected file was rejected, for diagnostics.
+    last_rejection: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for FsCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsCache")
+            .field("engine_dir", &self.engine_dir)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A process-unique counter for temp file names.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS once per thread and perturbed per instance.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+fn is_not_found(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+}
+
+/// Opens a cache file for reading without following symlinks and without blocking on FIFOs.
+fn open_entry(path: &Path) -> std::io::Result<File> {
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CacheError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| CacheError::io(dir, e))
+}
+
+/// Whether `name` is a cache folder name `v<digits>-<64 hex digits>`.
+fn is_cache_folder_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('v') else {
+        return false;
+    };
+    let Some((version, fingerprint)) = rest.split_once('-') else {
+        return false;
+    };
+    !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_digit())
+        && EngineFingerprint::from_hex(fingerprint).is_ok()
+}
+
+impl FsCache {
+    /// Opens (creating if needed) the cache in `dir` for `engine`, scanning this engine's
+    /// folder for stats and the byte limit and removing stale temp files.
+    pub fn open(dir: &Path, engine: &Engine, config: FsCacheConfig) -> Result<FsCache, CacheError> {
+        let hmac = match &config.mode {
+            Verification::Authenticated { key } if key.is_empty() => {
+                return Err(CacheError::Config("empty hmac key".into()));
+            }
+            Verification::Authenticated { key } => Some(
+                format::hmac_key(key)
+                    .ok_or_else(|| CacheError::Config("unusable hmac key".into()))?,
+            ),
+            _ => None,
+        };
+        let fingerprint = EngineFingerprint::of(engine);
+        let engine_dir = dir.join(format!("v{FORMAT_VERSION}-{fingerprint}"));
+        fs::create_dir_all(&engine_dir).map_err(|e| CacheError::io(&engine_dir, e))?;
+        if config.fsync {
+            // Make the folder itself durable (its entry in `dir`).
+            sync_dir(dir)?;
+        }
+        let cache = FsCache {
+            dir: dir.to_path_buf(),
+            engine_dir,
+            engine: engine.clone(),
+            fingerprint,
+            config,
+            hmac,
+            counters: StatCounters::default(),
+            index: Mutex::new(HashMap::new()),
+            last_rejection: Mutex::new(None),
+        };
+        cache.rescan(true)?;
+        Ok(cache)
+    }
+
+    /// The cache directory given to [`FsCache::open`].
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// This engine's folder inside [`FsCache::dir`].
+    pub fn engine_dir(&self) -> &Path {
+        &self.engine_dir
+    }
+
+    /// The settings this cache was opened with.
+    pub fn config(&self) -> &FsCacheConfig {
+        &self.config
+    }
+
+    /// The fingerprint of the engine this cache serves.
+    pub fn fingerprint(&self) -> EngineFingerprint {
+        self.fingerprint
+    }
+
+    /// Why the most recently rejected file was rejected (path and reason), if any was.
+    pub fn last_rejection(&self) -> Option<String> {
+        self.last_rejection.lock().clone()
+    }
+
+    /// The path of `key`'s file (whether or not it exists).
+    pub fn path_of(&self, key: &CacheKey) -> PathBuf {
+        self.engine_dir
+            .join(format!("{}.{EXTENSION}", key.file_stem()))
+    }
+
+    fn check_engine(&self, key: &CacheKey) -> Result<(), CacheError> {
+        if key.engine() != self.fingerprint {
+            return Err(CacheError::Incompatible(format!(
+                "key of engine {}, cache of engine {}",
+                key.engine(),
+                self.fingerprint
+            )));
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the index from the folder. With `clean_temps`, also removes stale temp files
+    /// and returns how many files and bytes that freed.
+    fn rescan(&self, clean_temps: bool) -> Result<(u64, u64), CacheError> {
+        let read =
+            fs::read_dir(&self.engine_dir).map_err(|e| CacheError::io(&self.engine_dir, e))?;
+        let now = SystemTime::now();
+        let mut index = HashMap::new();
+        let (mut files, mut bytes) = (0, 0);
+        for entry in read {
+            let entry = entry.map_err(|e| CacheError::io(&self.engine_dir, e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            // Removed by another process since the listing: skip it.
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let modified = meta.modified().unwrap_or(now);
+            if name.starts_with(TEMP_PREFIX) {
+                let stale = now
+                    .duration_since(modified)
+                    .is_ok_and(|age| age > STALE_TEMP_AGE);
+                if clean_temps && stale && fs::remove_file(entry.path()).is_ok() {
+                    files += 1;
+                    bytes += meta.len();
+                }
+                continue;
+            }
+            if name.ends_with(&format!(".{EXTENSION}")) {
+                index.insert(
+                    name,
+                    IndexEntry {
+                        bytes: meta.len(),
+                        last_used: modified,
+                    },
+                );
+            }
+        }
+        *self.index.lock() = index;
+        Ok((files, bytes))
+    }
+
+    /// Counts a rejected file as a miss and removes it, unless another process has already
+    /// replaced it (the path no longer names the file that was read).
+    fn reject(&self, path: &Path, file: &File, why: Reject) -> Result<Option<Module>, CacheError> {
+        self.counters.rejected.incr();
+        *self.last_rejection.lock() = Some(format!("{}: {why}", path.display()));
+        self.counters.misses.incr();
+        let same_file = match (file.metadata(), fs::symlink_metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if same_file {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(_) => self.counters.errors.incr(),
+            }
+        }
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            self.index.lock().remove(name);
+        }
+        Ok(None)
+    }
+
+    /// Reads and fully verifies one file (trailer, sha256, HMAC in Authenticated mode).
+    fn read_verified(
+        &self,
+        file: &mut File,
+        len: u64,
+        key: &CacheKey,
+    ) -> Result<Result<Vec<u8>, Reject>, CacheError> {
+        let capacity =
+            usize::try_from(len).map_err(|_| CacheError::Corrupted("file too large".into()))?;
+        let mut bytes = Vec::with_capacity(capacity);
+        // One read of the whole file: these bytes are checked and then deserialized.
+        file.take(len)
+            .read_to_end(&mut bytes)
+            .map_err(|e| CacheError::io(&self.engine_dir, e))?;
+        Ok(
+            match format::check_bytes(&bytes, &self.fingerprint, key, self.hmac.as_ref()) {
+                Ok(artifact) => {
+                    let artifact_len = artifact.len();
+                    bytes.truncate(artifact_len);
+                    Ok(bytes)
+                }
+                Err(why) => Err(why),
+            },
+        )
+    }
+
+    /// Bumps a file's last use (its mtime, so other processes and the next open see it too).
+    fn touch(&self, path: &Path, file: &File) {
+        if self.config.max_bytes.is_none() {
+            return;
+        }
+        let now = SystemTime::now();
+        if file.set_modified(now).is_err() {
+            self.counters.errors.incr();
+        }
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            if let Some(entry) = self.index.lock().get_mut(name) {
+                entry.last_used = now;
+            }
+        }
+    }
+
+    fn load_inner(&self, key: &CacheKey) -> Result<Option<Module>, CacheError> {
+        self.check_engine(key)?;
+        let path = self.path_of(key);
+        let mut file = match open_entry(&path) {
+            Ok(f) => f,
+            Err(e) if is_not_found(&e) => {
+                self.counters.misses.incr();
+                return Ok(None);
+            }
+            // ELOOP: a symlink planted in the folder.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                self.counters.rejected.incr();
+                self.counters.misses.incr();
+                let _ = fs::remove_file(&path);
+                return Ok(None);
+            }
+            Err(e) => return Err(CacheError::io(&path, e)),
+        };
+        let meta = file.metadata().map_err(|e| CacheError::io(&path, e))?;
+        if !meta.is_file() {
+            return self.reject(&path, &file, Reject::NotAFile);
+        }
+        let len = meta.len();
+        let module = match &self.config.mode {
+            Verification::Trusted => {
+                let mut t = [0u8; TRAILER_LEN];
+                let Some(at) = len.checked_sub(TRAILER_LEN as u64) else {
+                    return self.reject(
+                        &path,
+                        &file,
+                        Reject::BadTrailer("file shorter than a trailer"),
+                    );
+                };
+                file.read_exact_at(&mut t, at)
+                    .map_err(|e| CacheError::io(&path, e))?;
+                if let Err(why) = format::check_trailer(&t, len, &self.fingerprint, key, None) {
+                    return self.reject(&path, &file, why);
+                }
+                let mapped = file.try_clone().map_err(|e| CacheError::io(&path, e))?;
+                // SAFETY: Trusted mode is the operator's statement that only this node writes
+                // the cache folder, so the file is an unmodified output of `Module::serialize`
+                // followed by our trailer (wasmtime ignores bytes after its ELF image). The
+                // trailer check above rules out truncated files, files of other keys and of
+                // other engines. Files are only ever replaced by rename, never modified in
+                // place, so the mapping stays valid for the module's lifetime.
+                unsafe { Module::deserialize_open_file(&self.engine, mapped) }
+            }
+            Verification::Verified | Verification::Authenticated { .. } => {
+                let artifact = match self.read_verified(&mut file, len, key)? {
+                    Ok(artifact) => artifact,
+                    Err(why) => return self.reject(&path, &file, why),
+                };
+                // SAFETY: `artifact` is exactly the bytes whose sha256 matched the trailer (and,
+                // when authenticated, whose trailer carries a valid HMAC tag under the caller's
+                // key). Those bytes were written by `FsCache::save` from `Module::serialize`
+                // for an engine with this fingerprint, and they are in our own memory, so they
+                // cannot change between the check and this call.
+                unsafe { Module::deserialize(&self.engine, &artifact) }
+            }
+        };
+        match module {
+            Ok(module) => {
+                self.counters.hits.incr();
+                self.touch(&path, &file);
+                Ok(Some(module))
+            }
+            Err(e) => self.reject(&path, &file, Reject::Wasmtime(format!("{e:#}"))),
+        }
+    }
+
+    /// Writes `bytes` to `key`'s file atomically: temp file, fsync, rename, fsync folder.
+    fn write_atomically(
+        &self,
+        final_path: &Path,
+        artifact: &[u8],
+        trailer: &[u8],
+    ) -> Result<(), CacheError> {
+        let temp_name = format!(
+            "{TEMP_PREFIX}{}-{}-{:016x}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed),
+            random_u64()
+        );
+        let temp_path = self.engine_dir.join(temp_name);
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp_path)
+                .map_err(|e| CacheError::io(&temp_path, e))?;
+            file.write_all(artifact)
+                .and_then(|()| file.write_all(trailer))
+                .map_err(|e| CacheError::io(&temp_path, e))?;
+            if self.config.fsync {
+                file.sync_data()
+                    .map_err(|e| CacheError::io(&temp_path, e))?;
+            }
+            drop(file);
+            fs::rename(&temp_path, final_path).map_err(|e| CacheError::io(final_path, e))?;
+            if self.config.fsync {
+                sync_dir(&self.engine_dir)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp_path);
+        }
+        result
+    }
+
+    fn save_inner(&self, key: &CacheKey, module: &Module) -> Result<(), CacheError> {
+        self.check_engine(key)?;
+        let module_engine = EngineFingerprint::of(module.engine());
+        if module_engine != self.fingerprint {
+            return Err(CacheError::Incompatible(format!(
+                "module compiled by engine {module_engine}, cache of engine {}",
+                self.fingerprint
+            )));
+        }
+        let artifact = module.serialize()?;
+        let file_len = artifact.len() as u64 + TRAILER_LEN as u64;
+        if self.config.max_bytes.is_some_and(|max| file_len > max) {
+            self.counters.rejected.incr();
+            return Ok(());
+        }
+        let digest = format::artifact_digest(&artifact);
+        let trailer = format::encode(key, artifact.len() as u64, &digest, self.hmac.as_ref());
+        let path = self.path_of(key);
+        self.write_atomically(&path, &artifact, &trailer)?;
+        self.counters.inserts.incr();
+        let name = format!("{}.{EXTENSION}", key.file_stem());
+        let over = {
+            let mut index = self.index.lock();
+            index.insert(
+                name.clone(),
+                IndexEntry {
+                    bytes: file_len,
+                    last_used: SystemTime::now(),
+                },
+            );
+            let total: u64 = index.values().map(|e| e.bytes).sum();
+            self.config.max_bytes.is_some_and(|max| total > max)
+        };
+        if over {
+            self.enforce_limit(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Evicts least recently used files until the folder fits `max_bytes`. Rescans first:
+    /// other processes write to the same folder.
+    fn enforce_limit(&self, just_written: &str) -> Result<(), CacheError> {
+        let Some(max) = self.config.max_bytes else {
+            return Ok(());
+        };
+        let mut previous = self.index.lock().clone();
+        self.rescan(false)?;
+        let mut index = self.index.lock();
+        // Our in-memory last use may be newer than an mtime we failed to bump.
+        for (name, entry) in index.iter_mut() {
+            if let Some(old) = previous.remove(name) {
+                entry.last_used = entry.last_used.max(old.last_used);
+            }
+        }
+        let mut total: u64 = index.values().map(|e| e.bytes).sum();
+        if total <= max {
+            return Ok(());
+        }
+        let mut by_age: Vec<(SystemTime, String, u64)> = index
+            .iter()
+            .map(|(name, e)| (e.last_used, name.clone(), e.bytes))
+            .collect();
+        by_age.sort();
+        // The file just written goes last: it is the most recently used by definition.
+        by_age.sort_by_key(|(_, name, _)| name == just_written);
+        for (_, name, bytes) in by_age {
+            if total <= max {
+                break;
+            }
+            let path = self.engine_dir.join(&name);
+            match fs::remove_file(&path) {
+                Ok(()) => self.counters.evictions.incr(),
+                Err(e) if is_not_found(&e) => {}
+                Err(_) => {
+                    self.counters.errors.incr();
+                    continue;
+                }
+            }
+            index.remove(&name);
+            total -= bytes;
+        }
+        Ok(())
+    }
+
+    /// Removes the folders of other engine fingerprints and format versions under
+    /// [`FsCache::dir`] (for example after a wasmtime upgrade), and stale temp files in this
+    /// engine's folder. Only entries named like cache folders are touched.
+    pub fn prune(&self) -> Result<PruneReport, CacheError> {
+        let mut report = PruneReport::default();
+        let own = self.engine_dir.file_name();
+        let read = fs::read_dir(&self.dir).map_err(|e| CacheError::io(&self.dir, e))?;
+        for entry in read {
+            let entry = entry.map_err(|e| CacheError::io(&self.dir, e))?;
+            let name = entry.file_name();
+            if Some(name.as_os_str()) == own {
+                continue;
+            }
+            let Some(name) = name.to_str() else { continue };
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if !is_dir || !is_cache_folder_name(name) {
+                continue;
+            }
+            let path = entry.path();
+            if let Ok(files) = fs::read_dir(&path) {
+                for file in files.flatten() {
+                    if let Ok(meta) = file.metadata() {
+                        report.removed_files += 1;
+                        report.removed_bytes += meta.len();
+                    }
+                }
+            }
+            match fs::remove_dir_all(&path) {
+                Ok(()) => report.removed_folders.push(path),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(CacheError::io(&path, e)),
+            }
+        }
+        let (files, bytes) = self.rescan(true)?;
+        report.removed_files += files;
+        report.removed_bytes += bytes;
+        if self.config.fsync {
+            sync_dir(&self.dir)?;
+        }
+        Ok(report)
+    }
+
+    /// Fully verifies every entry of this engine's folder (trailer and sha256, plus the HMAC
+    /// tag in Authenticated mode), whatever the mode. Reports bad entries without removing
+    /// them; it does not deserialize anything.
+    pub fn verify_all(&self) -> Result<VerifyReport, CacheError> {
+        let mut report = VerifyReport::default();
+        let read =
+            fs::read_dir(&self.engine_dir).map_err(|e| CacheError::io(&self.engine_dir, e))?;
+        let mut names: Vec<String> = Vec::new();
+        for entry in read {
+            let entry = entry.map_err(|e| CacheError::io(&self.engine_dir, e))?;
+            if let Ok(name) = entry.file_name().into_string() {
+                if name.ends_with(&format!(".{EXTENSION}")) && !name.starts_with(TEMP_PREFIX) {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        for name in names {
+            let path = self.engine_dir.join(&name);
+            report.checked += 1;
+            let stem = name.trim_end_matches(&format!(".{EXTENSION}"));
+            let bad = |reason: String| BadEntry {
+                path: path.clone(),
+                reason,
+            };
+            let Ok(wasm) = WasmHash::from_hex(stem) else {
+                report.bad.push(bad("file name is not a wasm hash".into()));
+                continue;
+            };
+            let key = CacheKey::from_parts(wasm, self.fingerprint);
+            let mut file = match open_entry(&path) {
+                Ok(f) => f,
+                Err(e) if is_not_found(&e) => {
+                    report.checked -= 1;
+                    continue;
+                }
+                Err(e) => {
+                    report.bad.push(bad(format!("cannot open: {e}")));
+                    continue;
+                }
+            };
+            let meta = file.metadata().map_err(|e| CacheError::io(&path, e))?;
+            if !meta.is_file() {
+                report.bad.push(bad(Reject::NotAFile.to_string()));
+                continue;
+            }
+            match self.read_verified(&mut file, meta.len(), &key)? {
+                Ok(_) => {
+                    report.valid += 1;
+                    report.valid_bytes += meta.len();
+                }
+                Err(why) => report.bad.push(bad(why.to_string())),
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl ModuleCache for FsCache {
+    fn name(&self) -> &str {
+        "fs"
+    }
+
+    /// A hit is a verified (or, in Trusted mode, header-checked) module; a missing or bad file
+    /// is `Ok(None)`, a bad file being removed and counted as `rejected`. `Err` only for a key
+    /// of another engine or an I/O error other than "not found".
+    fn load(&self, key: &CacheKey) -> Result<Option<Module>, CacheError> {
+        self.load_inner(key)
+    }
+
+    /// Serializes `module` and writes it atomically. A module bigger than `max_bytes` is not
+    /// written (counted as `rejected`). Errors: a key or module of another engine, I/O.
+    fn save(&self, key: &CacheKey, module: &Module) -> Result<(), CacheError> {
+        self.save_inner(key, module)
+    }
+
+    fn remove(&self, key: &CacheKey) -> Result<bool, CacheError> {
+        self.check_engine(key)?;
+        let path = self.path_of(key);
+        let removed = match fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(CacheError::io(&path, e)),
+        };
+        self.index
+            .lock()
+            .remove(&format!("{}.{EXTENSION}", key.file_stem()));
+        Ok(removed)
+    }
+
+    fn stats(&self) -> Vec<LayerStats> {
+        let index = self.index.lock();
+        let bytes = index.values().map(|e| e.bytes).sum();
+        vec![
+            self.counters
+                .snapshot(self.name(), index.len() as u64, bytes),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests;

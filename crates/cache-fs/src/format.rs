@@ -1,0 +1,307 @@
+//! The on-disk format of one cache file: the artifact, then a fixed-size trailer.
+//!
+//! ```text
+//! file    = artifact || trailer                      (artifact: Module::serialize output)
+//! trailer = 192 bytes, little-endian:
+//!   0..32    engine fingerprint
+//!   32..64   wasm hash (sha256 of the original wasm)
+//!   64..72   artifact length (u64)
+//!   72..104  artifact sha256
+//!   104..108 flags (u32; bit 0: HMAC tag present)
+//!   108..112 reserved, zero
+//!   112..144 HMAC-SHA256(key, "strata-cache-fs-v1\0" || trailer[0..112]), or zeroes
+//!   144..176 sha256(trailer[0..144] || trailer[176..192])  (trailer digest)
+//!   176..180 format version (u32)
+//!   180..184 trailer length (u32, 192)
+//!   184..192 magic "STRTCWSM"
+//! ```
+//!
+//! The metadata is a trailer rather than a header so that the file, as a whole, is still a
+//! loadable wasmtime artifact: wasmtime's ELF reader ignores bytes after the ELF image, so the
+//! Trusted mode maps the file with `Module::deserialize_open_file` without copying it.
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use cache_core::{CacheKey, EngineFingerprint};
+
+/// The on-disk format version; also part of the folder name, so other versions are never
+/// opened.
+pub const FORMAT_VERSION: u32 = 1;
+/// The trailer's length in bytes.
+pub const TRAILER_LEN: usize = 192;
+/// The trailer's magic number (its last 8 bytes).
+pub const MAGIC: [u8; 8] = *b"STRTCWSM";
+/// Domain separation of the HMAC input.
+const HMAC_CONTEXT: &[u8] = b"strata-cache-fs-v1\0";
+const FLAG_HMAC: u32 = 1;
+
+/// A keyed HMAC-SHA256, ready to be cloned per use.
+pub type HmacSha256 = Hmac<Sha256>;
+
+/// Keys an HMAC; `None` if the key is unusable (HMAC accepts any length, so in practice never).
+pub fn hmac_key(key: &[u8]) -> Option<HmacSha256> {
+    <HmacSha256 as Mac>::new_from_slice(key).ok()
+}
+
+/// The decoded, self-consistent fields of a trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    pub engine: [u8; 32],
+    pub wasm: [u8; 32],
+    pub artifact_len: u64,
+    pub artifact_sha256: [u8; 32],
+    pub flags: u32,
+    pub tag: [u8; 32],
+}
+
+/// Why a file is not a valid entry. Every variant makes the file a miss.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// Shorter than a trailer, wrong magic, digest or length fields.
+    BadTrailer(&'static str),
+    /// Another format version.
+    Version(u32),
+    /// Written by another engine configuration.
+    Engine,
+    /// The wasm hash is not the one of the key (e.g. a swapped file).
+    WrongKey,
+    /// The artifact's length or sha256 does not match the trailer.
+    BadArtifact(&'static str),
+    /// HMAC tag missing or wrong.
+    Unauthenticated,
+    /// Wasmtime refused the (verified or trusted) artifact.
+    Wasmtime(String),
+    /// Not a regular file.
+    NotAFile,
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reject::BadTrailer(why) => write!(f, "bad trailer: {why}"),
+            Reject::Version(v) => write!(f, "format version {v}, expected {FORMAT_VERSION}"),
+            Reject::Engine => f.write_str("written by another engine configuration"),
+            Reject::WrongKey => f.write_str("wasm hash does not match the file name"),
+            Reject::BadArtifact(why) => write!(f, "bad artifact: {why}"),
+            Reject::Unauthenticated => f.write_str("hmac tag missing or wrong"),
+            Reject::Wasmtime(why) => write!(f, "wasmtime refused the artifact: {why}"),
+            Reject::NotAFile => f.write_str("not a regular file"),
+        }
+    }
+}
+
+fn trailer_digest(t: &[u8; TRAILER_LEN]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(&t[0..144]);
+    h.update(&t[176..192]);
+    h.finalize().into()
+}
+
+fn hmac_tag(key: &HmacSha256, t: &[u8; TRAILER_LEN]) -> HmacSha256 {
+    let mut mac = key.clone();
+    mac.update(HMAC_CONTEXT);
+    mac.update(&t[0..112]);
+    mac
+}
+
+/// The sha256 of an artifact.
+pub fn artifact_digest(artifact: &[u8]) -> [u8; 32] {
+    Sha256::digest(artifact).into()
+}
+
+/// Builds the trailer of `artifact` (whose sha256 is `digest`) for `key`.
+pub fn encode(
+    key: &CacheKey,
+    artifact_len: u64,
+    digest: &[u8; 32],
+    hmac_key: Option<&HmacSha256>,
+) -> [u8; TRAILER_LEN] {
+    let mut t = [0u8; TRAILER_LEN];
+    t[0..32].copy_from_slice(key.engine().as_bytes());
+    t[32..64].copy_from_slice(key.wasm().as_bytes());
+    t[64..72].copy_from_slice(&artifact_len.to_le_bytes());
+    t[72..104].copy_from_slice(digest);
+    let flags = if hmac_key.is_some() { FLAG_HMAC } else { 0 };
+    t[104..108].copy_from_slice(&flags.to_le_bytes());
+    t[176..180].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    t[180..184].copy_from_slice(&(TRAILER_LEN as u32).to_le_bytes());
+    t[184..192].copy_from_slice(&MAGIC);
+    if let Some(k) = hmac_key {
+        let tag = hmac_tag(k, &t).finalize().into_bytes();
+        t[112..144].copy_from_slice(&tag);
+    }
+    let digest = trailer_digest(&t);
+    t[144..176].copy_from_slice(&digest);
+    t
+}
+
+fn array<const N: usize>(s: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(s);
+    a
+}
+
+/// Decodes and checks a trailer against the file it ends and the key it is looked up under.
+/// Checks everything but the artifact's digest: `file_len` is the whole file's length,
+/// `hmac_key` is `Some` in Authenticated mode.
+pub fn check_trailer(
+    t: &[u8; TRAILER_LEN],
+    file_len: u64,
+    engine: &EngineFingerprint,
+    key: &CacheKey,
+    hmac_key: Option<&HmacSha256>,
+) -> Result<Trailer, Reject> {
+    if t[184..192] != MAGIC {
+        return Err(Reject::BadTrailer("wrong magic"));
+    }
+    let version = u32::from_le_bytes(array(&t[176..180]));
+    if version != FORMAT_VERSION {
+        return Err(Reject::Version(version));
+    }
+    if u32::from_le_bytes(array(&t[180..184])) as usize != TRAILER_LEN {
+        return Err(Reject::BadTrailer("wrong trailer length"));
+    }
+    if trailer_digest(t) != t[144..176] {
+        return Err(Reject::BadTrailer("trailer digest mismatch"));
+    }
+    let trailer = Trailer {
+        engine: array(&t[0..32]),
+        wasm: array(&t[32..64]),
+        artifact_len: u64::from_le_bytes(array(&t[64..72])),
+        artifact_sha256: array(&t[72..104]),
+        flags: u32::from_le_bytes(array(&t[104..108])),
+        tag: array(&t[112..144]),
+    };
+    if trailer.flags & !FLAG_HMAC != 0 || t[108..112] != [0; 4] {
+        return Err(Reject::BadTrailer("unknown flags"));
+    }
+    if trailer.engine != *engine.as_bytes() {
+        return Err(Reject::Engine);
+    }
+    if trailer.wasm != *key.wasm().as_bytes() || key.engine() != *engine {
+        return Err(Reject::WrongKey);
+    }
+    if Some(trailer.artifact_len) != file_len.checked_sub(TRAILER_LEN as u64) {
+        return Err(Reject::BadArtifact("length mismatch"));
+    }
+    if let Some(k) = hmac_key {
+        if trailer.flags & FLAG_HMAC == 0 {
+            return Err(Reject::Unauthenticated);
+        }
+        // Constant-time comparison.
+        hmac_tag(k, t)
+            .verify_slice(&trailer.tag)
+            .map_err(|_| Reject::Unauthenticated)?;
+    }
+    Ok(trailer)
+}
+
+/// Checks a whole file's bytes (artifact and trailer) read into memory; returns the artifact.
+pub fn check_bytes<'a>(
+    bytes: &'a [u8],
+    engine: &EngineFingerprint,
+    key: &CacheKey,
+    hmac_key: Option<&HmacSha256>,
+) -> Result<&'a [u8], Reject> {
+    let Some(split) = bytes.len().checked_sub(TRAILER_LEN) else {
+        return Err(Reject::BadTrailer("file shorter than a trailer"));
+    };
+    let (artifact, t) = bytes.split_at(split);
+    let t: &[u8; TRAILER_LEN] = t
+        .try_into()
+        .map_err(|_| Reject::BadTrailer("file shorter than a trailer"))?;
+    let trailer = check_trailer(t, bytes.len() as u64, engine, key, hmac_key)?;
+    if artifact_digest(artifact) != trailer.artifact_sha256 {
+        return Err(Reject::BadArtifact("sha256 mismatch"));
+    }
+    Ok(artifact)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cache_core::WasmHash;
+
+    fn key() -> (EngineFingerprint, CacheKey) {
+        let engine = EngineFingerprint::from_bytes([7; 32]);
+        (engine, CacheKey::from_parts(WasmHash::of(b"wasm"), engine))
+    }
+
+    fn file(key: &CacheKey, artifact: &[u8], hmac: Option<&[u8]>) -> Vec<u8> {
+        let hmac = hmac.map(|k| hmac_key(k).unwrap());
+        let t = encode(
+            key,
+            artifact.len() as u64,
+            &artifact_digest(artifact),
+            hmac.as_ref(),
+        );
+        [artifact, &t[..]].concat()
+    }
+
+    #[test]
+    fn round_trip_and_every_flipped_byte_is_caught() {
+        let (engine, key) = key();
+        let artifact = b"not really an elf file, but bytes".to_vec();
+        for hmac in [None, Some(&b"secret"[..])] {
+            let bytes = file(&key, &artifact, hmac);
+            let hmac = hmac.map(|k| hmac_key(k).unwrap());
+            let hmac = hmac.as_ref();
+            assert_eq!(check_bytes(&bytes, &engine, &key, hmac).unwrap(), artifact);
+            for i in 0..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[i] ^= 0x01;
+                assert!(
+                    check_bytes(&bad, &engine, &key, hmac).is_err(),
+                    "flip at {i} not caught (hmac: {})",
+                    hmac.is_some()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_key_engine_version_and_hmac() {
+        let (engine, key) = key();
+        let bytes = file(&key, b"artifact", Some(b"k1"));
+        let other = CacheKey::from_parts(WasmHash::of(b"other"), engine);
+        assert_eq!(
+            check_bytes(&bytes, &engine, &other, None),
+            Err(Reject::WrongKey)
+        );
+        let engine2 = EngineFingerprint::from_bytes([8; 32]);
+        assert_eq!(
+            check_bytes(&bytes, &engine2, &key, None),
+            Err(Reject::Engine)
+        );
+        assert_eq!(
+            check_bytes(&bytes, &engine, &key, hmac_key(b"k2").as_ref()),
+            Err(Reject::Unauthenticated)
+        );
+        // A file without a tag is refused in Authenticated mode.
+        let plain = file(&key, b"artifact", None);
+        assert_eq!(
+            check_bytes(&plain, &engine, &key, hmac_key(b"k1").as_ref()),
+            Err(Reject::Unauthenticated)
+        );
+        // Truncated.
+        assert!(matches!(
+            check_bytes(&bytes[1..], &engine, &key, None),
+            Err(Reject::BadArtifact(_))
+        ));
+        assert!(matches!(
+            check_bytes(&bytes[..100], &engine, &key, None),
+            Err(Reject::BadTrailer(_))
+        ));
+        // Another version, with a valid digest.
+        let mut t: [u8; TRAILER_LEN] = bytes[bytes.len() - TRAILER_LEN..].try_into().unwrap();
+        t[176..180].copy_from_slice(&2u32.to_le_bytes());
+        let d = trailer_digest(&t);
+        t[144..176].copy_from_slice(&d);
+        let len = bytes.len() as u64;
+        assert_eq!(
+            check_trailer(&t, len, &engine, &key, None),
+            Err(Reject::Version(2))
+        );
+    }
+}
