@@ -1,0 +1,309 @@
+//! Copy-on-write memory mappings of committed images, the [`MemoryHandle`] handed to the host, and
+//! dirty-page discovery through `/proc/self/pagemap`.
+
+use std::ffi::c_void;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+use rustix::mm::{self, Advice, MapFlags, MprotectFlags, ProtFlags};
+use store_index::PAGE_SIZE;
+
+use crate::StoreError;
+
+/// The operating-system page: the granularity of dirty tracking and of deltas.
+pub const OS_PAGE: usize = 4096;
+
+fn map_err(op: &'static str, e: rustix::io::Errno) -> StoreError {
+    StoreError::Io {
+        op,
+        path: "<memory mapping>".into(),
+        source: e.into(),
+    }
+}
+
+/// One reservation of address space holding one linear memory.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    base: usize,
+    /// Bytes reserved (what the caller asked for).
+    reservation: usize,
+    /// Bytes actually mapped (reservation rounded up to whole OS pages, at least one page).
+    mapped: usize,
+    /// Current byte length; bytes past it are PROT_NONE.
+    len: AtomicUsize,
+    /// Bytes at the start backed by the image file (MAP_PRIVATE); never changes.
+    file_len: usize,
+    grow: Mutex<()>,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `base..base+mapped` was mapped by `Mapping::new` and is owned by this value; the last
+        // handle is gone, so nothing refers into it any more.
+        let _ = unsafe { mm::munmap(self.base as *mut c_void, self.mapped) };
+    }
+}
+
+impl Mapping {
+    /// Reserves `reservation` bytes, maps the first `file_len` bytes of `file` privately over the start
+    /// and makes `[file_len, len)` anonymous read-write memory.
+    pub(crate) fn new(
+        file: Option<&File>,
+        file_len: usize,
+        len: usize,
+        reservation: usize,
+    ) -> Result<Mapping, StoreError> {
+        debug_assert!(file_len <= len && len <= reservation);
+        let mapped = reservation.max(1).div_ceil(OS_PAGE) * OS_PAGE;
+        // SAFETY: a fresh anonymous mapping at an address the kernel chooses aliases nothing.
+        let base = unsafe {
+            mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                mapped,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| map_err("mmap reservation", e))?;
+        let mapping = Mapping {
+            base: base as usize,
+            reservation,
+            mapped,
+            len: AtomicUsize::new(len),
+            file_len,
+            grow: Mutex::new(()),
+        };
+        if file_len > 0 {
+            let file = file.ok_or_else(|| StoreError::InvalidInput {
+                reason: "image mapping without a file".into(),
+            })?;
+            // SAFETY: the range lies inside our own fresh reservation (MAP_FIXED replaces only it); the
+            // caller checked the file is at least `file_len` long, so no access can fault past its end.
+            unsafe {
+                mm::mmap(
+                    base,
+                    file_len,
+                    ProtFlags::READ | ProtFlags::WRITE,
+                    MapFlags::PRIVATE | MapFlags::FIXED,
+                    file,
+                    0,
+                )
+            }
+            .map_err(|e| map_err("mmap image", e))?;
+        }
+        mapping.protect(file_len, len)?;
+        Ok(mapping)
+    }
+
+    /// Makes `[from, to)` (anonymous part) readable and writable.
+    fn protect(&self, from: usize, to: usize) -> Result<(), StoreError> {
+        if to > from {
+            // SAFETY: the range is inside our reservation and past the file mapping; making reserved
+            // anonymous memory accessible cannot invalidate any reference.
+            unsafe {
+                mm::mprotect(
+                    (self.base + from) as *mut c_void,
+                    to - from,
+                    MprotectFlags::READ | MprotectFlags::WRITE,
+                )
+            }
+            .map_err(|e| map_err("mprotect", e))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn grow_to(&self, new_len: usize) -> Result<(), StoreError> {
+        let _guard = self.grow.lock();
+        let len = self.len();
+        if new_len % PAGE_SIZE != 0 || new_len > self.reservation {
+            return Err(StoreError::InvalidInput {
+                reason: format!(
+                    "cannot grow memory to {new_len} bytes: must be a multiple of 64 KiB and at most the reservation of {} bytes",
+                    self.reservation
+                ),
+            });
+        }
+        if new_len < len {
+            return Err(StoreError::InvalidInput {
+                reason: format!("cannot shrink memory from {len} to {new_len} bytes"),
+            });
+        }
+        self.protect(len, new_len)?;
+        self.len.store(new_len, Ordering::Release);
+        Ok(())
+    }
+
+    /// Sets the length back to `new_len`, decommitting everything past it (rollback only).
+    pub(crate) fn truncate_or_grow(&self, new_len: usize) -> Result<(), StoreError> {
+        let _guard = self.grow.lock();
+        let len = self.len();
+        if new_len > len {
+            self.protect(len, new_len)?;
+        } else if new_len < len {
+            debug_assert!(new_len >= self.file_len);
+            // SAFETY: the range is anonymous memory of our reservation past the file mapping; a fresh
+            // PROT_NONE mapping over it drops its pages. The caller guarantees no wasm runs meanwhile.
+            unsafe {
+                mm::mmap_anonymous(
+                    (self.base + new_len) as *mut c_void,
+                    len - new_len,
+                    ProtFlags::empty(),
+                    MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED,
+                )
+            }
+            .map_err(|e| map_err("mmap decommit", e))?;
+        }
+        self.len.store(new_len, Ordering::Release);
+        Ok(())
+    }
+
+    /// The bytes of `[offset, offset + len)`.
+    ///
+    /// # Safety
+    ///
+    /// The range must be inside the current length, and nothing may write the memory while the
+    /// returned slice lives (the session contract: no wasm runs during commit, checkpoint, rollback).
+    pub(crate) unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        debug_assert!(offset + len <= self.len());
+        // SAFETY: per the caller's contract the range is mapped readable and not written meanwhile.
+        unsafe { std::slice::from_raw_parts((self.base + offset) as *const u8, len) }
+    }
+
+    /// Copies `data` into the memory at `offset`.
+    ///
+    /// # Safety
+    ///
+    /// The range must be inside the current length and no slice from [`bytes`](Self::bytes) may be
+    /// alive; no wasm may run meanwhile.
+    pub(crate) unsafe fn write(&self, offset: usize, data: &[u8]) {
+        debug_assert!(offset + data.len() <= self.len());
+        // SAFETY: per the caller's contract the range is mapped writable and unaliased.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.base + offset) as *mut u8,
+                data.len(),
+            )
+        }
+    }
+
+    /// Drops private copies of `[offset, offset + len)`: file-backed pages read the image again,
+    /// anonymous pages read zero.
+    pub(crate) fn discard(&self, offset: usize, len: usize) -> Result<(), StoreError> {
+        debug_assert!(offset % OS_PAGE == 0 && offset + len <= self.len());
+        // SAFETY: the range is inside the mapping; MADV_DONTNEED on a private mapping only resets
+        // content, which the caller (rollback) intends; no wasm runs meanwhile.
+        unsafe {
+            mm::madvise(
+                (self.base + offset) as *mut c_void,
+                len,
+                Advice::LinuxDontNeed,
+            )
+        }
+        .map_err(|e| map_err("madvise", e))
+    }
+
+    /// OS pages of `[0, len)` that may differ from what the mapping started with: pages written
+    /// since mapped (private copies), per `/proc/self/pagemap`, or every page when it is unreadable.
+    pub(crate) fn written_pages(&self) -> Vec<u32> {
+        let len = self.len();
+        let pages = len / OS_PAGE;
+        match pagemap_written(self.base, pages) {
+            Some(v) => v,
+            None => (0..pages as u32).collect(),
+        }
+    }
+}
+
+fn pagemap() -> Option<&'static File> {
+    static PAGEMAP: OnceLock<Option<File>> = OnceLock::new();
+    PAGEMAP
+        .get_or_init(|| {
+            // The pagemap layout assumed here (4 KiB pages) holds on x86-64 Linux.
+            if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+                File::open("/proc/self/pagemap").ok()
+            } else {
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Pages of `[base, base + pages * 4096)` holding private data: present and not file-backed (bit 63
+/// set, bit 61 clear), or swapped (bit 62). `None` when pagemap cannot be read.
+fn pagemap_written(base: usize, pages: usize) -> Option<Vec<u32>> {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    const FILE: u64 = 1 << 61;
+    let file = pagemap()?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 8 * 8192];
+    let first = (base / OS_PAGE) as u64;
+    let mut done = 0usize;
+    while done < pages {
+        let n = (pages - done).min(8192);
+        let bytes = &mut buf[..8 * n];
+        file.read_exact_at(bytes, (first + done as u64) * 8).ok()?;
+        for (i, e) in bytes.chunks_exact(8).enumerate() {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(e);
+            let e = u64::from_le_bytes(a);
+            if (e & PRESENT != 0 && e & FILE == 0) || e & SWAPPED != 0 {
+                out.push((done + i) as u32);
+            }
+        }
+        done += n;
+    }
+    Some(out)
+}
+
+/// A linear memory opened by a [`Session`](crate::Session): a fixed reservation whose start maps the
+/// committed image copy-on-write.
+///
+/// Cheap to clone; the mapping lives until the last clone is dropped, also after its session ended.
+///
+/// # Contract
+///
+/// - [`base`](Self::base) never moves; `[base, base + len)` is readable and writable, the rest of the
+///   reservation is inaccessible (`PROT_NONE`) until grown.
+/// - Writes stay private: they never reach the committed files.
+/// - The host must not access the memory (run wasm against it) while its session commits,
+///   checkpoints or rolls back. In practice the session and the wasm instance live on one thread.
+/// - Lengths are multiples of 64 KiB ([`PAGE_SIZE`]).
+#[derive(Clone, Debug)]
+pub struct MemoryHandle(pub(crate) Arc<Mapping>);
+
+impl MemoryHandle {
+    /// The start of the memory. Never changes.
+    pub fn base(&self) -> *mut u8 {
+        self.0.base as *mut u8
+    }
+
+    /// The current length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the length is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes of address space reserved; the memory can grow up to it.
+    pub fn reservation(&self) -> usize {
+        self.0.reservation
+    }
+
+    /// Grows the memory to `new_len` bytes (a multiple of 64 KiB, at most the reservation). The new
+    /// pages read zero. Growing to the current length does nothing; shrinking is an error.
+    pub fn grow_to(&self, new_len: usize) -> Result<(), StoreError> {
+        self.0.grow_to(new_len)
+    }
+}
