@@ -429,10 +429,10 @@ impl FsCache {
         if file.set_modified(now).is_err() {
             self.counters.errors.incr();
         }
-        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-            if let Some(entry) = self.index.lock().get_mut(name) {
-                entry.last_used = now;
-            }
+        if let Some(name) = path.file_name().and_then(|n| n.to_str())
+            && let Some(entry) = self.index.lock().get_mut(name)
+        {
+            entry.last_used = now;
         }
     }
 
@@ -682,10 +682,11 @@ impl FsCache {
         let mut names: Vec<String> = Vec::new();
         for entry in read {
             let entry = entry.map_err(|e| CacheError::io(&self.engine_dir, e))?;
-            if let Ok(name) = entry.file_name().into_string() {
-                if name.ends_with(&format!(".{EXTENSION}")) && !name.starts_with(TEMP_PREFIX) {
-                    names.push(name);
-                }
+            if let Ok(name) = entry.file_name().into_string()
+                && name.ends_with(&format!(".{EXTENSION}"))
+                && !name.starts_with(TEMP_PREFIX)
+            {
+                names.push(name);
             }
         }
         names.sort();

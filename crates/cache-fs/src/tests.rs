@@ -31,3 +31,470 @@ fn wasmtime_accepts_bytes_after_the_artifact() {
     let loaded = unsafe { Module::deserialize(&engine, &bytes) }.unwrap();
     assert_eq!(answer(&engine, &loaded), 42);
 }
+
+fn wat_n(n: i32) -> String {
+    format!(r#"(module (func (export "answer") (result i32) i32.const {n}))"#)
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    engine: Engine,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            engine: Engine::default(),
+        }
+    }
+
+    fn open(&self, mode: Verification) -> FsCache {
+        self.open_with(FsCacheConfig {
+            mode,
+            max_bytes: None,
+            fsync: false,
+        })
+    }
+
+    fn open_with(&self, config: FsCacheConfig) -> FsCache {
+        FsCache::open(self.dir.path(), &self.engine, config).unwrap()
+    }
+
+    /// Compiles `wat` and saves it; returns its key.
+    fn save(&self, cache: &FsCache, wat: &str) -> CacheKey {
+        let key = CacheKey::new(&self.engine, wat.as_bytes());
+        cache
+            .save(&key, &Module::new(&self.engine, wat).unwrap())
+            .unwrap();
+        key
+    }
+}
+
+fn modes() -> Vec<Verification> {
+    vec![
+        Verification::Trusted,
+        Verification::Verified,
+        Verification::Authenticated {
+            key: b"a secret kept elsewhere".to_vec(),
+        },
+    ]
+}
+
+/// Asserts that loading `key` is a miss that removes the file and counts a rejection, and
+/// that a recompile + save makes the next load a correct module.
+fn assert_rejected_then_recovers(
+    fx: &Fixture,
+    cache: &FsCache,
+    key: &CacheKey,
+    wat: &str,
+    want: i32,
+) {
+    let before = cache.stats()[0].clone();
+    assert!(
+        cache.load(key).unwrap().is_none(),
+        "{:?}",
+        cache.config().mode
+    );
+    let after = cache.stats()[0].clone();
+    assert_eq!(after.rejected, before.rejected + 1);
+    assert_eq!(after.misses, before.misses + 1);
+    assert!(!cache.path_of(key).exists(), "a rejected file is removed");
+    fx.save(cache, wat);
+    let module = cache.load(key).unwrap().expect("hit after recompile");
+    assert_eq!(answer(&fx.engine, &module), want);
+}
+
+#[test]
+fn round_trip_in_every_mode() {
+    for mode in modes() {
+        let fx = Fixture::new();
+        let cache = fx.open(mode.clone());
+        let key = CacheKey::new(&fx.engine, WAT.as_bytes());
+        assert!(cache.load(&key).unwrap().is_none());
+        fx.save(&cache, WAT);
+        let module = cache.load(&key).unwrap().expect("hit");
+        assert_eq!(answer(&fx.engine, &module), 42);
+        let s = &cache.stats()[0];
+        assert_eq!(
+            (s.hits, s.misses, s.inserts, s.entries, s.rejected),
+            (1, 1, 1, 1, 0)
+        );
+        let file_len = fs::metadata(cache.path_of(&key)).unwrap().len();
+        assert_eq!(s.bytes, file_len);
+        // Layout: <dir>/v1-<fingerprint>/<wasm hash>.cwasm, and nothing else left behind.
+        let expected = fx
+            .dir
+            .path()
+            .join(format!(
+                "v{FORMAT_VERSION}-{}",
+                EngineFingerprint::of(&fx.engine)
+            ))
+            .join(format!("{}.cwasm", key.wasm()));
+        assert_eq!(cache.path_of(&key), expected);
+        assert_eq!(fs::read_dir(cache.engine_dir()).unwrap().count(), 1);
+        assert!(cache.remove(&key).unwrap());
+        assert!(!cache.remove(&key).unwrap());
+        assert_eq!(cache.stats()[0].entries, 0);
+    }
+}
+
+#[test]
+fn flipped_byte_in_trailer_is_a_miss_in_every_mode() {
+    for mode in modes() {
+        let fx = Fixture::new();
+        let cache = fx.open(mode);
+        let key = fx.save(&cache, WAT);
+        let path = cache.path_of(&key);
+        let mut bytes = fs::read(&path).unwrap();
+        let at = bytes.len() - TRAILER_LEN + 40; // inside the wasm hash
+        bytes[at] ^= 0x80;
+        fs::write(&path, &bytes).unwrap();
+        assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
+    }
+}
+
+#[test]
+fn flipped_byte_in_code_is_a_miss_when_verified() {
+    for mode in &modes()[1..] {
+        let fx = Fixture::new();
+        let cache = fx.open(mode.clone());
+        let key = fx.save(&cache, WAT);
+        let path = cache.path_of(&key);
+        let mut bytes = fs::read(&path).unwrap();
+        // Flip a byte inside the compiled function's machine code.
+        let module = Module::new(&fx.engine, WAT).unwrap();
+        let text = module.text();
+        let serialized = module.serialize().unwrap();
+        let offset = serialized
+            .windows(text.len())
+            .position(|w| w == text)
+            .expect("text section in the artifact");
+        bytes[offset] ^= 0xFF;
+        fs::write(&path, &bytes).unwrap();
+        assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
+        assert!(cache.last_rejection().unwrap().contains("sha256"));
+    }
+}
+
+#[test]
+fn truncated_file_is_a_miss_in_every_mode() {
+    for mode in modes() {
+        for cut in [1usize, TRAILER_LEN, 1000] {
+            let fx = Fixture::new();
+            let cache = fx.open(mode.clone());
+            let key = fx.save(&cache, WAT);
+            let path = cache.path_of(&key);
+            let bytes = fs::read(&path).unwrap();
+            fs::write(&path, &bytes[..bytes.len().saturating_sub(cut)]).unwrap();
+            assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
+        }
+        // Empty file.
+        let fx = Fixture::new();
+        let cache = fx.open(mode.clone());
+        let key = fx.save(&cache, WAT);
+        fs::write(cache.path_of(&key), b"").unwrap();
+        assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
+    }
+}
+
+#[test]
+fn swapped_files_are_misses_in_every_mode() {
+    for mode in modes() {
+        let fx = Fixture::new();
+        let cache = fx.open(mode);
+        let (wat1, wat2) = (wat_n(1), wat_n(2));
+        let k1 = fx.save(&cache, &wat1);
+        let k2 = fx.save(&cache, &wat2);
+        let (p1, p2) = (cache.path_of(&k1), cache.path_of(&k2));
+        let tmp = p1.with_extension("swap");
+        fs::rename(&p1, &tmp).unwrap();
+        fs::rename(&p2, &p1).unwrap();
+        fs::rename(&tmp, &p2).unwrap();
+        assert_rejected_then_recovers(&fx, &cache, &k1, &wat1, 1);
+        assert!(cache.last_rejection().unwrap().contains("wasm hash"));
+        assert_rejected_then_recovers(&fx, &cache, &k2, &wat2, 2);
+    }
+}
+
+#[test]
+fn wrong_hmac_key_and_unauthenticated_files_are_misses() {
+    let fx = Fixture::new();
+    let writer = fx.open(Verification::Authenticated {
+        key: b"key one".to_vec(),
+    });
+    let key = fx.save(&writer, WAT);
+    let reader = fx.open(Verification::Authenticated {
+        key: b"key two".to_vec(),
+    });
+    assert_rejected_then_recovers(&fx, &reader, &key, WAT, 42);
+    assert!(reader.last_rejection().unwrap().contains("hmac"));
+
+    // A file written without a key (by a Verified cache, or by an attacker who recomputed the
+    // sha256) is refused by an authenticated reader.
+    let plain = fx.open(Verification::Verified);
+    fx.save(&plain, WAT);
+    assert_rejected_then_recovers(&fx, &reader, &key, WAT, 42);
+    // An authenticated file is still a valid Verified entry.
+    assert!(plain.load(&key).unwrap().is_some());
+}
+
+#[test]
+fn empty_hmac_key_is_a_config_error() {
+    let fx = Fixture::new();
+    let err = FsCache::open(
+        fx.dir.path(),
+        &fx.engine,
+        FsCacheConfig {
+            mode: Verification::Authenticated { key: Vec::new() },
+            ..FsCacheConfig::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, CacheError::Config(_)), "{err}");
+    let debug = format!(
+        "{:?}",
+        Verification::Authenticated {
+            key: b"secret".to_vec()
+        }
+    );
+    assert!(!debug.contains("secret"));
+}
+
+#[test]
+fn other_engine_config_never_sees_the_file() {
+    let fx = Fixture::new();
+    let cache = fx.open(Verification::Verified);
+    let key = fx.save(&cache, WAT);
+
+    let mut config = wasmtime::Config::new();
+    config.cranelift_opt_level(wasmtime::OptLevel::None);
+    let other_engine = Engine::new(&config).unwrap();
+    let other = FsCache::open(fx.dir.path(), &other_engine, FsCacheConfig::default()).unwrap();
+    assert_ne!(other.engine_dir(), cache.engine_dir());
+    let other_key = CacheKey::new(&other_engine, WAT.as_bytes());
+    assert!(other.load(&other_key).unwrap().is_none());
+    assert_eq!(other.stats()[0].rejected, 0);
+    // A key of the wrong engine is an error, not a silent miss.
+    assert!(matches!(other.load(&key), Err(CacheError::Incompatible(_))));
+    let module = Module::new(&fx.engine, WAT).unwrap();
+    assert!(matches!(
+        other.save(&other_key, &module),
+        Err(CacheError::Incompatible(_))
+    ));
+
+    // A file of the first engine planted in the second engine's folder is rejected in every
+    // mode (for Trusted too: the trailer names the engine).
+    for mode in modes() {
+        let other = FsCache::open(
+            fx.dir.path(),
+            &other_engine,
+            FsCacheConfig {
+                mode,
+                max_bytes: None,
+                fsync: false,
+            },
+        )
+        .unwrap();
+        fs::copy(cache.path_of(&key), other.path_of(&other_key)).unwrap();
+        assert!(other.load(&other_key).unwrap().is_none());
+        assert_eq!(other.stats()[0].rejected, 1);
+        assert!(other.last_rejection().unwrap().contains("another engine"));
+        assert!(!other.path_of(&other_key).exists());
+    }
+    assert!(
+        cache.path_of(&key).exists(),
+        "the first engine's file is untouched"
+    );
+}
+
+#[test]
+fn garbage_symlinks_and_folders_are_misses() {
+    for mode in modes() {
+        let fx = Fixture::new();
+        let cache = fx.open(mode);
+        let key = CacheKey::new(&fx.engine, WAT.as_bytes());
+        let path = cache.path_of(&key);
+        fs::write(&path, vec![0x7F; 5000]).unwrap();
+        assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
+
+        fs::remove_file(&path).unwrap();
+        let target = fx.dir.path().join("elsewhere");
+        fs::write(&target, b"x").unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(cache.load(&key).unwrap().is_none());
+        assert!(fs::symlink_metadata(&path).is_err(), "symlink removed");
+        assert!(target.exists(), "its target is not");
+
+        fs::create_dir(&path).unwrap();
+        assert!(cache.load(&key).unwrap().is_none());
+        assert_eq!(cache.stats()[0].rejected, 3);
+    }
+}
+
+#[test]
+fn byte_limit_evicts_least_recently_used_files() {
+    let fx = Fixture::new();
+    let probe = fx.open(Verification::Verified);
+    let k0 = fx.save(&probe, &wat_n(0));
+    let size = fs::metadata(probe.path_of(&k0)).unwrap().len();
+    probe.remove(&k0).unwrap();
+
+    let max = size * 3 + size / 2;
+    let cache = fx.open_with(FsCacheConfig {
+        mode: Verification::Verified,
+        max_bytes: Some(max),
+        fsync: false,
+    });
+    let keys: Vec<_> = (0..3).map(|i| fx.save(&cache, &wat_n(i))).collect();
+    assert_eq!(cache.stats()[0].evictions, 0);
+    // Use key 0 so that key 1 becomes the least recently used. mtime granularity is fine
+    // but make sure the clock moves.
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(cache.load(&keys[0]).unwrap().is_some());
+    let k3 = fx.save(&cache, &wat_n(3));
+    let s = &cache.stats()[0];
+    assert_eq!((s.evictions, s.entries), (1, 3));
+    assert!(s.bytes <= max);
+    assert!(!cache.path_of(&keys[1]).exists(), "the LRU file went");
+    assert!(cache.path_of(&keys[0]).exists());
+    assert!(cache.path_of(&k3).exists());
+    let on_disk: u64 = fs::read_dir(cache.engine_dir())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= max);
+
+    // The limit also holds against files another process wrote (found by the rescan).
+    let other = fx.open(Verification::Verified);
+    for i in 10..14 {
+        fx.save(&other, &wat_n(i));
+    }
+    fx.save(&cache, &wat_n(20));
+    let on_disk: u64 = fs::read_dir(cache.engine_dir())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= max, "{on_disk} > {max}");
+
+    // A module bigger than the whole limit is not written.
+    let tiny = fx.open_with(FsCacheConfig {
+        mode: Verification::Verified,
+        max_bytes: Some(100),
+        fsync: false,
+    });
+    let key = fx.save(&tiny, WAT);
+    assert!(!tiny.path_of(&key).exists());
+    assert_eq!(tiny.stats()[0].rejected, 1);
+}
+
+#[test]
+fn open_scans_existing_entries_and_cleans_stale_temps() {
+    let fx = Fixture::new();
+    let cache = fx.open(Verification::Verified);
+    fx.save(&cache, &wat_n(1));
+    fx.save(&cache, &wat_n(2));
+    let stale = cache.engine_dir().join(".tmp-1-2-3");
+    fs::write(&stale, b"half written").unwrap();
+    File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    let fresh = cache.engine_dir().join(".tmp-1-2-4");
+    fs::write(&fresh, b"being written right now").unwrap();
+
+    let reopened = fx.open(Verification::Verified);
+    let s = &reopened.stats()[0];
+    assert_eq!(s.entries, 2);
+    assert_eq!(s.bytes, cache.stats()[0].bytes);
+    assert!(!stale.exists());
+    assert!(fresh.exists(), "another writer's temp file is left alone");
+}
+
+#[test]
+fn prune_removes_only_foreign_cache_folders() {
+    let fx = Fixture::new();
+    let cache = fx.open(Verification::Verified);
+    let key = fx.save(&cache, WAT);
+    let old_version = fx.dir.path().join(format!("v0-{}", "ab".repeat(32)));
+    let other_engine = fx.dir.path().join(format!("v1-{}", "cd".repeat(32)));
+    let unrelated = fx.dir.path().join("not-a-cache-folder");
+    for d in [&old_version, &other_engine, &unrelated] {
+        fs::create_dir(d).unwrap();
+        fs::write(d.join("x.cwasm"), b"12345").unwrap();
+    }
+    let report = cache.prune().unwrap();
+    let mut removed = report.removed_folders.clone();
+    removed.sort();
+    let mut want = vec![old_version.clone(), other_engine.clone()];
+    want.sort();
+    assert_eq!(removed, want);
+    assert_eq!((report.removed_files, report.removed_bytes), (2, 10));
+    assert!(unrelated.exists());
+    assert!(cache.load(&key).unwrap().is_some());
+}
+
+#[test]
+fn verify_all_reports_bad_files_without_touching_them() {
+    let fx = Fixture::new();
+    let cache = fx.open(Verification::Trusted);
+    let good = fx.save(&cache, &wat_n(1));
+    let bad = fx.save(&cache, &wat_n(2));
+    let path = cache.path_of(&bad);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    fs::write(cache.engine_dir().join("nonsense.cwasm"), b"x").unwrap();
+
+    let report = cache.verify_all().unwrap();
+    assert_eq!((report.checked, report.valid), (3, 1));
+    assert_eq!(
+        report.valid_bytes,
+        fs::metadata(cache.path_of(&good)).unwrap().len()
+    );
+    let reasons: Vec<_> = report.bad.iter().map(|b| b.reason.as_str()).collect();
+    assert!(reasons.iter().any(|r| r.contains("sha256")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("file name")),
+        "{reasons:?}"
+    );
+    assert!(path.exists());
+}
+
+#[test]
+fn concurrent_threads_share_one_folder() {
+    let fx = Fixture::new();
+    let cache = fx.open(Verification::Verified);
+    let wats: Vec<_> = (0..4).map(wat_n).collect();
+    let modules: Vec<_> = wats
+        .iter()
+        .map(|w| {
+            (
+                CacheKey::new(&fx.engine, w.as_bytes()),
+                Module::new(&fx.engine, w).unwrap(),
+            )
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (cache, modules, engine) = (&cache, &modules, &fx.engine);
+            s.spawn(move || {
+                for i in 0..20 {
+                    let (key, module) = &modules[(t + i) % modules.len()];
+                    cache.save(key, module).unwrap();
+                    let loaded = cache.load(key).unwrap().expect("a saved key loads");
+                    assert_eq!(answer(engine, &loaded), ((t + i) % 4) as i32);
+                }
+            });
+        }
+    });
+    let s = &cache.stats()[0];
+    assert_eq!((s.entries, s.rejected, s.hits), (4, 0, 80));
+    assert_eq!(
+        fs::read_dir(cache.engine_dir()).unwrap().count(),
+        4,
+        "no temp files left"
+    );
+}

@@ -164,6 +164,7 @@ mod tests {
         let engine = Engine::default();
         let entries: Vec<_> = (0..8).map(|i| module(&engine, i)).collect();
         let cache = Arc::new(PinnedCache::new());
+        let entries = &entries;
         std::thread::scope(|s| {
             for (i, (key, m)) in entries.iter().enumerate() {
                 let cache = Arc::clone(&cache);
