@@ -122,7 +122,7 @@ impl Mapping {
     pub(crate) fn grow_to(&self, new_len: usize) -> Result<(), StoreError> {
         let _guard = self.grow.lock();
         let len = self.len();
-        if new_len % PAGE_SIZE != 0 || new_len > self.reservation {
+        if !new_len.is_multiple_of(PAGE_SIZE) || new_len > self.reservation {
             return Err(StoreError::InvalidInput {
                 reason: format!(
                     "cannot grow memory to {new_len} bytes: must be a multiple of 64 KiB and at most the reservation of {} bytes",
@@ -197,7 +197,7 @@ impl Mapping {
     /// Drops private copies of `[offset, offset + len)`: file-backed pages read the image again,
     /// anonymous pages read zero.
     pub(crate) fn discard(&self, offset: usize, len: usize) -> Result<(), StoreError> {
-        debug_assert!(offset % OS_PAGE == 0 && offset + len <= self.len());
+        debug_assert!(offset.is_multiple_of(OS_PAGE) && offset + len <= self.len());
         // SAFETY: the range is inside the mapping; MADV_DONTNEED on a private mapping only resets
         // content, which the caller (rollback) intends; no wasm runs meanwhile.
         unsafe {

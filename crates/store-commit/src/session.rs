@@ -65,7 +65,8 @@ struct OpenMemory {
 pub struct Checkpoint {
     session: u64,
     modules: Vec<ModuleId>,
-    blobs: HashMap<ModuleId, (Option<Arc<Vec<u8>>>, bool)>,
+    /// Per module: the blob if loaded or set, and whether it changed.
+    blobs: HashMap<ModuleId, BlobState>,
     memories: HashMap<ModuleId, (usize, DeltaPages)>,
 }
 
@@ -75,6 +76,8 @@ impl Checkpoint {
         self.memories.values().map(|(_, d)| d.data.len()).sum()
     }
 }
+
+type BlobState = (Option<Arc<Vec<u8>>>, bool);
 
 /// One file of a planned commit.
 enum Source<'a> {
@@ -179,7 +182,7 @@ impl Session {
                 reason: format!("module id {id} is not the sha256 of the bytecode"),
             });
         }
-        if memory.len() % PAGE_SIZE != 0 || memory.len() / OS_PAGE > u32::MAX as usize {
+        if !memory.len().is_multiple_of(PAGE_SIZE) || memory.len() / OS_PAGE > u32::MAX as usize {
             return Err(StoreError::InvalidInput {
                 reason: format!(
                     "memory length {} is not a multiple of 64 KiB or too large",

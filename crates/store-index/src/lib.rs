@@ -860,7 +860,9 @@ impl CommitIndex {
         }
         for m in &index.modules {
             let mem = &m.memory;
-            if mem.len % PAGE_SIZE as u64 != 0 || mem.image.len % PAGE_SIZE as u64 != 0 {
+            if !mem.len.is_multiple_of(PAGE_SIZE as u64)
+                || !mem.image.len.is_multiple_of(PAGE_SIZE as u64)
+            {
                 return Err(corrupt("memory length not a multiple of 64 KiB"));
             }
             if mem.image.len > mem.len {
