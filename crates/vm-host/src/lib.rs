@@ -1,1 +1,179 @@
-//! placeholder
+//! A wasmtime host for contract VMs over the Strata module cache chain and commit store.
+//!
+//! [`Vm`] owns one directory holding a commit store ([`store_commit`]) and a file cache of
+//! compiled modules ([`cache_fs`]). Contracts are deployed once: the wasm is validated against
+//! the host ABI, stored under its module id (the sha256 of its bytes), and its genesis
+//! initialisation (active data segments and start function) runs exactly once, producing the
+//! genesis memory and globals that the deploy commits. Sessions run calls over any commit; a
+//! module's linear memory is the session's copy-on-write mapping of the committed memory, so
+//! instantiating a module over a 1 GiB memory copies nothing, and restored memory and globals are
+//! exactly as committed. A call that fails (trap, out of fuel, host error) leaves no trace.
+//!
+//! Modules load through pinned -> LRU -> file cache -> compile; the stored bytecode is checked
+//! against its id before it is compiled, and concurrent loads of one module compile it once.
+//!
+//! The host ABI (import module `env`) gives each module a key-value store committed with it:
+//! `db_read(key_ptr, key_len, val_ptr, val_cap) -> i32`, `db_write(key_ptr, key_len, val_ptr,
+//! val_len)` and `db_remove(key_ptr, key_len)`. Embedders add host functions with
+//! [`Vm::open_with_host`].
+//!
+//! ```
+//! use vm_host::{Value, Vm, VmConfig};
+//!
+//! # fn main() -> Result<(), vm_host::VmError> {
+//! let dir = tempfile::tempdir().expect("temp dir");
+//! let vm = Vm::open(dir.path(), VmConfig::for_tests())?;
+//! let wasm = wat::parse_str(
+//!     r#"(module
+//!          (global $n (mut i64) (i64.const 0))
+//!          (func (export "bump") (param i64) (result i64)
+//!            (global.set $n (i64.add (global.get $n) (local.get 0)))
+//!            (global.get $n)))"#,
+//! )
+//! .expect("valid wat");
+//! let (module, _genesis) = vm.deploy(&wasm)?;
+//!
+//! let mut session = vm.session(vm.latest())?;
+//! assert_eq!(session.call(&module, "bump", &[Value::I64(5)])?, vec![Value::I64(5)]);
+//! let root = session.commit()?;
+//!
+//! // The committed global is restored, not re-initialised.
+//! let mut session = vm.session(Some(root))?;
+//! assert_eq!(session.call(&module, "bump", &[Value::I64(1)])?, vec![Value::I64(6)]);
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+
+mod host;
+mod loader;
+mod memory;
+mod rewrite;
+mod session;
+mod value;
+mod vm;
+
+use std::path::PathBuf;
+
+pub use cache_core::LayerStats;
+pub use cache_fs::Verification;
+pub use host::HostState;
+pub use session::Session;
+pub use store_commit::{CommitInfo, Deletion};
+pub use store_index::{ModuleId, Root};
+pub use value::{Value, ValueType, parse_args};
+pub use vm::{VerifyOutcome, Vm, VmStats};
+
+/// The settings of a [`Vm`].
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Capacity of the in-memory LRU layer, in bytes of compiled artifact.
+    pub lru_bytes: u64,
+    /// How the file cache checks an artifact before deserializing it.
+    pub fs_verification: Verification,
+    /// Byte limit of the file cache directory; `None` for no limit.
+    pub fs_cache_bytes: Option<u64>,
+    /// Whether the store and the file cache fsync what they write (turn off only for tests).
+    pub fsync: bool,
+    /// Fuel of a call that does not name its own.
+    pub default_fuel: u64,
+    /// Fuel of a module's genesis initialisation (its start function).
+    pub deploy_fuel: u64,
+    /// The largest linear memory a module may grow to, in bytes.
+    pub memory_limit: usize,
+    /// The largest key `db_write` accepts, in bytes.
+    pub max_key_bytes: usize,
+    /// The largest value `db_write` accepts, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            lru_bytes: 512 << 20,
+            fs_verification: Verification::Verified,
+            fs_cache_bytes: Some(4 << 30),
+            fsync: true,
+            default_fuel: 1_000_000_000,
+            deploy_fuel: 1_000_000_000,
+            memory_limit: 1 << 30,
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+        }
+    }
+}
+
+impl VmConfig {
+    /// The default settings without fsync: fast, and not durable across power loss.
+    pub fn for_tests() -> Self {
+        VmConfig {
+            fsync: false,
+            ..VmConfig::default()
+        }
+    }
+}
+
+/// Errors of the VM host.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VmError {
+    /// The wasm is not a valid module, or uses a feature the host cannot run or persist.
+    #[error("invalid module: {0}")]
+    InvalidModule(String),
+    /// The module imports something the host does not offer.
+    #[error("module imports `{module}::{name}`, which the host does not offer")]
+    UnsupportedImport {
+        /// The import's module name.
+        module: String,
+        /// The import's field name.
+        name: String,
+    },
+    /// The module is already deployed in this state.
+    #[error("module {0} is already deployed")]
+    AlreadyDeployed(ModuleId),
+    /// No module with this id is deployed in the state.
+    #[error("unknown module {0}")]
+    UnknownModule(ModuleId),
+    /// The module exports no function of this name.
+    #[error("module exports no function `{0}`")]
+    UnknownFunction(String),
+    /// The arguments do not match the function's parameters.
+    #[error("bad arguments: {0}")]
+    BadArguments(String),
+    /// The call used up its fuel.
+    #[error("out of fuel: the call used all of its {0} units of fuel")]
+    OutOfFuel(u64),
+    /// The call trapped.
+    #[error("call trapped: {0}")]
+    Trap(String),
+    /// A host function refused the call's input.
+    #[error("host function failed: {0}")]
+    Host(String),
+    /// The stored bytecode does not hash to its module id.
+    #[error("stored bytecode of module {0} does not match its id")]
+    CorruptBytecode(ModuleId),
+    /// The commit store failed.
+    #[error("store: {0}")]
+    Store(#[from] store_commit::StoreError),
+    /// The module cache could not be opened.
+    #[error("module cache: {0}")]
+    Cache(#[from] cache_core::CacheError),
+    /// An I/O error on the VM directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// An error from wasmtime outside a call (compiling, linking).
+    #[error("wasmtime: {0}")]
+    Wasmtime(String),
+}
+
+impl VmError {
+    pub(crate) fn wasmtime(err: wasmtime::Error) -> Self {
+        VmError::Wasmtime(format!("{err:#}"))
+    }
+}

@@ -1,0 +1,236 @@
+//! Criterion benchmarks of the VM host: instantiate + call from each cache layer, session open +
+//! call + commit over small and large memories, and calls per second on one core.
+//!
+//! The corpus (sql.js) is read from `$STRATA_CORPUS`, else `../shared/corpus`; its imports are
+//! defined as trapping host functions, as an embedder would define its own ABI.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use vm_host::{HostState, ModuleId, Root, Value, Vm, VmConfig, VmError};
+use wasmtime::{FuncType, Linker, ValType};
+
+const COUNTER: &str = include_str!("../contracts/counter.wat");
+
+fn corpus(name: &str) -> Option<Vec<u8>> {
+    let dir = std::env::var_os("STRATA_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+        });
+    std::fs::read(dir.join(name)).ok()
+}
+
+fn val_type(ty: &wasmparser::ValType) -> ValType {
+    match ty {
+        wasmparser::ValType::I32 => ValType::I32,
+        wasmparser::ValType::I64 => ValType::I64,
+        wasmparser::ValType::F32 => ValType::F32,
+        wasmparser::ValType::F64 => ValType::F64,
+        _ => ValType::I32,
+    }
+}
+
+/// Every function import of `wasm`, as (module, name, params, results).
+fn imports(wasm: &[u8]) -> Vec<(String, String, Vec<ValType>, Vec<ValType>)> {
+    let mut types = Vec::new();
+    let mut out = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.expect("corpus module parses") {
+            wasmparser::Payload::TypeSection(reader) => {
+                for ty in reader.into_iter_err_on_gc_types() {
+                    let ty = ty.expect("func type");
+                    types.push((
+                        ty.params().iter().map(val_type).collect::<Vec<_>>(),
+                        ty.results().iter().map(val_type).collect::<Vec<_>>(),
+                    ));
+                }
+            }
+            wasmparser::Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    let import = import.expect("import");
+                    if let wasmparser::TypeRef::Func(index) = import.ty {
+                        let (params, results) = types[index as usize].clone();
+                        out.push((
+                            import.module.to_owned(),
+                            import.name.to_owned(),
+                            params,
+                            results,
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Opens a VM whose host defines `wasm`'s imports as functions that trap.
+fn vm_for(dir: &std::path::Path, config: VmConfig, wasm: &[u8]) -> Vm {
+    let imports = imports(wasm);
+    Vm::open_with_host(dir, config, move |linker: &mut Linker<HostState>| {
+        for (module, name, params, results) in &imports {
+            if module == "env" && name.starts_with("db_") {
+                continue;
+            }
+            let ty = FuncType::new(linker.engine(), params.clone(), results.clone());
+            linker
+                .func_new(module, name, ty, |_, _, _| {
+                    Err(wasmtime::format_err!(
+                        "import not provided by the benchmark host"
+                    ))
+                })
+                .map_err(|e| VmError::Wasmtime(e.to_string()))?;
+        }
+        Ok(())
+    })
+    .expect("vm opens")
+}
+
+/// An exported `() -> i32` function of `module` that returns without trapping.
+fn harmless_export(vm: &Vm, root: Root, module: &ModuleId, wasm: &[u8]) -> String {
+    let engine = wasmtime::Engine::default();
+    let parsed = wasmtime::Module::new(&engine, wasm).expect("compiles");
+    let mut names: Vec<String> = parsed
+        .exports()
+        .filter_map(|e| {
+            let f = e.ty().func()?.clone();
+            (f.params().len() == 0 && f.results().len() == 1).then(|| e.name().to_owned())
+        })
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .find(|name| {
+            let mut s = vm.session(Some(root)).expect("session");
+            s.call(module, name, &[]).is_ok()
+        })
+        .expect("a harmless export")
+}
+
+struct Subject {
+    label: &'static str,
+    wasm: Vec<u8>,
+    function: String,
+}
+
+fn layers(c: &mut Criterion) {
+    let mut subjects = vec![Subject {
+        label: "counter",
+        wasm: wat::parse_str(COUNTER).expect("counter.wat"),
+        function: "get".to_owned(),
+    }];
+    if let Some(wasm) = corpus("sqljs-1.16.0.wasm") {
+        subjects.push(Subject {
+            label: "sqljs",
+            wasm,
+            function: String::new(),
+        });
+    }
+    for mut subject in subjects {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let vm = vm_for(dir.path(), VmConfig::for_tests(), &subject.wasm);
+        let (module, root) = vm.deploy(&subject.wasm).expect("deploys");
+        if subject.function.is_empty() {
+            subject.function = harmless_export(&vm, root, &module, &subject.wasm);
+        }
+        let function = subject.function.clone();
+        let mut group = c.benchmark_group(format!("instantiate_call/{}", subject.label));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(3));
+        let run = |vm: &Vm| {
+            let mut s = vm.session(Some(root)).expect("session");
+            s.call(&module, &function, &[]).expect("call");
+        };
+        // Compile: a VM whose caches are empty each time.
+        group.bench_function("baseline_compile", |b| {
+            b.iter_batched(
+                || {
+                    let d = tempfile::tempdir().expect("temp dir");
+                    copy_store(dir.path(), d.path());
+                    let vm = vm_for(d.path(), VmConfig::for_tests(), &subject.wasm);
+                    (d, vm)
+                },
+                |(_d, vm)| run(&vm),
+                criterion::BatchSize::PerIteration,
+            )
+        });
+        // File cache: a fresh VM over the same directory (empty in-memory layers).
+        group.bench_function("fs_verified", |b| {
+            b.iter_batched(
+                || vm_for(dir.path(), VmConfig::for_tests(), &subject.wasm),
+                |vm| run(&vm),
+                criterion::BatchSize::PerIteration,
+            )
+        });
+        group.bench_function("lru", |b| {
+            run(&vm);
+            b.iter(|| run(&vm))
+        });
+        vm.pin(&module).expect("pin");
+        group.bench_function("pinned", |b| b.iter(|| run(&vm)));
+        group.finish();
+    }
+}
+
+/// Copies the commit store (not the caches) of a VM directory.
+fn copy_store(from: &std::path::Path, to: &std::path::Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from.join("store"))
+        .arg(to)
+        .status()
+        .expect("cp runs");
+    assert!(status.success());
+}
+
+fn sessions(c: &mut Criterion) {
+    let wasm = wat::parse_str(COUNTER).expect("counter.wat");
+    let mut group = c.benchmark_group("session_open_call_commit");
+    group.sample_size(20);
+    for (label, pages) in [("1MiB", 16u32), ("1GiB", 16 * 1024)] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let vm = Vm::open(dir.path(), VmConfig::for_tests()).expect("vm");
+        let (module, root) = vm.deploy(&wasm).expect("deploy");
+        let mut s = vm.session(Some(root)).expect("session");
+        s.call(&module, "grow", &[Value::I32(pages as i32 - 1)])
+            .expect("grow");
+        let base = s.commit().expect("commit");
+        let id = if label == "1MiB" {
+            "baseline_1MiB"
+        } else {
+            label
+        };
+        group.bench_function(BenchmarkId::new(id, "increment"), |b| {
+            b.iter(|| {
+                let mut s = vm.session(Some(base)).expect("session");
+                s.call(&module, "increment", &[]).expect("call");
+                s.commit().expect("commit")
+            })
+        });
+    }
+    group.finish();
+}
+
+fn throughput(c: &mut Criterion) {
+    let wasm = wat::parse_str(COUNTER).expect("counter.wat");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let vm = Vm::open(dir.path(), VmConfig::for_tests()).expect("vm");
+    let (module, root) = vm.deploy(&wasm).expect("deploy");
+    let mut group = c.benchmark_group("calls_in_one_session");
+    let mut s = vm.session(Some(root)).expect("session");
+    s.call(&module, "get", &[]).expect("warm");
+    group.bench_function("baseline_get", |b| {
+        b.iter(|| s.call(&module, "get", &[]).expect("call"))
+    });
+    group.bench_function("increment", |b| {
+        b.iter(|| s.call(&module, "increment", &[]).expect("call"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, layers, sessions, throughput);
+criterion_main!(benches);

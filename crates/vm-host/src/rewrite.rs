@@ -1,0 +1,327 @@
+//! Checks a deployed module against the host ABI and rewrites it for genesis and for runtime.
+//!
+//! Wasmtime re-applies active data segments and runs the start function at every instantiation
+//! (DESIGN-NOTES fact 2), which would clobber restored state. So a module runs in two forms:
+//! - the genesis form, run once at deploy: the original module plus exports of its memory and of
+//!   its mutable globals, so the host can read the genesis state after the start function;
+//! - the runtime form, instantiated over restored state: the same, with every active data
+//!   segment turned into an empty passive one (indices and `memory.init` semantics are kept: an
+//!   active segment is dropped after instantiation, so using it traps as an empty one does) and
+//!   without the start section.
+//!
+//! Both forms are deterministic functions of the original bytes, so a cache key computed from
+//! the runtime form names the same artifact on every node. Sections are copied byte for byte
+//! except the three that change.
+
+use std::ops::Range;
+
+use wasm_encoder::{DataSection, ExportKind, ExportSection, RawSection, SectionId};
+use wasmparser::{DataKind, ExternalKind, Parser, Payload, TypeRef, ValType};
+
+use crate::VmError;
+
+/// The export name under which both forms expose the module's memory.
+pub(crate) const MEMORY_EXPORT: &str = "__strata_memory";
+/// The export prefix of the module's mutable globals, followed by the global index.
+pub(crate) const GLOBAL_EXPORT_PREFIX: &str = "__strata_global_";
+
+/// The type of a mutable global the host saves and restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GlobalKind {
+    I32,
+    I64,
+    F32,
+    F64,
+    V128,
+}
+
+/// What the host needs to know of a module's structure.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Shape {
+    /// Function imports as (module, name).
+    pub(crate) imports: Vec<(String, String)>,
+    /// Whether the module defines a memory.
+    pub(crate) has_memory: bool,
+    /// Mutable globals: (global index, kind), in index order.
+    pub(crate) mutable_globals: Vec<(u32, GlobalKind)>,
+}
+
+/// Which form to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    Genesis,
+    Runtime,
+}
+
+fn invalid(message: impl std::fmt::Display) -> VmError {
+    VmError::InvalidModule(message.to_string())
+}
+
+/// Reads the module's structure and refuses what the host cannot run or persist.
+pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
+    let mut shape = Shape::default();
+    let mut memories = 0;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.map_err(invalid)? {
+            Payload::Version {
+                encoding: wasmparser::Encoding::Component,
+                ..
+            } => {
+                return Err(invalid(
+                    "components are not supported, deploy a core module",
+                ));
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    let import = import.map_err(invalid)?;
+                    match import.ty {
+                        TypeRef::Func(_) | TypeRef::FuncExact(_) => shape
+                            .imports
+                            .push((import.module.to_owned(), import.name.to_owned())),
+                        _ => {
+                            return Err(VmError::UnsupportedImport {
+                                module: import.module.to_owned(),
+                                name: import.name.to_owned(),
+                            });
+                        }
+                    }
+                }
+            }
+            Payload::MemorySection(reader) => {
+                for memory in reader {
+                    let memory = memory.map_err(invalid)?;
+                    if memory.memory64 {
+                        return Err(invalid("64-bit memories are not supported"));
+                    }
+                    if memory.shared {
+                        return Err(invalid("shared memories are not supported"));
+                    }
+                    if memory.page_size_log2.is_some() {
+                        return Err(invalid("custom page sizes are not supported"));
+                    }
+                    memories += 1;
+                }
+            }
+            Payload::GlobalSection(reader) => {
+                for (index, global) in reader.into_iter().enumerate() {
+                    let global = global.map_err(invalid)?;
+                    if !global.ty.mutable {
+                        continue;
+                    }
+                    let kind = match global.ty.content_type {
+                        ValType::I32 => GlobalKind::I32,
+                        ValType::I64 => GlobalKind::I64,
+                        ValType::F32 => GlobalKind::F32,
+                        ValType::F64 => GlobalKind::F64,
+                        ValType::V128 => GlobalKind::V128,
+                        ValType::Ref(_) => {
+                            return Err(invalid(
+                                "mutable reference-typed globals cannot be persisted",
+                            ));
+                        }
+                    };
+                    let index = u32::try_from(index).map_err(invalid)?;
+                    shape.mutable_globals.push((index, kind));
+                }
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export.map_err(invalid)?;
+                    if export.name.starts_with("__strata_") {
+                        return Err(invalid(format!(
+                            "export `{}` uses the reserved prefix `__strata_`",
+                            export.name
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if memories > 1 {
+        return Err(invalid(
+            "modules with more than one memory are not supported",
+        ));
+    }
+    shape.has_memory = memories == 1;
+    Ok(shape)
+}
+
+/// Where the export section goes when the module has none: before the first of these.
+fn comes_after_exports(id: u8) -> bool {
+    [
+        SectionId::Start,
+        SectionId::Element,
+        SectionId::DataCount,
+        SectionId::Code,
+        SectionId::Data,
+    ]
+    .iter()
+    .any(|s| *s as u8 == id)
+}
+
+/// Produces the genesis or runtime form of a module whose `shape` was checked.
+pub(crate) fn rewrite(wasm: &[u8], shape: &Shape, form: Form) -> Result<Vec<u8>, VmError> {
+    let mut module = wasm_encoder::Module::new();
+    let mut exports_written = false;
+    let raw = |module: &mut wasm_encoder::Module, id: u8, range: Range<usize>| {
+        module.section(&RawSection {
+            id,
+            data: &wasm[range],
+        });
+    };
+    for payload in Parser::new(0).parse_all(wasm) {
+        let payload = payload.map_err(invalid)?;
+        let Some((id, range)) = payload.as_section() else {
+            continue;
+        };
+        if !exports_written && id != 0 && comes_after_exports(id) {
+            module.section(&host_exports(shape, None)?);
+            exports_written = true;
+        }
+        match payload {
+            Payload::ExportSection(reader) => {
+                module.section(&host_exports(shape, Some(reader))?);
+                exports_written = true;
+            }
+            Payload::StartSection { .. } if form == Form::Runtime => {}
+            Payload::DataSection(reader) if form == Form::Runtime => {
+                let mut data = DataSection::new();
+                for segment in reader {
+                    let segment = segment.map_err(invalid)?;
+                    match segment.kind {
+                        DataKind::Passive => data.passive(segment.data.iter().copied()),
+                        DataKind::Active { .. } => data.passive([]),
+                    };
+                }
+                module.section(&data);
+            }
+            _ => raw(&mut module, id, range),
+        }
+    }
+    if !exports_written {
+        module.section(&host_exports(shape, None)?);
+    }
+    Ok(module.finish())
+}
+
+/// The module's own exports followed by those of its memory and mutable globals.
+fn host_exports(
+    shape: &Shape,
+    existing: Option<wasmparser::ExportSectionReader<'_>>,
+) -> Result<ExportSection, VmError> {
+    let mut exports = ExportSection::new();
+    if let Some(reader) = existing {
+        for export in reader {
+            let export = export.map_err(invalid)?;
+            let kind = match export.kind {
+                ExternalKind::Func | ExternalKind::FuncExact => ExportKind::Func,
+                ExternalKind::Table => ExportKind::Table,
+                ExternalKind::Memory => ExportKind::Memory,
+                ExternalKind::Global => ExportKind::Global,
+                ExternalKind::Tag => ExportKind::Tag,
+            };
+            exports.export(export.name, kind, export.index);
+        }
+    }
+    if shape.has_memory {
+        exports.export(MEMORY_EXPORT, ExportKind::Memory, 0);
+    }
+    for (index, _) in &shape.mutable_globals {
+        exports.export(
+            &format!("{GLOBAL_EXPORT_PREFIX}{index}"),
+            ExportKind::Global,
+            *index,
+        );
+    }
+    Ok(exports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wat(text: &str) -> Vec<u8> {
+        wat::parse_str(text).expect("valid wat")
+    }
+
+    const SAMPLE: &str = r#"(module
+        (memory 1)
+        (global $g (mut i64) (i64.const 7))
+        (global $c i32 (i32.const 1))
+        (data (i32.const 16) "hello")
+        (data $p "passive")
+        (func $init (global.set $g (i64.const 9)))
+        (start $init)
+        (func (export "get") (result i64) (global.get $g)))"#;
+
+    #[test]
+    fn runtime_form_drops_start_and_active_data() {
+        let wasm = wat(SAMPLE);
+        let shape = shape(&wasm).expect("shape");
+        assert!(shape.has_memory);
+        assert_eq!(shape.mutable_globals, vec![(0, GlobalKind::I64)]);
+        let runtime = rewrite(&wasm, &shape, Form::Runtime).expect("rewrite");
+        wasmparser::validate(&runtime).expect("runtime form is valid");
+        let mut saw_start = false;
+        let mut segments = Vec::new();
+        let mut exports = Vec::new();
+        for payload in Parser::new(0).parse_all(&runtime) {
+            match payload.expect("parses") {
+                Payload::StartSection { .. } => saw_start = true,
+                Payload::DataSection(r) => {
+                    for d in r {
+                        let d = d.expect("segment");
+                        assert!(matches!(d.kind, DataKind::Passive));
+                        segments.push(d.data.to_vec());
+                    }
+                }
+                Payload::ExportSection(r) => {
+                    exports.extend(r.into_iter().map(|e| e.expect("export").name.to_owned()))
+                }
+                _ => {}
+            }
+        }
+        assert!(!saw_start);
+        assert_eq!(segments, vec![Vec::new(), b"passive".to_vec()]);
+        assert_eq!(exports, ["get", MEMORY_EXPORT, "__strata_global_0"]);
+        let genesis = rewrite(&wasm, &shape, Form::Genesis).expect("rewrite");
+        wasmparser::validate(&genesis).expect("genesis form is valid");
+        assert_ne!(genesis, runtime);
+        assert_eq!(
+            rewrite(&wasm, &shape, Form::Runtime).expect("again"),
+            runtime
+        );
+    }
+
+    #[test]
+    fn adds_an_export_section_where_there_was_none() {
+        let wasm = wat("(module (memory 1) (global (mut i32) (i32.const 0)) (func))");
+        let shape = shape(&wasm).expect("shape");
+        let runtime = rewrite(&wasm, &shape, Form::Runtime).expect("rewrite");
+        wasmparser::validate(&runtime).expect("valid");
+    }
+
+    #[test]
+    fn refuses_what_the_host_cannot_run() {
+        let cases = [
+            (r#"(module (import "env" "m" (memory 1)))"#, "import"),
+            ("(module (memory 1) (memory 1))", "more than one memory"),
+            ("(module (memory i64 1))", "64-bit"),
+            (
+                r#"(module (func (export "__strata_x")))"#,
+                "reserved prefix",
+            ),
+            (
+                "(module (global (mut funcref) (ref.null func)))",
+                "reference",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = shape(&wat(text)).expect_err(text).to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        let err = shape(b"\0asm\x01\0\0\0\x05garbage").expect_err("garbage");
+        assert!(matches!(err, VmError::InvalidModule(_)), "{err}");
+    }
+}

@@ -1,0 +1,355 @@
+//! [`Session`]: deploys and calls over one base commit, ending in at most one commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use store_index::{ModuleId, Root};
+use wasmtime::{Instance, Module, Val};
+
+use crate::host::{self, GlobalValue, HostBlob, HostState};
+use crate::loader::Loaded;
+use crate::memory::{self, GUARD, RESERVATION};
+use crate::rewrite::{self, Form, MEMORY_EXPORT};
+use crate::{Value, ValueType, Vm, VmError};
+
+/// A module instantiated in this session.
+struct Live {
+    store: wasmtime::Store<HostState>,
+    instance: Instance,
+    loaded: Loaded,
+    /// The mutable globals after the last successful call.
+    globals: Vec<(u32, GlobalValue)>,
+}
+
+/// The host state of a module this session touched.
+enum Slot {
+    Live(Box<Live>),
+    /// Not instantiated (again, after a failed call): the state to restore from.
+    Idle(HostBlob),
+}
+
+/// A session over one base commit: deploys, calls, and at most one commit at the end.
+///
+/// Dropping a session without committing discards everything it did. A session is `Send`:
+/// many sessions run at once on different threads.
+pub struct Session {
+    vm: Vm,
+    inner: store_commit::Session,
+    modules: HashMap<ModuleId, Slot>,
+    fuel: Option<u64>,
+}
+
+fn call_error(err: wasmtime::Error, fuel: u64) -> VmError {
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => VmError::OutOfFuel(fuel),
+        Some(trap) => VmError::Trap(trap.to_string()),
+        None => VmError::Host(format!("{err:#}")),
+    }
+}
+
+impl Session {
+    pub(crate) fn new(vm: Vm, base: Option<Root>) -> Result<Session, VmError> {
+        let inner = vm.inner.store.session(base)?;
+        Ok(Session {
+            vm,
+            inner,
+            modules: HashMap::new(),
+            fuel: None,
+        })
+    }
+
+    /// The commit this session started from.
+    pub fn base(&self) -> Option<Root> {
+        self.inner.base()
+    }
+
+    /// The modules deployed in this session's state.
+    pub fn modules(&self) -> Vec<ModuleId> {
+        self.inner.modules()
+    }
+
+    /// Sets the fuel of each following call (default: the VM's `default_fuel`).
+    pub fn set_fuel(&mut self, fuel: u64) {
+        self.fuel = Some(fuel);
+    }
+
+    /// Deploys `wasm`: validates it against the host ABI, runs its genesis initialisation
+    /// (active data segments and start function) once, and stores the bytecode and the
+    /// resulting state under its module id. The runtime form is compiled into the caches.
+    pub fn deploy(&mut self, wasm: &[u8]) -> Result<ModuleId, VmError> {
+        let id = ModuleId::of_wasm(wasm);
+        if self.inner.contains(&id) {
+            return Err(VmError::AlreadyDeployed(id));
+        }
+        let shape = rewrite::shape(wasm)?;
+        self.vm.check_imports(&shape)?;
+        let vm = &self.vm.inner;
+        let genesis = rewrite::rewrite(wasm, &shape, Form::Genesis)?;
+        let module = Module::new(&vm.genesis_engine, &genesis)
+            .map_err(|e| VmError::InvalidModule(format!("{e:#}")))?;
+        let pre = vm
+            .genesis_linker
+            .instantiate_pre(&module)
+            .map_err(|e| VmError::InvalidModule(format!("{e:#}")))?;
+        let state = HostState::new(
+            Default::default(),
+            self.vm.limits(),
+            vm.config.max_key_bytes,
+            vm.config.max_value_bytes,
+        );
+        let mut store = wasmtime::Store::new(&vm.genesis_engine, state);
+        store.limiter(|s| &mut s.limits);
+        store
+            .set_fuel(vm.config.deploy_fuel)
+            .map_err(VmError::wasmtime)?;
+        let instance = pre.instantiate(&mut store).map_err(|e| {
+            match call_error(e, vm.config.deploy_fuel) {
+                VmError::Trap(m) => VmError::Trap(format!("in genesis initialisation: {m}")),
+                other => other,
+            }
+        })?;
+        let image = match instance.get_memory(&mut store, MEMORY_EXPORT) {
+            Some(memory) => memory.data(&store).to_vec(),
+            None => Vec::new(),
+        };
+        let globals = host::read_globals(&mut store, &instance, &shape.mutable_globals)?;
+        let blob = HostBlob {
+            globals,
+            kv: store.into_data().into_kv(),
+        };
+        self.inner.deploy(id, wasm, &image, blob.encode())?;
+        // Compile the runtime form now, so the first call finds it in the caches.
+        vm.loader.load(&id, &|| Ok(wasm.to_vec()))?;
+        Ok(id)
+    }
+
+    /// The parameter and result types of `module`'s exported function `function`.
+    pub fn signature(
+        &mut self,
+        module: &ModuleId,
+        function: &str,
+    ) -> Result<(Vec<ValueType>, Vec<ValueType>), VmError> {
+        let loaded = self.load(module)?;
+        let ty = loaded
+            .module
+            .get_export(function)
+            .and_then(|e| e.func().cloned())
+            .ok_or_else(|| VmError::UnknownFunction(function.to_owned()))?;
+        let params = ty
+            .params()
+            .map(|p| ValueType::from_wasmtime(&p))
+            .collect::<Result<_, _>>()?;
+        let results = ty
+            .results()
+            .map(|r| ValueType::from_wasmtime(&r))
+            .collect::<Result<_, _>>()?;
+        Ok((params, results))
+    }
+
+    fn load(&mut self, module: &ModuleId) -> Result<Loaded, VmError> {
+        if let Some(Slot::Live(live)) = self.modules.get(module) {
+            return Ok(live.loaded.clone());
+        }
+        if !self.inner.contains(module) {
+            return Err(VmError::UnknownModule(*module));
+        }
+        let inner = &self.inner;
+        self.vm
+            .inner
+            .loader
+            .load(module, &|| Ok(inner.bytecode(module)?))
+    }
+
+    /// Calls `function` of `module` with `args`. A call that fails (trap, out of fuel, host
+    /// error) leaves no trace: memory, globals and key-value data are as before it.
+    pub fn call(
+        &mut self,
+        module: &ModuleId,
+        function: &str,
+        args: &[Value],
+    ) -> Result<Vec<Value>, VmError> {
+        self.ensure_live(module)?;
+        let fuel = self.fuel.unwrap_or(self.vm.inner.config.default_fuel);
+        let checkpoint = self.inner.checkpoint()?;
+        let Some(Slot::Live(live)) = self.modules.get_mut(module) else {
+            unreachable!("ensure_live made the module live");
+        };
+        let func = live
+            .instance
+            .get_func(&mut live.store, function)
+            .ok_or_else(|| VmError::UnknownFunction(function.to_owned()))?;
+        let ty = func.ty(&live.store);
+        let params: Vec<ValueType> = ty
+            .params()
+            .map(|p| ValueType::from_wasmtime(&p))
+            .collect::<Result<_, _>>()?;
+        let given: Vec<ValueType> = args.iter().map(Value::ty).collect();
+        if params != given {
+            return Err(VmError::BadArguments(format!(
+                "`{function}` takes ({}), given ({})",
+                join(&params),
+                join(&given)
+            )));
+        }
+        let args: Vec<Val> = args.iter().map(|a| a.to_wasmtime()).collect();
+        let mut results = vec![Val::I32(0); ty.results().len()];
+        live.store.set_fuel(fuel).map_err(VmError::wasmtime)?;
+        let outcome = func
+            .call(&mut live.store, &args, &mut results)
+            .map_err(|e| call_error(e, fuel))
+            .and_then(|()| {
+                host::read_globals(
+                    &mut live.store,
+                    &live.instance,
+                    &live.loaded.prepared.shape.mutable_globals,
+                )
+            });
+        match outcome {
+            Ok(globals) => {
+                live.globals = globals;
+                live.store.data_mut().keep();
+                self.vm.inner.calls.fetch_add(1, Ordering::Relaxed);
+                results.iter().map(Value::from_wasmtime).collect()
+            }
+            Err(err) => {
+                // Undo the call: memory (content and size) from the checkpoint, key-value
+                // data from the undo log, globals from the last good values. The instance is
+                // dropped, as wasmtime's view of the memory size may be stale now.
+                let Some(Slot::Live(live)) = self.modules.remove(module) else {
+                    unreachable!("the module was live");
+                };
+                let Live { store, globals, .. } = *live;
+                let mut state = store.into_data();
+                state.undo();
+                self.modules.insert(
+                    *module,
+                    Slot::Idle(HostBlob {
+                        globals,
+                        kv: state.into_kv(),
+                    }),
+                );
+                self.inner.rollback(&checkpoint)?;
+                Err(err)
+            }
+        }
+    }
+
+    fn ensure_live(&mut self, module: &ModuleId) -> Result<(), VmError> {
+        if let Some(Slot::Live(_)) = self.modules.get(module) {
+            return Ok(());
+        }
+        let loaded = self.load(module)?;
+        let blob = match self.modules.remove(module) {
+            Some(Slot::Idle(blob)) => blob,
+            _ => HostBlob::decode(&self.inner.blob(module)?)?,
+        };
+        let restore = blob.clone();
+        let result = self.instantiate(module, loaded, blob);
+        match result {
+            Ok(live) => {
+                self.modules.insert(*module, Slot::Live(Box::new(live)));
+                Ok(())
+            }
+            Err(err) => {
+                self.modules.insert(*module, Slot::Idle(restore));
+                Err(err)
+            }
+        }
+    }
+
+    fn instantiate(
+        &mut self,
+        module: &ModuleId,
+        loaded: Loaded,
+        blob: HostBlob,
+    ) -> Result<Live, VmError> {
+        let vm = &self.vm.inner;
+        let handle = if loaded.prepared.shape.has_memory {
+            Some(self.inner.memory(module, RESERVATION + GUARD)?)
+        } else {
+            None
+        };
+        let state = HostState::new(
+            blob.kv,
+            self.vm.limits(),
+            vm.config.max_key_bytes,
+            vm.config.max_value_bytes,
+        );
+        let mut store = wasmtime::Store::new(vm.loader.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        let instance = memory::with_next_memory(handle, || loaded.pre.instantiate(&mut store))
+            .map_err(VmError::wasmtime)?;
+        host::write_globals(&mut store, &instance, &blob.globals)?;
+        vm.instantiations.fetch_add(1, Ordering::Relaxed);
+        Ok(Live {
+            store,
+            instance,
+            loaded,
+            globals: blob.globals,
+        })
+    }
+
+    /// Reads `len` bytes of `module`'s memory at `offset` as the session sees it.
+    pub fn read_memory(
+        &mut self,
+        module: &ModuleId,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<u8>, VmError> {
+        self.ensure_live(module)?;
+        let Some(Slot::Live(live)) = self.modules.get_mut(module) else {
+            unreachable!("ensure_live made the module live");
+        };
+        let memory = live
+            .instance
+            .get_memory(&mut live.store, MEMORY_EXPORT)
+            .ok_or_else(|| VmError::Host("the module has no memory".to_owned()))?;
+        let mut buf = vec![0; len];
+        memory
+            .read(&live.store, offset, &mut buf)
+            .map_err(|_| VmError::BadArguments(format!("{offset}+{len} is out of bounds")))?;
+        Ok(buf)
+    }
+
+    /// The value `module` stores under `key`, as the session sees it.
+    pub fn kv_get(&mut self, module: &ModuleId, key: &[u8]) -> Result<Option<Vec<u8>>, VmError> {
+        match self.modules.get(module) {
+            Some(Slot::Live(live)) => Ok(live.store.data().get(key).map(<[u8]>::to_vec)),
+            Some(Slot::Idle(blob)) => Ok(blob.kv.get(key).cloned()),
+            None if self.inner.contains(module) => Ok(HostBlob::decode(&self.inner.blob(module)?)?
+                .kv
+                .get(key)
+                .cloned()),
+            None => Err(VmError::UnknownModule(*module)),
+        }
+    }
+
+    /// Commits the session's state and returns its root (an existing commit's root when the
+    /// state equals it).
+    pub fn commit(mut self) -> Result<Root, VmError> {
+        for (id, slot) in std::mem::take(&mut self.modules) {
+            let blob = match slot {
+                Slot::Live(live) => {
+                    let Live { store, globals, .. } = *live;
+                    HostBlob {
+                        globals,
+                        kv: store.into_data().into_kv(),
+                    }
+                }
+                Slot::Idle(blob) => blob,
+            };
+            self.inner.set_blob(&id, blob.encode())?;
+        }
+        let root = self.inner.commit()?;
+        self.vm.inner.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(root)
+    }
+}
+
+fn join(types: &[ValueType]) -> String {
+    types
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

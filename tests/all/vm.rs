@@ -1,0 +1,457 @@
+//! End-to-end tests of the VM host through its library: the host ABI, persistence across
+//! commits and restarts, atomic calls, deletion, determinism, cache tampering, and threads.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+use vm_host::{ModuleId, Root, Value, Vm, VmConfig, VmError};
+
+const COUNTER: &str = include_str!("../../crates/vm-host/contracts/counter.wat");
+const BANK: &str = include_str!("../../crates/vm-host/contracts/bank.wat");
+
+/// A module that exposes the raw host ABI and its memory.
+const ABI: &str = r#"(module
+  (import "env" "db_read" (func $r (param i32 i32 i32 i32) (result i32)))
+  (import "env" "db_write" (func $w (param i32 i32 i32 i32)))
+  (import "env" "db_remove" (func $d (param i32 i32)))
+  (memory 1)
+  (func (export "write") (param i32 i32 i32 i32)
+    (call $w (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
+  (func (export "read") (param i32 i32 i32 i32) (result i32)
+    (call $r (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
+  (func (export "remove") (param i32 i32)
+    (call $d (local.get 0) (local.get 1)))
+  (func (export "poke") (param i32 i32)
+    (i32.store8 (local.get 0) (local.get 1)))
+  (func (export "peek") (param i32) (result i32)
+    (i32.load8_u (local.get 0))))"#;
+
+fn wasm(wat: &str) -> Vec<u8> {
+    wat::parse_str(wat).expect("valid wat")
+}
+
+fn open(dir: &Path) -> Result<Vm> {
+    Ok(Vm::open(dir, VmConfig::for_tests())?)
+}
+
+fn call1(vm: &Vm, base: Root, module: &ModuleId, f: &str, args: &[Value]) -> Result<Value> {
+    let mut session = vm.session(Some(base))?;
+    let results = session.call(module, f, args)?;
+    Ok(results[0])
+}
+
+fn poke_str(
+    session: &mut vm_host::Session,
+    module: &ModuleId,
+    at: i32,
+    bytes: &[u8],
+) -> Result<()> {
+    for (i, b) in bytes.iter().enumerate() {
+        session.call(
+            module,
+            "poke",
+            &[Value::I32(at + i as i32), Value::I32(*b as i32)],
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn host_abi_reads_writes_and_removes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (abi, root) = vm.deploy(&wasm(ABI))?;
+    let mut s = vm.session(Some(root))?;
+    poke_str(&mut s, &abi, 0, b"key")?;
+    poke_str(&mut s, &abi, 16, b"hello world")?;
+    // Absent key.
+    assert_eq!(
+        s.call(
+            &abi,
+            "read",
+            &[
+                Value::I32(0),
+                Value::I32(3),
+                Value::I32(100),
+                Value::I32(64)
+            ]
+        )?,
+        [Value::I32(-1)]
+    );
+    s.call(
+        &abi,
+        "write",
+        &[Value::I32(0), Value::I32(3), Value::I32(16), Value::I32(11)],
+    )?;
+    // A short buffer gets a prefix; the full length is returned.
+    assert_eq!(
+        s.call(
+            &abi,
+            "read",
+            &[Value::I32(0), Value::I32(3), Value::I32(100), Value::I32(5)]
+        )?,
+        [Value::I32(11)]
+    );
+    assert_eq!(s.read_memory(&abi, 100, 6)?, b"hello\0");
+    assert_eq!(s.kv_get(&abi, b"key")?, Some(b"hello world".to_vec()));
+    s.call(&abi, "remove", &[Value::I32(0), Value::I32(3)])?;
+    assert_eq!(
+        s.call(
+            &abi,
+            "read",
+            &[
+                Value::I32(0),
+                Value::I32(3),
+                Value::I32(100),
+                Value::I32(64)
+            ]
+        )?,
+        [Value::I32(-1)]
+    );
+    // Out-of-bounds and negative pointers fail the call.
+    for args in [
+        [
+            Value::I32(65530),
+            Value::I32(10),
+            Value::I32(0),
+            Value::I32(1),
+        ],
+        [Value::I32(-1), Value::I32(3), Value::I32(0), Value::I32(1)],
+        [Value::I32(0), Value::I32(-3), Value::I32(0), Value::I32(1)],
+    ] {
+        let err = s.call(&abi, "write", &args).expect_err("out of bounds");
+        assert!(matches!(err, VmError::Host(_)), "{err}");
+    }
+    s.call(
+        &abi,
+        "write",
+        &[Value::I32(0), Value::I32(3), Value::I32(16), Value::I32(11)],
+    )?;
+    let err = s
+        .call(
+            &abi,
+            "read",
+            &[
+                Value::I32(0),
+                Value::I32(3),
+                Value::I32(65535),
+                Value::I32(64),
+            ],
+        )
+        .expect_err("value buffer out of bounds");
+    assert!(err.to_string().contains("out of bounds"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn state_persists_across_commits_and_restarts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (counter, roots) = {
+        let vm = open(dir.path())?;
+        let (counter, genesis) = vm.deploy(&wasm(COUNTER))?;
+        let mut roots = vec![genesis];
+        for _ in 0..3 {
+            let mut s = vm.session(vm.latest())?;
+            s.call(&counter, "add", &[Value::I64(5)])?;
+            roots.push(s.commit()?);
+        }
+        (counter, roots)
+    };
+    let vm = open(dir.path())?;
+    assert_eq!(vm.latest(), roots.last().copied());
+    for (i, root) in roots.iter().enumerate() {
+        let expected = Value::I64(5 * i as i64);
+        assert_eq!(
+            call1(&vm, *root, &counter, "get", &[])?,
+            expected,
+            "global at {i}"
+        );
+        assert_eq!(
+            call1(&vm, *root, &counter, "memory_count", &[])?,
+            expected,
+            "memory at {i}"
+        );
+        let stored = if i == 0 { Value::I64(-1) } else { expected };
+        assert_eq!(
+            call1(&vm, *root, &counter, "stored_count", &[])?,
+            stored,
+            "kv at {i}"
+        );
+        // Genesis ran once, at deploy; its data segment is in the committed memory.
+        assert_eq!(
+            call1(&vm, *root, &counter, "genesis_runs", &[])?,
+            Value::I32(1)
+        );
+        assert_eq!(
+            call1(&vm, *root, &counter, "greeting", &[])?,
+            Value::I64(i64::from_le_bytes(*b"strata c"))
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn failed_calls_leave_no_trace() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (counter, root) = vm.deploy(&wasm(COUNTER))?;
+    let mut s = vm.session(Some(root))?;
+    s.call(&counter, "add", &[Value::I64(2)])?;
+    let err = s
+        .call(&counter, "add_then_trap", &[Value::I64(100)])
+        .expect_err("traps");
+    assert!(matches!(err, VmError::Trap(_)), "{err}");
+    s.set_fuel(10_000);
+    let err = s.call(&counter, "spin", &[]).expect_err("runs out of fuel");
+    assert!(matches!(err, VmError::OutOfFuel(10_000)), "{err}");
+    assert!(err.to_string().contains("out of fuel"), "{err}");
+    s.set_fuel(1_000_000);
+    assert_eq!(s.call(&counter, "get", &[])?, [Value::I64(2)]);
+    assert_eq!(s.call(&counter, "memory_count", &[])?, [Value::I64(2)]);
+    assert_eq!(s.call(&counter, "stored_count", &[])?, [Value::I64(2)]);
+    assert_eq!(s.call(&counter, "pages", &[])?, [Value::I32(1)]);
+    let after = s.commit()?;
+
+    // The committed state is the state without the failed calls.
+    let mut twin = vm.session(Some(root))?;
+    twin.call(&counter, "add", &[Value::I64(2)])?;
+    twin.call(&counter, "get", &[])?;
+    assert_eq!(twin.commit()?, after);
+
+    // A bank transfer that overdraws credits first, then traps: the credit is undone too.
+    let (bank, root) = vm.deploy(&wasm(BANK))?;
+    let mut s = vm.session(Some(root))?;
+    s.call(&bank, "mint", &[Value::I32(1), Value::I64(10)])?;
+    let err = s
+        .call(
+            &bank,
+            "transfer",
+            &[Value::I32(1), Value::I32(2), Value::I64(11)],
+        )
+        .expect_err("overdraft");
+    assert!(matches!(err, VmError::Trap(_)), "{err}");
+    assert_eq!(s.call(&bank, "balance", &[Value::I32(2)])?, [Value::I64(0)]);
+    assert_eq!(
+        s.call(
+            &bank,
+            "transfer",
+            &[Value::I32(1), Value::I32(2), Value::I64(4)]
+        )?,
+        [Value::I64(6)]
+    );
+    Ok(())
+}
+
+#[test]
+fn memory_grows_persists_and_respects_the_limit() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = VmConfig {
+        memory_limit: 4 << 16,
+        ..VmConfig::for_tests()
+    };
+    let vm = Vm::open(dir.path(), config)?;
+    let (counter, root) = vm.deploy(&wasm(COUNTER))?;
+    let mut s = vm.session(Some(root))?;
+    assert_eq!(s.call(&counter, "grow", &[Value::I32(2)])?, [Value::I32(1)]);
+    s.call(
+        &counter,
+        "poke",
+        &[Value::I32((2 << 16) + 5), Value::I32(42)],
+    )?;
+    // Past the limit, memory.grow fails and returns -1.
+    assert_eq!(
+        s.call(&counter, "grow", &[Value::I32(2)])?,
+        [Value::I32(-1)]
+    );
+    let root = s.commit()?;
+    let mut s = vm.session(Some(root))?;
+    assert_eq!(s.call(&counter, "pages", &[])?, [Value::I32(3)]);
+    assert_eq!(
+        s.call(&counter, "peek", &[Value::I32((2 << 16) + 5)])?,
+        [Value::I32(42)]
+    );
+    assert_eq!(
+        s.call(&counter, "peek", &[Value::I32((3 << 16) - 1)])?,
+        [Value::I32(0)]
+    );
+    let err = s
+        .call(&counter, "peek", &[Value::I32(3 << 16)])
+        .expect_err("out of bounds");
+    assert!(matches!(err, VmError::Trap(_)), "{err}");
+    Ok(())
+}
+
+#[test]
+fn deleted_commits_are_refused_and_children_survive() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (counter, r0) = vm.deploy(&wasm(COUNTER))?;
+    let mut s = vm.session(Some(r0))?;
+    s.call(&counter, "add", &[Value::I64(1)])?;
+    let r1 = s.commit()?;
+    let mut s = vm.session(Some(r1))?;
+    s.call(&counter, "add", &[Value::I64(1)])?;
+    let r2 = s.commit()?;
+    vm.delete(&r1)?;
+    assert!(matches!(vm.session(Some(r1)), Err(VmError::Store(_))));
+    assert_eq!(call1(&vm, r2, &counter, "get", &[])?, Value::I64(2));
+    assert_eq!(call1(&vm, r0, &counter, "get", &[])?, Value::I64(0));
+    assert!(vm.verify()?.is_ok());
+    Ok(())
+}
+
+#[test]
+fn roots_are_deterministic_across_directories() -> Result<()> {
+    let run = |dir: &Path| -> Result<Vec<Root>> {
+        let vm = open(dir)?;
+        let (counter, r0) = vm.deploy(&wasm(COUNTER))?;
+        let (bank, r1) = vm.deploy(&wasm(BANK))?;
+        let mut s = vm.session(Some(r1))?;
+        s.call(&counter, "add", &[Value::I64(7)])?;
+        s.call(&bank, "mint", &[Value::I32(9), Value::I64(70)])?;
+        Ok(vec![r0, r1, s.commit()?])
+    };
+    let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    assert_eq!(run(a.path())?, run(b.path())?);
+    Ok(())
+}
+
+#[test]
+fn bad_modules_get_clear_errors() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let err = vm.deploy(b"not wasm at all").expect_err("garbage");
+    assert!(matches!(err, VmError::InvalidModule(_)), "{err}");
+    let err = vm
+        .deploy(&wasm(r#"(module (import "env" "exec" (func)))"#))
+        .expect_err("unknown import");
+    assert!(matches!(err, VmError::UnsupportedImport { .. }), "{err}");
+    assert!(err.to_string().contains("env::exec"), "{err}");
+    let err = vm
+        .deploy(&wasm(
+            r#"(module (import "env" "db_read" (func (param i32))))"#,
+        ))
+        .expect_err("wrong signature");
+    assert!(matches!(err, VmError::InvalidModule(_)), "{err}");
+    let (counter, root) = vm.deploy(&wasm(COUNTER))?;
+    let err = vm.deploy(&wasm(COUNTER)).expect_err("twice");
+    assert!(matches!(err, VmError::AlreadyDeployed(_)), "{err}");
+    let mut s = vm.session(Some(root))?;
+    let err = s.call(&counter, "nope", &[]).expect_err("no such export");
+    assert!(matches!(err, VmError::UnknownFunction(_)), "{err}");
+    let err = s
+        .call(&counter, "add", &[Value::I32(1)])
+        .expect_err("wrong type");
+    assert!(matches!(err, VmError::BadArguments(_)), "{err}");
+    let stranger = ModuleId::of_wasm(b"nothing deployed");
+    let err = s.call(&stranger, "get", &[]).expect_err("unknown module");
+    assert!(matches!(err, VmError::UnknownModule(_)), "{err}");
+    // A start function that never ends runs out of deploy fuel.
+    let config = VmConfig {
+        deploy_fuel: 10_000,
+        ..VmConfig::for_tests()
+    };
+    let other = tempfile::tempdir()?;
+    let vm = Vm::open(other.path(), config)?;
+    let err = vm
+        .deploy(&wasm("(module (func $s (loop (br 0))) (start $s))"))
+        .expect_err("endless start");
+    assert!(matches!(err, VmError::OutOfFuel(_)), "{err}");
+    assert!(vm.latest().is_none(), "nothing was committed");
+    Ok(())
+}
+
+#[test]
+fn tampered_cache_files_are_never_executed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (counter, root) = {
+        let vm = open(dir.path())?;
+        vm.deploy(&wasm(COUNTER))?
+    };
+    // Flip bytes in every cached artifact.
+    let mut tampered = 0;
+    for folder in std::fs::read_dir(dir.path().join("cache"))? {
+        for file in std::fs::read_dir(folder?.path())? {
+            let path = file?.path();
+            let mut bytes = std::fs::read(&path)?;
+            let at = bytes.len() / 3;
+            bytes[at] ^= 0xff;
+            bytes[at + 1] ^= 0x55;
+            std::fs::write(&path, bytes)?;
+            tampered += 1;
+        }
+    }
+    assert!(tampered >= 1, "the deploy cached the module");
+    let vm = open(dir.path())?;
+    assert!(
+        !vm.verify()?.is_ok(),
+        "verify reports the tampered artifact"
+    );
+    assert_eq!(
+        call1(&vm, root, &counter, "genesis_runs", &[])?,
+        Value::I32(1)
+    );
+    let stats = vm.stats();
+    assert_eq!(stats.compiles, 1, "the tampered artifact was recompiled");
+    let fs = stats.layers.last().expect("file layer");
+    assert_eq!(fs.rejected, 1, "{:?}", stats.layers);
+    assert!(vm.verify()?.is_ok(), "the recompiled artifact replaced it");
+    Ok(())
+}
+
+#[test]
+fn restart_loads_from_the_file_cache_and_keeps_pins() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (counter, root) = {
+        let vm = open(dir.path())?;
+        let deployed = vm.deploy(&wasm(COUNTER))?;
+        vm.pin(&deployed.0)?;
+        assert!(vm.is_pinned(&deployed.0));
+        deployed
+    };
+    let vm = open(dir.path())?;
+    assert_eq!(vm.pins(), vec![counter]);
+    assert!(vm.is_pinned(&counter));
+    call1(&vm, root, &counter, "get", &[])?;
+    let stats = vm.stats();
+    assert_eq!(stats.compiles, 0, "{stats:?}");
+    assert!(stats.layers[0].hits >= 1, "pinned hit: {:?}", stats.layers);
+    assert!(vm.unpin(&counter)?);
+    let vm = open(dir.path())?;
+    assert!(vm.pins().is_empty());
+    Ok(())
+}
+
+#[test]
+fn concurrent_sessions_and_single_flight_compiles() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (counter, root) = vm.deploy(&wasm(COUNTER))?;
+    drop(vm);
+    // A fresh VM with an empty file cache: every thread asks for the uncached module at once.
+    std::fs::remove_dir_all(dir.path().join("cache"))?;
+    let vm = Arc::new(open(dir.path())?);
+    let roots: Vec<Root> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let vm = vm.clone();
+                scope.spawn(move || -> Result<Root> {
+                    let mut s = vm.session(Some(root))?;
+                    s.call(&counter, "add", &[Value::I64(i)])?;
+                    Ok(s.commit()?)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect::<Result<_>>()
+    })?;
+    assert_eq!(vm.stats().compiles, 1, "one compile for eight threads");
+    for (i, r) in roots.iter().enumerate() {
+        assert_eq!(call1(&vm, *r, &counter, "get", &[])?, Value::I64(i as i64));
+    }
+    assert!(vm.verify()?.is_ok());
+    Ok(())
+}
