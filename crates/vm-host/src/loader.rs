@@ -138,7 +138,7 @@ impl Loader {
         let flight = self
             .inflight
             .lock()
-            .entry(prepared.key.clone())
+            .entry(prepared.key)
             .or_default()
             .clone();
         let _guard = flight.lock();
@@ -182,8 +182,7 @@ impl Loader {
     }
 
     pub(crate) fn pin(&self, loaded: &Loaded) {
-        self.pinned
-            .pin(loaded.prepared.key.clone(), loaded.module.clone());
+        self.pinned.pin(loaded.prepared.key, loaded.module.clone());
     }
 
     pub(crate) fn unpin(&self, id: &ModuleId) -> bool {
