@@ -1,0 +1,205 @@
+//! Criterion benchmarks of the module cache on real modules (sql.js, tree-sitter, CosmWasm's
+//! hackatom): a hit in each layer against compiling from wasm, against the floors
+//! (`Module::deserialize_file`, `sha256 + Module::deserialize`) and against wasmtime's own
+//! built-in cache (`Config::cache`).
+//!
+//! Two groups per module, each with one `baseline*` id (see `cargo xtask bench`):
+//! `cache/<module>/vs_compile` (baseline: `Module::new` from wasm) and
+//! `cache/<module>/vs_floor` (baseline: `Module::deserialize_file` of the plain artifact).
+//! Every iteration drops the module it loaded, as a host does between uses.
+//!
+//! The corpus is read from `$STRATA_CORPUS`, else `../shared/corpus` next to the workspace.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{CacheKey, ModuleCache, ModuleCacheExt};
+use cache_fs::{FsCache, FsCacheConfig, Verification};
+use cache_lru::LruCache;
+use cache_pinned::PinnedCache;
+use criterion::{Criterion, criterion_group, criterion_main};
+use sha2::{Digest, Sha256};
+use wasmtime::{Cache, CacheConfig, Config, Engine, Module};
+
+/// The corpus modules measured (esbuild is left out: 14 s per compile in release would make a
+/// compile group take minutes).
+const MODULES: &[(&str, &str)] = &[
+    ("sqljs", "sqljs-1.16.0.wasm"),
+    ("tree-sitter", "web-tree-sitter-0.27.1.wasm"),
+    ("hackatom", "cosmwasm-hackatom.wasm"),
+];
+
+fn corpus_dir() -> PathBuf {
+    match std::env::var_os("STRATA_CORPUS") {
+        Some(dir) => PathBuf::from(dir),
+        // CARGO_MANIFEST_DIR is <workspace>/tests.
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
+    }
+}
+
+/// Everything one module's benchmarks need, prepared once.
+struct Fixture {
+    wasm: Vec<u8>,
+    key: CacheKey,
+    artifact: Vec<u8>,
+    artifact_path: PathBuf,
+    pinned_chain: Box<dyn ModuleCache>,
+    lru_chain: Box<dyn ModuleCache>,
+    trusted: FsCache,
+    verified: FsCache,
+    authenticated: FsCache,
+    builtin_engine: Engine,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn fs_cache(dir: &Path, engine: &Engine, mode: Verification) -> FsCache {
+    let config = FsCacheConfig {
+        mode,
+        max_bytes: None,
+        fsync: false,
+    };
+    FsCache::open(dir, engine, config).expect("open fs cache")
+}
+
+impl Fixture {
+    fn new(engine: &Engine, wasm: Vec<u8>) -> Self {
+        let key = CacheKey::new(engine, &wasm);
+        let module = Module::new(engine, &wasm).expect("corpus module compiles");
+        let artifact = module.serialize().expect("serialize");
+        let dirs: Vec<_> = (0..5)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let artifact_path = dirs[0].path().join("plain.cwasm");
+        std::fs::write(&artifact_path, &artifact).expect("write artifact");
+
+        // A three-layer chain where the module is pinned, and one where it is only in the LRU.
+        let pinned = PinnedCache::new();
+        pinned.pin(key, module.clone());
+        let fs_below = fs_cache(dirs[1].path(), engine, Verification::Verified);
+        let pinned_chain: Box<dyn ModuleCache> =
+            Box::new(pinned.with_fallback(LruCache::default().with_fallback(fs_below)));
+        let lru = Arc::new(LruCache::default());
+        lru.save(&key, &module).expect("lru save");
+        let fs_below = fs_cache(dirs[1].path(), engine, Verification::Verified);
+        let lru_chain: Box<dyn ModuleCache> =
+            Box::new(PinnedCache::new().with_fallback(lru.with_fallback(fs_below)));
+
+        let trusted = fs_cache(dirs[2].path(), engine, Verification::Trusted);
+        let verified = fs_cache(dirs[3].path(), engine, Verification::Verified);
+        let authenticated = fs_cache(
+            dirs[4].path(),
+            engine,
+            Verification::Authenticated {
+                key: b"bench secret, kept outside the cache directory".to_vec(),
+            },
+        );
+        for fs in [&trusted, &verified, &authenticated] {
+            fs.save(&key, &module).expect("fs save");
+        }
+
+        // Wasmtime's own cache, in its own temp directory, warmed with one compile.
+        let builtin_dir = tempfile::tempdir().expect("tempdir");
+        let mut cache_config = CacheConfig::new();
+        cache_config.with_directory(builtin_dir.path());
+        let mut config = Config::new();
+        config.cache(Some(Cache::new(cache_config).expect("wasmtime cache")));
+        let builtin_engine = Engine::new(&config).expect("engine with cache");
+        drop(Module::new(&builtin_engine, &wasm).expect("compile into wasmtime's cache"));
+        let mut dirs = dirs;
+        dirs.push(builtin_dir);
+
+        Fixture {
+            wasm,
+            key,
+            artifact,
+            artifact_path,
+            pinned_chain,
+            lru_chain,
+            trusted,
+            verified,
+            authenticated,
+            builtin_engine,
+            _dirs: dirs,
+        }
+    }
+
+    fn hit(cache: &dyn ModuleCache, key: &CacheKey) -> Module {
+        cache.load(key).expect("load").expect("a hit")
+    }
+}
+
+fn bench_cache(c: &mut Criterion) {
+    let engine = Engine::default();
+    let dir = corpus_dir();
+    for (name, file) in MODULES {
+        let Ok(wasm) = std::fs::read(dir.join(file)) else {
+            eprintln!("skipping {name}: {} not found", dir.join(file).display());
+            continue;
+        };
+        let fx = Fixture::new(&engine, wasm);
+        let key = fx.key;
+
+        let mut group = c.benchmark_group(format!("cache/{name}/vs_compile"));
+        group.sample_size(10);
+        group.warm_up_time(Duration::from_millis(500));
+        group.measurement_time(Duration::from_secs(3));
+        group.bench_function("baseline_compile", |b| {
+            b.iter(|| Module::new(&engine, black_box(&fx.wasm)).expect("compile"))
+        });
+        group.bench_function("pinned_hit", |b| {
+            b.iter(|| Fixture::hit(&*fx.pinned_chain, &key))
+        });
+        group.bench_function("lru_hit", |b| b.iter(|| Fixture::hit(&*fx.lru_chain, &key)));
+        group.bench_function("fs_verified_hit", |b| {
+            b.iter(|| Fixture::hit(&fx.verified, &key))
+        });
+        group.bench_function("wasmtime_cache_hit", |b| {
+            b.iter(|| Module::new(&fx.builtin_engine, black_box(&fx.wasm)).expect("cached"))
+        });
+        group.finish();
+
+        let mut group = c.benchmark_group(format!("cache/{name}/vs_floor"));
+        group.sample_size(30);
+        group.warm_up_time(Duration::from_millis(500));
+        group.measurement_time(Duration::from_secs(3));
+        group.bench_function("baseline_deserialize_file", |b| {
+            b.iter(|| {
+                // SAFETY: the file is `Module::serialize` output written by this benchmark and
+                // not modified while the benchmark runs.
+                unsafe { Module::deserialize_file(&engine, &fx.artifact_path) }.expect("load")
+            })
+        });
+        group.bench_function("sha256_deserialize", |b| {
+            b.iter(|| {
+                let digest: [u8; 32] = Sha256::digest(black_box(&fx.artifact)).into();
+                black_box(digest);
+                // SAFETY: `artifact` is `Module::serialize` output of this engine, in memory.
+                unsafe { Module::deserialize(&engine, &fx.artifact) }.expect("load")
+            })
+        });
+        group.bench_function("fs_trusted_hit", |b| {
+            b.iter(|| Fixture::hit(&fx.trusted, &key))
+        });
+        group.bench_function("fs_verified_hit", |b| {
+            b.iter(|| Fixture::hit(&fx.verified, &key))
+        });
+        group.bench_function("fs_authenticated_hit", |b| {
+            b.iter(|| Fixture::hit(&fx.authenticated, &key))
+        });
+        group.bench_function("wasmtime_cache_hit", |b| {
+            b.iter(|| Module::new(&fx.builtin_engine, black_box(&fx.wasm)).expect("cached"))
+        });
+        group.finish();
+
+        // Every FS load above must have been a verified hit, never a silent recompile.
+        for fs in [&fx.trusted, &fx.verified, &fx.authenticated] {
+            let s = &fs.stats()[0];
+            assert_eq!((s.misses, s.rejected), (0, 0), "{s:?}");
+        }
+    }
+}
+
+criterion_group!(benches, bench_cache);
+criterion_main!(benches);
