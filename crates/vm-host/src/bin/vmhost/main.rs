@@ -86,6 +86,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A reader that goes away (`vmhost commits | head -1`) must not make `println!` panic:
+    // restore the default SIGPIPE action, which ends the process quietly as other tools do.
+    // SAFETY: called first thing in `main`, before any other thread exists; `signal` with
+    // `SIG_DFL` installs no Rust code as a handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -252,7 +259,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let id = vm
                     .precompile(wasm)
                     .with_context(|| format!("cannot precompile {}", path.display()))?;
-                bar.println(format!("{id} {}", path.display()));
+                bar.suspend(|| println!("{id} {}", path.display()));
                 bar.inc(1);
             }
             bar.finish_with_message("done");
