@@ -39,6 +39,9 @@ pub trait Fs: Send + Sync + fmt::Debug {
     fn open_read(&self, path: &Path) -> io::Result<File>;
     /// Whether a path exists.
     fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Opens (creating if needed) a lock file and takes an exclusive lock on it without waiting;
+    /// the lock lives as long as the returned file. `ErrorKind::WouldBlock` when someone holds it.
+    fn lock(&self, path: &Path) -> io::Result<File>;
 }
 
 /// The real file system.
@@ -124,6 +127,16 @@ impl Fs for RealFs {
     fn exists(&self, path: &Path) -> io::Result<bool> {
         path.try_exists()
     }
+
+    fn lock(&self, path: &Path) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+        Ok(file)
+    }
 }
 
 /// Which operation a [`FaultFs`] saw.
@@ -152,6 +165,8 @@ pub enum Op {
     OpenRead,
     /// [`Fs::exists`]
     Exists,
+    /// [`Fs::lock`]
+    Lock,
 }
 
 /// How an armed [`FaultFs`] fails.
@@ -278,5 +293,9 @@ impl Fs for FaultFs {
     fn exists(&self, path: &Path) -> io::Result<bool> {
         self.check(Op::Exists, path)?;
         self.inner.exists(path)
+    }
+    fn lock(&self, path: &Path) -> io::Result<File> {
+        self.check(Op::Lock, path)?;
+        self.inner.lock(path)
     }
 }

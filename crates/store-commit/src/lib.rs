@@ -117,6 +117,12 @@ pub enum StoreError {
         /// The module.
         id: ModuleId,
     },
+    /// Another [`Store`] (in this or another process) has the directory open.
+    #[error("store directory {path} is in use by another store handle or process")]
+    Busy {
+        /// The store directory.
+        path: PathBuf,
+    },
     /// An earlier I/O error left the store refusing writes; reopen it.
     #[error("the store refuses writes after an earlier i/o error: reopen it")]
     Poisoned,
@@ -260,6 +266,8 @@ pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     pub(crate) config: StoreConfig,
     pub(crate) fs: Arc<dyn Fs>,
+    /// Held for the life of the store: one `Store` per directory.
+    _lock: std::fs::File,
     poisoned: AtomicBool,
     pub(crate) state: Mutex<State>,
     tmp_counter: AtomicU64,
@@ -279,12 +287,14 @@ pub(crate) struct State {
 }
 
 const MARKER: &str = "FORMAT";
+const LOCK: &str = "LOCK";
 const TMP_PREFIX: &str = ".tmp-";
 const DEL_PREFIX: &str = ".del-";
 
 impl Store {
-    /// Opens (creating if missing) the store in `dir`: checks its format version, removes leftovers
-    /// of interrupted commits and deletions, and reads every commit's index (no memory file).
+    /// Opens (creating if missing) the store in `dir`: locks it (one `Store` per directory, else
+    /// [`StoreError::Busy`]), checks its format version, removes leftovers of interrupted commits
+    /// and deletions, and reads every commit's index (no memory file).
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
         Store::open_with_fs(dir, config, Arc::new(RealFs))
     }
@@ -302,6 +312,16 @@ impl Store {
             });
         }
         create_dir_all(&*fs, dir)?;
+        let lock_path = dir.join(LOCK);
+        let lock = fs.lock(&lock_path).map_err(|e| {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                StoreError::Busy {
+                    path: dir.to_path_buf(),
+                }
+            } else {
+                io_err("lock", &lock_path)(e)
+            }
+        })?;
         let marker = dir.join(MARKER);
         if fs.exists(&marker).map_err(io_err("stat", &marker))? {
             let bytes = fs.read_file(&marker).map_err(io_err("read", &marker))?;
@@ -373,6 +393,7 @@ impl Store {
                 dir: dir.to_path_buf(),
                 config,
                 fs,
+                _lock: lock,
                 poisoned: AtomicBool::new(false),
                 state: Mutex::new(state),
                 tmp_counter: AtomicU64::new(0),

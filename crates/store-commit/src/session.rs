@@ -412,7 +412,8 @@ impl Session {
             entries.push(self.plan_module(id, m, &mut files)?);
         }
         let root = state_root(entries.iter().map(|e| (&e.id, e.leaf())));
-        if self.base == Some(root) || self.reuse_existing(&root) {
+        // Also covers an unchanged session: its base is listed while the session lives.
+        if self.reuse_existing(&root) {
             return Ok(root);
         }
         self.store.check_writable()?;
@@ -530,8 +531,13 @@ impl Session {
             Ok(Source::Link(self.base_file(sub, name)?))
         };
         // Blob.
+        let unchanged_blob = |b: &[u8]| {
+            m.base
+                .as_ref()
+                .is_some_and(|base| base.blob_hash == hash::blob(b))
+        };
         let (blob_hash, blob_len) = match (&m.blob, m.blob_dirty, &m.base) {
-            (Some(b), true, _) => {
+            (Some(b), true, _) if !unchanged_blob(b) => {
                 files.push((
                     format!("blob/{hex}"),
                     Source::Write(Cow::Borrowed(b), false),
