@@ -271,8 +271,10 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
     (allocated, apparent)
 }
 
-/// 100 commits each writing 10 pages of a 64 MiB memory, keeping every commit.
-fn footprint_case(hot: bool) -> String {
+/// 100 commits each writing 10 pages of a 64 MiB memory, keeping every commit. `hot`: the pages
+/// come from a working set of 32; otherwise ten new pages every commit. `random`: the written pages
+/// are incompressible instead of heap-like.
+fn footprint_case(hot: bool, random: bool) -> String {
     let size = 64 * MIB;
     let dir = tempfile::tempdir().unwrap();
     let code = b"\0asm\x01\0\0\0footprint".to_vec();
@@ -299,7 +301,8 @@ fn footprint_case(hot: bool) -> String {
                 // Ten new pages every commit, spread over the memory.
                 (i * 10 + p) * 7919 % (size / OS_PAGE)
             };
-            let data = heapish((i * 100 + p) as u64 * 31);
+            let seed = (i * 100 + p) as u64 * 31;
+            let data = if random { noise(seed) } else { heapish(seed) };
             write(&m, page * OS_PAGE, &data);
             written.extend_from_slice(&data);
         }
@@ -313,7 +316,12 @@ fn footprint_case(hot: bool) -> String {
         "footprint_{}: 100 commits x 10 pages of a 64 MiB memory: on disk {:.1} MiB allocated \
          ({:.1} MiB apparent); reference (image + zstd of written pages) {:.1} MiB; ratio {:.2}x \
          (target 1.5x); naive (one copy per commit) {:.0} MiB",
-        if hot { "hot_pages" } else { "spread_pages" },
+        match (hot, random) {
+            (true, false) => "hot_pages",
+            (false, false) => "spread_pages",
+            (true, true) => "hot_random_pages",
+            (false, true) => "spread_random_pages",
+        },
         allocated as f64 / MIB as f64,
         apparent as f64 / MIB as f64,
         reference as f64 / MIB as f64,
@@ -323,7 +331,10 @@ fn footprint_case(hot: bool) -> String {
 }
 
 fn footprint() {
-    let report = format!("{}\n{}\n", footprint_case(true), footprint_case(false));
+    let report: String = [(true, false), (false, false), (true, true), (false, true)]
+        .into_iter()
+        .map(|(hot, random)| footprint_case(hot, random) + "\n")
+        .collect();
     print!("{report}");
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/strata-bench");
     if std::fs::create_dir_all(&out).is_ok() {

@@ -283,7 +283,7 @@ pub(crate) struct State {
     pub(crate) pending_delete: HashSet<Root>,
     pub(crate) next_seq: u64,
     /// Commit directories that failed to load at open.
-    broken: Vec<Problem>,
+    pub(crate) broken: Vec<Problem>,
 }
 
 const MARKER: &str = "FORMAT";
@@ -313,7 +313,21 @@ impl Store {
         }
         create_dir_all(&*fs, dir)?;
         let lock_path = dir.join(LOCK);
-        let lock = fs.lock(&lock_path).map_err(|e| {
+        // A child process between fork and exec briefly shares the lock's file description, so a
+        // store closed just before a spawn can still look locked: retry for a moment.
+        let started = std::time::Instant::now();
+        let lock = loop {
+            match fs.lock(&lock_path) {
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        && started.elapsed() < std::time::Duration::from_secs(1) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                r => break r,
+            }
+        }
+        .map_err(|e| {
             if e.kind() == io::ErrorKind::WouldBlock {
                 StoreError::Busy {
                     path: dir.to_path_buf(),
@@ -500,12 +514,7 @@ impl Store {
     /// Renames a commit directory out of the way (the deletion's commit point) and forgets it.
     fn unlink_commit_locked(&self, state: &mut State, root: &Root) -> Result<PathBuf, StoreError> {
         let from = self.commit_dir(root);
-        let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let doomed = self.inner.dir.join(format!(
-            "{DEL_PREFIX}{}-{}-{n}",
-            root.to_hex(),
-            std::process::id()
-        ));
+        let doomed = self.doomed_dir(root);
         self.inner
             .fs
             .rename(&from, &doomed)
@@ -728,6 +737,16 @@ impl Store {
 
     pub(crate) fn commit_dir(&self, root: &Root) -> PathBuf {
         self.inner.dir.join(root.to_hex())
+    }
+
+    /// A fresh name to rename a commit directory to before removing it.
+    pub(crate) fn doomed_dir(&self, root: &Root) -> PathBuf {
+        let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.inner.dir.join(format!(
+            "{DEL_PREFIX}{}-{}-{n}",
+            root.to_hex(),
+            std::process::id()
+        ))
     }
 
     pub(crate) fn tmp_dir(&self) -> PathBuf {

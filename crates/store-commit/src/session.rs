@@ -505,10 +505,28 @@ impl Session {
             let _ = inner.fs.remove_all(tmp);
             return Ok(());
         }
+        // A directory that failed to load at open holds this root: replace it.
+        let broken = state.broken.iter().position(|p| p.path == target);
+        let doomed = match broken {
+            Some(i) => {
+                let doomed = self.store.doomed_dir(root);
+                inner
+                    .fs
+                    .rename(&target, &doomed)
+                    .map_err(io_err("rename", &target))?;
+                state.broken.remove(i);
+                Some(doomed)
+            }
+            None => None,
+        };
         inner
             .fs
             .rename(tmp, &target)
             .map_err(io_err("rename", tmp))?;
+        if let Some(doomed) = doomed {
+            // Best effort: the next open removes it otherwise.
+            let _ = inner.fs.remove_all(&doomed);
+        }
         if inner.config.fsync {
             inner
                 .fs
