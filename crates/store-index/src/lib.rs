@@ -230,7 +230,7 @@ fn to_hex(bytes: &[u8; 32]) -> String {
 ///
 /// Each function prefixes its input with its own tag, so a page can never be confused with a node,
 /// a memory root with a state root, and so on. Changing any of them changes every root: bump
-/// [`FORMAT_VERSION`](crate::FORMAT_VERSION).
+/// [`FORMAT_VERSION`].
 pub mod hash {
     use super::{Digest, ModuleId, Root};
     use sha2::{Digest as _, Sha256};
