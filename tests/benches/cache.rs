@@ -23,12 +23,14 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sha2::{Digest, Sha256};
 use wasmtime::{Cache, CacheConfig, Config, Engine, Module};
 
-/// The corpus modules measured (esbuild is left out: 14 s per compile in release would make a
-/// compile group take minutes).
-const MODULES: &[(&str, &str)] = &[
-    ("sqljs", "sqljs-1.16.0.wasm"),
-    ("tree-sitter", "web-tree-sitter-0.27.1.wasm"),
-    ("hackatom", "cosmwasm-hackatom.wasm"),
+/// The corpus modules measured: (name, file, large). A large module (esbuild: 14 s per compile
+/// in release) is only measured when `STRATA_BENCH_LARGE=1`, and only in the `vs_floor` group,
+/// so that the default run stays around a minute.
+const MODULES: &[(&str, &str, bool)] = &[
+    ("sqljs", "sqljs-1.16.0.wasm", false),
+    ("tree-sitter", "web-tree-sitter-0.27.1.wasm", false),
+    ("hackatom", "cosmwasm-hackatom.wasm", false),
+    ("esbuild", "esbuild-wasm-0.28.2.wasm", true),
 ];
 
 fn corpus_dir() -> PathBuf {
@@ -133,65 +135,21 @@ impl Fixture {
 fn bench_cache(c: &mut Criterion) {
     let engine = Engine::default();
     let dir = corpus_dir();
-    for (name, file) in MODULES {
+    let large = std::env::var_os("STRATA_BENCH_LARGE").is_some_and(|v| v == "1");
+    for &(name, file, is_large) in MODULES {
+        if is_large && !large {
+            continue;
+        }
         let Ok(wasm) = std::fs::read(dir.join(file)) else {
             eprintln!("skipping {name}: {} not found", dir.join(file).display());
             continue;
         };
         let fx = Fixture::new(&engine, wasm);
-        let key = fx.key;
 
-        let mut group = c.benchmark_group(format!("cache/{name}/vs_compile"));
-        group.sample_size(10);
-        group.warm_up_time(Duration::from_millis(500));
-        group.measurement_time(Duration::from_secs(3));
-        group.bench_function("baseline_compile", |b| {
-            b.iter(|| Module::new(&engine, black_box(&fx.wasm)).expect("compile"))
-        });
-        group.bench_function("pinned_hit", |b| {
-            b.iter(|| Fixture::hit(&*fx.pinned_chain, &key))
-        });
-        group.bench_function("lru_hit", |b| b.iter(|| Fixture::hit(&*fx.lru_chain, &key)));
-        group.bench_function("fs_verified_hit", |b| {
-            b.iter(|| Fixture::hit(&fx.verified, &key))
-        });
-        group.bench_function("wasmtime_cache_hit", |b| {
-            b.iter(|| Module::new(&fx.builtin_engine, black_box(&fx.wasm)).expect("cached"))
-        });
-        group.finish();
-
-        let mut group = c.benchmark_group(format!("cache/{name}/vs_floor"));
-        group.sample_size(30);
-        group.warm_up_time(Duration::from_millis(500));
-        group.measurement_time(Duration::from_secs(3));
-        group.bench_function("baseline_deserialize_file", |b| {
-            b.iter(|| {
-                // SAFETY: the file is `Module::serialize` output written by this benchmark and
-                // not modified while the benchmark runs.
-                unsafe { Module::deserialize_file(&engine, &fx.artifact_path) }.expect("load")
-            })
-        });
-        group.bench_function("sha256_deserialize", |b| {
-            b.iter(|| {
-                let digest: [u8; 32] = Sha256::digest(black_box(&fx.artifact)).into();
-                black_box(digest);
-                // SAFETY: `artifact` is `Module::serialize` output of this engine, in memory.
-                unsafe { Module::deserialize(&engine, &fx.artifact) }.expect("load")
-            })
-        });
-        group.bench_function("fs_trusted_hit", |b| {
-            b.iter(|| Fixture::hit(&fx.trusted, &key))
-        });
-        group.bench_function("fs_verified_hit", |b| {
-            b.iter(|| Fixture::hit(&fx.verified, &key))
-        });
-        group.bench_function("fs_authenticated_hit", |b| {
-            b.iter(|| Fixture::hit(&fx.authenticated, &key))
-        });
-        group.bench_function("wasmtime_cache_hit", |b| {
-            b.iter(|| Module::new(&fx.builtin_engine, black_box(&fx.wasm)).expect("cached"))
-        });
-        group.finish();
+        if !is_large {
+            bench_vs_compile(c, &engine, name, &fx);
+        }
+        bench_vs_floor(c, &engine, name, &fx);
 
         // Every FS load above must have been a verified hit, never a silent recompile.
         for fs in [&fx.trusted, &fx.verified, &fx.authenticated] {
@@ -199,6 +157,66 @@ fn bench_cache(c: &mut Criterion) {
             assert_eq!((s.misses, s.rejected), (0, 0), "{s:?}");
         }
     }
+}
+
+/// Hits of every layer against compiling from wasm.
+fn bench_vs_compile(c: &mut Criterion, engine: &Engine, name: &str, fx: &Fixture) {
+    let key = fx.key;
+    let mut group = c.benchmark_group(format!("cache/{name}/vs_compile"));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("baseline_compile", |b| {
+        b.iter(|| Module::new(engine, black_box(&fx.wasm)).expect("compile"))
+    });
+    group.bench_function("pinned_hit", |b| {
+        b.iter(|| Fixture::hit(&*fx.pinned_chain, &key))
+    });
+    group.bench_function("lru_hit", |b| b.iter(|| Fixture::hit(&*fx.lru_chain, &key)));
+    group.bench_function("fs_verified_hit", |b| {
+        b.iter(|| Fixture::hit(&fx.verified, &key))
+    });
+    group.bench_function("wasmtime_cache_hit", |b| {
+        b.iter(|| Module::new(&fx.builtin_engine, black_box(&fx.wasm)).expect("cached"))
+    });
+    group.finish();
+}
+
+/// FS hits against the floors: mapping the plain artifact, and hashing + deserializing it.
+fn bench_vs_floor(c: &mut Criterion, engine: &Engine, name: &str, fx: &Fixture) {
+    let key = fx.key;
+    let mut group = c.benchmark_group(format!("cache/{name}/vs_floor"));
+    group.sample_size(30);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("baseline_deserialize_file", |b| {
+        b.iter(|| {
+            // SAFETY: the file is `Module::serialize` output written by this benchmark and
+            // not modified while the benchmark runs.
+            unsafe { Module::deserialize_file(engine, &fx.artifact_path) }.expect("load")
+        })
+    });
+    group.bench_function("sha256_deserialize", |b| {
+        b.iter(|| {
+            let digest: [u8; 32] = Sha256::digest(black_box(&fx.artifact)).into();
+            black_box(digest);
+            // SAFETY: `artifact` is `Module::serialize` output of this engine, in memory.
+            unsafe { Module::deserialize(engine, &fx.artifact) }.expect("load")
+        })
+    });
+    group.bench_function("fs_trusted_hit", |b| {
+        b.iter(|| Fixture::hit(&fx.trusted, &key))
+    });
+    group.bench_function("fs_verified_hit", |b| {
+        b.iter(|| Fixture::hit(&fx.verified, &key))
+    });
+    group.bench_function("fs_authenticated_hit", |b| {
+        b.iter(|| Fixture::hit(&fx.authenticated, &key))
+    });
+    group.bench_function("wasmtime_cache_hit", |b| {
+        b.iter(|| Module::new(&fx.builtin_engine, black_box(&fx.wasm)).expect("cached"))
+    });
+    group.finish();
 }
 
 criterion_group!(benches, bench_cache);

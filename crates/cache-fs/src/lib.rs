@@ -5,9 +5,27 @@
 //! per format version and engine fingerprint means an artifact of another wasmtime version or
 //! engine configuration is never even opened; [`FsCache::prune`] removes such folders.
 //!
-//! Each file is the artifact followed by a 192-byte trailer (magic, format version, engine
-//! fingerprint, wasm hash, artifact length and sha256, optional HMAC tag, trailer digest); see
-//! [`FORMAT_VERSION`] and the `docs/ARCHITECTURE.md` section on the cache for the byte layout.
+//! Each file is the artifact (`Module::serialize` output) followed by a [`TRAILER_LEN`]-byte
+//! trailer, integers little-endian:
+//!
+//! ```text
+//!   0..32    engine fingerprint
+//!   32..64   wasm hash (must match the file name)
+//!   64..72   artifact length, u64 (must equal file length - 192)
+//!   72..104  sha256 of the artifact
+//!   104..108 flags, u32 (bit 0: HMAC tag present)
+//!   108..112 reserved, zero
+//!   112..144 HMAC-SHA256(key, "strata-cache-fs-v1\0" || trailer[0..112]), or zeroes
+//!   144..176 sha256(trailer[0..144] || trailer[176..192])
+//!   176..180 format version, u32 (FORMAT_VERSION)
+//!   180..184 trailer length, u32 (192)
+//!   184..192 magic "STRTCWSM"
+//! ```
+//!
+//! A trailer rather than a header: wasmtime ignores bytes after its ELF image (a unit test
+//! checks it), so the whole file is still a mappable artifact and the Trusted mode hands the
+//! open file to `Module::deserialize_open_file` without copying. A header would need
+//! `Module::deserialize_raw` over memory the `Module` does not own.
 //!
 //! Loads, by [`Verification`] mode:
 //! - `Verified` (default): the file is read once into memory; the trailer and the sha256 of
@@ -78,6 +96,9 @@ use wasmtime::{Engine, Module};
 const EXTENSION: &str = "cwasm";
 /// The prefix of temp files; they never end in `.cwasm`.
 const TEMP_PREFIX: &str = ".tmp-";
+/// Files above this size are refused without being read: no real artifact comes close (the
+/// 14 MB esbuild module compiles to 31 MB), and a planted huge file must not exhaust memory.
+const MAX_FILE_BYTES: u64 = 4 << 30;
 /// Temp files older than this are leftovers of a crashed writer and are removed at open.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(15 * 60);
 
@@ -401,9 +422,16 @@ impl FsCache {
         len: u64,
         key: &CacheKey,
     ) -> Result<Result<Vec<u8>, Reject>, CacheError> {
-        let capacity =
-            usize::try_from(len).map_err(|_| CacheError::Corrupted("file too large".into()))?;
-        let mut bytes = Vec::with_capacity(capacity);
+        let capacity = match usize::try_from(len) {
+            Ok(n) if len <= MAX_FILE_BYTES => n,
+            _ => return Ok(Err(Reject::BadArtifact("file larger than any artifact"))),
+        };
+        let mut bytes = Vec::new();
+        if bytes.try_reserve_exact(capacity).is_err() {
+            return Ok(Err(Reject::BadArtifact(
+                "file too large to read into memory",
+            )));
+        }
         // One read of the whole file: these bytes are checked and then deserialized.
         file.take(len)
             .read_to_end(&mut bytes)
