@@ -410,3 +410,39 @@ fn prune_removes_the_folders_of_other_engines() -> Result<()> {
     assert_eq!(current.verify_all()?.valid, 1);
     Ok(())
 }
+
+#[test]
+fn a_broken_fs_layer_never_fails_the_chain() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::default();
+    let layers = Layers::open(dir.path(), &engine, 64 << 20, Verification::Verified)?;
+    let chain = layers.chain();
+    // The folder disappears under the layer (an operator's rm -rf, a full or failing disk).
+    std::fs::remove_dir_all(layers.fs.engine_dir())?;
+
+    let source = wat(5, 0);
+    let key = CacheKey::new(&engine, source.as_bytes());
+    assert_eq!(
+        answer(&engine, &get_or_compile(&chain, &engine, &source)?)?,
+        5
+    );
+    let fs = layer(&chain.stats(), "fs").clone();
+    assert_eq!(
+        (fs.errors, fs.inserts),
+        (1, 0),
+        "the failed write is counted"
+    );
+    assert!(
+        chain.load(&key)?.is_some(),
+        "the memory layers still serve it"
+    );
+
+    // A key of another engine is an error of the fs layer, a plain miss for the chain.
+    let mut config = wasmtime::Config::new();
+    config.cranelift_opt_level(OptLevel::None);
+    let other_key = CacheKey::new(&Engine::new(&config)?, source.as_bytes());
+    assert!(chain.load(&other_key)?.is_none());
+    let fs = layer(&chain.stats(), "fs").clone();
+    assert_eq!((fs.errors, fs.misses), (2, 2), "{fs:?}");
+    Ok(())
+}
