@@ -278,7 +278,6 @@ pub(crate) struct Inner {
     poisoned: AtomicBool,
     pub(crate) state: Mutex<State>,
     tmp_counter: AtomicU64,
-    pub(crate) session_counter: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -418,7 +417,6 @@ impl Store {
                 poisoned: AtomicBool::new(false),
                 state: Mutex::new(state),
                 tmp_counter: AtomicU64::new(0),
-                session_counter: AtomicU64::new(0),
             }),
         })
     }

@@ -2,11 +2,9 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use store_index::{
     CommitIndex, DeltaRef, Digest, ImageRef, MemoryEntry, MemoryTree, ModuleEntry, ModuleId,
@@ -14,7 +12,7 @@ use store_index::{
 };
 
 use crate::delta::DeltaPages;
-use crate::mapping::{Mapping, MemoryHandle, OS_PAGE};
+use crate::mapping::{ImageView, Mapping, MemoryHandle, OS_PAGE};
 use crate::{Missing, Store, StoreError, io_err};
 
 const PAGES_PER_LEAF: u32 = (PAGE_SIZE / OS_PAGE) as u32;
@@ -54,8 +52,8 @@ struct OpenMemory {
     handle: MemoryHandle,
     /// Length at open (the base length).
     base_len: usize,
-    /// The image file, to compare written pages with.
-    image: Option<File>,
+    /// The image, to compare written pages with.
+    image: Option<ImageView>,
     /// The pages written at open (the base delta, or the genesis pages of a new module).
     delta: DeltaPages,
 }
@@ -117,7 +115,9 @@ impl Session {
                 )
             })
             .collect();
-        let id = store.inner.session_counter.fetch_add(1, Ordering::Relaxed);
+        // Process-wide, so a checkpoint is never mistaken for one of another store's session.
+        static SESSIONS: AtomicU64 = AtomicU64::new(0);
+        let id = SESSIONS.fetch_add(1, Ordering::Relaxed);
         Session {
             store,
             id,
@@ -338,7 +338,7 @@ impl Session {
             OpenMemory {
                 handle: MemoryHandle(Arc::new(mapping)),
                 base_len: len,
-                image: Some(file),
+                image: ImageView::new(&file, image_len)?,
                 delta,
             }
         };
@@ -738,7 +738,6 @@ impl Session {
     fn changed_pages(&self, open: &OpenMemory, base: &MemoryEntry) -> Result<Vec<u32>, StoreError> {
         let mapping = &open.handle.0;
         let image_len = base.image.len as usize;
-        let mut buf = vec![0u8; OS_PAGE];
         let mut out = Vec::new();
         for p in mapping.written_pages() {
             let at = p as usize * OS_PAGE;
@@ -747,15 +746,13 @@ impl Session {
             let same = if let Some(d) = open.delta.get(p) {
                 d == now
             } else if at < image_len {
-                let file = open
+                let image = open
                     .image
                     .as_ref()
                     .ok_or_else(|| StoreError::InvalidInput {
-                        reason: "memory without image file".into(),
+                        reason: "memory without image".into(),
                     })?;
-                file.read_exact_at(&mut buf, at as u64)
-                    .map_err(io_err("read", Path::new("<memory image>")))?;
-                buf == now
+                image.bytes(at, OS_PAGE) == now
             } else {
                 store_index::is_zero(now)
             };
