@@ -595,20 +595,18 @@ impl FsCache {
         self.write_atomically(&path, &artifact, &trailer)?;
         self.counters.inserts.incr();
         let name = format!("{}.{EXTENSION}", key.file_stem());
-        let over = {
-            let mut index = self.index.lock();
-            index.insert(
-                name.clone(),
-                IndexEntry {
-                    bytes: file_len,
-                    last_used: SystemTime::now(),
-                },
-            );
-            let total: u64 = index.values().map(|e| e.bytes).sum();
-            self.config.max_bytes.is_some_and(|max| total > max)
-        };
-        if over {
-            self.enforce_limit(&name)?;
+        self.index.lock().insert(
+            name.clone(),
+            IndexEntry {
+                bytes: file_len,
+                last_used: SystemTime::now(),
+            },
+        );
+        // Always rescan when there is a limit: other processes fill the same folder, so our
+        // own total is not enough to know. A listing is cheap next to the compile that
+        // precedes a save. The entry is written: a failure here is counted, not returned.
+        if self.config.max_bytes.is_some() && self.enforce_limit(&name).is_err() {
+            self.counters.errors.incr();
         }
         Ok(())
     }

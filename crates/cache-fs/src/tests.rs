@@ -395,6 +395,37 @@ fn byte_limit_evicts_least_recently_used_files() {
 }
 
 #[test]
+fn byte_limit_counts_files_of_other_processes() {
+    let fx = Fixture::new();
+    let probe = fx.open(Verification::Verified);
+    let k0 = fx.save(&probe, &wat_n(0));
+    let size = fs::metadata(probe.path_of(&k0)).unwrap().len();
+    let max = size * 3 + size / 2;
+    let limited = fx.open_with(FsCacheConfig {
+        mode: Verification::Verified,
+        max_bytes: Some(max),
+        fsync: false,
+    });
+    // Another process (no limit of its own) fills the folder behind our back.
+    for i in 1..6 {
+        fx.save(&probe, &wat_n(i));
+    }
+    // Our own view is small, but the save still brings the folder under the limit.
+    fx.save(&limited, &wat_n(9));
+    let on_disk: u64 = fs::read_dir(limited.engine_dir())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= max, "{on_disk} > {max}");
+    assert_eq!(limited.stats()[0].evictions, 4);
+    assert!(
+        limited
+            .path_of(&CacheKey::new(&fx.engine, wat_n(9).as_bytes()))
+            .exists()
+    );
+}
+
+#[test]
 fn open_scans_existing_entries_and_cleans_stale_temps() {
     let fx = Fixture::new();
     let cache = fx.open(Verification::Verified);
