@@ -64,6 +64,8 @@ mod delta;
 pub mod fs;
 mod mapping;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::io;

@@ -215,11 +215,42 @@ impl Mapping {
     pub(crate) fn written_pages(&self) -> Vec<u32> {
         let len = self.len();
         let pages = len / OS_PAGE;
-        match pagemap_scan(self.base, pages).or_else(|| pagemap_written(self.base, pages)) {
-            Some(v) => v,
-            None => (0..pages as u32).collect(),
-        }
+        let found = match dirty_source() {
+            DirtySource::Auto => {
+                pagemap_scan(self.base, pages).or_else(|| pagemap_written(self.base, pages))
+            }
+            DirtySource::PagemapRead => pagemap_written(self.base, pages),
+            DirtySource::Compare => None,
+        };
+        found.unwrap_or_else(|| (0..pages as u32).collect())
     }
+}
+
+/// How dirty pages are found; tests force each fallback on their own thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DirtySource {
+    /// `PAGEMAP_SCAN`, else reading pagemap, else every page.
+    Auto,
+    /// Reading `/proc/self/pagemap` (8 bytes per page).
+    #[cfg_attr(not(test), allow(dead_code))]
+    PagemapRead,
+    /// Every page is a candidate; the commit compares each with its base.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Compare,
+}
+
+thread_local! {
+    static DIRTY_SOURCE: std::cell::Cell<DirtySource> = const { std::cell::Cell::new(DirtySource::Auto) };
+}
+
+fn dirty_source() -> DirtySource {
+    DIRTY_SOURCE.with(|s| s.get())
+}
+
+/// Forces a dirty-page source on this thread (tests of the fallbacks).
+#[cfg(test)]
+pub(crate) fn set_dirty_source(source: DirtySource) {
+    DIRTY_SOURCE.with(|s| s.set(source));
 }
 
 /// A read-only shared mapping of a committed image, to compare written pages with their base
