@@ -244,6 +244,57 @@ fn corruption_is_detected_and_a_broken_commit_can_be_rewritten() -> Result<()> {
 }
 
 #[test]
+fn large_blobs_are_stored_as_patches_that_survive_deleting_the_base() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path(), quick())?;
+    let code = wasm(1);
+    let id = ModuleId::of_wasm(&code);
+    let mut blob: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 241) as u8).collect();
+    let mut s = store.session(None)?;
+    s.deploy(id, &code, &[], blob.clone())?;
+    let mut roots = vec![s.commit()?];
+    for i in 0..5usize {
+        // Shifted data: an insertion near the start moves everything after it.
+        blob.splice(i * 10..i * 10, [i as u8; 7]);
+        let mut s = store.session(roots.last().copied())?;
+        s.set_blob(&id, blob.clone())?;
+        roots.push(s.commit()?);
+        let patch = dir
+            .path()
+            .join(roots[i + 1].to_hex())
+            .join(format!("blob/{id}.diff"));
+        assert!(patch.exists(), "commit {i} stored the whole blob");
+        assert!(std::fs::metadata(&patch)?.len() < 10_000);
+    }
+    // A completely different blob is stored whole.
+    let mut s = store.session(roots.last().copied())?;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let other: Vec<u8> = (0..100_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    s.set_blob(&id, other.clone())?;
+    let whole = s.commit()?;
+    assert!(
+        !dir.path()
+            .join(whole.to_hex())
+            .join(format!("blob/{id}.diff"))
+            .exists()
+    );
+    store.delete(&roots[0])?;
+    store.delete(&roots[3])?;
+    assert_eq!(store.read_blob(&roots[5], &id)?, blob);
+    assert_eq!(store.session(Some(roots[5]))?.blob(&id)?, blob);
+    assert_eq!(store.read_blob(&whole, &id)?, other);
+    assert!(store.verify()?.is_ok());
+    Ok(())
+}
+
+#[test]
 fn incompatible_format_is_refused() -> Result<()> {
     let dir = tempfile::tempdir()?;
     drop(Store::open(dir.path(), quick())?);
@@ -476,7 +527,7 @@ fn deleting_an_intermediate_commit_keeps_its_children() -> Result<()> {
 }
 
 #[test]
-fn reopen_with_thousands_of_commits_reads_no_memory_file() -> Result<()> {
+fn reopen_with_a_thousand_commits_reads_no_memory_file() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path(), quick())?;
     let code = wasm(1);
@@ -484,7 +535,7 @@ fn reopen_with_thousands_of_commits_reads_no_memory_file() -> Result<()> {
     let mut s = store.session(None)?;
     s.deploy(id, &code, &vec![1; PAGE_SIZE], vec![])?;
     let mut root = s.commit()?;
-    const N: usize = 2000;
+    const N: usize = 1000;
     for i in 1..N {
         let mut s = store.session(Some(root))?;
         s.set_blob(&id, (i as u32).to_le_bytes().to_vec())?;
@@ -958,6 +1009,12 @@ enum SessionOp {
         module: u8,
         blob: Vec<u8>,
     },
+    /// Make the blob large (stored as a patch when that pays), or edit a large blob.
+    BigBlob {
+        module: u8,
+        at: u32,
+        insert: bool,
+    },
     Checkpoint,
     Rollback,
 }
@@ -982,6 +1039,8 @@ fn session_op() -> impl Strategy<Value = SessionOp> {
         1 => (0u8..4, 0u8..3).prop_map(|(module, pages)| SessionOp::Grow { module, pages }),
         1 => (0u8..4, proptest::collection::vec(any::<u8>(), 0..20))
             .prop_map(|(module, blob)| SessionOp::Blob { module, blob }),
+        1 => (0u8..4, any::<u32>(), any::<bool>())
+            .prop_map(|(module, at, insert)| SessionOp::BigBlob { module, at, insert }),
         1 => Just(SessionOp::Checkpoint),
         1 => Just(SessionOp::Rollback),
     ]
@@ -1109,6 +1168,23 @@ fn run_model(ops: Vec<ModelOp>) -> Result<()> {
                             };
                             s.set_blob(&id, blob.clone())?;
                             state.get_mut(&id).context("module")?.2 = blob;
+                        }
+                        SessionOp::BigBlob { module, at, insert } => {
+                            let Some(id) = pick(module, &state) else {
+                                continue;
+                            };
+                            let blob = &mut state.get_mut(&id).context("module")?.2;
+                            if blob.len() < 70_000 {
+                                *blob = (0..70_000u32).map(|i| (i % 251) as u8 ^ module).collect();
+                            } else {
+                                let at = at as usize % blob.len();
+                                if insert {
+                                    blob.insert(at, module);
+                                } else {
+                                    blob[at] ^= 0x5a;
+                                }
+                            }
+                            s.set_blob(&id, blob.clone())?;
                         }
                         SessionOp::Checkpoint => saved = Some((s.checkpoint()?, state.clone())),
                         SessionOp::Rollback => {

@@ -17,7 +17,9 @@
 //! exchange a 1 GiB memory's tree is 1 MiB and is only rewritten with a new full image. Deltas are
 //! cumulative (one image + one delta per read), so a history that keeps writing *new* pages stores
 //! those pages again in every later delta until the delta passes `1/delta_ratio` of the memory and a
-//! new image is written; rewriting the same pages costs nothing extra. Blobs are stored whole.
+//! new image is written; rewriting the same pages costs nothing extra. Blobs of 64 KiB or more are
+//! stored as a qbsdiff patch against an earlier full blob when the patch is under a quarter of the
+//! blob (shifted data, such as serialized key-value maps, diffs well); smaller blobs are stored whole.
 //!
 //! Commits are atomic and durable (temporary directory, fsync, rename, fsync of the parent),
 //! deletion of one commit changes no other, and every file-system operation goes through the
@@ -60,6 +62,7 @@
 
 #![deny(missing_docs)]
 
+mod blob;
 mod delta;
 pub mod fs;
 mod mapping;
@@ -614,11 +617,7 @@ impl Store {
             {
                 return Err(corrupt(&path, "bytecode does not match its hash"));
             }
-            let path = dir.join("blob").join(&hex);
-            let blob = fs.read_file(&path).map_err(io_err("read", &path))?;
-            if store_index::hash::blob(&blob) != m.blob_hash || blob.len() as u64 != m.blob_len {
-                return Err(corrupt(&path, "blob does not match its hash"));
-            }
+            blob::read(self, &dir, m)?;
             let tree_path = dir.join("memory").join(format!("{hex}.tree"));
             let tree_bytes = fs
                 .read_file(&tree_path)
@@ -715,14 +714,10 @@ impl Store {
     /// A module's blob in a commit.
     pub fn read_blob(&self, root: &Root, id: &ModuleId) -> Result<Vec<u8>, StoreError> {
         let index = self.index(root)?;
-        if index.module(id).is_none() {
-            return Err(StoreError::NotFound(Missing::Module(*id)));
-        }
-        let path = self.commit_dir(root).join("blob").join(id.to_hex());
-        self.inner
-            .fs
-            .read_file(&path)
-            .map_err(io_err("read", &path))
+        let m = index
+            .module(id)
+            .ok_or(StoreError::NotFound(Missing::Module(*id)))?;
+        blob::read(self, &self.commit_dir(root), m)
     }
 
     /// Whether an earlier I/O error makes the store refuse writes.

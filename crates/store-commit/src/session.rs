@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use store_index::{
-    CommitIndex, DeltaRef, Digest, ImageRef, MemoryEntry, MemoryTree, ModuleEntry, ModuleId,
-    PAGE_SIZE, Root, hash, state_root, zero_page_hash,
+    BlobDelta, CommitIndex, DeltaRef, Digest, ImageRef, MemoryEntry, MemoryTree, ModuleEntry,
+    ModuleId, PAGE_SIZE, Root, hash, state_root, zero_page_hash,
 };
 
+use crate::blob;
 use crate::delta::DeltaPages;
 use crate::mapping::{ImageView, Mapping, MemoryHandle, OS_PAGE};
 use crate::{Missing, Store, StoreError, io_err};
@@ -229,25 +230,17 @@ impl Session {
     }
 
     fn load_blob(&mut self, id: &ModuleId) -> Result<Arc<Vec<u8>>, StoreError> {
-        if let Some(b) = &self.module(id)?.blob {
+        let m = self.module(id)?;
+        if let Some(b) = &m.blob {
             return Ok(Arc::clone(b));
         }
-        let path = self.base_file("blob", id.to_hex())?;
-        let blob = self
-            .store
-            .inner
-            .fs
-            .read_file(&path)
-            .map_err(io_err("read", &path))?;
-        let m = self.module_mut(id)?;
-        if m.base.as_ref().map(|b| b.blob_hash) != Some(hash::blob(&blob)) {
-            return Err(StoreError::Corrupted {
-                path,
-                reason: "blob does not match its hash".into(),
+        let (Some(dir), Some(entry)) = (self.base_dir(), m.base.as_ref()) else {
+            return Err(StoreError::InvalidInput {
+                reason: "module has neither blob nor base".into(),
             });
-        }
-        let blob = Arc::new(blob);
-        m.blob = Some(Arc::clone(&blob));
+        };
+        let blob = Arc::new(blob::read(&self.store, &dir, entry)?);
+        self.module_mut(id)?.blob = Some(Arc::clone(&blob));
         Ok(blob)
     }
 
@@ -549,29 +542,7 @@ impl Session {
             Ok(Source::Link(self.base_file(sub, name)?))
         };
         // Blob.
-        let unchanged_blob = |b: &[u8]| {
-            m.base
-                .as_ref()
-                .is_some_and(|base| base.blob_hash == hash::blob(b))
-        };
-        let (blob_hash, blob_len) = match (&m.blob, m.blob_dirty, &m.base) {
-            (Some(b), true, _) if !unchanged_blob(b) => {
-                files.push((
-                    format!("blob/{hex}"),
-                    Source::Write(Cow::Borrowed(b), false),
-                ));
-                (hash::blob(b), b.len() as u64)
-            }
-            (_, _, Some(base)) => {
-                files.push((format!("blob/{hex}"), link("blob", hex.clone())?));
-                (base.blob_hash, base.blob_len)
-            }
-            _ => {
-                return Err(StoreError::InvalidInput {
-                    reason: "module without blob".into(),
-                });
-            }
-        };
+        let (blob_hash, blob_len, blob_delta) = self.plan_blob(&hex, m, files)?;
         // Bytecode and memory of a module deployed in this session: everything is new.
         if let Some(d) = &m.deployed {
             files.push((
@@ -592,13 +563,10 @@ impl Session {
                 format!("memory/{hex}.tree"),
                 Source::Write(encode_tree(&tree)?, false),
             ));
-            return Ok(ModuleEntry::new(
-                *id,
-                d.bytecode.len() as u64,
-                &tree,
-                blob_hash,
-                blob_len,
-            ));
+            let mut entry =
+                ModuleEntry::new(*id, d.bytecode.len() as u64, &tree, blob_hash, blob_len);
+            entry.blob_delta = blob_delta;
+            return Ok(entry);
         }
         let base = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
             reason: "module has neither base nor deployment".into(),
@@ -607,6 +575,7 @@ impl Session {
         let mut entry = base.clone();
         entry.blob_hash = blob_hash;
         entry.blob_len = blob_len;
+        entry.blob_delta = blob_delta;
         let link_memory = |files: &mut Vec<(String, Source<'a>)>, delta: bool| {
             files.push((format!("memory/{hex}"), link("memory", hex.clone())?));
             files.push((
@@ -732,6 +701,71 @@ impl Session {
             Source::Write(Cow::Owned(bytes), false),
         ));
         Ok(entry)
+    }
+
+    /// The blob's hash, length and patch, and its files: linked when unchanged, else a patch against
+    /// the base's full blob when that pays, else the whole blob.
+    fn plan_blob<'a>(
+        &'a self,
+        hex: &str,
+        m: &'a ModState,
+        files: &mut Vec<(String, Source<'a>)>,
+    ) -> Result<(Digest, u64, Option<BlobDelta>), StoreError> {
+        let changed = match (&m.blob, m.blob_dirty, &m.base) {
+            (Some(b), true, Some(base)) if base.blob_hash == hash::blob(b) => None,
+            (Some(b), true, _) => Some(b),
+            _ => None,
+        };
+        let Some(blob) = changed else {
+            let base = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
+                reason: "module without blob".into(),
+            })?;
+            files.push((
+                format!("blob/{hex}"),
+                Source::Link(self.base_file("blob", hex.to_string())?),
+            ));
+            if base.blob_delta.is_some() {
+                files.push((
+                    format!("blob/{hex}.diff"),
+                    Source::Link(self.base_file("blob", format!("{hex}.diff"))?),
+                ));
+            }
+            return Ok((base.blob_hash, base.blob_len, base.blob_delta));
+        };
+        let blob_hash = hash::blob(blob);
+        if let (Some(base), Some(dir), true) =
+            (&m.base, self.base_dir(), blob.len() >= blob::DIFF_MIN)
+        {
+            let full = base
+                .blob_delta
+                .map_or((base.blob_len, base.blob_hash), |d| {
+                    (d.base_len, d.base_hash)
+                });
+            let image = blob::read_full(&self.store, &dir, base, full)?;
+            let patch = blob::diff(&image, blob).map_err(io_err("diff", Path::new("<blob>")))?;
+            if patch.len().saturating_mul(blob::DIFF_RATIO) < blob.len() {
+                let delta = BlobDelta {
+                    base_len: full.0,
+                    base_hash: full.1,
+                    file_len: patch.len() as u64,
+                    file_hash: Digest::sha256(&patch),
+                };
+                files.push((
+                    format!("blob/{hex}"),
+                    Source::Link(self.base_file("blob", hex.to_string())?),
+                ));
+                files.push((
+                    format!("blob/{hex}.diff"),
+                    Source::Write(Cow::Owned(patch), false),
+                ));
+                return Ok((blob_hash, blob.len() as u64, Some(delta)));
+            }
+        }
+        files.push((
+            format!("blob/{hex}"),
+            Source::Write(Cow::Borrowed(blob), false),
+        ));
+        Ok((blob_hash, blob.len() as u64, None))
     }
 
     /// OS pages whose content differs from the base state, sorted.

@@ -738,6 +738,19 @@ pub struct DeltaRef {
     pub file_hash: Digest,
 }
 
+/// A blob stored as a qbsdiff patch (`blob/<module>.diff`) against a full blob (`blob/<module>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobDelta {
+    /// Byte length of the full blob the patch applies to.
+    pub base_len: u64,
+    /// [`hash::blob`] of that full blob.
+    pub base_hash: Digest,
+    /// Size in bytes of the patch file.
+    pub file_len: u64,
+    /// sha256 of the patch file.
+    pub file_hash: Digest,
+}
+
 /// One module's memory in a commit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryEntry {
@@ -769,6 +782,8 @@ pub struct ModuleEntry {
     pub blob_hash: Digest,
     /// Byte length of the blob.
     pub blob_len: u64,
+    /// When set, the blob is this patch applied to the full blob file.
+    pub blob_delta: Option<BlobDelta>,
 }
 
 impl ModuleEntry {
@@ -797,6 +812,7 @@ impl ModuleEntry {
             },
             blob_hash,
             blob_len,
+            blob_delta: None,
         }
     }
 
@@ -821,6 +837,9 @@ impl ModuleEntry {
         ];
         if self.memory.delta.is_some() {
             f.push(format!("memory/{m}.diff"));
+        }
+        if self.blob_delta.is_some() {
+            f.push(format!("blob/{m}.diff"));
         }
         f
     }
