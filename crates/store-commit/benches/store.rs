@@ -250,6 +250,68 @@ fn restore(c: &mut Criterion) {
     group.finish();
 }
 
+/// Commit of a 1 MiB blob after a small insertion (which shifts everything after it): patch vs
+/// whole blob. Prints the bytes each stores per commit.
+fn blob(c: &mut Criterion) {
+    let mut group = c.benchmark_group("commit_blob_1MiB");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(3));
+    let code = b"\0asm\x01\0\0\0blob".to_vec();
+    let id = ModuleId::of_wasm(&code);
+    // Serialized-map-like content: keys and small values.
+    let base: Vec<u8> = (0..MIB / 16)
+        .flat_map(|i| {
+            let mut rec = format!("key-{i:08}").into_bytes();
+            rec.extend_from_slice(&((i as u64 * 2654435761) % 100_000).to_le_bytes());
+            rec
+        })
+        .take(MIB)
+        .collect();
+    for (name, diff_min) in [("patch", 64 << 10), ("baseline_whole_blob", usize::MAX)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            blob_diff_min: diff_min,
+            ..config()
+        };
+        let store = Store::open(dir.path(), cfg).unwrap();
+        let mut s = store.session(None).unwrap();
+        s.deploy(id, &code, &[], base.clone()).unwrap();
+        let root = s.commit().unwrap();
+        let mut n = 0u32;
+        let mut stored = 0u64;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    n += 1;
+                    let mut blob = base.clone();
+                    let at = (n as usize * 7919) % (blob.len() - 16);
+                    blob.splice(at..at, n.to_le_bytes());
+                    let mut s = store.session(Some(root)).unwrap();
+                    s.set_blob(&id, blob).unwrap();
+                    let start = Instant::now();
+                    let new = s.commit().unwrap();
+                    total += start.elapsed();
+                    let files = dir.path().join(new.to_hex()).join("blob");
+                    stored = std::fs::read_dir(&files)
+                        .unwrap()
+                        .map(|e| e.unwrap().metadata().unwrap().len())
+                        .sum::<u64>()
+                        - if diff_min == usize::MAX {
+                            0
+                        } else {
+                            base.len() as u64
+                        };
+                    store.delete(&new).unwrap();
+                }
+                total
+            })
+        });
+        println!("commit_blob_1MiB/{name}: {stored} new bytes stored per commit");
+    }
+    group.finish();
+}
+
 /// Bytes on disk under `dir`, counting each inode once: (allocated, apparent).
 fn disk_usage(dir: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
@@ -348,5 +410,6 @@ fn main() {
     session_open(&mut c);
     commit(&mut c);
     restore(&mut c);
+    blob(&mut c);
     c.final_summary();
 }

@@ -8,9 +8,6 @@ use store_index::{Digest, ModuleEntry, hash};
 
 use crate::{Store, StoreError, io_err};
 
-/// Diffs are tried only for blobs at least this long; smaller ones are cheaper stored whole.
-pub(crate) const DIFF_MIN: usize = 64 * 1024;
-
 /// A patch is kept only if smaller than `1/DIFF_RATIO` of the blob.
 pub(crate) const DIFF_RATIO: usize = 4;
 

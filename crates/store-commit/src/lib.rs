@@ -194,6 +194,9 @@ pub struct StoreConfig {
     pub delta_ratio: u32,
     /// ... or whose delta would exceed this many bytes before compression (default 64 MiB).
     pub max_delta_bytes: usize,
+    /// Blobs at least this long are stored as a qbsdiff patch against an earlier full blob when the
+    /// patch is under a quarter of the blob (default 64 KiB; `usize::MAX` stores every blob whole).
+    pub blob_diff_min: usize,
     /// zstd level of deltas (default 1: commits are latency-bound; higher levels save little on
     /// memory pages).
     pub zstd_level: i32,
@@ -205,6 +208,7 @@ impl Default for StoreConfig {
             fsync: true,
             delta_ratio: 8,
             max_delta_bytes: 64 << 20,
+            blob_diff_min: 64 << 10,
             zstd_level: 1,
         }
     }

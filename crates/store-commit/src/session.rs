@@ -733,9 +733,11 @@ impl Session {
             return Ok((base.blob_hash, base.blob_len, base.blob_delta));
         };
         let blob_hash = hash::blob(blob);
-        if let (Some(base), Some(dir), true) =
-            (&m.base, self.base_dir(), blob.len() >= blob::DIFF_MIN)
-        {
+        if let (Some(base), Some(dir), true) = (
+            &m.base,
+            self.base_dir(),
+            blob.len() >= self.store.inner.config.blob_diff_min,
+        ) {
             let full = base
                 .blob_delta
                 .map_or((base.blob_len, base.blob_hash), |d| {
