@@ -1,7 +1,12 @@
-//! Host-owned state blobs: stored whole, or as a qbsdiff patch against the full blob of an earlier
-//! commit (cumulative, like memory deltas: a read costs one full blob plus one patch).
+//! Host-owned state blobs: stored whole, or as a patch against the full blob of an earlier commit
+//! (cumulative, like memory deltas: a read costs one full blob plus one patch).
+//!
+//! The patch is zstd with the full blob as reference prefix (`zstd --patch-from`): it finds shifted
+//! data like bsdiff does, at compression speed. Measured on a 1 MiB serialized map with a 4-byte
+//! insertion (benches/store.rs, `commit_blob_1MiB`): qbsdiff took 54 ms per commit for a 183-byte
+//! patch, zstd patch-from 6.1 ms for a 126-byte patch (storing the blob whole: 2.8 ms, 1 MiB).
 
-use std::io::Cursor;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use store_index::{Digest, ModuleEntry, hash};
@@ -59,22 +64,35 @@ pub(crate) fn read(store: &Store, dir: &Path, m: &ModuleEntry) -> Result<Vec<u8>
     Ok(blob)
 }
 
-/// A qbsdiff patch turning `base` into `target`.
+/// The zstd window that lets the patch reach back over the whole prefix.
+fn window_log(base: usize, target: usize) -> u32 {
+    let span = (base + target).max(1 << 10) as u64;
+    (64 - (span - 1).leading_zeros()).clamp(10, 30)
+}
+
+/// A patch turning `base` into `target`.
 pub(crate) fn diff(base: &[u8], target: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut patch = Vec::new();
-    qbsdiff::Bsdiff::new(base, target).compare(Cursor::new(&mut patch))?;
-    Ok(patch)
+    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, base)?;
+    enc.window_log(window_log(base.len(), target.len()))?;
+    enc.long_distance_matching(true)?;
+    enc.write_all(target)?;
+    enc.finish()
 }
 
 fn apply(base: &[u8], patch: &[u8], len: u64) -> Result<Vec<u8>, String> {
-    let patcher = qbsdiff::Bspatch::new(patch).map_err(|e| e.to_string())?;
-    if patcher.hint_target_size() != len {
+    let len = usize::try_from(len).map_err(|e| e.to_string())?;
+    let mut dec =
+        zstd::stream::read::Decoder::with_ref_prefix(patch, base).map_err(|e| e.to_string())?;
+    dec.window_log_max(window_log(base.len(), len))
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(len);
+    // One byte more than expected reveals a patch for another length.
+    dec.take(len as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    if out.len() != len {
         return Err("blob patch has the wrong target size".into());
     }
-    let mut out = Vec::with_capacity(usize::try_from(len).map_err(|e| e.to_string())?);
-    patcher
-        .apply(base, Cursor::new(&mut out))
-        .map_err(|e| e.to_string())?;
     Ok(out)
 }
 

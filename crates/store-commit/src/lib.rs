@@ -18,7 +18,7 @@
 //! cumulative (one image + one delta per read), so a history that keeps writing *new* pages stores
 //! those pages again in every later delta until the delta passes `1/delta_ratio` of the memory and a
 //! new image is written; rewriting the same pages costs nothing extra. Blobs of 64 KiB or more are
-//! stored as a qbsdiff patch against an earlier full blob when the patch is under a quarter of the
+//! stored as a zstd patch against an earlier full blob when the patch is under a quarter of the
 //! blob (shifted data, such as serialized key-value maps, diffs well); smaller blobs are stored whole.
 //!
 //! Commits are atomic and durable (temporary directory, fsync, rename, fsync of the parent),
@@ -194,7 +194,7 @@ pub struct StoreConfig {
     pub delta_ratio: u32,
     /// ... or whose delta would exceed this many bytes before compression (default 64 MiB).
     pub max_delta_bytes: usize,
-    /// Blobs at least this long are stored as a qbsdiff patch against an earlier full blob when the
+    /// Blobs at least this long are stored as a zstd patch against an earlier full blob when the
     /// patch is under a quarter of the blob (default 64 KiB; `usize::MAX` stores every blob whole).
     pub blob_diff_min: usize,
     /// zstd level of deltas (default 1: commits are latency-bound; higher levels save little on
