@@ -570,7 +570,8 @@ impl Store {
         }
     }
 
-    /// Recomputes every commit's root and file hashes from its files.
+    /// Recomputes every commit's root and file hashes from its files, and reports the commit
+    /// directories that failed to load at open. Reads every file; holds one memory at a time.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let (roots, broken) = {
             let state = self.inner.state.lock();

@@ -229,24 +229,19 @@ impl Session {
         Ok(code)
     }
 
-    fn load_blob(&mut self, id: &ModuleId) -> Result<Arc<Vec<u8>>, StoreError> {
+    /// A module's blob: the one set in this session, else the base commit's (read and checked
+    /// against its hash on every call; the host keeps its own copy while it runs).
+    pub fn blob(&self, id: &ModuleId) -> Result<Vec<u8>, StoreError> {
         let m = self.module(id)?;
         if let Some(b) = &m.blob {
-            return Ok(Arc::clone(b));
+            return Ok(b.as_ref().clone());
         }
         let (Some(dir), Some(entry)) = (self.base_dir(), m.base.as_ref()) else {
             return Err(StoreError::InvalidInput {
                 reason: "module has neither blob nor base".into(),
             });
         };
-        let blob = Arc::new(blob::read(&self.store, &dir, entry)?);
-        self.module_mut(id)?.blob = Some(Arc::clone(&blob));
-        Ok(blob)
-    }
-
-    /// A module's blob.
-    pub fn blob(&mut self, id: &ModuleId) -> Result<Vec<u8>, StoreError> {
-        Ok(self.load_blob(id)?.as_ref().clone())
+        blob::read(&self.store, &dir, entry)
     }
 
     /// Replaces a module's blob.
