@@ -1237,7 +1237,11 @@ fn run_model(ops: Vec<ModelOp>) -> Result<()> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        // PROPTEST_CASES raises it for a longer run.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(24),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn store_matches_model(ops in proptest::collection::vec(model_op(), 1..25)) {
