@@ -31,7 +31,8 @@
 //! - `Verified` (default): the file is read once into memory; the trailer and the sha256 of
 //!   exactly those bytes are checked, and those same bytes are deserialized. Nothing
 //!   unverified reaches wasmtime's `unsafe` deserializer, and there is no window in which the
-//!   file can be swapped between check and use.
+//!   file can be swapped between check and use. Guards against corruption, truncation and
+//!   swapped files; not against someone who writes sha256-consistent forgeries.
 //! - `Authenticated { key }`: as `Verified`, plus an HMAC-SHA256 tag over the trailer (which
 //!   holds the artifact's sha256). The key comes from the caller and is never written to the
 //!   cache directory; it defends against an attacker who can write the directory.
@@ -477,7 +478,10 @@ impl FsCache {
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
                 self.counters.rejected.incr();
                 self.counters.misses.incr();
-                let _ = fs::remove_file(&path);
+                *self.last_rejection.lock() = Some(format!("{}: a symlink", path.display()));
+                if fs::remove_file(&path).is_err() {
+                    self.counters.errors.incr();
+                }
                 return Ok(None);
             }
             Err(e) => return Err(CacheError::io(&path, e)),
@@ -497,8 +501,15 @@ impl FsCache {
                         Reject::BadTrailer("file shorter than a trailer"),
                     );
                 };
-                file.read_exact_at(&mut t, at)
-                    .map_err(|e| CacheError::io(&path, e))?;
+                match file.read_exact_at(&mut t, at) {
+                    Ok(()) => {}
+                    // Shrunk since the fstat: truncated.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        let why = Reject::BadArtifact("file shrank while read");
+                        return self.reject(&path, &file, why);
+                    }
+                    Err(e) => return Err(CacheError::io(&path, e)),
+                }
                 if let Err(why) = format::check_trailer(&t, len, &self.fingerprint, key, None) {
                     return self.reject(&path, &file, why);
                 }
@@ -516,11 +527,14 @@ impl FsCache {
                     Ok(artifact) => artifact,
                     Err(why) => return self.reject(&path, &file, why),
                 };
-                // SAFETY: `artifact` is exactly the bytes whose sha256 matched the trailer (and,
-                // when authenticated, whose trailer carries a valid HMAC tag under the caller's
-                // key). Those bytes were written by `FsCache::save` from `Module::serialize`
-                // for an engine with this fingerprint, and they are in our own memory, so they
-                // cannot change between the check and this call.
+                // SAFETY: `artifact` is exactly the bytes whose sha256 matches a trailer naming
+                // this key and this engine fingerprint, so they are what a `FsCache::save` of
+                // this engine configuration wrote from `Module::serialize`, bit for bit. In
+                // Authenticated mode the trailer also carries a valid HMAC tag under the
+                // caller's key, so no one without the key can forge them; Verified mode
+                // assumes nobody writes sha256-consistent forgeries into the folder (it guards
+                // against corruption, truncation and swaps). The bytes are in our own memory,
+                // so they cannot change between the check and this call.
                 unsafe { Module::deserialize(&self.engine, &artifact) }
             }
         };
