@@ -598,14 +598,17 @@ impl Session {
         }
         // New leaf hashes of the touched 64 KiB pages, merged into the cumulative changes.
         let mut leaves: BTreeMap<u32, Digest> = base.memory.changed_pages.iter().copied().collect();
-        let mut touched: Vec<u32> = changed.iter().map(|p| p / PAGES_PER_LEAF).collect();
-        touched.dedup();
-        // SAFETY: every touched leaf lies inside the length; per the handle contract no wasm runs
-        // now, and hashing only reads.
-        let hashes = hash_leaves(&touched, |leaf| unsafe {
-            mapping.bytes(leaf as usize * PAGE_SIZE, PAGE_SIZE)
-        });
-        leaves.extend(touched.into_iter().zip(hashes));
+        let mut last = None;
+        for p in &changed {
+            let leaf = p / PAGES_PER_LEAF;
+            if last == Some(leaf) {
+                continue;
+            }
+            last = Some(leaf);
+            // SAFETY: the leaf lies inside the length; per the handle contract no wasm runs now.
+            let bytes = unsafe { mapping.bytes(leaf as usize * PAGE_SIZE, PAGE_SIZE) };
+            leaves.insert(leaf, page_hash(bytes));
+        }
         let path = self.base_file("memory", format!("{hex}.tree"))?;
         let tree_bytes = self
             .store
@@ -799,37 +802,6 @@ fn check_reservation(len: usize, reservation: usize) -> Result<(), StoreError> {
         });
     }
     Ok(())
-}
-
-/// Hashes the given leaves, on several threads when there are many (hashing is most of the cost
-/// of a commit that touches many pages).
-fn hash_leaves<'m>(leaves: &[u32], bytes: impl Fn(u32) -> &'m [u8] + Sync) -> Vec<Digest> {
-    const PER_THREAD_MIN: usize = 32;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(leaves.len() / PER_THREAD_MIN)
-        .max(1);
-    if threads == 1 {
-        return leaves.iter().map(|&l| page_hash(bytes(l))).collect();
-    }
-    let chunk = leaves.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = leaves
-            .chunks(chunk)
-            .map(|part| {
-                let bytes = &bytes;
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|&l| page_hash(bytes(l)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    })
 }
 
 fn page_hash(bytes: &[u8]) -> Digest {
