@@ -131,45 +131,54 @@ fn layers(c: &mut Criterion) {
     }
     for mut subject in subjects {
         let dir = tempfile::tempdir().expect("temp dir");
-        let vm = vm_for(dir.path(), VmConfig::for_tests(), &subject.wasm);
-        let (module, root) = vm.deploy(&subject.wasm).expect("deploys");
-        if subject.function.is_empty() {
-            subject.function = harmless_export(&vm, root, &module, &subject.wasm);
-        }
+        let (module, root) = {
+            let vm = vm_for(dir.path(), VmConfig::for_tests(), &subject.wasm);
+            let (module, root) = vm.deploy(&subject.wasm).expect("deploys");
+            if subject.function.is_empty() {
+                subject.function = harmless_export(&vm, root, &module, &subject.wasm);
+            }
+            (module, root)
+        };
         let function = subject.function.clone();
-        let mut group = c.benchmark_group(format!("instantiate_call/{}", subject.label));
-        group
-            .sample_size(10)
-            .measurement_time(Duration::from_secs(3));
         let run = |vm: &Vm| {
             let mut s = vm.session(Some(root)).expect("session");
             s.call(&module, &function, &[]).expect("call");
         };
-        // Compile: a VM whose caches are empty each time.
+        let mut group = c.benchmark_group(format!("instantiate_call/{}", subject.label));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(3));
+        // Compile: a copy of the store with no caches at all.
         group.bench_function("baseline_compile", |b| {
             b.iter_batched(
                 || {
                     let d = tempfile::tempdir().expect("temp dir");
                     copy_store(dir.path(), d.path());
                     let vm = vm_for(d.path(), VmConfig::for_tests(), &subject.wasm);
-                    (d, vm)
+                    (vm, d)
                 },
-                |(_d, vm)| run(&vm),
+                |(vm, d)| {
+                    run(&vm);
+                    (vm, d)
+                },
                 criterion::BatchSize::PerIteration,
             )
         });
-        // File cache: a fresh VM over the same directory (empty in-memory layers).
+        // File cache: a freshly opened VM (empty memory layers) over the deploy's directory.
+        // One store per directory at a time: each VM is dropped before the next opens.
         group.bench_function("fs_verified", |b| {
             b.iter_batched(
                 || vm_for(dir.path(), VmConfig::for_tests(), &subject.wasm),
-                |vm| run(&vm),
+                |vm| {
+                    run(&vm);
+                    vm
+                },
                 criterion::BatchSize::PerIteration,
             )
         });
-        group.bench_function("lru", |b| {
-            run(&vm);
-            b.iter(|| run(&vm))
-        });
+        let vm = vm_for(dir.path(), VmConfig::for_tests(), &subject.wasm);
+        run(&vm);
+        group.bench_function("lru", |b| b.iter(|| run(&vm)));
         vm.pin(&module).expect("pin");
         group.bench_function("pinned", |b| b.iter(|| run(&vm)));
         group.finish();
