@@ -198,8 +198,23 @@ pub fn check_trailer(
 }
 
 /// Checks a whole file's bytes (artifact and trailer) read into memory; returns the artifact.
+#[cfg(test)]
 pub fn check_bytes<'a>(
     bytes: &'a [u8],
+    engine: &EngineFingerprint,
+    key: &CacheKey,
+    hmac_key: Option<&HmacSha256>,
+) -> Result<&'a [u8], Reject> {
+    let split = bytes.len().saturating_sub(TRAILER_LEN);
+    let digest = artifact_digest(&bytes[..split]);
+    check_bytes_with_digest(bytes, &digest, engine, key, hmac_key)
+}
+
+/// As [`check_bytes`], with `digest` the sha256 of `bytes[..bytes.len() - TRAILER_LEN]`
+/// already computed by the caller (while reading, over the very bytes in `bytes`).
+pub fn check_bytes_with_digest<'a>(
+    bytes: &'a [u8],
+    digest: &[u8; 32],
     engine: &EngineFingerprint,
     key: &CacheKey,
     hmac_key: Option<&HmacSha256>,
@@ -212,7 +227,7 @@ pub fn check_bytes<'a>(
         .try_into()
         .map_err(|_| Reject::BadTrailer("file shorter than a trailer"))?;
     let trailer = check_trailer(t, bytes.len() as u64, engine, key, hmac_key)?;
-    if artifact_digest(artifact) != trailer.artifact_sha256 {
+    if *digest != trailer.artifact_sha256 {
         return Err(Reject::BadArtifact("sha256 mismatch"));
     }
     Ok(artifact)

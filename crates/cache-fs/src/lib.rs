@@ -91,6 +91,7 @@ use cache_core::{CacheKey, EngineFingerprint, LayerStats, ModuleCache, StatCount
 pub use format::{FORMAT_VERSION, MAGIC, TRAILER_LEN};
 use format::{HmacSha256, Reject};
 use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
 
 /// The extension of cache entries.
@@ -100,6 +101,9 @@ const TEMP_PREFIX: &str = ".tmp-";
 /// Files above this size are refused without being read: no real artifact comes close (the
 /// 14 MB esbuild module compiles to 31 MB), and a planted huge file must not exhaust memory.
 const MAX_FILE_BYTES: u64 = 4 << 30;
+/// Verified reads hash the file in chunks of this size, each while it is still in cache.
+/// (Small in unit tests, so that their small artifacts span several chunks.)
+const READ_CHUNK: usize = if cfg!(test) { 4096 } else { 1 << 20 };
 /// Temp files older than this are leftovers of a crashed writer and are removed at open.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(15 * 60);
 
@@ -433,12 +437,37 @@ impl FsCache {
                 "file too large to read into memory",
             )));
         }
-        // One read of the whole file: these bytes are checked and then deserialized.
-        file.take(len)
-            .read_to_end(&mut bytes)
-            .map_err(|e| CacheError::io(&self.engine_dir, e))?;
+        // One pass over the file: read a chunk into `bytes`, then hash that chunk of `bytes`
+        // while it is still in the CPU cache. The digest covers exactly the bytes kept.
+        let artifact_len = capacity.saturating_sub(TRAILER_LEN);
+        let mut hasher = Sha256::new();
+        let mut hashed = 0;
+        loop {
+            let read = (&mut *file)
+                .take((capacity - bytes.len()).min(READ_CHUNK) as u64)
+                .read_to_end(&mut bytes)
+                .map_err(|e| CacheError::io(&self.engine_dir, e))?;
+            let end = bytes.len().min(artifact_len);
+            if end > hashed {
+                hasher.update(&bytes[hashed..end]);
+                hashed = end;
+            }
+            if read == 0 || bytes.len() == capacity {
+                break;
+            }
+        }
+        if bytes.len() != capacity {
+            return Ok(Err(Reject::BadArtifact("file shrank while read")));
+        }
+        let digest: [u8; 32] = hasher.finalize().into();
         Ok(
-            match format::check_bytes(&bytes, &self.fingerprint, key, self.hmac.as_ref()) {
+            match format::check_bytes_with_digest(
+                &bytes,
+                &digest,
+                &self.fingerprint,
+                key,
+                self.hmac.as_ref(),
+            ) {
                 Ok(artifact) => {
                     let artifact_len = artifact.len();
                     bytes.truncate(artifact_len);
