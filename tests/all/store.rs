@@ -243,6 +243,46 @@ fn corruption_is_detected_and_a_broken_commit_can_be_rewritten() -> Result<()> {
     Ok(())
 }
 
+/// A forged index (valid checksum, same root: the delta's page count is not part of the root) that
+/// claims a huge delta is refused as corrupt, not allocated (which aborted the process).
+#[test]
+fn a_forged_delta_page_count_is_an_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path(), quick())?;
+    let code = wasm(1);
+    let id = ModuleId::of_wasm(&code);
+    let mut s = store.session(None)?;
+    s.deploy(id, &code, &vec![1; 2 * PAGE_SIZE], vec![1])?;
+    let base = s.commit()?;
+    let mut s = store.session(Some(base))?;
+    write(&s.memory(&id, RES)?, 5000, &[2; 3]);
+    let root = s.commit()?;
+    drop(store);
+    let index_path = dir.path().join(root.to_hex()).join("index");
+    let original = std::fs::read(&index_path)?;
+    for pages in [3, 1 << 24, u32::MAX] {
+        let mut index = store_index::CommitIndex::decode(&original)?;
+        let delta = index.modules[0].memory.delta.as_mut().context("a delta")?;
+        delta.pages = pages;
+        std::fs::write(&index_path, index.encode()?)?;
+        let store = Store::open(dir.path(), quick())?;
+        assert!(store.contains(&root), "the forged index still loads");
+        let err = store.read_memory(&root, &id).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+        let mut s = store.session(Some(root))?;
+        let err = s.memory(&id, RES).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+        drop(s);
+        let report = store.verify()?;
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+    }
+    std::fs::write(&index_path, &original)?;
+    let store = Store::open(dir.path(), quick())?;
+    assert_eq!(store.read_memory(&root, &id)?[5000], 2);
+    assert!(store.verify()?.is_ok());
+    Ok(())
+}
+
 #[test]
 fn large_blobs_are_stored_as_patches_that_survive_deleting_the_base() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -44,16 +44,46 @@ impl DeltaPages {
         Ok(encode_raw(RecordKind::Delta, &compressed))
     }
 
-    /// Decodes a delta expected to hold `pages` pages, all below `max_page`.
-    pub(crate) fn decode(bytes: &[u8], pages: u32, max_page: u64) -> Result<DeltaPages, String> {
+    /// Decodes a delta expected to hold `pages` pages of a memory of `memory_len` bytes.
+    ///
+    /// `pages` comes from the index, which may be forged or damaged: a count above the memory's OS
+    /// page count is refused before anything is allocated, so the decompression buffer (the only
+    /// large allocation) is never bigger than the memory plus its page index (0.1%).
+    pub(crate) fn decode(bytes: &[u8], pages: u32, memory_len: u64) -> Result<DeltaPages, String> {
+        let max_page = memory_len / OS_PAGE as u64;
+        if u64::from(pages) > max_page {
+            return Err(format!(
+                "delta of {pages} pages exceeds the memory's {max_page} pages"
+            ));
+        }
+        let n = usize::try_from(pages).map_err(|_| "delta page count too large".to_string())?;
+        let head = n
+            .checked_mul(4)
+            .and_then(|i| i.checked_add(4))
+            .ok_or("delta page count too large")?;
+        let expect = n
+            .checked_mul(OS_PAGE)
+            .and_then(|d| d.checked_add(head))
+            .ok_or("delta page count too large")?;
         let compressed = decode_raw(RecordKind::Delta, bytes).map_err(|e| e.to_string())?;
-        let expect = 4 + pages as usize * (4 + OS_PAGE);
-        let raw = zstd::bulk::decompress(compressed, expect).map_err(|e| e.to_string())?;
+        // Frames written by `encode` declare their size: a mismatch is refused before allocating.
+        match zstd::zstd_safe::get_frame_content_size(compressed) {
+            Ok(Some(size)) if size != expect as u64 => {
+                return Err("delta length does not match its page count".into());
+            }
+            Ok(_) => {}
+            Err(_) => return Err("delta is not a zstd frame".into()),
+        }
+        let mut raw: Vec<u8> = Vec::new();
+        raw.try_reserve_exact(expect)
+            .map_err(|_| format!("cannot allocate {expect} bytes for the delta"))?;
+        zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(compressed, &mut raw))
+            .map_err(|e| e.to_string())?;
         if raw.len() != expect || raw[..4] != pages.to_le_bytes() {
             return Err("delta length does not match its page count".into());
         }
-        let n = pages as usize;
-        let indices: Vec<u32> = raw[4..4 + 4 * n]
+        let indices: Vec<u32> = raw[4..head]
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
@@ -62,10 +92,9 @@ impl DeltaPages {
         {
             return Err("delta page indices unsorted or out of range".into());
         }
-        Ok(DeltaPages {
-            indices,
-            data: raw[4 + 4 * n..].to_vec(),
-        })
+        // Drop the header in place: no second copy of the pages.
+        raw.drain(..head);
+        Ok(DeltaPages { indices, data: raw })
     }
 }
 
@@ -81,14 +110,44 @@ mod tests {
             d.data.extend(std::iter::repeat_n(b, OS_PAGE));
         }
         let bytes = d.encode(1).unwrap();
-        assert_eq!(DeltaPages::decode(&bytes, 2, 10).unwrap(), d);
-        assert!(DeltaPages::decode(&bytes, 3, 10).is_err());
-        assert!(DeltaPages::decode(&bytes, 2, 9).is_err());
+        let len = 10 * OS_PAGE as u64;
+        assert_eq!(DeltaPages::decode(&bytes, 2, len).unwrap(), d);
+        assert!(DeltaPages::decode(&bytes, 3, len).is_err());
+        assert!(DeltaPages::decode(&bytes, 2, len - OS_PAGE as u64).is_err());
         assert_eq!(d.get(9).unwrap()[0], 2);
         assert!(d.get(4).is_none());
         let mut bad = bytes.clone();
         let n = bad.len();
         bad[n / 2] ^= 1;
-        assert!(DeltaPages::decode(&bad, 2, 10).is_err());
+        assert!(DeltaPages::decode(&bad, 2, len).is_err());
+    }
+
+    /// A forged index page count is refused before the decompression buffer is allocated: without
+    /// the check, `u32::MAX` pages asked for a 17.6 TB buffer and aborted the process.
+    #[test]
+    fn forged_page_count_is_refused_without_allocating() {
+        let mut d = DeltaPages::default();
+        d.indices.push(1);
+        d.data.extend(std::iter::repeat_n(7u8, OS_PAGE));
+        let bytes = d.encode(1).unwrap();
+        let len = 4 * OS_PAGE as u64;
+        for pages in [5, 1 << 20, u32::MAX] {
+            let err = DeltaPages::decode(&bytes, pages, len).unwrap_err();
+            assert!(err.contains("exceeds the memory"), "{pages}: {err}");
+        }
+        // Within the memory's page count but not what the frame holds: refused from the frame
+        // header, before allocating.
+        let err = DeltaPages::decode(&bytes, 4, len).unwrap_err();
+        assert!(err.contains("does not match its page count"), "{err}");
+        // A huge memory length does not make a forged count allocate either.
+        let err = DeltaPages::decode(&bytes, u32::MAX, u64::MAX).unwrap_err();
+        assert!(err.contains("does not match its page count"), "{err}");
+        assert_eq!(DeltaPages::decode(&bytes, 1, len).unwrap(), d);
+        // Garbage inside a valid envelope is an error, not a panic.
+        for payload in [&b""[..], b"\x28\xb5\x2f\xfd", b"not zstd at all"] {
+            let rec = encode_raw(RecordKind::Delta, payload);
+            assert!(DeltaPages::decode(&rec, 1, len).is_err());
+            assert!(DeltaPages::decode(&rec, 0, 0).is_err());
+        }
     }
 }

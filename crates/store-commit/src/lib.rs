@@ -657,6 +657,13 @@ impl Store {
         let len = usize::try_from(m.memory.len).map_err(|_| StoreError::InvalidInput {
             reason: "memory too large for this platform".into(),
         })?;
+        // The length comes from the index: a forged one is an error, not an allocation abort.
+        image
+            .try_reserve_exact(len.saturating_sub(image.len()))
+            .map_err(|_| StoreError::Corrupted {
+                path: dir.to_path_buf(),
+                reason: format!("cannot allocate a memory of {len} bytes"),
+            })?;
         image.resize(len, 0);
         if let Some(d) = &m.memory.delta {
             let path = dir.join("memory").join(format!("{}.diff", m.id.to_hex()));
@@ -686,12 +693,10 @@ impl Store {
                 reason: "delta does not match its hash".into(),
             });
         }
-        DeltaPages::decode(&bytes, d.pages, memory_len / mapping::OS_PAGE as u64).map_err(
-            |reason| StoreError::Corrupted {
-                path: path.to_path_buf(),
-                reason,
-            },
-        )
+        DeltaPages::decode(&bytes, d.pages, memory_len).map_err(|reason| StoreError::Corrupted {
+            path: path.to_path_buf(),
+            reason,
+        })
     }
 
     /// A module's memory bytes in a commit, read from its files (image + delta).
@@ -761,6 +766,19 @@ impl Store {
         self.inner
             .dir
             .join(format!("{TMP_PREFIX}{}-{n}", std::process::id()))
+    }
+}
+
+/// Entry points for fuzz targets (the workspace's `strata-tests` fuzz functions and `fuzz/`). Not
+/// part of the store's API: it may change with any release.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decodes `bytes` as a memory delta record expected to hold `pages` pages of a memory of
+    /// `memory_len` bytes, and returns the decoded page count. It exists for fuzz targets: for any
+    /// input it returns an error rather than panicking, and allocates at most the memory's size
+    /// (plus its 4-byte-per-page index), whatever `pages` claims.
+    pub fn decode_delta(bytes: &[u8], pages: u32, memory_len: u64) -> Result<usize, String> {
+        crate::delta::DeltaPages::decode(bytes, pages, memory_len).map(|d| d.len())
     }
 }
 
