@@ -326,7 +326,7 @@ impl Store {
                 reason: "delta_ratio must be at least 1".into(),
             });
         }
-        create_dir_all(&*fs, dir)?;
+        create_dir_all(&*fs, dir, config.fsync)?;
         let lock_path = dir.join(LOCK);
         // A child process between fork and exec briefly shares the lock's file description, so a
         // store closed just before a spawn can still look locked: retry for a moment.
@@ -782,15 +782,26 @@ pub mod fuzzing {
     }
 }
 
-fn create_dir_all(fs: &dyn Fs, dir: &Path) -> Result<(), StoreError> {
+/// Creates `dir` and its missing parents. With `fsync`, each new directory's entry is made durable
+/// by syncing its parent: otherwise a power loss could lose a new store directory, and with it
+/// every commit acknowledged in it (syncing a directory does not persist its own name).
+fn create_dir_all(fs: &dyn Fs, dir: &Path, fsync: bool) -> Result<(), StoreError> {
     if fs.exists(dir).map_err(io_err("stat", dir))? {
         return Ok(());
     }
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        create_dir_all(fs, parent)?;
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_dir_all(fs, parent, fsync)?;
     }
     match fs.create_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io_err("create dir", dir)(e)),
-        _ => Ok(()),
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(io_err("create dir", dir)(e));
+        }
+        _ => {}
     }
+    if fsync {
+        let parent = parent.unwrap_or(Path::new("."));
+        fs.sync_dir(parent).map_err(io_err("fsync", parent))?;
+    }
+    Ok(())
 }
