@@ -1,1 +1,10 @@
-//! placeholder
+//! The cross-crate integration tests of Strata, in one test binary (as wasmtime does) so that
+//! it links once.
+
+mod cache;
+mod crash_vm;
+mod fuzz;
+mod load;
+mod reliability;
+mod store;
+mod vm;
