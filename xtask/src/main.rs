@@ -5,9 +5,12 @@
 //!   runs), rustdoc with warnings denied;
 //! - `bench`: runs the criterion benchmarks and writes their summary to `docs/BENCHMARKS.md`;
 //! - `crash [--rounds N]`: the crash harness of the commit store with N kill rounds;
+//! - `fuzz --seconds N [TARGET...]`, `load --seconds N`: the long reliability runs (see
+//!   `reliability.rs`);
 //! - `corpus [DIR]`: fetches the npm part of the benchmark corpus with `npm pack`.
 
 mod bench;
+mod reliability;
 #[cfg(test)]
 mod tidy;
 
@@ -23,6 +26,8 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("bench") => bench::run(&args[1..]),
         Some("crash") => crash(&args[1..]),
+        Some("fuzz") => reliability::fuzz(&args[1..]),
+        Some("load") => reliability::load(&args[1..]),
         Some("corpus") => corpus(&args[1..]),
         Some("help") | Some("--help") | None => {
             println!("{USAGE}");
@@ -44,6 +49,8 @@ tasks:
   ci                 fmt check, clippy -D warnings, all tests, rustdoc -D warnings
   bench [FILTER]     criterion benchmarks; writes docs/BENCHMARKS.md
   crash [--rounds N] SIGKILL crash rounds against the commit store (default 1000)
+  fuzz --seconds N [--sanitizer S] [TARGET...]  cargo-fuzz each target for N seconds
+  load --seconds N   the multi-threaded load test in release mode
   corpus [DIR]       fetch the npm corpus modules with `npm pack` (default: ../shared/corpus)";
 
 /// The workspace root: xtask lives one level below it.
