@@ -39,6 +39,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("deploy_smith", deploy_smith),
     ("index_decode", index_decode),
     ("index_roundtrip", index_roundtrip),
+    ("delta_decode", delta_decode),
     ("store_files", store_files),
     ("cache_file", cache_file),
     ("cli_args", cli_args),
@@ -362,6 +363,62 @@ pub fn index_roundtrip(data: &[u8]) {
     let back = MemoryTree::decode(&bytes).expect("an encoded tree decodes");
     assert_eq!(back.root(), tree.root());
     assert!(back.is_consistent());
+}
+
+/// The store's delta decoder (`store_commit::fuzzing::decode_delta`) on arbitrary bytes, on
+/// arbitrary bytes behind a valid envelope (reaching zstd), and on arbitrary page data inside a
+/// valid envelope and zstd frame (reaching the page parser), with an arbitrary page count and
+/// memory size: never a panic, never more pages than claimed, and a well-formed delta decodes.
+pub fn delta_decode(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let pages: u32 = u.arbitrary().unwrap_or(0);
+    let memory_len: u64 = u.arbitrary::<u32>().map(u64::from).unwrap_or(0) * 4096;
+    let kind = u.int_in_range(0..=3u8).unwrap_or(0);
+    let rest = u.take_rest();
+    let bytes = match kind {
+        0 => rest.to_vec(),
+        1 => store_index::encode_raw(RecordKind::Delta, rest),
+        2 => {
+            let frame = zstd::bulk::compress(rest, 1).expect("zstd compresses");
+            store_index::encode_raw(RecordKind::Delta, &frame)
+        }
+        _ => {
+            // A well-formed delta: count, sorted distinct indices below the memory's pages,
+            // then 4 KiB per page.
+            let max_page = (memory_len / 4096).min(64) as u32;
+            let mut indices: Vec<u32> = rest
+                .iter()
+                .map(|b| u32::from(*b) % max_page.max(1))
+                .collect();
+            indices.sort_unstable();
+            indices.dedup();
+            indices.truncate(8);
+            if max_page == 0 {
+                indices.clear();
+            }
+            let n = indices.len() as u32;
+            let mut raw = n.to_le_bytes().to_vec();
+            for i in &indices {
+                raw.extend_from_slice(&i.to_le_bytes());
+            }
+            raw.resize(raw.len() + indices.len() * 4096, 0xa5);
+            let frame = zstd::bulk::compress(&raw, 1).expect("zstd compresses");
+            let bytes = store_index::encode_raw(RecordKind::Delta, &frame);
+            assert_eq!(
+                store_commit::fuzzing::decode_delta(&bytes, n, memory_len),
+                Ok(indices.len()),
+                "a well-formed delta does not decode"
+            );
+            return;
+        }
+    };
+    if let Ok(n) = store_commit::fuzzing::decode_delta(&bytes, pages, memory_len) {
+        assert_eq!(n, pages as usize, "a delta decoded with another page count");
+        assert!(
+            n as u64 <= memory_len / 4096,
+            "more pages than the memory has"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

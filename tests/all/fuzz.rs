@@ -172,6 +172,11 @@ fn fuzz_index_roundtrip() -> Result<()> {
 }
 
 #[test]
+fn fuzz_delta_decode() -> Result<()> {
+    run("delta_decode")
+}
+
+#[test]
 fn fuzz_store_files() -> Result<()> {
     run("store_files")
 }
