@@ -48,7 +48,8 @@ impl DeltaPages {
     ///
     /// `pages` comes from the index, which may be forged or damaged: a count above the memory's OS
     /// page count is refused before anything is allocated, so the decompression buffer (the only
-    /// large allocation) is never bigger than the memory plus its page index (0.1%).
+    /// large allocation) is never bigger than the memory plus its page index (0.1%), whatever the
+    /// record holds.
     pub(crate) fn decode(bytes: &[u8], pages: u32, memory_len: u64) -> Result<DeltaPages, String> {
         let max_page = memory_len / OS_PAGE as u64;
         if u64::from(pages) > max_page {
@@ -148,6 +149,29 @@ mod tests {
             let rec = encode_raw(RecordKind::Delta, payload);
             assert!(DeltaPages::decode(&rec, 1, len).is_err());
             assert!(DeltaPages::decode(&rec, 0, 0).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        /// What the fuzz hook promises, on random and on damaged records: an error, no panic.
+        #[test]
+        fn decode_never_panics(
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            flip in proptest::num::usize::ANY,
+            pages in proptest::num::u32::ANY,
+            memory_pages in 0u64..1 << 20,
+        ) {
+            let memory_len = memory_pages * OS_PAGE as u64;
+            let _ = DeltaPages::decode(&encode_raw(RecordKind::Delta, &payload), pages, memory_len);
+            let mut d = DeltaPages::default();
+            d.indices.extend([0, 2]);
+            d.data.extend(std::iter::repeat_n(9u8, 2 * OS_PAGE));
+            let mut compressed = zstd::bulk::compress(&[&[2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0][..], &d.data].concat(), 1).unwrap();
+            let i = flip % compressed.len();
+            compressed[i] ^= (flip >> 56) as u8 | 1;
+            let rec = encode_raw(RecordKind::Delta, &compressed);
+            let _ = DeltaPages::decode(&rec, pages % 4, memory_len);
+            let _ = crate::fuzzing::decode_delta(&rec, pages, memory_len);
         }
     }
 }

@@ -776,7 +776,7 @@ pub mod fuzzing {
     /// Decodes `bytes` as a memory delta record expected to hold `pages` pages of a memory of
     /// `memory_len` bytes, and returns the decoded page count. It exists for fuzz targets: for any
     /// input it returns an error rather than panicking, and allocates at most the memory's size
-    /// (plus its 4-byte-per-page index), whatever `pages` claims.
+    /// plus 8 bytes per 4 KiB page (the page index, twice), whatever `pages` claims.
     pub fn decode_delta(bytes: &[u8], pages: u32, memory_len: u64) -> Result<usize, String> {
         crate::delta::DeltaPages::decode(bytes, pages, memory_len).map(|d| d.len())
     }
