@@ -47,11 +47,17 @@ pub fn hmac_key(key: &[u8]) -> Option<HmacSha256> {
 /// The decoded, self-consistent fields of a trailer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trailer {
+    /// The engine fingerprint the artifact was compiled for.
     pub engine: [u8; 32],
+    /// The sha256 of the original wasm (the key's wasm hash).
     pub wasm: [u8; 32],
+    /// The artifact's length in bytes.
     pub artifact_len: u64,
+    /// The sha256 of the artifact.
     pub artifact_sha256: [u8; 32],
+    /// Flags; bit 0: an HMAC tag is present.
     pub flags: u32,
+    /// The HMAC tag, or zeroes.
     pub tag: [u8; 32],
 }
 
@@ -198,7 +204,6 @@ pub fn check_trailer(
 }
 
 /// Checks a whole file's bytes (artifact and trailer) read into memory; returns the artifact.
-#[cfg(test)]
 pub fn check_bytes<'a>(
     bytes: &'a [u8],
     engine: &EngineFingerprint,
@@ -271,6 +276,87 @@ mod tests {
                     "flip at {i} not caught (hmac: {})",
                     hmac.is_some()
                 );
+            }
+        }
+    }
+
+    /// A deterministic byte stream (xorshift64*), so failures reproduce.
+    fn garbage(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// The fuzzing surface (`crate::fuzzing`) on truncated, padded and garbage inputs of every
+    /// length 0..=300: never a panic, and only the one valid file is accepted.
+    #[test]
+    fn no_input_of_any_length_panics_or_passes() {
+        let (engine, key) = key();
+        let other_engine = EngineFingerprint::from_bytes([9; 32]);
+        let secret = hmac_key(b"k").unwrap();
+        let artifact = garbage(1, 100);
+        for hmac in [None, Some(&secret)] {
+            let t = encode(
+                &key,
+                artifact.len() as u64,
+                &artifact_digest(&artifact),
+                hmac,
+            );
+            let valid = [&artifact[..], &t[..]].concat();
+            assert_eq!(check_bytes(&valid, &engine, &key, hmac), Ok(&artifact[..]));
+            for len in 0..=300usize {
+                let mut inputs = vec![
+                    garbage(len as u64 + 7, len),
+                    valid[..len.min(valid.len())].to_vec(),
+                    valid[valid.len().saturating_sub(len)..].to_vec(),
+                    // A valid trailer behind `len` bytes of garbage: a length mismatch.
+                    [&garbage(len as u64, len)[..], &t[..]].concat(),
+                    // A valid trailer cut to `len` bytes, zero-padded to a full trailer.
+                    {
+                        let mut cut = t[..len.min(TRAILER_LEN)].to_vec();
+                        cut.resize(TRAILER_LEN, 0);
+                        cut
+                    },
+                ];
+                // Garbage with a correct magic, version and length, so the parse goes deeper.
+                let mut deep = garbage(len as u64 + 99, len.max(TRAILER_LEN));
+                let n = deep.len();
+                deep[n - 16..n - 12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+                deep[n - 12..n - 8].copy_from_slice(&(TRAILER_LEN as u32).to_le_bytes());
+                deep[n - 8..].copy_from_slice(&MAGIC);
+                inputs.push(deep);
+                for bytes in &inputs {
+                    for engine in [&engine, &other_engine] {
+                        let got = check_bytes(bytes, engine, &key, hmac);
+                        let ok = bytes == &valid && engine == &key.engine();
+                        assert_eq!(got.is_ok(), ok, "len {len}: {got:?}");
+                        let digest = artifact_digest(bytes);
+                        let _ = check_bytes_with_digest(bytes, &digest, engine, &key, hmac);
+                    }
+                    if let Some(tail) = bytes.len().checked_sub(TRAILER_LEN) {
+                        let t: &[u8; TRAILER_LEN] = bytes[tail..].try_into().unwrap();
+                        for file_len in [0, 1, 191, 192, len as u64, u64::MAX] {
+                            let got = check_trailer(t, file_len, &engine, &key, hmac);
+                            if got.is_ok() {
+                                assert_eq!(t, &valid[valid.len() - TRAILER_LEN..]);
+                                assert_eq!(file_len, valid.len() as u64);
+                            }
+                        }
+                    }
+                }
+            }
+            // Extreme lengths in an otherwise valid trailer.
+            for artifact_len in [0, 1, u64::MAX - 191, u64::MAX] {
+                let t = encode(&key, artifact_len, &[0; 32], hmac);
+                for file_len in [0, 192, u64::MAX] {
+                    let _ = check_trailer(&t, file_len, &engine, &key, hmac);
+                }
             }
         }
     }

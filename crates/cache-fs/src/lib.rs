@@ -78,6 +78,17 @@
 
 mod format;
 
+/// The trailer codec, exposed only for fuzz targets (`fuzz/`, `strata-tests`): not a stable
+/// API and not meant for other callers. Every function here returns a [`Reject`](fuzzing::Reject)
+/// for bad input and never panics, whatever the bytes.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::format::{
+        HmacSha256, Reject, Trailer, artifact_digest, check_bytes, check_bytes_with_digest,
+        check_trailer, encode, hmac_key,
+    };
+}
+
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
