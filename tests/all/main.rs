@@ -6,5 +6,4 @@ mod crash_vm;
 mod fuzz;
 mod load;
 mod reliability;
-mod store;
 mod vm;

@@ -118,20 +118,24 @@ fn crash(args: &[String]) -> Result<()> {
         }
         _ => return Err("usage: cargo xtask crash [--rounds N]".to_owned()),
     };
-    cargo(
-        &[
-            "test",
-            "--release",
-            "-p",
-            "strata-tests",
-            "--test",
-            "all",
-            "--",
-            "crash",
-            "--nocapture",
-        ],
-        &[("STRATA_CRASH_ROUNDS", &rounds)],
-    )
+    // The store's own crash test, then the whole system's (vm-host through the store).
+    for (package, target) in [("store-commit", "store"), ("strata-tests", "all")] {
+        cargo(
+            &[
+                "test",
+                "--release",
+                "-p",
+                package,
+                "--test",
+                target,
+                "--",
+                "crash",
+                "--nocapture",
+            ],
+            &[("STRATA_CRASH_ROUNDS", &rounds)],
+        )?;
+    }
+    Ok(())
 }
 
 /// The npm packages of the corpus: (package@version, file inside the tarball, corpus file name).
