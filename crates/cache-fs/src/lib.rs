@@ -45,6 +45,12 @@
 //! processes can share one directory and a crash never leaves a half-written entry under a
 //! final name. An optional byte limit evicts the least recently used files.
 //!
+//! Every file-system operation goes through the [`CacheFs`] trait ([`RealFs`] by default), so
+//! tests can fail any operation of a save or a load with [`FaultFs`] through
+//! [`FsCache::open_with_fs`]: a failed save returns `Err` and leaves neither a partial entry
+//! nor (once the disk works again) a temp file; a failed load is an `Err` (a miss for a
+//! chain), never a rejection of a valid file.
+//!
 //! # Example
 //!
 //! ```
@@ -77,6 +83,7 @@
 #![deny(missing_docs)]
 
 mod format;
+mod vfs;
 
 /// The trailer codec, exposed only for fuzz targets (`fuzz/`, `strata-tests`): not a stable
 /// API and not meant for other callers. Every function here returns a [`Reject`](fuzzing::Reject)
@@ -90,10 +97,10 @@ pub mod fuzzing {
 }
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -103,6 +110,7 @@ pub use format::{FORMAT_VERSION, MAGIC, TRAILER_LEN};
 use format::{HmacSha256, Reject};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
+pub use vfs::{CacheFs, FaultFs, FaultMode, Op, RealFs};
 use wasmtime::{Engine, Module};
 
 /// The extension of cache entries.
@@ -228,6 +236,11 @@ pub struct FsCache {
     index: Mutex<HashMap<String, IndexEntry>>,
     /// Why the last rejected file was rejected, for diagnostics.
     last_rejection: Mutex<Option<String>>,
+    /// Every file-system operation goes through this.
+    fs: Arc<dyn CacheFs>,
+    /// Our own temp files whose removal failed (a failing disk): removed at the next save,
+    /// prune or drop.
+    orphans: Mutex<Vec<PathBuf>>,
 }
 
 impl std::fmt::Debug for FsCache {
@@ -259,21 +272,6 @@ fn is_not_found(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::NotFound
 }
 
-/// Opens a cache file for reading without following symlinks and without blocking on FIFOs.
-fn open_entry(path: &Path) -> std::io::Result<File> {
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits() as i32)
-        .open(path)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), CacheError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| CacheError::io(dir, e))
-}
-
 /// Whether `name` is a cache folder name `v<digits>-<64 hex digits>`.
 fn is_cache_folder_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('v') else {
@@ -291,6 +289,17 @@ impl FsCache {
     /// Opens (creating if needed) the cache in `dir` for `engine`, scanning this engine's
     /// folder for stats and the byte limit and removing stale temp files.
     pub fn open(dir: &Path, engine: &Engine, config: FsCacheConfig) -> Result<FsCache, CacheError> {
+        FsCache::open_with_fs(dir, engine, config, Arc::new(RealFs))
+    }
+
+    /// As [`FsCache::open`], with every file-system operation (of the open and of every later
+    /// call) going through `fs`: for tests, a [`FaultFs`] that fails chosen operations.
+    pub fn open_with_fs(
+        dir: &Path,
+        engine: &Engine,
+        config: FsCacheConfig,
+        fs: Arc<dyn CacheFs>,
+    ) -> Result<FsCache, CacheError> {
         let hmac = match &config.mode {
             Verification::Authenticated { key } if key.is_empty() => {
                 return Err(CacheError::Config("empty hmac key".into()));
@@ -303,10 +312,11 @@ impl FsCache {
         };
         let fingerprint = EngineFingerprint::of(engine);
         let engine_dir = dir.join(format!("v{FORMAT_VERSION}-{fingerprint}"));
-        fs::create_dir_all(&engine_dir).map_err(|e| CacheError::io(&engine_dir, e))?;
+        fs.create_dir_all(&engine_dir)
+            .map_err(|e| CacheError::io(&engine_dir, e))?;
         if config.fsync {
             // Make the folder itself durable (its entry in `dir`).
-            sync_dir(dir)?;
+            fs.sync_dir(dir).map_err(|e| CacheError::io(dir, e))?;
         }
         let cache = FsCache {
             dir: dir.to_path_buf(),
@@ -318,6 +328,8 @@ impl FsCache {
             counters: StatCounters::default(),
             index: Mutex::new(HashMap::new()),
             last_rejection: Mutex::new(None),
+            fs,
+            orphans: Mutex::new(Vec::new()),
         };
         cache.rescan(true)?;
         Ok(cache)
@@ -354,6 +366,25 @@ impl FsCache {
             .join(format!("{}.{EXTENSION}", key.file_stem()))
     }
 
+    fn sync_dir(&self, dir: &Path) -> Result<(), CacheError> {
+        self.fs.sync_dir(dir).map_err(|e| CacheError::io(dir, e))
+    }
+
+    /// Removes a file; `Ok(false)` if it was already gone.
+    fn remove_file(&self, path: &Path) -> std::io::Result<bool> {
+        match self.fs.remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Retries removing our temp files that a failing disk left behind.
+    fn remove_orphans(&self) {
+        let mut orphans = self.orphans.lock();
+        orphans.retain(|path| self.remove_file(path).is_err());
+    }
+
     fn check_engine(&self, key: &CacheKey) -> Result<(), CacheError> {
         if key.engine() != self.fingerprint {
             return Err(CacheError::Incompatible(format!(
@@ -368,18 +399,22 @@ impl FsCache {
     /// Rebuilds the index from the folder. With `clean_temps`, also removes stale temp files
     /// and returns how many files and bytes that freed.
     fn rescan(&self, clean_temps: bool) -> Result<(u64, u64), CacheError> {
-        let read =
-            fs::read_dir(&self.engine_dir).map_err(|e| CacheError::io(&self.engine_dir, e))?;
+        let names = self
+            .fs
+            .read_dir(&self.engine_dir)
+            .map_err(|e| CacheError::io(&self.engine_dir, e))?;
         let now = SystemTime::now();
         let mut index = HashMap::new();
         let (mut files, mut bytes) = (0, 0);
-        for entry in read {
-            let entry = entry.map_err(|e| CacheError::io(&self.engine_dir, e))?;
-            let Ok(name) = entry.file_name().into_string() else {
+        for name in names {
+            let Ok(name) = name.into_string() else {
                 continue;
             };
+            let path = self.engine_dir.join(&name);
             // Removed by another process since the listing: skip it.
-            let Ok(meta) = entry.metadata() else { continue };
+            let Ok(meta) = self.fs.metadata(&path) else {
+                continue;
+            };
             if !meta.is_file() {
                 continue;
             }
@@ -388,7 +423,7 @@ impl FsCache {
                 let stale = now
                     .duration_since(modified)
                     .is_ok_and(|age| age > STALE_TEMP_AGE);
-                if clean_temps && stale && fs::remove_file(entry.path()).is_ok() {
+                if clean_temps && stale && self.remove_file(&path).is_ok_and(|removed| removed) {
                     files += 1;
                     bytes += meta.len();
                 }
@@ -414,16 +449,12 @@ impl FsCache {
         self.counters.rejected.incr();
         *self.last_rejection.lock() = Some(format!("{}: {why}", path.display()));
         self.counters.misses.incr();
-        let same_file = match (file.metadata(), fs::symlink_metadata(path)) {
+        let same_file = match (self.fs.file_metadata(file), self.fs.metadata(path)) {
             (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
             _ => false,
         };
-        if same_file {
-            match fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(_) => self.counters.errors.incr(),
-            }
+        if same_file && self.remove_file(path).is_err() {
+            self.counters.errors.incr();
         }
         if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
             self.index.lock().remove(name);
@@ -434,7 +465,7 @@ impl FsCache {
     /// Reads and fully verifies one file (trailer, sha256, HMAC in Authenticated mode).
     fn read_verified(
         &self,
-        file: &mut File,
+        file: &File,
         len: u64,
         key: &CacheKey,
     ) -> Result<Result<Vec<u8>, Reject>, CacheError> {
@@ -454,9 +485,10 @@ impl FsCache {
         let mut hasher = Sha256::new();
         let mut hashed = 0;
         loop {
-            let read = (&mut *file)
-                .take((capacity - bytes.len()).min(READ_CHUNK) as u64)
-                .read_to_end(&mut bytes)
+            let max = (capacity - bytes.len()).min(READ_CHUNK);
+            let read = self
+                .fs
+                .read(file, &mut bytes, max)
                 .map_err(|e| CacheError::io(&self.engine_dir, e))?;
             let end = bytes.len().min(artifact_len);
             if end > hashed {
@@ -495,7 +527,7 @@ impl FsCache {
             return;
         }
         let now = SystemTime::now();
-        if file.set_modified(now).is_err() {
+        if self.fs.set_mtime(file, now).is_err() {
             self.counters.errors.incr();
         }
         if let Some(name) = path.file_name().and_then(|n| n.to_str())
@@ -508,7 +540,7 @@ impl FsCache {
     fn load_inner(&self, key: &CacheKey) -> Result<Option<Module>, CacheError> {
         self.check_engine(key)?;
         let path = self.path_of(key);
-        let mut file = match open_entry(&path) {
+        let file = match self.fs.open_read(&path) {
             Ok(f) => f,
             Err(e) if is_not_found(&e) => {
                 self.counters.misses.incr();
@@ -519,14 +551,17 @@ impl FsCache {
                 self.counters.rejected.incr();
                 self.counters.misses.incr();
                 *self.last_rejection.lock() = Some(format!("{}: a symlink", path.display()));
-                if fs::remove_file(&path).is_err() {
+                if self.remove_file(&path).is_err() {
                     self.counters.errors.incr();
                 }
                 return Ok(None);
             }
             Err(e) => return Err(CacheError::io(&path, e)),
         };
-        let meta = file.metadata().map_err(|e| CacheError::io(&path, e))?;
+        let meta = self
+            .fs
+            .file_metadata(&file)
+            .map_err(|e| CacheError::io(&path, e))?;
         if !meta.is_file() {
             return self.reject(&path, &file, Reject::NotAFile);
         }
@@ -541,7 +576,7 @@ impl FsCache {
                         Reject::BadTrailer("file shorter than a trailer"),
                     );
                 };
-                match file.read_exact_at(&mut t, at) {
+                match self.fs.read_at(&file, &mut t, at) {
                     Ok(()) => {}
                     // Shrunk since the fstat: truncated.
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -553,7 +588,10 @@ impl FsCache {
                 if let Err(why) = format::check_trailer(&t, len, &self.fingerprint, key, None) {
                     return self.reject(&path, &file, why);
                 }
-                let mapped = file.try_clone().map_err(|e| CacheError::io(&path, e))?;
+                let mapped = self
+                    .fs
+                    .open_for_mapping(&file)
+                    .map_err(|e| CacheError::io(&path, e))?;
                 // SAFETY: Trusted mode is the operator's statement that only this node writes
                 // the cache folder, so the file is an unmodified output of `Module::serialize`
                 // followed by our trailer (wasmtime ignores bytes after its ELF image). The
@@ -563,7 +601,7 @@ impl FsCache {
                 unsafe { Module::deserialize_open_file(&self.engine, mapped) }
             }
             Verification::Verified | Verification::Authenticated { .. } => {
-                let artifact = match self.read_verified(&mut file, len, key)? {
+                let artifact = match self.read_verified(&file, len, key)? {
                     Ok(artifact) => artifact,
                     Err(why) => return self.reject(&path, &file, why),
                 };
@@ -602,34 +640,43 @@ impl FsCache {
             random_u64()
         );
         let temp_path = self.engine_dir.join(temp_name);
+        let mut renamed = false;
         let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp_path)
+            let file = self
+                .fs
+                .create_temp(&temp_path)
                 .map_err(|e| CacheError::io(&temp_path, e))?;
-            file.write_all(artifact)
-                .and_then(|()| file.write_all(trailer))
+            self.fs
+                .write(&file, artifact)
+                .and_then(|()| self.fs.write(&file, trailer))
                 .map_err(|e| CacheError::io(&temp_path, e))?;
             if self.config.fsync {
-                file.sync_data()
+                self.fs
+                    .sync_file(&file)
                     .map_err(|e| CacheError::io(&temp_path, e))?;
             }
             drop(file);
-            fs::rename(&temp_path, final_path).map_err(|e| CacheError::io(final_path, e))?;
+            self.fs
+                .rename(&temp_path, final_path)
+                .map_err(|e| CacheError::io(final_path, e))?;
+            renamed = true;
             if self.config.fsync {
-                sync_dir(&self.engine_dir)?;
+                self.sync_dir(&self.engine_dir)?;
             }
             Ok(())
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp_path);
+        // A temp file that cannot be removed now (the disk is failing) is retried later.
+        if result.is_err() && !renamed && self.remove_file(&temp_path).is_err() {
+            self.orphans.lock().push(temp_path);
         }
         result
     }
 
     fn save_inner(&self, key: &CacheKey, module: &Module) -> Result<(), CacheError> {
         self.check_engine(key)?;
+        if !self.orphans.lock().is_empty() {
+            self.remove_orphans();
+        }
         let module_engine = EngineFingerprint::of(module.engine());
         if module_engine != self.fingerprint {
             return Err(CacheError::Incompatible(format!(
@@ -696,9 +743,9 @@ impl FsCache {
                 break;
             }
             let path = self.engine_dir.join(&name);
-            match fs::remove_file(&path) {
-                Ok(()) => self.counters.evictions.incr(),
-                Err(e) if is_not_found(&e) => {}
+            match self.remove_file(&path) {
+                Ok(true) => self.counters.evictions.incr(),
+                Ok(false) => {}
                 Err(_) => {
                     self.counters.errors.incr();
                     continue;
@@ -714,30 +761,35 @@ impl FsCache {
     /// [`FsCache::dir`] (for example after a wasmtime upgrade), and stale temp files in this
     /// engine's folder. Only entries named like cache folders are touched.
     pub fn prune(&self) -> Result<PruneReport, CacheError> {
+        self.remove_orphans();
         let mut report = PruneReport::default();
         let own = self.engine_dir.file_name();
-        let read = fs::read_dir(&self.dir).map_err(|e| CacheError::io(&self.dir, e))?;
-        for entry in read {
-            let entry = entry.map_err(|e| CacheError::io(&self.dir, e))?;
-            let name = entry.file_name();
+        let names = self
+            .fs
+            .read_dir(&self.dir)
+            .map_err(|e| CacheError::io(&self.dir, e))?;
+        for name in names {
             if Some(name.as_os_str()) == own {
                 continue;
             }
             let Some(name) = name.to_str() else { continue };
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if !is_dir || !is_cache_folder_name(name) {
+            if !is_cache_folder_name(name) {
                 continue;
             }
-            let path = entry.path();
-            if let Ok(files) = fs::read_dir(&path) {
-                for file in files.flatten() {
-                    if let Ok(meta) = file.metadata() {
+            let path = self.dir.join(name);
+            let is_dir = self.fs.metadata(&path).is_ok_and(|m| m.is_dir());
+            if !is_dir {
+                continue;
+            }
+            if let Ok(files) = self.fs.read_dir(&path) {
+                for file in files {
+                    if let Ok(meta) = self.fs.metadata(&path.join(file)) {
                         report.removed_files += 1;
                         report.removed_bytes += meta.len();
                     }
                 }
             }
-            match fs::remove_dir_all(&path) {
+            match self.fs.remove_dir_all(&path) {
                 Ok(()) => report.removed_folders.push(path),
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(CacheError::io(&path, e)),
@@ -747,7 +799,7 @@ impl FsCache {
         report.removed_files += files;
         report.removed_bytes += bytes;
         if self.config.fsync {
-            sync_dir(&self.dir)?;
+            self.sync_dir(&self.dir)?;
         }
         Ok(report)
     }
@@ -757,12 +809,13 @@ impl FsCache {
     /// them; it does not deserialize anything.
     pub fn verify_all(&self) -> Result<VerifyReport, CacheError> {
         let mut report = VerifyReport::default();
-        let read =
-            fs::read_dir(&self.engine_dir).map_err(|e| CacheError::io(&self.engine_dir, e))?;
+        let listed = self
+            .fs
+            .read_dir(&self.engine_dir)
+            .map_err(|e| CacheError::io(&self.engine_dir, e))?;
         let mut names: Vec<String> = Vec::new();
-        for entry in read {
-            let entry = entry.map_err(|e| CacheError::io(&self.engine_dir, e))?;
-            if let Ok(name) = entry.file_name().into_string()
+        for name in listed {
+            if let Ok(name) = name.into_string()
                 && name.ends_with(&format!(".{EXTENSION}"))
                 && !name.starts_with(TEMP_PREFIX)
             {
@@ -783,7 +836,7 @@ impl FsCache {
                 continue;
             };
             let key = CacheKey::from_parts(wasm, self.fingerprint);
-            let mut file = match open_entry(&path) {
+            let file = match self.fs.open_read(&path) {
                 Ok(f) => f,
                 Err(e) if is_not_found(&e) => {
                     report.checked -= 1;
@@ -794,12 +847,15 @@ impl FsCache {
                     continue;
                 }
             };
-            let meta = file.metadata().map_err(|e| CacheError::io(&path, e))?;
+            let meta = self
+                .fs
+                .file_metadata(&file)
+                .map_err(|e| CacheError::io(&path, e))?;
             if !meta.is_file() {
                 report.bad.push(bad(Reject::NotAFile.to_string()));
                 continue;
             }
-            match self.read_verified(&mut file, meta.len(), &key)? {
+            match self.read_verified(&file, meta.len(), &key)? {
                 Ok(_) => {
                     report.valid += 1;
                     report.valid_bytes += meta.len();
@@ -832,11 +888,9 @@ impl ModuleCache for FsCache {
     fn remove(&self, key: &CacheKey) -> Result<bool, CacheError> {
         self.check_engine(key)?;
         let path = self.path_of(key);
-        let removed = match fs::remove_file(&path) {
-            Ok(()) => true,
-            Err(e) if is_not_found(&e) => false,
-            Err(e) => return Err(CacheError::io(&path, e)),
-        };
+        let removed = self
+            .remove_file(&path)
+            .map_err(|e| CacheError::io(&path, e))?;
         self.index
             .lock()
             .remove(&format!("{}.{EXTENSION}", key.file_stem()));
@@ -850,6 +904,12 @@ impl ModuleCache for FsCache {
             self.counters
                 .snapshot(self.name(), index.len() as u64, bytes),
         ]
+    }
+}
+
+impl Drop for FsCache {
+    fn drop(&mut self) {
+        self.remove_orphans();
     }
 }
 

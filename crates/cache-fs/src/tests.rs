@@ -2,6 +2,7 @@
 //! limit, prune and verify.
 
 use super::*;
+use std::fs;
 
 const WAT: &str = r#"(module (func (export "answer") (result i32) i32.const 42))"#;
 
@@ -534,4 +535,246 @@ fn concurrent_threads_share_one_folder() {
         4,
         "no temp files left"
     );
+}
+
+// Fault injection: every file-system operation of a save and of a load fails in turn.
+
+const ENOSPC: i32 = 28;
+const EIO: i32 = 5;
+
+fn faults() -> [(FaultMode, i32); 4] {
+    [
+        (FaultMode::Once, ENOSPC),
+        (FaultMode::Once, EIO),
+        (FaultMode::FromThenOn, ENOSPC),
+        (FaultMode::FromThenOn, EIO),
+    ]
+}
+
+fn configs(mode: Verification) -> [FsCacheConfig; 2] {
+    [
+        FsCacheConfig {
+            mode: mode.clone(),
+            max_bytes: None,
+            fsync: true,
+        },
+        FsCacheConfig {
+            mode,
+            max_bytes: Some(1 << 30),
+            fsync: true,
+        },
+    ]
+}
+
+fn temp_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(TEMP_PREFIX))
+        .collect()
+}
+
+fn open_faulty(dir: &Path, engine: &Engine, config: FsCacheConfig) -> (Arc<FaultFs>, FsCache) {
+    let fault = Arc::new(FaultFs::real());
+    let cache = FsCache::open_with_fs(dir, engine, config, fault.clone()).unwrap();
+    fault.take_log();
+    (fault, cache)
+}
+
+/// Runs `f` against a fresh cache and returns the operations it logged.
+fn ops_of(config: FsCacheConfig, f: impl Fn(&FsCache, &Fixture, &CacheKey)) -> Vec<Op> {
+    let fx = Fixture::new();
+    let key = CacheKey::new(&fx.engine, WAT.as_bytes());
+    let (fault, cache) = open_faulty(fx.dir.path(), &fx.engine, config);
+    f(&cache, &fx, &key);
+    fault.take_log()
+}
+
+#[test]
+fn operations_of_a_save_and_of_a_load() {
+    use Op::*;
+    let module = Module::new(&Engine::default(), WAT).unwrap();
+    let file_len = (module.serialize().unwrap().len() + TRAILER_LEN) as u64;
+    let [unlimited, limited] = configs(Verification::Verified);
+    let save = |cache: &FsCache, fx: &Fixture, key: &CacheKey| {
+        cache
+            .save(key, &Module::new(&fx.engine, WAT).unwrap())
+            .unwrap();
+    };
+    let durable = [CreateTemp, Write, Write, SyncFile, Rename, SyncDir];
+    assert_eq!(ops_of(unlimited.clone(), save), durable);
+    // With a byte limit the folder is rescanned after the save (one entry here).
+    assert_eq!(
+        ops_of(limited.clone(), save),
+        [&durable[..], &[ReadDir, Metadata]].concat()
+    );
+    let no_fsync = FsCacheConfig {
+        fsync: false,
+        ..unlimited.clone()
+    };
+    assert_eq!(ops_of(no_fsync, save), [CreateTemp, Write, Write, Rename]);
+
+    // A load: Verified reads the file in READ_CHUNK pieces (4 KiB in unit tests, 1 MiB
+    // otherwise); Trusted reads the trailer and maps. A limit adds the mtime bump of a hit.
+    for (config, hit_tail) in [(unlimited, vec![]), (limited, vec![SetMtime])] {
+        let fx = Fixture::new();
+        let key = CacheKey::new(&fx.engine, WAT.as_bytes());
+        for mode in [Verification::Verified, Verification::Trusted] {
+            let config = FsCacheConfig {
+                mode: mode.clone(),
+                ..config.clone()
+            };
+            let (fault, cache) = open_faulty(fx.dir.path(), &fx.engine, config.clone());
+            save(&cache, &fx, &key);
+            fault.take_log();
+            assert!(cache.load(&key).unwrap().is_some());
+            let log = fault.take_log();
+            if mode == Verification::Trusted {
+                let want = [
+                    &[OpenRead, FileMetadata, ReadAt, OpenForMapping][..],
+                    &hit_tail,
+                ]
+                .concat();
+                assert_eq!(log, want);
+            } else {
+                let reads = file_len.div_ceil(READ_CHUNK as u64) as usize;
+                let want = [&[OpenRead, FileMetadata][..], &vec![Read; reads], &hit_tail].concat();
+                assert_eq!(log, want, "{file_len} bytes");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_fault_at_any_operation_of_a_save_leaves_no_partial_file_and_no_temp_file() {
+    let engine = Engine::default();
+    let module = Module::new(&engine, WAT).unwrap();
+    let key = CacheKey::new(&engine, WAT.as_bytes());
+    let mut injected = 0;
+    for config in configs(Verification::Verified) {
+        let ops = ops_of(config.clone(), |cache, _, key| {
+            cache.save(key, &module).unwrap();
+        })
+        .len() as u64;
+        for k in 0..ops {
+            for (mode, errno) in faults() {
+                let dir = tempfile::tempdir().unwrap();
+                let (fault, cache) = open_faulty(dir.path(), &engine, config.clone());
+                let base = fault.ops();
+                fault.fail_at(base + k, mode, errno);
+                let result = cache.save(&key, &module);
+                assert!(fault.ops() > base + k, "op {k} was reached");
+                injected += 1;
+                let what = format!(
+                    "op {k} ({:?}) {mode:?} errno {errno}",
+                    fault.take_log()[k as usize]
+                );
+                // The six operations of the write itself fail the save; later ones (the
+                // rescan of the byte limit) are absorbed.
+                match &result {
+                    Err(CacheError::Io { source, .. }) => {
+                        assert_eq!(source.raw_os_error(), Some(errno), "{what}")
+                    }
+                    Err(e) => panic!("{what}: {e}"),
+                    Ok(()) => {
+                        assert!(k >= 6, "{what}: the save succeeded");
+                        assert_eq!(cache.stats()[0].inserts, 1);
+                    }
+                }
+                // A healthy reader sees a miss or a valid module, never a partial file.
+                let reader = FsCache::open(dir.path(), &engine, FsCacheConfig::default()).unwrap();
+                match reader.load(&key).unwrap() {
+                    Some(m) => assert_eq!(answer(&engine, &m), 42, "{what}"),
+                    None => assert!(!cache.path_of(&key).exists(), "{what}"),
+                }
+                assert_eq!(reader.stats()[0].rejected, 0, "{what}");
+                // Once healed: the next save works and no temp file is left.
+                fault.heal();
+                cache.save(&key, &module).unwrap();
+                assert_eq!(
+                    temp_files(cache.engine_dir()),
+                    Vec::<String>::new(),
+                    "{what}"
+                );
+                let m = cache.load(&key).unwrap().expect("a hit once healed");
+                assert_eq!(answer(&engine, &m), 42);
+                assert_eq!(cache.verify_all().unwrap().bad, vec![]);
+            }
+        }
+    }
+    assert_eq!(injected, (6 + 8) * 4);
+}
+
+#[test]
+fn a_fault_at_any_operation_of_a_load_is_an_error_or_a_hit_never_a_rejection() {
+    let engine = Engine::default();
+    let module = Module::new(&engine, WAT).unwrap();
+    let key = CacheKey::new(&engine, WAT.as_bytes());
+    for mode in modes() {
+        for config in configs(mode.clone()) {
+            let dir = tempfile::tempdir().unwrap();
+            let (fault, cache) = open_faulty(dir.path(), &engine, config.clone());
+            cache.save(&key, &module).unwrap();
+            let base = fault.ops();
+            cache.load(&key).unwrap().unwrap();
+            let ops = fault.ops() - base;
+            for k in 0..ops {
+                for (fault_mode, errno) in faults() {
+                    let base = fault.ops();
+                    fault.fail_at(base + k, fault_mode, errno);
+                    let result = cache.load(&key);
+                    assert!(fault.ops() > base + k);
+                    let what = format!("{mode:?} {config:?} op {k} {fault_mode:?} errno {errno}");
+                    match result {
+                        Ok(Some(m)) => assert_eq!(answer(&engine, &m), 42, "{what}"),
+                        Ok(None) => panic!("{what}: a miss for a valid file"),
+                        Err(CacheError::Io { source, .. }) => {
+                            assert_eq!(source.raw_os_error(), Some(errno), "{what}")
+                        }
+                        Err(e) => panic!("{what}: {e}"),
+                    }
+                    fault.heal();
+                    // An I/O error is not evidence against the file: it stays.
+                    assert_eq!(cache.stats()[0].rejected, 0, "{what}");
+                    let m = cache.load(&key).unwrap().expect("a hit once healed");
+                    assert_eq!(answer(&engine, &m), 42, "{what}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn temp_files_a_failing_disk_left_are_removed_once_healed() {
+    let engine = Engine::default();
+    let module = Module::new(&engine, WAT).unwrap();
+    let key = CacheKey::new(&engine, WAT.as_bytes());
+    for removed_by in ["next save", "drop", "prune"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = FsCacheConfig::default();
+        let (fault, cache) = open_faulty(dir.path(), &engine, config);
+        // Fail the rename and everything after it: the temp file cannot be removed.
+        fault.fail_at(fault.ops() + 4, FaultMode::FromThenOn, EIO);
+        assert!(cache.save(&key, &module).is_err());
+        let engine_dir = cache.engine_dir().to_path_buf();
+        assert_eq!(
+            temp_files(&engine_dir).len(),
+            1,
+            "the disk refused the unlink"
+        );
+        assert!(!cache.path_of(&key).exists());
+        fault.heal();
+        match removed_by {
+            "next save" => cache.save(&key, &module).unwrap(),
+            "drop" => drop(cache),
+            _ => {
+                cache.prune().unwrap();
+            }
+        }
+        assert_eq!(
+            temp_files(&engine_dir),
+            Vec::<String>::new(),
+            "{removed_by}"
+        );
+    }
 }
