@@ -1,13 +1,14 @@
 //! Cross-crate tests of the layered module cache: promotion through pinned -> LRU -> FS, pins
 //! under LRU pressure, every kind of bad file seen through the whole chain, two processes
-//! writing one key, and the FS byte limit under a chain.
+//! writing one key, the FS byte limit under a chain, and a file-system fault at every
+//! operation of a save and of a load.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cache_core::{CacheKey, LayerStats, ModuleCache, ModuleCacheExt, module_size};
-use cache_fs::{FsCache, FsCacheConfig, TRAILER_LEN, Verification};
+use cache_fs::{FaultFs, FaultMode, FsCache, FsCacheConfig, TRAILER_LEN, Verification};
 use cache_lru::LruCache;
 use cache_pinned::PinnedCache;
 use wasmtime::{Engine, Instance, Module, OptLevel, Store};
@@ -444,5 +445,142 @@ fn a_broken_fs_layer_never_fails_the_chain() -> Result<()> {
     assert!(chain.load(&other_key)?.is_none());
     let fs = layer(&chain.stats(), "fs").clone();
     assert_eq!((fs.errors, fs.misses), (2, 2), "{fs:?}");
+    Ok(())
+}
+
+const ENOSPC: i32 = 28;
+const EIO: i32 = 5;
+
+/// No temp file in the folder, and a fresh healthy process loads a correct module.
+fn assert_clean_and_loadable(
+    dir: &Path,
+    engine: &Engine,
+    config: &FsCacheConfig,
+    key: &CacheKey,
+    what: &str,
+) -> Result<()> {
+    let fs = FsCache::open(dir, engine, config.clone())?;
+    let names: Vec<String> = std::fs::read_dir(fs.engine_dir())?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    assert!(
+        names.iter().all(|n| !n.starts_with(".tmp-")),
+        "{what}: temp files left: {names:?}"
+    );
+    let module = fs.load(key)?.with_context(|| format!("{what}: a hit"))?;
+    assert_eq!(answer(engine, &module)?, 9, "{what}");
+    assert_eq!(fs.stats()[0].rejected, 0, "{what}");
+    Ok(())
+}
+
+/// Issue 6: fail each file-system operation of a save and of a load in turn (once, and from
+/// then on; ENOSPC and EIO) under a pinned -> fs chain. The chain never returns `Err`, a load
+/// is a miss or a correct module, no partial file is ever visible under the final name, and
+/// once the disk heals a compile + save makes the next load (of this and of a new process) a
+/// correct module with no temp file left.
+#[test]
+fn cache_faults_at_every_operation_only_cost_a_recompile() -> Result<()> {
+    let engine = Engine::default();
+    let source = wat(9, 3);
+    let key = CacheKey::new(&engine, source.as_bytes());
+    let compiled = Module::new(&engine, &source)?;
+    let faults = [
+        (FaultMode::Once, ENOSPC),
+        (FaultMode::Once, EIO),
+        (FaultMode::FromThenOn, ENOSPC),
+        (FaultMode::FromThenOn, EIO),
+    ];
+    let open = |dir: &Path, config: &FsCacheConfig| -> Result<_> {
+        let fault = Arc::new(FaultFs::real());
+        let fs = Arc::new(FsCache::open_with_fs(
+            dir,
+            &engine,
+            config.clone(),
+            fault.clone(),
+        )?);
+        let chain = Arc::new(PinnedCache::new()).with_fallback(Arc::clone(&fs));
+        Ok((fault, fs, chain))
+    };
+    let mut injected = 0;
+    for mode in [Verification::Verified, Verification::Trusted] {
+        // With a byte limit, so that the rescan of a save and the mtime bump of a hit count too.
+        let config = FsCacheConfig {
+            mode: mode.clone(),
+            max_bytes: Some(64 << 20),
+            fsync: true,
+        };
+        // The operations of one save and of one load.
+        let dir = tempfile::tempdir()?;
+        let (fault, _, chain) = open(dir.path(), &config)?;
+        let base = fault.ops();
+        chain.save(&key, &compiled)?;
+        let save_ops = fault.ops() - base;
+        let base = fault.ops();
+        chain.load(&key)?.context("a hit")?;
+        let load_ops = fault.ops() - base;
+        assert!(save_ops >= 6 && load_ops >= 3, "{save_ops} {load_ops}");
+
+        for k in 0..save_ops {
+            for (fault_mode, errno) in faults {
+                let what = format!("{mode:?}: save op {k}, {fault_mode:?}, errno {errno}");
+                let dir = tempfile::tempdir()?;
+                let (fault, fs, chain) = open(dir.path(), &config)?;
+                assert!(chain.load(&key)?.is_none());
+                let base = fault.ops();
+                fault.fail_at(base + k, fault_mode, errno);
+                chain.save(&key, &Module::new(&engine, &source)?)?;
+                assert!(fault.ops() > base + k, "{what}: not reached");
+                injected += 1;
+                // Another process sees a miss or a correct module, never a partial file.
+                let reader = FsCache::open(dir.path(), &engine, config.clone())?;
+                match reader.load(&key)? {
+                    Some(module) => assert_eq!(answer(&engine, &module)?, 9, "{what}"),
+                    None => assert!(!reader.path_of(&key).exists(), "{what}"),
+                }
+                assert_eq!(reader.stats()[0].rejected, 0, "{what}");
+                // This process, still on the failing disk: the chain's load is Ok.
+                if let Some(module) = chain.load(&key)? {
+                    assert_eq!(answer(&engine, &module)?, 9, "{what}");
+                }
+                fault.heal();
+                let module = get_or_compile(&chain, &engine, &source)?;
+                assert_eq!(answer(&engine, &module)?, 9, "{what}");
+                let module = chain.load(&key)?.with_context(|| format!("{what}: hit"))?;
+                assert_eq!(answer(&engine, &module)?, 9, "{what}");
+                assert_eq!(fs.stats()[0].rejected, 0, "{what}");
+                assert_clean_and_loadable(dir.path(), &engine, &config, &key, &what)?;
+            }
+        }
+
+        for k in 0..load_ops {
+            for (fault_mode, errno) in faults {
+                let what = format!("{mode:?}: load op {k}, {fault_mode:?}, errno {errno}");
+                let dir = tempfile::tempdir()?;
+                let (fault, fs, chain) = open(dir.path(), &config)?;
+                chain.save(&key, &compiled)?;
+                let base = fault.ops();
+                fault.fail_at(base + k, fault_mode, errno);
+                let loaded = chain.load(&key)?;
+                assert!(fault.ops() > base + k, "{what}: not reached");
+                injected += 1;
+                if let Some(module) = &loaded {
+                    assert_eq!(answer(&engine, module)?, 9, "{what}");
+                }
+                fault.heal();
+                if loaded.is_none() {
+                    // The host recompiles and saves on the healed disk.
+                    let module = Module::new(&engine, &source)?;
+                    chain.save(&key, &module)?;
+                }
+                let module = chain.load(&key)?.with_context(|| format!("{what}: hit"))?;
+                assert_eq!(answer(&engine, &module)?, 9, "{what}");
+                // An I/O error is not evidence against a file: nothing was rejected.
+                assert_eq!(fs.stats()[0].rejected, 0, "{what}");
+                assert_clean_and_loadable(dir.path(), &engine, &config, &key, &what)?;
+            }
+        }
+    }
+    // Verified: 8 save + 4 load ops; Trusted: 8 + 5; four faults each.
+    assert_eq!(injected, (8 + 4 + 8 + 5) * 4);
     Ok(())
 }
