@@ -18,9 +18,13 @@ use crate::{Result, cargo, root};
 const BENCH_PACKAGES: &[&str] = &["strata-tests", "store-commit", "vm-host"];
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
-    let started = SystemTime::now();
     let target = target_dir();
     let extra = target.join("strata-bench");
+    // `--report`: summarise the results already in target/criterion without running anything.
+    if args.iter().any(|a| a == "--report") {
+        return write_report(&target, &extra, SystemTime::UNIX_EPOCH);
+    }
+    let started = SystemTime::now();
     let _ = std::fs::remove_dir_all(&extra);
     let mut cargo_args = vec!["bench", "--locked"];
     for package in BENCH_PACKAGES {
@@ -32,8 +36,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         cargo_args.extend(filter);
     }
     cargo(&cargo_args, &[])?;
+    write_report(&target, &extra, started)
+}
+
+fn write_report(target: &Path, extra: &Path, started: SystemTime) -> Result<()> {
     let results = collect(&target.join("criterion"), started)?;
-    let report = render(&results, &extra);
+    let report = render(&results, extra);
     let out = root().join("docs/BENCHMARKS.md");
     std::fs::write(&out, report).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     eprintln!("wrote {} ({} benchmarks)", out.display(), results.len());
@@ -144,6 +152,149 @@ pub(crate) fn baseline<'a>(all: &'a [Measured], m: &Measured) -> Option<&'a Meas
         .or_else(|| in_group().next())
 }
 
+/// A speed goal from the issues, checked against every group that matches `group`
+/// (`*` matches one path segment, e.g. a corpus module).
+pub(crate) enum Target {
+    /// `function`'s median is at most `max_ns`.
+    Under {
+        what: &'static str,
+        group: &'static str,
+        function: &'static str,
+        max_ns: f64,
+    },
+    /// `function` / `per` is at most `max` (both in the same group and run).
+    Ratio {
+        what: &'static str,
+        group: &'static str,
+        function: &'static str,
+        per: &'static str,
+        max: f64,
+    },
+}
+
+pub(crate) const TARGETS: &[Target] = &[
+    Target::Under {
+        what: "pinned hit under 1 µs",
+        group: "cache/*/vs_compile",
+        function: "pinned_hit",
+        max_ns: 1e3,
+    },
+    Target::Under {
+        what: "LRU hit under 5 µs",
+        group: "cache/*/vs_compile",
+        function: "lru_hit",
+        max_ns: 5e3,
+    },
+    Target::Ratio {
+        what: "Trusted FS hit within 1.5x of deserialize_file",
+        group: "cache/*/vs_floor",
+        function: "fs_trusted_hit",
+        per: "baseline_deserialize_file",
+        max: 1.5,
+    },
+    Target::Ratio {
+        what: "Verified FS hit within 1.3x of sha256 + deserialize",
+        group: "cache/*/vs_floor",
+        function: "fs_verified_hit",
+        per: "sha256_deserialize",
+        max: 1.3,
+    },
+    Target::Ratio {
+        what: "Verified FS hit at least 100x faster than compiling sql.js",
+        group: "cache/sqljs/vs_compile",
+        function: "fs_verified_hit",
+        per: "baseline_compile",
+        max: 0.01,
+    },
+    Target::Under {
+        what: "commit of 1 dirty page in a 1 GiB memory under 5 ms",
+        group: "commit_1GiB",
+        function: "dirty_pages/1",
+        max_ns: 5e6,
+    },
+    Target::Ratio {
+        what: "session open of 1 GiB within 1.5x of 1 MiB (flat)",
+        group: "session_open",
+        function: "open_map/1GiB",
+        per: "open_map/1MiB",
+        max: 1.5,
+    },
+    Target::Ratio {
+        what: "open + call + commit on 1 GiB within 1.5x of 1 MiB (flat)",
+        group: "session_open_call_commit",
+        function: "1GiB/increment",
+        per: "baseline_1MiB/increment",
+        max: 1.5,
+    },
+    Target::Ratio {
+        what: "restore after 1000 commits within 1.5x of after 1 (flat)",
+        group: "restore_16MiB",
+        function: "after_commits/1000",
+        per: "after_commits/1",
+        max: 1.5,
+    },
+];
+
+fn group_matches(pattern: &str, group: &str) -> bool {
+    let (p, g): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), group.split('/').collect());
+    p.len() == g.len() && p.iter().zip(&g).all(|(p, g)| *p == "*" || p == g)
+}
+
+/// `function` or `function/parameter` of one group.
+fn find<'a>(results: &'a [Measured], group: &str, name: &str) -> Option<&'a Measured> {
+    let (function, parameter) = name.split_once('/').unwrap_or((name, ""));
+    results
+        .iter()
+        .find(|m| m.group == group && m.function == function && m.parameter == parameter)
+}
+
+fn render_targets(results: &[Measured], out: &mut String) {
+    out.push_str(
+        "\n## Targets\n\n| target | group | measured | limit | |\n|---|---|---|---|---|\n",
+    );
+    let mut groups: Vec<&str> = results.iter().map(|m| m.group.as_str()).collect();
+    groups.dedup();
+    for target in TARGETS {
+        let (what, pattern) = match target {
+            Target::Under { what, group, .. } | Target::Ratio { what, group, .. } => (what, group),
+        };
+        let mut seen = false;
+        for group in groups.iter().filter(|g| group_matches(pattern, g)) {
+            let row = match target {
+                Target::Under {
+                    function, max_ns, ..
+                } => find(results, group, function).map(|m| {
+                    (
+                        format_ns(m.median_ns),
+                        format_ns(*max_ns),
+                        m.median_ns <= *max_ns,
+                    )
+                }),
+                Target::Ratio {
+                    function, per, max, ..
+                } => match (find(results, group, function), find(results, group, per)) {
+                    (Some(a), Some(b)) if b.median_ns > 0.0 => {
+                        let r = a.median_ns / b.median_ns;
+                        Some((format!("{r:.3}x"), format!("{max}x"), r <= *max))
+                    }
+                    _ => None,
+                },
+            };
+            if let Some((measured, limit, met)) = row {
+                seen = true;
+                let verdict = if met { "met" } else { "**missed**" };
+                let _ = writeln!(
+                    out,
+                    "| {what} | {group} | {measured} | {limit} | {verdict} |"
+                );
+            }
+        }
+        if !seen {
+            let _ = writeln!(out, "| {what} | {pattern} | not measured in this run | | |");
+        }
+    }
+}
+
 pub(crate) fn render(results: &[Measured], extra: &Path) -> String {
     let mut out = String::from(
         "# Benchmarks\n\nWritten by `cargo xtask bench`; do not edit by hand. Each group's baseline is \
@@ -151,6 +302,7 @@ pub(crate) fn render(results: &[Measured], extra: &Path) -> String {
          time / baseline time (below 1 is faster than the baseline). Times are criterion medians \
          on the 2-core development machine, which is noisy: compare ratios, not absolute times.\n",
     );
+    render_targets(results, &mut out);
     let mut groups: BTreeMap<&str, Vec<&Measured>> = BTreeMap::new();
     for m in results {
         groups.entry(&m.group).or_default().push(m);
@@ -166,7 +318,7 @@ pub(crate) fn render(results: &[Measured], extra: &Path) -> String {
                 Some(b) if b.median_ns > 0.0 => {
                     let r = m.median_ns / b.median_ns;
                     if r < 0.01 {
-                        format!("{r:.5} ({:.0}x faster)", 1.0 / r)
+                        format!("1/{:.0}", 1.0 / r)
                     } else {
                         format!("{r:.3}")
                     }
@@ -240,5 +392,36 @@ mod tests {
             "{report}"
         );
         assert_eq!(format_ns(2_500_000.0), "2.50 ms");
+        assert!(report.contains("not measured in this run"), "{report}");
+    }
+
+    #[test]
+    fn targets_are_checked_per_matching_group() {
+        let m = |g: &str, f: &str, ns: f64| Measured {
+            group: g.into(),
+            function: f.into(),
+            parameter: String::new(),
+            median_ns: ns,
+        };
+        let all = vec![
+            m("cache/a/vs_compile", "pinned_hit", 50.0),
+            m("cache/b/vs_compile", "pinned_hit", 5000.0),
+            m("cache/a/vs_floor", "baseline_deserialize_file", 100.0),
+            m("cache/a/vs_floor", "fs_trusted_hit", 120.0),
+        ];
+        let mut out = String::new();
+        render_targets(&all, &mut out);
+        assert!(
+            out.contains(
+                "| pinned hit under 1 µs | cache/a/vs_compile | 50.0 ns | 1.00 µs | met |"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("| cache/b/vs_compile | 5.00 µs | 1.00 µs | **missed** |"),
+            "{out}"
+        );
+        assert!(out.contains("| 1.200x | 1.5x | met |"), "{out}");
+        assert!(!group_matches("cache/*/vs_floor", "cache/a/vs_compile"));
     }
 }
