@@ -189,16 +189,26 @@ fn precompile_fills_the_file_cache_with_the_deployable_module() {
     let dir = tempfile::tempdir().expect("temp dir");
     let dir = dir.path();
     let out = stdout(&vmhost(dir, &["precompile", COUNTER, BANK]));
-    let ids: Vec<&str> = out.lines().map(|l| l.split(' ').next().expect("id")).collect();
+    let ids: Vec<&str> = out
+        .lines()
+        .map(|l| l.split(' ').next().expect("id"))
+        .collect();
     assert_eq!(ids.len(), 2, "{out}");
     assert!(ids.iter().all(|id| is_hex64(id)), "{out}");
     let cached = std::fs::read_dir(dir.join("cache"))
         .expect("cache dir")
-        .map(|folder| std::fs::read_dir(folder.expect("entry").path()).expect("folder").count())
+        .map(|folder| {
+            std::fs::read_dir(folder.expect("entry").path())
+                .expect("folder")
+                .count()
+        })
         .sum::<usize>();
     assert_eq!(cached, 2, "one artifact per module");
     let (counter, _) = deploy(dir, COUNTER);
     assert_eq!(counter, ids[0]);
     assert!(commits(dir).len() == 1, "precompile commits nothing");
-    fails(&vmhost(dir, &["precompile", "/nonexistent.wasm"]), "cannot read");
+    fails(
+        &vmhost(dir, &["precompile", "/nonexistent.wasm"]),
+        "cannot read",
+    );
 }
