@@ -640,12 +640,14 @@ impl FsCache {
             random_u64()
         );
         let temp_path = self.engine_dir.join(temp_name);
-        let mut renamed = false;
+        // What exists: cleanup removes only a temp file we created and did not rename.
+        let (mut created, mut renamed) = (false, false);
         let result = (|| {
             let file = self
                 .fs
                 .create_temp(&temp_path)
                 .map_err(|e| CacheError::io(&temp_path, e))?;
+            created = true;
             self.fs
                 .write(&file, artifact)
                 .and_then(|()| self.fs.write(&file, trailer))
@@ -666,7 +668,7 @@ impl FsCache {
             Ok(())
         })();
         // A temp file that cannot be removed now (the disk is failing) is retried later.
-        if result.is_err() && !renamed && self.remove_file(&temp_path).is_err() {
+        if result.is_err() && created && !renamed && self.remove_file(&temp_path).is_err() {
             self.orphans.lock().push(temp_path);
         }
         result
