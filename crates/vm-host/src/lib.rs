@@ -174,6 +174,12 @@ pub enum VmError {
 
 impl VmError {
     pub(crate) fn wasmtime(err: wasmtime::Error) -> Self {
-        VmError::Wasmtime(format!("{err:#}"))
+        VmError::Wasmtime(one_line(&format!("{err:#}")))
     }
+}
+
+/// Folds a message onto one line: error texts of wasmparser and wasmtime may span several
+/// (pretty-printed values, backtraces), and every `VmError` is one line.
+pub(crate) fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }

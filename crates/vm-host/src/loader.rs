@@ -166,7 +166,7 @@ impl Loader {
         check_bytecode(id, &wasm)?;
         let runtime = rewrite::rewrite(&wasm, &prepared.shape, Form::Runtime)?;
         let module = Module::new(&self.engine, &runtime)
-            .map_err(|e| VmError::InvalidModule(format!("{e:#}")))?;
+            .map_err(|e| VmError::InvalidModule(crate::one_line(&format!("{e:#}"))))?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
         // A cache that cannot take the module costs a recompile later, never this call.
         let _ = self.chain.save(&prepared.key, &module);

@@ -42,8 +42,9 @@ pub struct Session {
 fn call_error(err: wasmtime::Error, fuel: u64) -> VmError {
     match err.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::OutOfFuel) => VmError::OutOfFuel(fuel),
-        Some(trap) => VmError::Trap(trap.to_string()),
-        None => VmError::Host(format!("{err:#}")),
+        Some(trap) => VmError::Trap(crate::one_line(&trap.to_string())),
+        // The host function's own message, without the wasm backtrace wasmtime wraps it in.
+        None => VmError::Host(crate::one_line(&err.root_cause().to_string())),
     }
 }
 
@@ -86,11 +87,11 @@ impl Session {
         let vm = &self.vm.inner;
         let genesis = rewrite::rewrite(wasm, &shape, Form::Genesis)?;
         let module = Module::new(&vm.genesis_engine, &genesis)
-            .map_err(|e| VmError::InvalidModule(format!("{e:#}")))?;
+            .map_err(|e| VmError::InvalidModule(crate::one_line(&format!("{e:#}"))))?;
         let pre = vm
             .genesis_linker
             .instantiate_pre(&module)
-            .map_err(|e| VmError::InvalidModule(format!("{e:#}")))?;
+            .map_err(|e| VmError::InvalidModule(crate::one_line(&format!("{e:#}"))))?;
         let state = HostState::new(
             Default::default(),
             self.vm.limits(),

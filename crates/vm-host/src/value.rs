@@ -68,7 +68,7 @@ impl ValueType {
     /// Parses `text` as a value of this type (integers in decimal; an i32 also accepts
     /// 0..=u32::MAX and an i64 0..=u64::MAX, read as two's complement).
     pub fn parse(self, text: &str) -> Result<Value, VmError> {
-        let bad = || VmError::BadArguments(format!("`{text}` is not a valid {self}"));
+        let bad = || VmError::BadArguments(format!("{text:?} is not a valid {self}"));
         Ok(match self {
             ValueType::I32 => Value::I32(
                 text.parse::<i32>()
@@ -164,5 +164,11 @@ mod tests {
             "{err}"
         );
         assert_eq!(Value::F32(2.5).to_string(), "2.5");
+        // Arguments are quoted, so a line break cannot spread an error over several lines.
+        let err = ValueType::I32
+            .parse("1\n2")
+            .expect_err("not a number")
+            .to_string();
+        assert!(!err.contains('\n') && err.contains("\"1\\n2\""), "{err}");
     }
 }
