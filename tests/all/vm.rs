@@ -419,6 +419,8 @@ fn restart_loads_from_the_file_cache_and_keeps_pins() -> Result<()> {
     assert_eq!(stats.compiles, 0, "{stats:?}");
     assert!(stats.layers[0].hits >= 1, "pinned hit: {:?}", stats.layers);
     assert!(vm.unpin(&counter)?);
+    // One VM (store) per directory at a time: close before reopening.
+    drop(vm);
     let vm = open(dir.path())?;
     assert!(vm.pins().is_empty());
     Ok(())
