@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("delta_decode", delta_decode),
     ("store_files", store_files),
     ("cache_file", cache_file),
+    ("cache_trailer", cache_trailer),
     ("cli_args", cli_args),
     ("store_model", store_model),
 ];
@@ -525,8 +526,9 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// One file of a committed store damaged as `data` says (replaced, truncated, bytes flipped or
-/// extended): opening, verifying and reading never panic, and a read that succeeds returns
-/// exactly what was committed. This reaches the index, tree and delta decoders on disk.
+/// extended): opening, verifying and reading never panic, no commit appears that was never
+/// made, and if a read returns other data than was committed, `verify` reports the damage.
+/// This reaches the index, tree and delta decoders on disk.
 pub fn store_files(data: &[u8]) {
     let (template, contents) = template_store();
     let mut u = Unstructured::new(data);
@@ -566,34 +568,42 @@ pub fn store_files(data: &[u8]) {
         Ok(store) => store,
         Err(_) => return,
     };
-    let _ = store.verify();
+    // Reads trust the files (memory images are mapped, not hashed, at every session open);
+    // `verify` recomputes everything. So: whatever a read returns that differs from what was
+    // committed, `verify` must report.
+    let verified_ok = store.verify().is_ok_and(|report| report.is_ok());
+    let mut wrong = Vec::new();
     for c in store.commits() {
         let Some(expected) = contents.get(&c.root) else {
             panic!("a commit that was never made appeared: {}", c.root);
         };
         for id in &c.modules {
             let (memory, blob) = &expected[id];
-            if let Ok(read) = store.read_memory(&c.root, id) {
-                assert!(
-                    &read == memory,
-                    "wrong memory read back from a damaged store"
-                );
+            if store
+                .read_memory(&c.root, id)
+                .is_ok_and(|read| &read != memory)
+            {
+                wrong.push(format!("memory of {id} in {}", c.root));
             }
-            if let Ok(read) = store.read_blob(&c.root, id) {
-                assert!(&read == blob, "wrong blob read back from a damaged store");
+            if store.read_blob(&c.root, id).is_ok_and(|read| &read != blob) {
+                wrong.push(format!("blob of {id} in {}", c.root));
             }
             if let Ok(mut s) = store.session(Some(c.root))
                 && let Ok(m) = s.memory(id, 16 * PAGE_SIZE)
             {
-                assert!(
-                    &read_whole(&m) == memory,
-                    "wrong memory mapped from a damaged store"
-                );
+                if &read_whole(&m) != memory {
+                    wrong.push(format!("mapped memory of {id} in {}", c.root));
+                }
                 drop(m);
                 drop(s);
             }
         }
     }
+    assert!(
+        wrong.is_empty() || !verified_ok,
+        "damage to {} went unnoticed by verify, and reads returned wrong data: {wrong:?}",
+        path.display()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -648,7 +658,7 @@ fn cache_fixture() -> &'static CacheFixture {
 
 /// A cache file replaced by arbitrary or damaged bytes (in Verified and Authenticated mode): a
 /// load is a miss or the original module, never an error or a panic, and a rejected file is
-/// removed. This reaches the trailer parser (`check_trailer`/`check_bytes`) through the cache.
+/// removed. The trailer parser itself is the `cache_trailer` target.
 pub fn cache_file(data: &[u8]) {
     let f = cache_fixture();
     let mut u = Unstructured::new(data);
@@ -705,6 +715,56 @@ pub fn cache_file(data: &[u8]) {
         Err(err) => panic!("a bad cache file must be a miss, not an error: {err}"),
     }
     let _ = &f.engine;
+}
+
+/// The file cache's trailer codec (`cache_fs::fuzzing`): `check_trailer` and `check_bytes` on
+/// arbitrary bytes never panic; a file made by `encode` from an arbitrary artifact passes, with
+/// and without an HMAC key, and any single changed byte of it is refused.
+pub fn cache_trailer(data: &[u8]) {
+    use cache_core::EngineFingerprint;
+    use cache_fs::fuzzing::{artifact_digest, check_bytes, check_trailer, encode, hmac_key};
+    let engine = EngineFingerprint::from_bytes([7; 32]);
+    let key = CacheKey::from_parts(WasmHash::of(b"wasm"), engine);
+    let hmac = hmac_key(b"fuzz key");
+    let mut u = Unstructured::new(data);
+    let with_hmac: bool = u.arbitrary().unwrap_or(false);
+    let hmac = if with_hmac { hmac.as_ref() } else { None };
+    let file_len: u64 = u.arbitrary().unwrap_or(0);
+    let rest = u.take_rest();
+
+    // Arbitrary bytes as a whole file and as a trailer.
+    let _ = check_bytes(rest, &engine, &key, hmac);
+    if let Ok(t) =
+        <&[u8; cache_fs::TRAILER_LEN]>::try_from(rest.get(..cache_fs::TRAILER_LEN).unwrap_or(&[]))
+    {
+        if let Ok(trailer) = check_trailer(t, file_len, &engine, &key, hmac) {
+            assert_eq!(
+                Some(trailer.artifact_len),
+                file_len.checked_sub(cache_fs::TRAILER_LEN as u64)
+            );
+        }
+    }
+
+    // A valid file around an arbitrary artifact.
+    let artifact = rest;
+    let trailer = encode(
+        &key,
+        artifact.len() as u64,
+        &artifact_digest(artifact),
+        hmac,
+    );
+    let file = [artifact, &trailer[..]].concat();
+    assert_eq!(check_bytes(&file, &engine, &key, hmac).ok(), Some(artifact));
+    if !file.is_empty() {
+        let at = (file_len as usize) % file.len();
+        let mut bad = file.clone();
+        bad[at] ^= 1 | (file_len >> 32) as u8;
+        assert!(
+            check_bytes(&bad, &engine, &key, hmac).is_err(),
+            "a changed byte at {at} of {} was not caught",
+            file.len()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

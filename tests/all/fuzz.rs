@@ -187,6 +187,11 @@ fn fuzz_cache_file() -> Result<()> {
 }
 
 #[test]
+fn fuzz_cache_trailer() -> Result<()> {
+    run("cache_trailer")
+}
+
+#[test]
 fn fuzz_cli_args() -> Result<()> {
     run("cli_args")
 }

@@ -145,10 +145,10 @@ fn worker(shared: &Shared, seed: u64) -> Result<()> {
             ensure!(old == values, "one root, two states: {root}");
         }
         drop(expected);
-        // Deletes keep the number of commits bounded.
-        if next() % 2 == 0 {
+        // Deletes keep the number of commits bounded: above 16, one goes after every commit.
+        {
             let commits = vm.commits();
-            if commits.len() > 6 {
+            if commits.len() > 16 {
                 let victim = commits[(next() % (commits.len() as u64 - 2)) as usize].root;
                 match vm.delete(&victim) {
                     Ok(vm_host::Deletion::Deleted) => {
