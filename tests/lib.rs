@@ -736,13 +736,12 @@ pub fn cache_trailer(data: &[u8]) {
     let _ = check_bytes(rest, &engine, &key, hmac);
     if let Ok(t) =
         <&[u8; cache_fs::TRAILER_LEN]>::try_from(rest.get(..cache_fs::TRAILER_LEN).unwrap_or(&[]))
+        && let Ok(trailer) = check_trailer(t, file_len, &engine, &key, hmac)
     {
-        if let Ok(trailer) = check_trailer(t, file_len, &engine, &key, hmac) {
-            assert_eq!(
-                Some(trailer.artifact_len),
-                file_len.checked_sub(cache_fs::TRAILER_LEN as u64)
-            );
-        }
+        assert_eq!(
+            Some(trailer.artifact_len),
+            file_len.checked_sub(cache_fs::TRAILER_LEN as u64)
+        );
     }
 
     // A valid file around an arbitrary artifact.
