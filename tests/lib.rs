@@ -96,15 +96,11 @@ fn fuzz_vm() -> &'static Vm {
     VM.get_or_init(|| Vm::open(&scratch("vm"), fuzz_vm_config()).expect("open the fuzz VM"))
 }
 
-/// Checks an error is one clear line. Host errors (wasmtime's wasm backtrace) and some invalid
-/// module errors (wasmparser's pretty-printed arrays) still span lines (requested fix R5 in
-/// /work/notes/requests.md), so only they are exempt.
+/// Checks an error is one clear line.
 fn check_message(err: &VmError) {
     let text = err.to_string();
     assert!(!text.trim().is_empty(), "empty error message: {err:?}");
-    if !matches!(err, VmError::Host(_) | VmError::InvalidModule(_)) {
-        assert!(!text.contains('\n'), "multi-line error message: {text:?}");
-    }
+    assert!(!text.contains('\n'), "multi-line error message: {text:?}");
 }
 
 /// Deploys `wasm` in a throw-away session and, when that works, calls every exported function
@@ -268,17 +264,7 @@ pub fn index_decode(data: &[u8]) {
         assert_eq!(back, index);
         assert_eq!(back.state_root(), index.state_root());
     }
-    // Known bug R6 (/work/notes/requests.md): `MemoryTree::decode` overflows (a panic in debug
-    // builds) on a leaf count near usize::MAX behind a valid checksum. Such payloads are skipped
-    // until it is fixed; the input waits in fuzz/regressions-pending/index_decode/.
-    let huge_count = data
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .is_some_and(|b: [u8; 8]| u64::from_le_bytes(b) > data.len() as u64);
     let wrapped = store_index::encode_raw(RecordKind::Tree, data);
-    if huge_count {
-        return;
-    }
     if let Ok(tree) = MemoryTree::decode(&wrapped) {
         let again = tree.encode().expect("a decoded tree encodes");
         let back = MemoryTree::decode(&again).expect("a re-encoded tree decodes");
@@ -810,13 +796,8 @@ pub fn cli_args(data: &[u8]) {
         }
         Err(err) => {
             assert!(matches!(err, VmError::BadArguments(_)), "{err:?}");
-            // The message quotes the argument verbatim (R5: it should escape it), so an
-            // argument with a line break makes it span lines.
-            if args.iter().any(|a| a.contains(['\n', '\r'])) {
-                assert!(!err.to_string().is_empty());
-            } else {
-                check_message(&err);
-            }
+            // Arguments are quoted in the message: even a line break stays on one line.
+            check_message(&err);
         }
     }
 }

@@ -130,14 +130,10 @@ fn check_hostile(
         .call(m, function, args)
         .expect_err("a hostile call must fail");
     ensure!(expect(&err), "{function}: unexpected error {err:?}");
-    // The message is one clear line. Host errors still carry wasmtime's wasm backtrace on
-    // further lines (requested fix R5 in /work/notes/requests.md), so only their first line
-    // and their reason are checked.
+    // The message is one clear line.
     let text = err.to_string();
     ensure!(!text.is_empty(), "{function}: empty message");
-    if !matches!(err, VmError::Host(_)) {
-        ensure!(!text.contains('\n'), "{function}: {text:?}");
-    }
+    ensure!(!text.contains('\n'), "{function}: {text:?}");
     ensure!(
         snapshot(&mut s, m)? == before,
         "{function} left a trace in the session"

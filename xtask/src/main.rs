@@ -48,6 +48,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   ci                 fmt check, clippy -D warnings, all tests, rustdoc -D warnings
   bench [FILTER]     criterion benchmarks; writes docs/BENCHMARKS.md
+  bench --report     rewrite docs/BENCHMARKS.md from the results in target/criterion
   crash [--rounds N] SIGKILL crash rounds against the commit store (default 1000)
   fuzz --seconds N [--sanitizer S] [TARGET...]  cargo-fuzz each target for N seconds
   load --seconds N   the multi-threaded load test in release mode

@@ -553,13 +553,21 @@ impl MemoryTree {
             .ok_or_else(|| corrupt("missing leaf count"))?;
         let count = usize::try_from(u64::from_le_bytes(count_bytes))
             .map_err(|_| corrupt("leaf count out of range"))?;
+        let body = &payload[8..];
+        // A tree holds at least its leaves: refuse a count the body cannot hold before doing
+        // arithmetic on it (a forged count near usize::MAX overflowed the sum below).
+        if count > body.len() / 32 {
+            return Err(corrupt("leaf count exceeds the record"));
+        }
         let mut sizes = vec![count];
         while sizes.last().copied().unwrap_or(0) > 1 {
             let s = sizes.last().copied().unwrap_or(0).div_ceil(2);
             sizes.push(s);
         }
-        let total: usize = sizes.iter().sum();
-        let body = &payload[8..];
+        let total = sizes
+            .iter()
+            .try_fold(0usize, |sum, &s| sum.checked_add(s))
+            .ok_or_else(|| corrupt("leaf count out of range"))?;
         if Some(body.len()) != total.checked_mul(32) {
             return Err(corrupt("length does not match leaf count"));
         }
