@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use wasmtime::{Caller, Extern, Linker, Memory, StoreLimits};
+use wasmtime::{Caller, Extern, Global, Linker, Memory, StoreLimits};
 
 use crate::VmError;
 use crate::rewrite::{GLOBAL_EXPORT_PREFIX, GlobalKind, MEMORY_EXPORT};
@@ -131,17 +131,31 @@ impl HostBlob {
     }
 }
 
-/// Reads the instance's mutable globals through the exports the rewrite added.
-pub(crate) fn read_globals(
+/// The instance's mutable globals, found once through the exports the rewrite added, so that
+/// saving them after every call costs no name lookups.
+pub(crate) fn exported_globals(
     store: &mut wasmtime::Store<HostState>,
     instance: &wasmtime::Instance,
     kinds: &[(u32, GlobalKind)],
+) -> Result<Vec<(u32, Global)>, VmError> {
+    kinds
+        .iter()
+        .map(|(index, _)| {
+            instance
+                .get_global(&mut *store, &format!("{GLOBAL_EXPORT_PREFIX}{index}"))
+                .map(|global| (*index, global))
+                .ok_or_else(|| VmError::Host(format!("global {index} is not exported")))
+        })
+        .collect()
+}
+
+/// Reads the values of `globals`.
+pub(crate) fn read_globals(
+    store: &mut wasmtime::Store<HostState>,
+    globals: &[(u32, Global)],
 ) -> Result<Vec<(u32, GlobalValue)>, VmError> {
-    let mut out = Vec::with_capacity(kinds.len());
-    for (index, _) in kinds {
-        let global = instance
-            .get_global(&mut *store, &format!("{GLOBAL_EXPORT_PREFIX}{index}"))
-            .ok_or_else(|| VmError::Host(format!("global {index} is not exported")))?;
+    let mut out = Vec::with_capacity(globals.len());
+    for (index, global) in globals {
         let value = match global.get(&mut *store) {
             wasmtime::Val::I32(v) => GlobalValue::I32(v),
             wasmtime::Val::I64(v) => GlobalValue::I64(v),
@@ -155,15 +169,17 @@ pub(crate) fn read_globals(
     Ok(out)
 }
 
-/// Sets the instance's mutable globals to committed values.
+/// Sets `globals` to committed values.
 pub(crate) fn write_globals(
     store: &mut wasmtime::Store<HostState>,
-    instance: &wasmtime::Instance,
+    globals: &[(u32, Global)],
     values: &[(u32, GlobalValue)],
 ) -> Result<(), VmError> {
     for (index, value) in values {
-        let global = instance
-            .get_global(&mut *store, &format!("{GLOBAL_EXPORT_PREFIX}{index}"))
+        let global = globals
+            .iter()
+            .find(|(i, _)| i == index)
+            .map(|(_, global)| global)
             .ok_or_else(|| {
                 VmError::Host(format!(
                     "committed global {index} does not exist in the module"

@@ -17,6 +17,8 @@ struct Live {
     store: wasmtime::Store<HostState>,
     instance: Instance,
     loaded: Loaded,
+    /// The instance's mutable globals, resolved once at instantiation.
+    global_handles: Vec<(u32, wasmtime::Global)>,
     /// The mutable globals after the last successful call.
     globals: Vec<(u32, GlobalValue)>,
 }
@@ -113,7 +115,8 @@ impl Session {
             Some(memory) => memory.data(&store).to_vec(),
             None => Vec::new(),
         };
-        let globals = host::read_globals(&mut store, &instance, &shape.mutable_globals)?;
+        let exported = host::exported_globals(&mut store, &instance, &shape.mutable_globals)?;
+        let globals = host::read_globals(&mut store, &exported)?;
         let blob = HostBlob {
             globals,
             kv: store.into_data().into_kv(),
@@ -198,13 +201,7 @@ impl Session {
         let outcome = func
             .call(&mut live.store, &args, &mut results)
             .map_err(|e| call_error(e, fuel))
-            .and_then(|()| {
-                host::read_globals(
-                    &mut live.store,
-                    &live.instance,
-                    &live.loaded.prepared.shape.mutable_globals,
-                )
-            });
+            .and_then(|()| host::read_globals(&mut live.store, &live.global_handles));
         match outcome {
             Ok(globals) => {
                 live.globals = globals;
@@ -280,12 +277,18 @@ impl Session {
         store.limiter(|s| &mut s.limits);
         let instance = memory::with_next_memory(handle, || loaded.pre.instantiate(&mut store))
             .map_err(VmError::wasmtime)?;
-        host::write_globals(&mut store, &instance, &blob.globals)?;
+        let global_handles = host::exported_globals(
+            &mut store,
+            &instance,
+            &loaded.prepared.shape.mutable_globals,
+        )?;
+        host::write_globals(&mut store, &global_handles, &blob.globals)?;
         vm.instantiations.fetch_add(1, Ordering::Relaxed);
         Ok(Live {
             store,
             instance,
             loaded,
+            global_handles,
             globals: blob.globals,
         })
     }
