@@ -3,7 +3,8 @@
 //! root and the counter value it holds; the parent kills it with SIGKILL at random moments, then
 //! reopens the directory with `Vm::open` and checks that every reported commit is there,
 //! verifies and reads back its expected value, that at most the one commit in flight at the
-//! kill appeared unreported, and that no temporary leftovers remain in the store.
+//! kill appeared unreported, and that no temporary leftovers remain in the store or the file
+//! cache.
 //!
 //! `STRATA_CRASH_ROUNDS` sets the number of kills (default 10); `cargo xtask crash --rounds N`
 //! runs it in release mode together with the store's own crash test.
@@ -175,6 +176,28 @@ fn parse(lines: &[String]) -> Result<Report> {
     Ok(report)
 }
 
+/// The temp files in the file cache's engine folders.
+fn cache_temp_files(dir: &Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let cache = dir.join("cache");
+    if !cache.exists() {
+        return Ok(found);
+    }
+    for folder in std::fs::read_dir(cache)? {
+        let folder = folder?.path();
+        if !folder.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&folder)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tmp-") {
+                found.push(name);
+            }
+        }
+    }
+    Ok(found)
+}
+
 #[test]
 fn crash_vm_sigkill_during_deploy_call_commit() -> Result<()> {
     if let Some(dir) = std::env::var_os(CHILD) {
@@ -191,6 +214,7 @@ fn crash_vm_sigkill_during_deploy_call_commit() -> Result<()> {
     // Every commit reported and not deleted since, with its values.
     let mut live: HashMap<Root, Values> = HashMap::new();
     let (mut total_commits, mut kills_in_commit, mut kills_in_delete) = (0, 0, 0);
+    let mut cache_temps_left = 0;
     let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
     let start = Instant::now();
     for round in 0..rounds {
@@ -241,8 +265,17 @@ fn crash_vm_sigkill_during_deploy_call_commit() -> Result<()> {
             };
         }
 
+        // Temp files of cache saves the kill cut short: the reopen removes them (their
+        // writer is gone).
+        let leftovers = cache_temp_files(dir.path())?;
+        cache_temps_left += leftovers.len();
         // Reopen: the store cleans up, everything verifies.
         let vm = Vm::open(dir.path(), VmConfig::default())?;
+        let after = cache_temp_files(dir.path())?;
+        ensure!(
+            after.is_empty(),
+            "round {round}: cache temp files survive the reopen: {after:?} (before: {leftovers:?})"
+        );
         let store_dir = dir.path().join("store");
         for entry in std::fs::read_dir(&store_dir)? {
             let name = entry?.file_name();
@@ -300,6 +333,7 @@ fn crash_vm_sigkill_during_deploy_call_commit() -> Result<()> {
     println!(
         "crash_vm: {rounds} rounds in {:.1} s, {total_commits} commits reported, \
          {kills_in_commit} kills inside a commit, {kills_in_delete} inside a delete, \
+         {cache_temps_left} cache temp files left by kills (all removed by the reopen), \
          {} commits alive at the end",
         start.elapsed().as_secs_f64(),
         live.len()

@@ -5,5 +5,6 @@ mod cache;
 mod crash_vm;
 mod fuzz;
 mod load;
+mod power_vm;
 mod reliability;
 mod vm;

@@ -49,7 +49,8 @@
 //! tests can fail any operation of a save or a load with [`FaultFs`] through
 //! [`FsCache::open_with_fs`]: a failed save returns `Err` and leaves neither a partial entry
 //! nor (once the disk works again) a temp file; a failed load is an `Err` (a miss for a
-//! chain), never a rejection of a valid file.
+//! chain), never a rejection of a valid file. [`PowerLossFs`] simulates a power cut at any
+//! operation ([`Loss`] says what the cut takes); after it a load is a miss or the saved module.
 //!
 //! # Example
 //!
@@ -83,6 +84,7 @@
 #![deny(missing_docs)]
 
 mod format;
+mod powerloss;
 mod vfs;
 
 /// The trailer codec, exposed only for fuzz targets (`fuzz/`, `strata-tests`): not a stable
@@ -109,6 +111,7 @@ use cache_core::{CacheKey, EngineFingerprint, LayerStats, ModuleCache, StatCount
 pub use format::{FORMAT_VERSION, MAGIC, TRAILER_LEN};
 use format::{HmacSha256, Reject};
 use parking_lot::Mutex;
+pub use powerloss::{Loss, PowerLossFs};
 use sha2::{Digest, Sha256};
 pub use vfs::{CacheFs, FaultFs, FaultMode, Op, RealFs};
 use wasmtime::{Engine, Module};
@@ -123,7 +126,8 @@ const MAX_FILE_BYTES: u64 = 4 << 30;
 /// Verified reads hash the file in chunks of this size, each while it is still in cache.
 /// (Small in unit tests, so that their small artifacts span several chunks.)
 const READ_CHUNK: usize = if cfg!(test) { 4096 } else { 1 << 20 };
-/// Temp files older than this are leftovers of a crashed writer and are removed at open.
+/// Temp files older than this are leftovers of a crashed writer and are removed at open (as are
+/// those whose writing process has exited, see `writer_is_gone`).
 const STALE_TEMP_AGE: Duration = Duration::from_secs(15 * 60);
 
 /// How much a load checks before handing a file to wasmtime's `unsafe` deserializer.
@@ -266,6 +270,29 @@ fn random_u64() -> u64 {
             .unwrap_or(0),
     );
     h.finish()
+}
+
+/// Whether the process that named a temp file `.tmp-<pid>-...` (`rest` is what follows the
+/// prefix) has exited, so the file can never be renamed into place. A process of this pid that
+/// is alive (ours included, or another user's) keeps the file, as does a name without a pid.
+/// If the pid is not visible here (a writer in another pid namespace sharing the folder), its
+/// file is removed mid-write: that writer's rename then fails and its save is a counted error,
+/// which costs at most a recompile; the folder never holds a half-written entry.
+fn writer_is_gone(rest: &str) -> bool {
+    let Some(pid) = rest
+        .split('-')
+        .next()
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|pid| pid.parse::<i32>().ok())
+        .filter(|&pid| pid > 0)
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    if pid.as_raw_nonzero().get() as u32 == std::process::id() {
+        return false;
+    }
+    rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
 }
 
 fn is_not_found(e: &std::io::Error) -> bool {
@@ -419,10 +446,11 @@ impl FsCache {
                 continue;
             }
             let modified = meta.modified().unwrap_or(now);
-            if name.starts_with(TEMP_PREFIX) {
+            if let Some(rest) = name.strip_prefix(TEMP_PREFIX) {
                 let stale = now
                     .duration_since(modified)
-                    .is_ok_and(|age| age > STALE_TEMP_AGE);
+                    .is_ok_and(|age| age > STALE_TEMP_AGE)
+                    || writer_is_gone(rest);
                 if clean_temps && stale && self.remove_file(&path).is_ok_and(|removed| removed) {
                     files += 1;
                     bytes += meta.len();

@@ -440,8 +440,18 @@ fn open_scans_existing_entries_and_cleans_stale_temps() {
         .unwrap()
         .set_modified(SystemTime::now() - Duration::from_secs(3600))
         .unwrap();
+    // pid 1 is alive: its fresh temp file may still be renamed into place.
     let fresh = cache.engine_dir().join(".tmp-1-2-4");
     fs::write(&fresh, b"being written right now").unwrap();
+    // A writer that has exited (killed mid-save) never renames its temp file: it goes at once.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = child.id();
+    child.wait().unwrap();
+    let orphan = cache.engine_dir().join(format!(".tmp-{gone_pid}-7-8"));
+    fs::write(&orphan, b"half written by a killed writer").unwrap();
+    // Names that carry no pid are left to the age rule.
+    let odd = cache.engine_dir().join(".tmp--5-2");
+    fs::write(&odd, b"?").unwrap();
 
     let reopened = fx.open(Verification::Verified);
     let s = &reopened.stats()[0];
@@ -449,6 +459,11 @@ fn open_scans_existing_entries_and_cleans_stale_temps() {
     assert_eq!(s.bytes, cache.stats()[0].bytes);
     assert!(!stale.exists());
     assert!(fresh.exists(), "another writer's temp file is left alone");
+    assert!(
+        !orphan.exists(),
+        "the temp file of an exited writer is removed"
+    );
+    assert!(odd.exists());
 }
 
 #[test]
@@ -777,4 +792,94 @@ fn temp_files_a_failing_disk_left_are_removed_once_healed() {
             "{removed_by}"
         );
     }
+}
+
+/// One run of the power-loss scenario: save A, load A, save B (the byte limit evicts A); the
+/// power goes at operation `cut` (counted from after the open). Returns the operations the
+/// scenario took and, per key, whether its save returned `Ok`.
+fn power_scenario(
+    dir: &Path,
+    engine: &Engine,
+    config: &FsCacheConfig,
+    cut: u64,
+    modules: &[(CacheKey, Module); 2],
+) -> (Arc<PowerLossFs>, u64, [bool; 2]) {
+    let fs = Arc::new(PowerLossFs::real());
+    let cache = FsCache::open_with_fs(dir, engine, config.clone(), fs.clone()).unwrap();
+    let base = fs.ops();
+    fs.cut_at(base.saturating_add(cut));
+    let [(a, module_a), (b, module_b)] = modules;
+    let saved_a = cache.save(a, module_a).is_ok();
+    // Once the power is gone the load fails with EIO, and never finds a bad file.
+    match cache.load(a) {
+        Ok(Some(m)) => assert_eq!(answer(engine, &m), 1),
+        Ok(None) => assert!(!saved_a),
+        Err(CacheError::Io { .. }) => {}
+        Err(e) => panic!("cut at {cut}: {e}"),
+    }
+    assert_eq!(cache.stats()[0].rejected, 0);
+    let saved_b = cache.save(b, module_b).is_ok();
+    let ops = fs.ops() - base;
+    drop(cache);
+    (fs, ops, [saved_a, saved_b])
+}
+
+#[test]
+fn power_loss_at_every_operation_leaves_misses_or_the_saved_modules() {
+    let engine = Engine::default();
+    let modules = [1, 2].map(|n| {
+        let wat = wat_n(n);
+        (
+            CacheKey::new(&engine, wat.as_bytes()),
+            Module::new(&engine, &wat).unwrap(),
+        )
+    });
+    let file_len = (modules[0].1.serialize().unwrap().len() + TRAILER_LEN) as u64;
+    let (mut cuts, mut rejected) = (0, 0);
+    for mode in [Verification::Trusted, Verification::Verified] {
+        for fsync in [true, false] {
+            let config = FsCacheConfig {
+                mode: mode.clone(),
+                // Room for one file: saving B evicts A.
+                max_bytes: Some(file_len * 3 / 2),
+                fsync,
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let (_, ops, saved) = power_scenario(dir.path(), &engine, &config, u64::MAX, &modules);
+            assert_eq!(saved, [true, true]);
+            assert!(ops >= 10, "the scenario took only {ops} operations");
+            for cut in 0..=ops {
+                for loss in [Loss::Unsynced, Loss::TornData] {
+                    let what = format!("{mode:?} fsync {fsync} cut at {cut} of {ops} {loss:?}");
+                    let dir = tempfile::tempdir().unwrap();
+                    let (fs, _, saved) =
+                        power_scenario(dir.path(), &engine, &config, cut, &modules);
+                    fs.power_cut(loss).unwrap();
+                    cuts += 1;
+                    let cache = FsCache::open(dir.path(), &engine, config.clone()).unwrap();
+                    for (i, (key, _)) in modules.iter().enumerate() {
+                        match cache.load(key) {
+                            Ok(Some(m)) => assert_eq!(answer(&engine, &m), i as i32 + 1, "{what}"),
+                            Ok(None) => {
+                                // With fsync, a save that returned is durable (A may be evicted).
+                                assert!(!(fsync && i == 1 && saved[1]), "{what}: B was lost");
+                            }
+                            Err(e) => panic!("{what}: {e}"),
+                        }
+                    }
+                    rejected += cache.stats()[0].rejected;
+                    // The cache works on: both saves succeed, and what is left verifies.
+                    for (key, module) in &modules {
+                        cache.save(key, module).unwrap();
+                    }
+                    let m = cache.load(&modules[1].0).unwrap().expect("a hit");
+                    assert_eq!(answer(&engine, &m), 2, "{what}");
+                    assert_eq!(cache.verify_all().unwrap().bad, vec![], "{what}");
+                }
+            }
+        }
+    }
+    // Torn files without fsync were met, and refused.
+    assert!(rejected > 0, "no cut left a torn file ({cuts} cuts)");
+    eprintln!("{cuts} power cuts, {rejected} torn files refused");
 }

@@ -327,8 +327,8 @@ impl Fs for FaultFs {
 #[derive(Debug)]
 pub struct PowerLossFs {
     inner: Arc<dyn Fs>,
-    count: AtomicU64,
-    cut_at: AtomicU64,
+    count: Arc<AtomicU64>,
+    cut_at: Arc<AtomicU64>,
     model: Mutex<Model>,
 }
 
@@ -543,15 +543,30 @@ impl Model {
 impl PowerLossFs {
     /// Wraps `inner`, with power on.
     pub fn new(inner: Arc<dyn Fs>) -> PowerLossFs {
+        PowerLossFs::with_clock(
+            inner,
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(u64::MAX)),
+        )
+    }
+
+    /// Wraps `inner` on a shared clock: operations are numbered on `ops`, and every operation
+    /// numbered `cut_at` or later fails. Give other wrappers (a file cache's power-loss file
+    /// system, say) the same two counters and one cut switches off the whole machine.
+    pub fn with_clock(
+        inner: Arc<dyn Fs>,
+        ops: Arc<AtomicU64>,
+        cut_at: Arc<AtomicU64>,
+    ) -> PowerLossFs {
         PowerLossFs {
             inner,
-            count: AtomicU64::new(0),
-            cut_at: AtomicU64::new(u64::MAX),
+            count: ops,
+            cut_at,
             model: Mutex::new(Model::default()),
         }
     }
 
-    /// Operations seen so far (failed ones included).
+    /// Operations seen so far on the clock (failed ones included).
     pub fn ops(&self) -> u64 {
         self.count.load(Ordering::SeqCst)
     }

@@ -63,7 +63,7 @@ pub use session::Session;
 pub use store_commit::{CommitInfo, Deletion};
 pub use store_index::{ModuleId, Root};
 pub use value::{Value, ValueType, parse_args};
-pub use vm::{VerifyOutcome, Vm, VmStats};
+pub use vm::{VerifyOutcome, Vm, VmFiles, VmStats};
 
 /// The settings of a [`Vm`].
 #[derive(Debug, Clone)]

@@ -93,10 +93,30 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
     }
 }
 
+/// The file layers a [`Vm`] reads and writes its commit store and its file cache through:
+/// the real file system by default. Tests pass layers that inject faults or simulate a power
+/// loss ([`store_commit::fs::PowerLossFs`], [`cache_fs::FaultFs`]).
+#[derive(Debug, Clone)]
+pub struct VmFiles {
+    /// The commit store's file system (`<dir>/store`).
+    pub store: Arc<dyn store_commit::fs::Fs>,
+    /// The file cache's file system (`<dir>/cache`).
+    pub cache: Arc<dyn cache_fs::CacheFs>,
+}
+
+impl Default for VmFiles {
+    fn default() -> Self {
+        VmFiles {
+            store: Arc::new(store_commit::fs::RealFs),
+            cache: Arc::new(cache_fs::RealFs),
+        }
+    }
+}
+
 impl Vm {
     /// Opens (or creates) the VM directory `dir` with the built-in host ABI.
     pub fn open(dir: &Path, config: VmConfig) -> Result<Vm, VmError> {
-        Vm::open_with_host(dir, config, |_| Ok(()))
+        Vm::open_with(dir, config, VmFiles::default(), |_| Ok(()))
     }
 
     /// Opens the VM with extra host functions: `host` is called on each engine's linker
@@ -106,13 +126,26 @@ impl Vm {
         config: VmConfig,
         host: impl Fn(&mut Linker<HostState>) -> Result<(), VmError>,
     ) -> Result<Vm, VmError> {
+        Vm::open_with(dir, config, VmFiles::default(), host)
+    }
+
+    /// The most general open: extra host functions (as [`open_with_host`](Self::open_with_host))
+    /// and the file layers of the store and the cache. The small `pins` file is always written
+    /// through `std::fs`.
+    pub fn open_with(
+        dir: &Path,
+        config: VmConfig,
+        files: VmFiles,
+        host: impl Fn(&mut Linker<HostState>) -> Result<(), VmError>,
+    ) -> Result<Vm, VmError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let store = Store::open(
+        let store = Store::open_with_fs(
             &dir.join("store"),
             StoreConfig {
                 fsync: config.fsync,
                 ..StoreConfig::default()
             },
+            files.store,
         )?;
 
         let mut runtime = base_config();
@@ -138,7 +171,7 @@ impl Vm {
                 .collect()
         };
 
-        let fs = FsCache::open(
+        let fs = FsCache::open_with_fs(
             &dir.join("cache"),
             &engine,
             FsCacheConfig {
@@ -146,6 +179,7 @@ impl Vm {
                 max_bytes: config.fs_cache_bytes,
                 fsync: config.fsync,
             },
+            files.cache,
         )?;
         let loader = Loader::new(engine, runtime_linker, LruCache::new(config.lru_bytes), fs);
         let vm = Vm {

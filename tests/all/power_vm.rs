@@ -1,0 +1,254 @@
+//! Power loss through the VM host: a VM opened over the power-loss file layers of the store
+//! (`store_commit::fs::PowerLossFs`) and of the file cache (`cache_fs::PowerLossFs`), sharing
+//! one clock, deploys, calls, commits and deletes; the power goes at each operation in turn
+//! (the whole machine: both layers stop at once), the loss is applied, and a fresh `Vm::open`
+//! must show every commit that returned, the one in flight whole or not at all, verify clean,
+//! and work on.
+//!
+//! `STRATA_POWER_STRIDE` (default 1) cuts only at every n-th operation.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, ensure};
+use vm_host::{ModuleId, Root, Value, Vm, VmConfig, VmFiles};
+
+use crate::crash_vm::{counter, stored};
+
+/// What the scenario finished before the power went.
+#[derive(Default, Debug)]
+struct Done {
+    /// Commits that returned, with each module's count.
+    commits: Vec<(Root, Vec<(ModuleId, i64)>)>,
+    /// Deletes that returned.
+    deleted: Vec<Root>,
+    /// A commit or delete that started and did not return.
+    in_flight: Option<&'static str>,
+}
+
+fn add(s: &mut vm_host::Session, m: &ModuleId, n: i64) -> Result<i64> {
+    match s.call(m, "add", &[Value::I64(n)])?[..] {
+        [Value::I64(v)] => Ok(v),
+        ref other => anyhow::bail!("add returned {other:?}"),
+    }
+}
+
+/// Deploy A, commit; deploy B on it with a failing call, commit; a delta on a delta; delete the
+/// first commit. Stops at the first error (the machine is off).
+fn scenario(vm: &Vm, done: &mut Done) -> Result<()> {
+    let mut s = vm.session(None)?;
+    let a = s.deploy(&counter(1))?;
+    let va = add(&mut s, &a, 3)?;
+    done.in_flight = Some("commit 1");
+    let r1 = s.commit()?;
+    done.commits.push((r1, vec![(a, va)]));
+    done.in_flight = None;
+
+    let mut s = vm.session(Some(r1))?;
+    let b = s.deploy(&counter(2))?;
+    let va = add(&mut s, &a, 4)?;
+    ensure!(
+        s.call(&b, "add_then_trap", &[Value::I64(100)]).is_err(),
+        "the trap"
+    );
+    let vb = add(&mut s, &b, 5)?;
+    done.in_flight = Some("commit 2");
+    let r2 = s.commit()?;
+    done.commits.push((r2, vec![(a, va), (b, vb)]));
+    done.in_flight = None;
+
+    let mut s = vm.session(Some(r2))?;
+    let va = add(&mut s, &a, 1)?;
+    done.in_flight = Some("commit 3");
+    let r3 = s.commit()?;
+    done.commits.push((r3, vec![(a, va), (b, vb)]));
+    done.in_flight = None;
+
+    done.in_flight = Some("delete 1");
+    vm.delete(&r1)?;
+    done.deleted.push(r1);
+    done.in_flight = None;
+    Ok(())
+}
+
+struct Machine {
+    vm: Vm,
+    ops: Arc<AtomicU64>,
+    cut_at: Arc<AtomicU64>,
+    store: Arc<store_commit::fs::PowerLossFs>,
+    cache: Arc<cache_fs::PowerLossFs>,
+}
+
+fn config() -> VmConfig {
+    VmConfig {
+        fsync: true,
+        ..VmConfig::for_tests()
+    }
+}
+
+fn boot(dir: &Path) -> Result<Machine> {
+    // The store's simulated disk starts at an existing store directory.
+    std::fs::create_dir_all(dir.join("store"))?;
+    let ops = Arc::new(AtomicU64::new(0));
+    let cut_at = Arc::new(AtomicU64::new(u64::MAX));
+    let store = Arc::new(store_commit::fs::PowerLossFs::with_clock(
+        Arc::new(store_commit::fs::RealFs),
+        ops.clone(),
+        cut_at.clone(),
+    ));
+    let cache = Arc::new(cache_fs::PowerLossFs::with_clock(
+        Arc::new(cache_fs::RealFs),
+        ops.clone(),
+        cut_at.clone(),
+    ));
+    let files = VmFiles {
+        store: store.clone(),
+        cache: cache.clone(),
+    };
+    let vm = Vm::open_with(dir, config(), files, |_| Ok(()))?;
+    Ok(Machine {
+        vm,
+        ops,
+        cut_at,
+        store,
+        cache,
+    })
+}
+
+/// Reopens after the loss and checks it against what finished; returns whether the commit or
+/// delete in flight took effect.
+fn check(dir: &Path, done: &Done, what: &str) -> Result<bool> {
+    let vm = Vm::open(dir, config())?;
+    for entry in std::fs::read_dir(dir.join("store"))? {
+        let name = entry?.file_name();
+        ensure!(
+            !name.to_string_lossy().starts_with('.'),
+            "{what}: leftover {name:?}"
+        );
+    }
+    let outcome = vm.verify()?;
+    ensure!(outcome.is_ok(), "{what}: {:?}", outcome.problems);
+    let on_disk: Vec<Root> = vm.commits().into_iter().map(|c| c.root).collect();
+    let mut expected: HashMap<Root, &Vec<(ModuleId, i64)>> =
+        done.commits.iter().map(|(r, v)| (*r, v)).collect();
+    for root in &done.deleted {
+        expected.remove(root);
+        ensure!(!on_disk.contains(root), "{what}: deleted {root} is back");
+    }
+    // The first commit, if its delete was in flight, may be there or not; if there, whole.
+    let deleting = (done.in_flight == Some("delete 1")).then(|| done.commits[0].clone());
+    if let Some((root, _)) = &deleting {
+        expected.remove(root);
+    }
+    for (root, values) in &expected {
+        ensure!(on_disk.contains(root), "{what}: commit {root} lost");
+        let mut s = vm.session(Some(*root))?;
+        for (m, v) in values.iter() {
+            ensure!(
+                s.call(m, "get", &[])? == [Value::I64(*v)]
+                    && s.call(m, "memory_count", &[])? == [Value::I64(*v)]
+                    && s.call(m, "stored_count", &[])? == [Value::I64(stored(*v))],
+                "{what}: commit {root} module {m} does not read back {v}"
+            );
+        }
+    }
+    // Besides those, only the commit in flight may be there (whole), or the deleted one if
+    // its delete was in flight.
+    let extra: Vec<&Root> = on_disk
+        .iter()
+        .filter(|r| !expected.contains_key(r) && deleting.as_ref().is_none_or(|(d, _)| d != *r))
+        .collect();
+    ensure!(extra.len() <= 1, "{what}: unexpected commits {extra:?}");
+    let mut took_effect = false;
+    for root in extra {
+        ensure!(
+            done.in_flight.is_some(),
+            "{what}: commit {root} from nowhere"
+        );
+        let mut s = vm.session(Some(*root))?;
+        for m in s.modules() {
+            s.call(&m, "get", &[])?;
+        }
+        took_effect = done.in_flight.is_some_and(|f| f.starts_with("commit"));
+    }
+    if let Some((root, values)) = &deleting {
+        took_effect = !on_disk.contains(root);
+        if !took_effect {
+            let mut s = vm.session(Some(*root))?;
+            for (m, v) in values {
+                ensure!(
+                    s.call(m, "get", &[])? == [Value::I64(*v)],
+                    "{what}: commit {root} whose delete was cut short does not read back {v}"
+                );
+            }
+        }
+    }
+    // The VM works on: a new commit on the newest one.
+    let mut s = vm.session(vm.latest())?;
+    if let Some(m) = s.modules().first().copied() {
+        add(&mut s, &m, 1)?;
+    } else {
+        s.deploy(&counter(3))?;
+    }
+    s.commit()?;
+    ensure!(vm.verify()?.is_ok(), "{what}: after a new commit");
+    Ok(took_effect)
+}
+
+#[test]
+fn power_loss_at_every_operation_of_deploy_call_commit_delete_through_the_vm() -> Result<()> {
+    let stride: u64 = std::env::var("STRATA_POWER_STRIDE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    // A clean run counts the operations (after the open) of both layers together.
+    let dir = tempfile::tempdir()?;
+    let m = boot(dir.path())?;
+    let base = m.ops.load(Ordering::SeqCst);
+    let mut done = Done::default();
+    scenario(&m.vm, &mut done)?;
+    let total = m.ops.load(Ordering::SeqCst) - base;
+    ensure!(done.deleted.len() == 1 && done.in_flight.is_none());
+    drop(m);
+    ensure!(total > 60, "the scenario took only {total} operations");
+
+    let (mut cuts, mut in_flight, mut took_effect) = (0, 0, 0);
+    for k in (0..=total).step_by(stride as usize) {
+        let dir = tempfile::tempdir()?;
+        let m = boot(dir.path())?;
+        m.cut_at
+            .store(m.ops.load(Ordering::SeqCst) + k, Ordering::SeqCst);
+        let mut done = Done::default();
+        let result = scenario(&m.vm, &mut done);
+        ensure!(
+            result.is_ok() == (k == total),
+            "cut at {k} of {total}: {result:?}"
+        );
+        let Machine {
+            vm, store, cache, ..
+        } = m;
+        drop(vm);
+        store.power_cut()?;
+        // Half the cuts lose the cache's unsynced data as a journaling file system may.
+        let loss = if k % 2 == 0 {
+            cache_fs::Loss::Unsynced
+        } else {
+            cache_fs::Loss::TornData
+        };
+        cache.power_cut(loss)?;
+        let what = format!("power lost at op {k} of {total} ({:?})", done.in_flight);
+        let effect = check(dir.path(), &done, &what).with_context(|| what.clone())?;
+        cuts += 1;
+        in_flight += u64::from(done.in_flight.is_some());
+        took_effect += u64::from(effect);
+    }
+    println!(
+        "power_vm: {cuts} power cuts over {total} operations (store and cache), \
+         {in_flight} failed a commit or delete, {took_effect} of those were durable anyway"
+    );
+    ensure!(in_flight > 0 && took_effect > 0 && took_effect < in_flight);
+    Ok(())
+}
