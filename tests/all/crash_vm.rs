@@ -176,6 +176,40 @@ fn parse(lines: &[String]) -> Result<Report> {
     Ok(report)
 }
 
+/// A reopened VM directory is sound: no leftovers in the store, and everything verifies.
+pub(crate) fn check_sound(vm: &Vm, what: &str) -> Result<()> {
+    for entry in std::fs::read_dir(vm.dir().join("store"))? {
+        let name = entry?.file_name();
+        ensure!(
+            !name.to_string_lossy().starts_with('.'),
+            "{what}: leftover {name:?}"
+        );
+    }
+    let outcome = vm.verify()?;
+    ensure!(outcome.is_ok(), "{what}: {:?}", outcome.problems);
+    Ok(())
+}
+
+/// Every counter module of commit `root` reads back its count in its global, its memory and
+/// its key-value data.
+pub(crate) fn check_values(
+    vm: &Vm,
+    root: &Root,
+    values: &[(ModuleId, i64)],
+    what: &str,
+) -> Result<()> {
+    let mut s = vm.session(Some(*root))?;
+    for (m, v) in values {
+        ensure!(
+            s.call(m, "get", &[])? == [Value::I64(*v)]
+                && s.call(m, "memory_count", &[])? == [Value::I64(*v)]
+                && s.call(m, "stored_count", &[])? == [Value::I64(stored(*v))],
+            "{what}: commit {root} module {m} does not read back {v}"
+        );
+    }
+    Ok(())
+}
+
 /// The temp files in the file cache's engine folders.
 fn cache_temp_files(dir: &Path) -> Result<Vec<String>> {
     let mut found = Vec::new();
@@ -276,16 +310,7 @@ fn crash_vm_sigkill_during_deploy_call_commit() -> Result<()> {
             after.is_empty(),
             "round {round}: cache temp files survive the reopen: {after:?} (before: {leftovers:?})"
         );
-        let store_dir = dir.path().join("store");
-        for entry in std::fs::read_dir(&store_dir)? {
-            let name = entry?.file_name();
-            ensure!(
-                !name.to_string_lossy().starts_with('.'),
-                "round {round}: leftover {name:?}"
-            );
-        }
-        let outcome = vm.verify()?;
-        ensure!(outcome.is_ok(), "round {round}: {:?}", outcome.problems);
+        check_sound(&vm, &format!("round {round}"))?;
         let on_disk: HashSet<Root> = vm.commits().into_iter().map(|c| c.root).collect();
         if let Some(root) = report.deleting
             && !on_disk.contains(&root)
@@ -297,15 +322,7 @@ fn crash_vm_sigkill_during_deploy_call_commit() -> Result<()> {
                 on_disk.contains(root),
                 "round {round}: reported commit {root} lost"
             );
-            let mut s = vm.session(Some(*root))?;
-            for (m, v) in values {
-                ensure!(
-                    s.call(m, "get", &[])? == [Value::I64(*v)]
-                        && s.call(m, "memory_count", &[])? == [Value::I64(*v)]
-                        && s.call(m, "stored_count", &[])? == [Value::I64(stored(*v))],
-                    "round {round}: commit {root} module {m} does not read back {v}"
-                );
-            }
+            check_values(&vm, root, values, &format!("round {round}"))?;
         }
         // At most the commit in flight at the kill appeared without being reported.
         let unreported: Vec<&Root> = on_disk.iter().filter(|r| !live.contains_key(r)).collect();

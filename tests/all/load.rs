@@ -153,6 +153,8 @@ fn worker(shared: &Shared, seed: u64) -> Result<()> {
                 match vm.delete(&victim) {
                     Ok(vm_host::Deletion::Deleted) => {
                         shared.counts.deletes.fetch_add(1, Ordering::Relaxed);
+                        // The test's own record stays as small as the store.
+                        shared.expected.lock().remove(&victim);
                     }
                     Ok(_) => {
                         shared.counts.deferred.fetch_add(1, Ordering::Relaxed);
@@ -208,7 +210,13 @@ fn load_child() -> Result<()> {
             std::thread::spawn(move || worker(&shared, t as u64 + 1))
         })
         .collect();
-    std::thread::sleep(Duration::from_secs_f64(seconds));
+    // RSS at each tenth of the run: it must level off, not grow with the work done.
+    let mut rss = Vec::new();
+    for tenth in 1..=10 {
+        let until = Duration::from_secs_f64(seconds * f64::from(tenth) / 10.0);
+        std::thread::sleep(until.saturating_sub(start.elapsed()));
+        rss.push(status_kib("VmRSS:") / 1024);
+    }
     shared.stop.store(true, Ordering::Relaxed);
     for h in handles {
         h.join()
@@ -271,7 +279,7 @@ fn load_child() -> Result<()> {
     drop(vm);
     let (fds3, maps3) = fds_and_maps();
     println!(
-        "load: peak RSS {} MiB (VmHWM), RSS now {} MiB",
+        "load: peak RSS {} MiB (VmHWM), RSS now {} MiB; RSS at each tenth of the run (MiB): {rss:?}",
         status_kib("VmHWM:") / 1024,
         status_kib("VmRSS:") / 1024
     );
@@ -282,6 +290,12 @@ fn load_child() -> Result<()> {
         "load: mappings {maps0} at start, {maps1} after warm-up, {maps2} after the run, {maps3} after dropping the VM"
     );
     ensure!(commits_made > 0, "no commits");
+    // Bounded memory: the second half of the run adds little to the first (a leak per operation
+    // would double it). Loose, for noisy short runs.
+    ensure!(
+        rss[9] <= rss[4] + rss[4] / 2 + 16,
+        "RSS grows with the work done: {rss:?} MiB"
+    );
     // No leaks: what the run opened is closed again once its sessions are gone.
     ensure!(
         fds2 <= fds1 + 4,

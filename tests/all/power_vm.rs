@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result, ensure};
 use vm_host::{ModuleId, Root, Value, Vm, VmConfig, VmFiles};
 
-use crate::crash_vm::{counter, stored};
+use crate::crash_vm::{check_sound, check_values, counter};
 
 /// What the scenario finished before the power went.
 #[derive(Default, Debug)]
@@ -121,15 +121,7 @@ fn boot(dir: &Path) -> Result<Machine> {
 /// delete in flight took effect.
 fn check(dir: &Path, done: &Done, what: &str) -> Result<bool> {
     let vm = Vm::open(dir, config())?;
-    for entry in std::fs::read_dir(dir.join("store"))? {
-        let name = entry?.file_name();
-        ensure!(
-            !name.to_string_lossy().starts_with('.'),
-            "{what}: leftover {name:?}"
-        );
-    }
-    let outcome = vm.verify()?;
-    ensure!(outcome.is_ok(), "{what}: {:?}", outcome.problems);
+    check_sound(&vm, what)?;
     let on_disk: Vec<Root> = vm.commits().into_iter().map(|c| c.root).collect();
     let mut expected: HashMap<Root, &Vec<(ModuleId, i64)>> =
         done.commits.iter().map(|(r, v)| (*r, v)).collect();
@@ -144,15 +136,7 @@ fn check(dir: &Path, done: &Done, what: &str) -> Result<bool> {
     }
     for (root, values) in &expected {
         ensure!(on_disk.contains(root), "{what}: commit {root} lost");
-        let mut s = vm.session(Some(*root))?;
-        for (m, v) in values.iter() {
-            ensure!(
-                s.call(m, "get", &[])? == [Value::I64(*v)]
-                    && s.call(m, "memory_count", &[])? == [Value::I64(*v)]
-                    && s.call(m, "stored_count", &[])? == [Value::I64(stored(*v))],
-                "{what}: commit {root} module {m} does not read back {v}"
-            );
-        }
+        check_values(&vm, root, values, what)?;
     }
     // Besides those, only the commit in flight may be there (whole), or the deleted one if
     // its delete was in flight.
@@ -176,13 +160,7 @@ fn check(dir: &Path, done: &Done, what: &str) -> Result<bool> {
     if let Some((root, values)) = &deleting {
         took_effect = !on_disk.contains(root);
         if !took_effect {
-            let mut s = vm.session(Some(*root))?;
-            for (m, v) in values {
-                ensure!(
-                    s.call(m, "get", &[])? == [Value::I64(*v)],
-                    "{what}: commit {root} whose delete was cut short does not read back {v}"
-                );
-            }
+            check_values(&vm, root, values, what)?;
         }
     }
     // The VM works on: a new commit on the newest one.

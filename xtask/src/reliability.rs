@@ -96,6 +96,19 @@ fn has_nightly() -> bool {
         })
 }
 
+/// A sanitizer build gets its own target directory, so that switching between `none` and
+/// `address` does not rebuild everything each time.
+fn target_dir(sanitizer: &str) -> Vec<String> {
+    if sanitizer == "none" {
+        Vec::new()
+    } else {
+        vec![
+            "--target-dir".to_owned(),
+            format!("target/sanitizer-{sanitizer}"),
+        ]
+    }
+}
+
 /// What libFuzzer reported at the end of one run.
 #[derive(Default)]
 struct Outcome {
@@ -124,7 +137,9 @@ fn run_target(
     } else {
         cmd.env("RUSTC_BOOTSTRAP", "1");
     }
-    cmd.args(["fuzz", "run", "--sanitizer", sanitizer, target])
+    cmd.args(["fuzz", "run", "--sanitizer", sanitizer])
+        .args(target_dir(sanitizer))
+        .arg(target)
         .arg(format!("corpus/{target}"))
         .arg(format!("regressions/{target}"))
         .args([
@@ -237,6 +252,7 @@ pub(crate) fn fuzz(args: &[String]) -> Result<()> {
     }
     build
         .args(["fuzz", "build", "--sanitizer", &sanitizer])
+        .args(target_dir(&sanitizer))
         .current_dir(&fuzz);
     crate::run(build)?;
 
