@@ -418,6 +418,7 @@ fn restart_loads_from_the_file_cache_and_keeps_pins() -> Result<()> {
     let stats = vm.stats();
     assert_eq!(stats.compiles, 0, "{stats:?}");
     assert!(stats.layers[0].hits >= 1, "pinned hit: {:?}", stats.layers);
+    assert_eq!(stats.layers[2].misses, 0, "{:?}", stats.layers);
     assert!(vm.unpin(&counter)?);
     // One VM (store) per directory at a time: close before reopening.
     drop(vm);
@@ -451,10 +452,32 @@ fn concurrent_sessions_and_single_flight_compiles() -> Result<()> {
             .map(|h| h.join().expect("thread"))
             .collect::<Result<_>>()
     })?;
-    assert_eq!(vm.stats().compiles, 1, "one compile for eight threads");
+    let stats = vm.stats();
+    assert_eq!(stats.compiles, 1, "one compile for eight threads");
+    // One miss per thread and layer at most: the single flight does not look twice.
+    for layer in &stats.layers {
+        assert!(layer.misses <= 8, "{layer:?}");
+    }
+    assert_eq!(stats.layers[1].inserts, 1, "{:?}", stats.layers);
     for (i, r) in roots.iter().enumerate() {
         assert_eq!(call1(&vm, *r, &counter, "get", &[])?, Value::I64(i as i64));
     }
     assert!(vm.verify()?.is_ok());
+    Ok(())
+}
+
+#[test]
+fn a_compile_counts_one_miss_per_layer() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (counter, root) = vm.deploy(&wasm(COUNTER))?;
+    call1(&vm, root, &counter, "get", &[])?;
+    let stats = vm.stats();
+    assert_eq!(stats.compiles, 1, "{stats:?}");
+    // The deploy's load missed every layer once; the call's load missed the pinned layer and
+    // found the module in the LRU layer.
+    let misses: Vec<u64> = stats.layers.iter().map(|l| l.misses).collect();
+    assert_eq!(misses, [2, 1, 1], "{:?}", stats.layers);
+    assert_eq!(stats.layers[1].hits, 1, "{:?}", stats.layers);
     Ok(())
 }

@@ -40,8 +40,8 @@ pub(crate) struct Loader {
     fs: Arc<FsCache>,
     chain: Chain,
     prepared: RwLock<HashMap<ModuleId, Arc<Prepared>>>,
-    /// One lock per module being compiled: the single flight.
-    inflight: Mutex<HashMap<CacheKey, Arc<Mutex<()>>>>,
+    /// One lock per module being compiled, holding the module once compiled: the single flight.
+    inflight: Mutex<HashMap<CacheKey, Arc<Mutex<Option<Module>>>>>,
     pub(crate) compiles: AtomicU64,
 }
 
@@ -114,9 +114,10 @@ impl Loader {
         bytecode: &dyn Fn() -> Result<Vec<u8>, VmError>,
     ) -> Result<Loaded, VmError> {
         let prepared = self.prepare(id, bytecode)?;
+        let compiles_before = self.compiles.load(Ordering::Acquire);
         let module = match self.chain.load(&prepared.key).ok().flatten() {
             Some(module) => module,
-            None => self.compile_once(id, &prepared, bytecode)?,
+            None => self.compile_once(id, &prepared, bytecode, compiles_before)?,
         };
         let pre = self
             .linker
@@ -129,11 +130,14 @@ impl Loader {
         })
     }
 
+    /// Compiles after a miss of the whole chain, once however many threads missed together.
+    /// `compiles_before` is the compile count read before that miss.
     fn compile_once(
         &self,
         id: &ModuleId,
         prepared: &Prepared,
         bytecode: &dyn Fn() -> Result<Vec<u8>, VmError>,
+        compiles_before: u64,
     ) -> Result<Module, VmError> {
         let flight = self
             .inflight
@@ -141,12 +145,28 @@ impl Loader {
             .entry(prepared.key)
             .or_default()
             .clone();
-        let _guard = flight.lock();
-        // Whoever held the lock before us may have compiled it already.
-        let result = match self.chain.load(&prepared.key).ok().flatten() {
+        let mut slot = flight.lock();
+        // The thread we waited for compiled it.
+        if let Some(module) = slot.as_ref() {
+            return Ok(module.clone());
+        }
+        // A compile that finished (and left its flight) between our miss and now may have
+        // been this module: look again then, and only then, so that an ordinary miss counts
+        // once per layer. (Racing that compile's save can cost a second compile, never a wrong
+        // module.)
+        let again = if self.compiles.load(Ordering::Acquire) != compiles_before {
+            self.chain.load(&prepared.key).ok().flatten()
+        } else {
+            None
+        };
+        let result = match again {
             Some(module) => Ok(module),
             None => self.compile(id, prepared, bytecode()?),
         };
+        if let Ok(module) = &result {
+            *slot = Some(module.clone());
+        }
+        drop(slot);
         let mut inflight = self.inflight.lock();
         if inflight
             .get(&prepared.key)
