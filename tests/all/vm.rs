@@ -328,7 +328,15 @@ fn bad_modules_get_clear_errors() -> Result<()> {
         .deploy(&wasm(r#"(module (import "env" "exec" (func)))"#))
         .expect_err("unknown import");
     assert!(matches!(err, VmError::UnsupportedImport { .. }), "{err}");
-    assert!(err.to_string().contains("env::exec"), "{err}");
+    assert!(err.to_string().contains(r#""env"::"exec""#), "{err}");
+    // Names come from the module: shown escaped, so the message stays one line.
+    let err = vm
+        .deploy(&wasm(r#"(module (import "env\0a" "x\0ay" (func)))"#))
+        .expect_err("unknown import with a line break");
+    assert_eq!(
+        err.to_string(),
+        r#"module imports "env\n"::"x\ny", which the host does not offer"#
+    );
     let err = vm
         .deploy(&wasm(
             r#"(module (import "env" "db_read" (func (param i32))))"#,

@@ -121,8 +121,9 @@ pub enum VmError {
     /// The wasm is not a valid module, or uses a feature the host cannot run or persist.
     #[error("invalid module: {0}")]
     InvalidModule(String),
-    /// The module imports something the host does not offer.
-    #[error("module imports `{module}::{name}`, which the host does not offer")]
+    /// The module imports something the host does not offer. (The names come from the module,
+    /// so the message shows them escaped and quoted: any bytes, one line.)
+    #[error("module imports {module:?}::{name:?}, which the host does not offer")]
     UnsupportedImport {
         /// The import's module name.
         module: String,
@@ -135,8 +136,8 @@ pub enum VmError {
     /// No module with this id is deployed in the state.
     #[error("unknown module {0}")]
     UnknownModule(ModuleId),
-    /// The module exports no function of this name.
-    #[error("module exports no function `{0}`")]
+    /// The module exports no function of this name (escaped and quoted in the message).
+    #[error("module exports no function {0:?}")]
     UnknownFunction(String),
     /// The arguments do not match the function's parameters.
     #[error("bad arguments: {0}")]
