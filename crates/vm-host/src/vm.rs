@@ -95,7 +95,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
 
 /// The file layers a [`Vm`] reads and writes its commit store and its file cache through:
 /// the real file system by default. Tests pass layers that inject faults or simulate a power
-/// loss ([`store_commit::fs::PowerLossFs`], [`cache_fs::FaultFs`]).
+/// loss ([`store_commit::fs::FaultFs`], [`store_commit::fs::PowerLossFs`],
+/// [`cache_fs::FaultFs`], [`cache_fs::PowerLossFs`]; the two power-loss layers can share one
+/// operation clock, so that one cut stops both).
 #[derive(Debug, Clone)]
 pub struct VmFiles {
     /// The commit store's file system (`<dir>/store`).
