@@ -139,6 +139,7 @@ fn allowed(krate: &str) -> &'static [&'static str] {
             "store-commit",
             "wasmtime",
         ],
+        "vmhost" => &["vm-host"],
         _ => &[],
     }
 }
