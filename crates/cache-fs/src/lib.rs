@@ -475,6 +475,7 @@ impl FsCache {
     /// replaced it (the path no longer names the file that was read).
     fn reject(&self, path: &Path, file: &File, why: Reject) -> Result<Option<Module>, CacheError> {
         self.counters.rejected.incr();
+        tracing::warn!(path = %path.display(), reason = %why, "cache file rejected");
         *self.last_rejection.lock() = Some(format!("{}: {why}", path.display()));
         self.counters.misses.incr();
         let same_file = match (self.fs.file_metadata(file), self.fs.metadata(path)) {
@@ -578,6 +579,7 @@ impl FsCache {
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
                 self.counters.rejected.incr();
                 self.counters.misses.incr();
+                tracing::warn!(path = %path.display(), reason = "a symlink", "cache file rejected");
                 *self.last_rejection.lock() = Some(format!("{}: a symlink", path.display()));
                 if self.remove_file(&path).is_err() {
                     self.counters.errors.incr();
@@ -718,6 +720,10 @@ impl FsCache {
         let file_len = artifact.len() as u64 + TRAILER_LEN as u64;
         if self.config.max_bytes.is_some_and(|max| file_len > max) {
             self.counters.rejected.incr();
+            tracing::debug!(
+                bytes = file_len,
+                "artifact larger than the cache limit not saved"
+            );
             return Ok(());
         }
         let digest = format::artifact_digest(&artifact);
@@ -774,7 +780,10 @@ impl FsCache {
             }
             let path = self.engine_dir.join(&name);
             match self.remove_file(&path) {
-                Ok(true) => self.counters.evictions.incr(),
+                Ok(true) => {
+                    self.counters.evictions.incr();
+                    tracing::debug!(file = %name, bytes, "cache file evicted");
+                }
                 Ok(false) => {}
                 Err(_) => {
                     self.counters.errors.incr();

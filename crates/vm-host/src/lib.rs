@@ -57,13 +57,13 @@ mod vm;
 use std::path::PathBuf;
 
 pub use cache_core::LayerStats;
-pub use cache_fs::Verification;
+pub use cache_fs::{PruneReport, Verification};
 pub use host::HostState;
 pub use session::Session;
 pub use store_commit::{CommitInfo, Deletion};
 pub use store_index::{ModuleId, Root};
 pub use value::{Value, ValueType, parse_args};
-pub use vm::{VerifyOutcome, Vm, VmFiles, VmStats};
+pub use vm::{CacheFolderStats, DiskStats, VerifyOutcome, Vm, VmFiles, VmStats};
 
 /// The settings of a [`Vm`].
 #[derive(Debug, Clone)]

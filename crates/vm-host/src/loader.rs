@@ -185,9 +185,11 @@ impl Loader {
     ) -> Result<Module, VmError> {
         check_bytecode(id, &wasm)?;
         let runtime = rewrite::rewrite(&wasm, &prepared.shape, Form::Runtime)?;
+        let start = std::time::Instant::now();
         let module = Module::new(&self.engine, &runtime)
             .map_err(|e| VmError::InvalidModule(crate::one_line(&format!("{e:#}"))))?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(module = %id, ms = start.elapsed().as_millis() as u64, "compiled");
         // A cache that cannot take the module costs a recompile later, never this call.
         let _ = self.chain.save(&prepared.key, &module);
         Ok(module)

@@ -124,6 +124,7 @@ impl Session {
         self.inner.deploy(id, wasm, &image, blob.encode())?;
         // Compile the runtime form now, so the first call finds it in the caches.
         vm.loader.load(&id, &|| Ok(wasm.to_vec()))?;
+        tracing::info!(module = %id, bytes = wasm.len(), "deployed");
         Ok(id)
     }
 
@@ -346,6 +347,7 @@ impl Session {
         }
         let root = self.inner.commit()?;
         self.vm.inner.commits.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%root, "committed");
         Ok(root)
     }
 }

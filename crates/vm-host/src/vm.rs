@@ -2,12 +2,13 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write as _;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cache_core::LayerStats;
-use cache_fs::{FsCache, FsCacheConfig};
+use cache_fs::{FsCache, FsCacheConfig, PruneReport};
 use cache_lru::LruCache;
 use parking_lot::Mutex;
 use store_commit::{CommitInfo, Deletion, Store, StoreConfig};
@@ -36,6 +37,8 @@ pub(crate) struct Inner {
     /// The (module, name) pairs a deployed module may import.
     pub(crate) imports: HashSet<(String, String)>,
     pins: Mutex<BTreeSet<ModuleId>>,
+    /// The file layers, kept for [`Vm::disk_stats`].
+    files: VmFiles,
     pub(crate) instantiations: AtomicU64,
     pub(crate) calls: AtomicU64,
     pub(crate) commits: AtomicU64,
@@ -72,6 +75,39 @@ impl VerifyOutcome {
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
     }
+}
+
+/// What a VM directory holds on disk, read by [`Vm::disk_stats`]: true of the directory
+/// whoever wrote it, unlike the counters of [`VmStats`], which start at zero in each process.
+#[derive(Debug, Clone, Default)]
+pub struct DiskStats {
+    /// Bytes the commit store (`store/`) occupies on disk: allocated blocks, each file counted
+    /// once however many commits hard-link it.
+    pub store_bytes: u64,
+    /// The store's bytes by file length (memory images are sparse: this can be far larger
+    /// than `store_bytes`).
+    pub store_apparent_bytes: u64,
+    /// Files of the store, each counted once.
+    pub store_files: u64,
+    /// Commits in the store.
+    pub commits: usize,
+    /// The folders of the file cache (`cache/`), one per engine, by name.
+    pub cache: Vec<CacheFolderStats>,
+    /// The pinned modules (the `pins` file).
+    pub pins: Vec<ModuleId>,
+}
+
+/// One folder of the file cache, as [`DiskStats`] reports it.
+#[derive(Debug, Clone, Default)]
+pub struct CacheFolderStats {
+    /// The folder's name (format version and engine fingerprint).
+    pub name: String,
+    /// Whether this build's engine uses it; [`Vm::prune`] removes the others.
+    pub in_use: bool,
+    /// Files in the folder: the cache entries, plus any temp file not yet renamed.
+    pub entries: u64,
+    /// Bytes of those files.
+    pub bytes: u64,
 }
 
 /// Settings shared by the runtime and the genesis engine: the compiled code must agree.
@@ -121,6 +157,21 @@ impl Vm {
         Vm::open_with(dir, config, VmFiles::default(), |_| Ok(()))
     }
 
+    /// Opens the VM directory `dir` as [`open`](Self::open) does, but only if it exists and
+    /// holds a commit store: otherwise a `NotFound` [`VmError::Io`], and nothing is created.
+    /// For tools that must not make a VM out of a mistyped path.
+    pub fn open_existing(dir: &Path, config: VmConfig) -> Result<Vm, VmError> {
+        let files = VmFiles::default();
+        let store = dir.join("store");
+        if !files.store.exists(&store).map_err(io(&store))? {
+            return Err(io(dir)(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not a VM directory (no commit store in it)",
+            )));
+        }
+        Vm::open_with(dir, config, files, |_| Ok(()))
+    }
+
     /// Opens the VM with extra host functions: `host` is called on each engine's linker
     /// (runtime and genesis) after the built-in ABI is defined, and may define more imports.
     pub fn open_with_host(
@@ -147,7 +198,7 @@ impl Vm {
                 fsync: config.fsync,
                 ..StoreConfig::default()
             },
-            files.store,
+            files.store.clone(),
         )?;
 
         let mut runtime = base_config();
@@ -181,7 +232,7 @@ impl Vm {
                 max_bytes: config.fs_cache_bytes,
                 fsync: config.fsync,
             },
-            files.cache,
+            files.cache.clone(),
         )?;
         let loader = Loader::new(engine, runtime_linker, LruCache::new(config.lru_bytes), fs);
         let vm = Vm {
@@ -194,12 +245,14 @@ impl Vm {
                 genesis_linker,
                 imports,
                 pins: Mutex::new(BTreeSet::new()),
+                files,
                 instantiations: AtomicU64::new(0),
                 calls: AtomicU64::new(0),
                 commits: AtomicU64::new(0),
             }),
         };
         vm.load_pins()?;
+        tracing::info!(dir = %dir.display(), commits = vm.commits().len(), pins = vm.pins().len(), "opened");
         Ok(vm)
     }
 
@@ -237,7 +290,79 @@ impl Vm {
 
     /// Deletes a commit; deferred while sessions are based on it.
     pub fn delete(&self, root: &Root) -> Result<Deletion, VmError> {
-        Ok(self.inner.store.delete(root)?)
+        let deletion = self.inner.store.delete(root)?;
+        tracing::info!(%root, ?deletion, "deleted");
+        Ok(deletion)
+    }
+
+    /// Removes the file cache's folders of engines this build does not use (left by another
+    /// wasmtime version or engine configuration) and stale temp files, and reports what it
+    /// freed.
+    pub fn prune(&self) -> Result<PruneReport, VmError> {
+        let report = self.inner.loader.fs().prune()?;
+        tracing::info!(
+            folders = report.removed_folders.len(),
+            files = report.removed_files,
+            bytes = report.removed_bytes,
+            "pruned"
+        );
+        Ok(report)
+    }
+
+    /// What the directory holds on disk now: the store's size and commits, the cache folders
+    /// of every engine, and the pins.
+    pub fn disk_stats(&self) -> Result<DiskStats, VmError> {
+        let fs = &*self.inner.files.cache;
+        let mut stats = DiskStats {
+            commits: self.commits().len(),
+            pins: self.pins(),
+            ..DiskStats::default()
+        };
+        let mut seen = HashSet::new();
+        let mut dirs = vec![self.inner.store.dir().to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for name in fs.read_dir(&dir).map_err(io(&dir))? {
+                let path = dir.join(name);
+                let meta = match fs.metadata(&path) {
+                    Ok(meta) => meta,
+                    // Removed meanwhile (a temp directory of a commit).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(&path)(e)),
+                };
+                if meta.is_dir() {
+                    dirs.push(path);
+                } else if seen.insert((meta.dev(), meta.ino())) {
+                    stats.store_files += 1;
+                    stats.store_bytes += meta.blocks() * 512;
+                    stats.store_apparent_bytes += meta.len();
+                }
+            }
+        }
+        let cache = self.inner.loader.fs();
+        let own = cache.engine_dir().file_name();
+        let mut folders = fs.read_dir(cache.dir()).map_err(io(cache.dir()))?;
+        folders.sort();
+        for name in folders {
+            let path = cache.dir().join(&name);
+            if !fs.metadata(&path).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            let mut folder = CacheFolderStats {
+                name: name.to_string_lossy().into_owned(),
+                in_use: Some(name.as_os_str()) == own,
+                ..CacheFolderStats::default()
+            };
+            for file in fs.read_dir(&path).map_err(io(&path))? {
+                if let Ok(meta) = fs.metadata(&path.join(file))
+                    && meta.is_file()
+                {
+                    folder.entries += 1;
+                    folder.bytes += meta.len();
+                }
+            }
+            stats.cache.push(folder);
+        }
+        Ok(stats)
     }
 
     /// Compiles `wasm` into the caches (file cache included) without deploying it.

@@ -46,7 +46,7 @@ fn call(
     Ok(session.call(module, function, args)?)
 }
 
-pub(crate) fn print_layers(layers: &[LayerStats]) {
+fn print_layers(layers: &[LayerStats]) {
     println!(
         "{:<8} {:>6} {:>7} {:>8} {:>10} {:>8} {:>12} {:>9}",
         "layer", "hits", "misses", "inserts", "evictions", "entries", "bytes", "rejected"

@@ -3,29 +3,74 @@
 //! Its output is a contract that scripts rely on: `deploy` prints the module id and then
 //! `root <hex>`, `call` prints the results space-separated on one line (and `root <hex>` with
 //! `--commit`), `commits` prints one line per commit beginning with its root, newest last.
-//! Any failure prints one line on stderr and exits non-zero, and changes nothing.
+//! `commits`, `stats`, `verify` and `prune` print one JSON document instead with `--json`.
+//! Any failure prints one line on stderr and exits non-zero, and changes nothing. Logs go to
+//! stderr, and only when `RUST_LOG` is set.
 
 mod demo;
+mod size;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
-use vm_host::{Deletion, ModuleId, Root, Vm, VmConfig, parse_args};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use size::{Limit, Size};
+use vm_host::{Deletion, ModuleId, Root, Verification, Vm, VmConfig, parse_args};
+
+/// The shortest HMAC key `--hmac-key-file` accepts: the output size of HMAC-SHA256.
+const MIN_KEY_BYTES: usize = 32;
 
 /// A WebAssembly contract VM over a layered module cache and a copy-on-write commit store.
+///
+/// Logs (opening, compiles, cache evictions and rejections, commits) go to stderr when
+/// RUST_LOG is set, e.g. RUST_LOG=debug or RUST_LOG=vm_host=info,cache_fs=debug.
 #[derive(Parser)]
 #[command(name = "vmhost", version)]
 struct Cli {
-    /// The VM directory (commit store, module cache, pins); created if missing.
+    /// The VM directory (commit store, module cache, pins). `deploy` and `precompile` create it
+    /// if missing; every other command needs an existing one.
     #[arg(long, global = true, env = "VMHOST_DIR")]
     dir: Option<PathBuf>,
     /// Do not fsync (faster, not durable across power loss).
     #[arg(long, global = true)]
     no_fsync: bool,
+    /// How the file cache checks a compiled module before loading it. `verify` checks every
+    /// cached module fully whatever the mode, and with `authenticated` also its tag.
+    #[arg(long, global = true, value_enum, default_value_t = Mode::Verified)]
+    verification: Mode,
+    /// The HMAC key of `--verification authenticated`: a file of at least 32 bytes, used as
+    /// it is (every byte counts, a final newline too). Keep it outside the VM directory.
+    #[arg(long, global = true, value_name = "PATH")]
+    hmac_key_file: Option<PathBuf>,
+    /// Capacity of the in-memory LRU layer, in bytes of compiled code (a byte count, or with a
+    /// unit: 64MiB, 2GiB, 500MB).
+    #[arg(long, global = true, value_name = "SIZE", default_value_t = Size(VmConfig::default().lru_bytes))]
+    lru_bytes: Size,
+    /// Byte limit of the file cache; the least recently used modules are evicted beyond it.
+    /// `none` for no limit.
+    #[arg(long, global = true, value_name = "SIZE", default_value_t = Limit(VmConfig::default().fs_cache_bytes))]
+    cache_bytes: Limit,
+    /// Fuel of each call: a call that uses it up fails with "out of fuel" and leaves no trace.
+    #[arg(long, global = true, value_name = "UNITS", default_value_t = VmConfig::default().default_fuel)]
+    fuel: u64,
+    /// The largest linear memory a module may grow to.
+    #[arg(long, global = true, value_name = "SIZE", default_value_t = Size(VmConfig::default().memory_limit as u64))]
+    memory_limit: Size,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The `--verification` modes, as `vm_host::Verification`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Check the file's trailer only, then map it: for a directory only this node can write.
+    Trusted,
+    /// Check the sha256 of every byte before loading (the default).
+    Verified,
+    /// As verified, plus an HMAC tag with the key of --hmac-key-file.
+    Authenticated,
 }
 
 #[derive(Subcommand)]
@@ -35,7 +80,7 @@ enum Command {
         /// The module file.
         file: PathBuf,
     },
-    /// Call an exported function in a session on a commit.
+    /// Call an exported function in a session on a commit (with --fuel for its fuel).
     Call {
         /// The commit to run on (default: the newest).
         #[arg(long)]
@@ -43,9 +88,6 @@ enum Command {
         /// Commit the session after the call and print its root.
         #[arg(long)]
         commit: bool,
-        /// Fuel of the call.
-        #[arg(long)]
-        fuel: Option<u64>,
         /// The module id (64 hex digits).
         module: String,
         /// The exported function.
@@ -54,17 +96,38 @@ enum Command {
         #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// List the commits, oldest first.
-    Commits,
+    /// List the commits, oldest first: root, parent and module count.
+    Commits {
+        /// Print one JSON document: {"commits": [{"root", "parent", "seq", "modules"}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a commit (deferred while sessions use it).
     Delete {
         /// The commit's root.
         root: String,
     },
-    /// Recompute every commit's root and check every cached artifact.
-    Verify,
-    /// Show cache-layer statistics and the store's size.
-    Stats,
+    /// Recompute every commit's root and check every cached module; exit non-zero on a problem.
+    Verify {
+        /// Print one JSON document: {"ok", "commits", "artifacts", "problems"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the directory holds on disk: the store's size and commits, each engine's
+    /// cache folder (entries and bytes), and the pins.
+    Stats {
+        /// Print one JSON document: {"dir", "store": {"bytes", "apparent_bytes", "files"},
+        /// "commits", "cache": [{"folder", "in_use", "entries", "bytes"}], "pins"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the cache folders of engines this build does not use (left by another wasmtime
+    /// version or configuration) and report what that freed.
+    Prune {
+        /// Print one JSON document: {"removed_folders", "removed_files", "removed_bytes"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pin a module in memory, across restarts.
     Pin {
         /// The module id.
@@ -81,8 +144,17 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Run the demonstration in a temporary directory.
+    /// Run the demonstration in a temporary directory (default settings).
     Demo,
+}
+
+/// Whether a command may create the VM directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Create {
+    /// `deploy` and `precompile`: a new directory is what the user asked for.
+    IfMissing,
+    /// Every other command: a missing directory is a mistyped path.
+    Never,
 }
 
 fn main() -> ExitCode {
@@ -93,12 +165,40 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print as usual.
+        Err(err) if !err.use_stderr() => err.exit(),
+        // A usage error is one line too.
+        Err(err) => {
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("vmhost: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            // One line, whatever the error chain looks like.
-            let message = format!("{err:#}");
+            // One line, whatever the error chain looks like; a cause that its error's own
+            // message already shows is not repeated.
+            let mut message = String::new();
+            for cause in err.chain() {
+                let text = cause.to_string();
+                if message.contains(&text) {
+                    continue;
+                }
+                if !message.is_empty() {
+                    message.push_str(": ");
+                }
+                message.push_str(&text);
+            }
             let line: Vec<&str> = message.split_whitespace().collect();
             eprintln!("vmhost: {}", line.join(" "));
             ExitCode::FAILURE
@@ -124,15 +224,55 @@ fn root(text: &str) -> Result<Root> {
     Root::from_hex(text).map_err(|e| anyhow::anyhow!("invalid root `{text}`: {e}"))
 }
 
-fn open(cli: &Cli) -> Result<Vm> {
+/// The file cache's verification mode from `--verification` and `--hmac-key-file`.
+fn verification(cli: &Cli) -> Result<Verification> {
+    match (cli.verification, &cli.hmac_key_file) {
+        (Mode::Authenticated, None) => {
+            bail!("--verification authenticated needs --hmac-key-file PATH")
+        }
+        (Mode::Authenticated, Some(path)) => {
+            let key = std::fs::read(path)
+                .with_context(|| format!("cannot read hmac key file {}", path.display()))?;
+            if key.len() < MIN_KEY_BYTES {
+                bail!(
+                    "hmac key file {} holds {} byte(s); a key needs at least {MIN_KEY_BYTES}",
+                    path.display(),
+                    key.len()
+                );
+            }
+            Ok(Verification::Authenticated { key })
+        }
+        (_, Some(_)) => bail!("--hmac-key-file is used only with --verification authenticated"),
+        (Mode::Trusted, None) => Ok(Verification::Trusted),
+        (Mode::Verified, None) => Ok(Verification::Verified),
+    }
+}
+
+/// The VM settings from the global options.
+fn config(cli: &Cli) -> Result<VmConfig> {
+    let memory_limit = usize::try_from(cli.memory_limit.0)
+        .context("--memory-limit is larger than this machine's address space")?;
+    Ok(VmConfig {
+        fsync: !cli.no_fsync,
+        fs_verification: verification(cli)?,
+        lru_bytes: cli.lru_bytes.0,
+        fs_cache_bytes: cli.cache_bytes.0,
+        default_fuel: cli.fuel,
+        memory_limit,
+        ..VmConfig::default()
+    })
+}
+
+fn open(cli: &Cli, create: Create) -> Result<Vm> {
     let Some(dir) = &cli.dir else {
         bail!("no VM directory: pass --dir DIR or set VMHOST_DIR");
     };
-    let config = VmConfig {
-        fsync: !cli.no_fsync,
-        ..VmConfig::default()
+    let config = config(cli)?;
+    let vm = match create {
+        Create::IfMissing => Vm::open(dir, config),
+        Create::Never => Vm::open_existing(dir, config),
     };
-    Vm::open(dir, config).with_context(|| format!("cannot open VM directory {}", dir.display()))
+    vm.with_context(|| format!("cannot open VM directory {}", dir.display()))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -142,7 +282,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Deploy { file } => {
             let wasm = read_module(file)?;
-            let vm = open(&cli)?;
+            let vm = open(&cli, Create::IfMissing)?;
             let (id, root) = vm.deploy(&wasm)?;
             println!("{id}");
             println!("root {root}");
@@ -150,22 +290,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Call {
             base,
             commit,
-            fuel,
             module,
             function,
             args,
         } => {
             let module = module_id(module)?;
             let base = base.as_deref().map(root).transpose()?;
-            let vm = open(&cli)?;
+            let vm = open(&cli, Create::Never)?;
             let base = match base {
                 Some(base) => Some(base),
                 None => Some(vm.latest().context("the store has no commits yet")?),
             };
             let mut session = vm.session(base)?;
-            if let Some(fuel) = fuel {
-                session.set_fuel(*fuel);
-            }
             let (params, _) = session.signature(&module, function)?;
             let values = parse_args(&params, args)?;
             let results = session.call(&module, function, &values)?;
@@ -175,21 +311,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("root {}", session.commit()?);
             }
         }
-        Command::Commits => {
-            let vm = open(&cli)?;
-            for commit in vm.commits() {
-                let parent = commit.parent.map_or_else(|| "-".to_owned(), |p| p.to_hex());
-                println!(
-                    "{} parent {} modules {}",
-                    commit.root,
-                    parent,
-                    commit.modules.len()
-                );
+        Command::Commits { json } => {
+            let vm = open(&cli, Create::Never)?;
+            let commits = vm.commits();
+            if *json {
+                let list: Vec<_> = commits
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "root": c.root.to_hex(),
+                            "parent": c.parent.map(|p| p.to_hex()),
+                            "seq": c.seq,
+                            "modules": c.modules.iter().map(|m| m.to_hex()).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "commits": list }));
+            } else {
+                for commit in commits {
+                    let parent = commit.parent.map_or_else(|| "-".to_owned(), |p| p.to_hex());
+                    println!(
+                        "{} parent {} modules {}",
+                        commit.root,
+                        parent,
+                        commit.modules.len()
+                    );
+                }
             }
         }
         Command::Delete { root: text } => {
             let root = root(text)?;
-            let vm = open(&cli)?;
+            let vm = open(&cli, Create::Never)?;
             match vm.delete(&root)? {
                 Deletion::Deleted => println!("deleted {root}"),
                 Deletion::Deferred { sessions } => println!(
@@ -197,44 +349,127 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ),
             }
         }
-        Command::Verify => {
-            let vm = open(&cli)?;
+        Command::Verify { json } => {
+            let vm = open(&cli, Create::Never)?;
             let outcome = vm.verify()?;
-            for problem in &outcome.problems {
-                println!("problem: {problem}");
+            if *json {
+                println!(
+                    "{}",
+                    json!({
+                        "ok": outcome.is_ok(),
+                        "commits": outcome.commits,
+                        "artifacts": outcome.artifacts,
+                        "problems": outcome.problems,
+                    })
+                );
+            } else {
+                for problem in &outcome.problems {
+                    println!("problem: {problem}");
+                }
+                println!(
+                    "checked {} commit(s) and {} cached artifact(s): {}",
+                    outcome.commits,
+                    outcome.artifacts,
+                    if outcome.is_ok() { "ok" } else { "NOT OK" }
+                );
             }
-            println!(
-                "checked {} commit(s) and {} cached artifact(s): {}",
-                outcome.commits,
-                outcome.artifacts,
-                if outcome.is_ok() { "ok" } else { "NOT OK" }
-            );
             if !outcome.is_ok() {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Stats => {
-            let vm = open(&cli)?;
-            let stats = vm.stats();
-            demo::print_layers(&stats.layers);
-            println!(
-                "commits {} | pinned modules {} | compiles {} | instantiations {} | calls {}",
-                vm.commits().len(),
-                vm.pins().len(),
-                stats.compiles,
-                stats.instantiations,
-                stats.calls
-            );
+        Command::Stats { json } => {
+            let vm = open(&cli, Create::Never)?;
+            let stats = vm.disk_stats()?;
+            if *json {
+                let cache: Vec<_> = stats
+                    .cache
+                    .iter()
+                    .map(|f| {
+                        json!({
+                            "folder": f.name,
+                            "in_use": f.in_use,
+                            "entries": f.entries,
+                            "bytes": f.bytes,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({
+                        "dir": vm.dir().display().to_string(),
+                        "store": {
+                            "bytes": stats.store_bytes,
+                            "apparent_bytes": stats.store_apparent_bytes,
+                            "files": stats.store_files,
+                        },
+                        "commits": stats.commits,
+                        "cache": cache,
+                        "pins": stats.pins.iter().map(|p| p.to_hex()).collect::<Vec<_>>(),
+                    })
+                );
+            } else {
+                println!(
+                    "store {} bytes on disk ({} bytes apparent) in {} file(s)",
+                    stats.store_bytes, stats.store_apparent_bytes, stats.store_files
+                );
+                println!("commits {}", stats.commits);
+                for folder in &stats.cache {
+                    println!(
+                        "cache {} ({}) entries {} bytes {}",
+                        folder.name,
+                        if folder.in_use {
+                            "in use"
+                        } else {
+                            "other engine"
+                        },
+                        folder.entries,
+                        folder.bytes
+                    );
+                }
+                println!("pins {}", stats.pins.len());
+                for pin in &stats.pins {
+                    println!("pin {pin}");
+                }
+            }
+        }
+        Command::Prune { json } => {
+            let vm = open(&cli, Create::Never)?;
+            let report = vm.prune()?;
+            if *json {
+                let folders: Vec<String> = report
+                    .removed_folders
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect();
+                println!(
+                    "{}",
+                    json!({
+                        "removed_folders": folders,
+                        "removed_files": report.removed_files,
+                        "removed_bytes": report.removed_bytes,
+                    })
+                );
+            } else {
+                for folder in &report.removed_folders {
+                    println!("removed {}", folder.display());
+                }
+                println!(
+                    "freed {} bytes: {} cache folder(s), {} file(s)",
+                    report.removed_bytes,
+                    report.removed_folders.len(),
+                    report.removed_files
+                );
+            }
         }
         Command::Pin { module } => {
             let id = module_id(module)?;
-            let vm = open(&cli)?;
+            let vm = open(&cli, Create::Never)?;
             vm.pin(&id)?;
             println!("pinned {id}");
         }
         Command::Unpin { module } => {
             let id = module_id(module)?;
-            let vm = open(&cli)?;
+            let vm = open(&cli, Create::Never)?;
             if vm.unpin(&id)? {
                 println!("unpinned {id}");
             } else {
@@ -246,7 +481,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .iter()
                 .map(|p| read_module(p))
                 .collect::<Result<Vec<_>>>()?;
-            let vm = open(&cli)?;
+            let vm = open(&cli, Create::IfMissing)?;
             let bar = indicatif::ProgressBar::new(modules.len() as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(

@@ -1,20 +1,35 @@
 //! End-to-end tests of the `vmhost` binary: its output contract, persistence across processes,
-//! and one clear line on stderr with a non-zero exit for every kind of bad input.
+//! one clear line on stderr with a non-zero exit for every kind of bad input, the options, the
+//! JSON output, `prune`, `stats` and the logs.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-const COUNTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../vm-host/contracts/counter.wat");
+const COUNTER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../vm-host/contracts/counter.wat"
+);
 const BANK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../vm-host/contracts/bank.wat");
 
 fn vmhost(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmhost"))
+    command(dir).args(args).output().expect("vmhost runs")
+}
+
+/// `vmhost --dir DIR --no-fsync`, with `RUST_LOG` unset.
+fn command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vmhost"));
+    command
+        .env_remove("RUST_LOG")
         .arg("--dir")
         .arg(dir)
-        .arg("--no-fsync")
-        .args(args)
-        .output()
-        .expect("vmhost runs")
+        .arg("--no-fsync");
+    command
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    let text = stdout(out);
+    assert_eq!(text.lines().count(), 1, "one JSON document: {text}");
+    serde_json::from_str(&text).expect("valid JSON")
 }
 
 fn stdout(out: &Output) -> String {
@@ -111,7 +126,9 @@ fn deploy_call_commit_and_read_old_commits() {
     assert!(vmhost(dir, &["verify"]).status.success());
 
     assert!(stdout(&vmhost(dir, &["pin", &counter])).contains("pinned"));
-    assert!(stdout(&vmhost(dir, &["stats"])).contains("pinned modules 1"));
+    let stats = stdout(&vmhost(dir, &["stats"]));
+    assert!(stats.contains("pins 1"), "{stats}");
+    assert!(stats.contains(&format!("pin {counter}")), "{stats}");
     assert!(stdout(&vmhost(dir, &["unpin", &counter])).contains("unpinned"));
 }
 
@@ -211,4 +228,334 @@ fn precompile_fills_the_file_cache_with_the_deployable_module() {
         &vmhost(dir, &["precompile", "/nonexistent.wasm"]),
         "cannot read",
     );
+}
+
+#[test]
+fn help_documents_every_command_and_option() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vmhost"))
+            .args(args)
+            .output()
+            .expect("vmhost runs");
+        stdout(&out)
+    };
+    let top = help(&["--help"]);
+    for option in [
+        "--dir",
+        "--no-fsync",
+        "--verification",
+        "trusted",
+        "verified",
+        "authenticated",
+        "--hmac-key-file",
+        "--lru-bytes",
+        "--cache-bytes",
+        "--fuel",
+        "--memory-limit",
+        "RUST_LOG",
+    ] {
+        assert!(top.contains(option), "`{option}` not in --help:\n{top}");
+    }
+    for command in [
+        "deploy",
+        "call",
+        "commits",
+        "delete",
+        "verify",
+        "stats",
+        "prune",
+        "pin",
+        "unpin",
+        "precompile",
+        "demo",
+    ] {
+        assert!(top.contains(command), "`{command}` not in --help:\n{top}");
+        let own = help(&[command, "--help"]);
+        // The global options are documented in each command's help too.
+        assert!(own.contains("--verification"), "{command}:\n{own}");
+        assert!(own.contains("--memory-limit"), "{command}:\n{own}");
+    }
+    for command in ["commits", "verify", "stats", "prune"] {
+        assert!(help(&[command, "--help"]).contains("--json"), "{command}");
+    }
+    // The defaults are VmConfig's, shown with units.
+    assert!(top.contains("[default: 512MiB]"), "{top}");
+    assert!(top.contains("[default: 4GiB]"), "{top}");
+}
+
+#[test]
+fn read_only_commands_never_create_a_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let typo = dir.path().join("typo");
+    let module = "cd".repeat(32);
+    let root = "ab".repeat(32);
+    for args in [
+        vec!["verify"],
+        vec!["verify", "--json"],
+        vec!["commits"],
+        vec!["stats", "--json"],
+        vec!["prune"],
+        vec!["call", &module, "get"],
+        vec!["delete", &root],
+        vec!["pin", &module],
+        vec!["unpin", &module],
+    ] {
+        fails(&vmhost(&typo, &args), "not a VM directory");
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    // An existing directory that is not a VM directory is refused the same way, untouched.
+    fails(&vmhost(dir.path(), &["verify"]), "not a VM directory");
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+    // deploy creates it.
+    deploy(&typo, COUNTER);
+    assert!(stdout(&vmhost(&typo, &["verify"])).contains("ok"));
+}
+
+#[test]
+fn json_output_of_commits_stats_and_verify() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
+    let (counter, genesis) = deploy(dir, COUNTER);
+    let r1 = stdout(&vmhost(dir, &["call", "--commit", &counter, "add", "5"]))
+        .lines()
+        .nth(1)
+        .and_then(|l| l.strip_prefix("root "))
+        .expect("root")
+        .to_owned();
+    stdout(&vmhost(dir, &["pin", &counter]));
+
+    let commits = json(&vmhost(dir, &["commits", "--json"]));
+    let list = commits["commits"].as_array().expect("commits array");
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["root"], genesis.as_str());
+    assert!(list[0]["parent"].is_null());
+    assert_eq!(list[0]["modules"][0], counter.as_str());
+    assert!(list[0]["seq"].is_u64());
+    assert_eq!(list[1]["root"], r1.as_str());
+    assert_eq!(list[1]["parent"], genesis.as_str());
+
+    let stats = json(&vmhost(dir, &["stats", "--json"]));
+    assert_eq!(stats["commits"], 2);
+    assert_eq!(stats["pins"][0], counter.as_str());
+    assert!(stats["dir"].is_string());
+    assert!(stats["store"]["bytes"].as_u64().expect("bytes") > 0);
+    assert!(stats["store"]["apparent_bytes"].as_u64().expect("apparent") > 0);
+    assert!(stats["store"]["files"].as_u64().expect("files") > 0);
+    let cache = stats["cache"].as_array().expect("cache array");
+    assert_eq!(cache.len(), 1, "{stats}");
+    assert_eq!(cache[0]["in_use"], true);
+    assert_eq!(cache[0]["entries"], 1, "the counter's runtime form");
+    assert!(cache[0]["bytes"].as_u64().expect("bytes") > 0);
+    assert!(
+        cache[0]["folder"]
+            .as_str()
+            .expect("folder")
+            .starts_with('v')
+    );
+
+    let verify = json(&vmhost(dir, &["verify", "--json"]));
+    assert_eq!(verify["ok"], true);
+    assert_eq!(verify["commits"], 2);
+    assert_eq!(verify["artifacts"], 1);
+    assert_eq!(verify["problems"].as_array().map(Vec::len), Some(0));
+
+    // A damaged cache entry: verify says so in JSON and exits non-zero. (Unpinned first: a
+    // pinned module is loaded at open, which replaces a damaged entry.)
+    stdout(&vmhost(dir, &["unpin", &counter]));
+    let folder = dir
+        .join("cache")
+        .join(cache[0]["folder"].as_str().expect("folder"));
+    let entry = std::fs::read_dir(&folder)
+        .expect("folder")
+        .next()
+        .expect("an entry")
+        .expect("entry")
+        .path();
+    let mut bytes = std::fs::read(&entry).expect("read");
+    bytes[100] ^= 1;
+    std::fs::write(&entry, bytes).expect("write");
+    let out = vmhost(dir, &["verify", "--json"]);
+    assert!(!out.status.success());
+    let verify: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON on failure too");
+    assert_eq!(verify["ok"], false);
+    assert_eq!(verify["problems"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn prune_frees_the_folders_of_other_engines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
+    let (counter, _) = deploy(dir, COUNTER);
+    let other = dir.join("cache").join(format!("v1-{}", "ab".repeat(32)));
+    std::fs::create_dir(&other).expect("mkdir");
+    std::fs::write(
+        other.join(format!("{}.cwasm", "cd".repeat(32))),
+        vec![7; 1000],
+    )
+    .expect("write");
+    // Not a cache folder name: prune leaves it alone.
+    let stranger = dir.join("cache").join("notes");
+    std::fs::create_dir(&stranger).expect("mkdir");
+
+    let stats = stdout(&vmhost(dir, &["stats"]));
+    assert!(
+        stats.contains(&format!(
+            "cache v1-{} (other engine) entries 1 bytes 1000",
+            "ab".repeat(32)
+        )),
+        "{stats}"
+    );
+    assert!(stats.contains("(in use) entries 1"), "{stats}");
+
+    let out = stdout(&vmhost(dir, &["prune"]));
+    assert!(
+        out.contains(&format!("removed {}", other.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("freed 1000 bytes: 1 cache folder(s), 1 file(s)"),
+        "{out}"
+    );
+    assert!(!other.exists());
+    assert!(stranger.exists());
+    // This engine's cache is untouched: the call loads the cached module.
+    assert_eq!(stdout(&vmhost(dir, &["call", &counter, "get"])), "0\n");
+
+    let again = json(&vmhost(dir, &["prune", "--json"]));
+    assert_eq!(again["removed_bytes"], 0);
+    assert_eq!(again["removed_files"], 0);
+    assert_eq!(again["removed_folders"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn authenticated_mode_needs_a_long_enough_key_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = tempfile::tempdir().expect("key dir");
+    let vm = dir.path();
+    let key = keys.path().join("key");
+    let other_key = keys.path().join("other-key");
+    let short = keys.path().join("short");
+    let empty = keys.path().join("empty");
+    std::fs::write(&key, [1u8; 32]).expect("write");
+    std::fs::write(&other_key, [2u8; 32]).expect("write");
+    std::fs::write(&short, b"secret").expect("write");
+    std::fs::write(&empty, b"").expect("write");
+    let key_arg = key.to_str().expect("utf-8");
+    let auth = |key: &str, args: &[&str]| {
+        let mut all = vec!["--verification", "authenticated", "--hmac-key-file", key];
+        all.extend_from_slice(args);
+        vmhost(vm, &all)
+    };
+
+    fails(
+        &vmhost(vm, &["--verification", "authenticated", "deploy", COUNTER]),
+        "needs --hmac-key-file",
+    );
+    fails(
+        &auth(short.to_str().expect("utf-8"), &["deploy", COUNTER]),
+        "at least 32",
+    );
+    fails(
+        &auth(empty.to_str().expect("utf-8"), &["deploy", COUNTER]),
+        "0 byte(s)",
+    );
+    fails(
+        &auth("/nonexistent/key", &["deploy", COUNTER]),
+        "cannot read hmac key file",
+    );
+    fails(
+        &vmhost(vm, &["--hmac-key-file", key_arg, "deploy", COUNTER]),
+        "only with --verification authenticated",
+    );
+    assert!(
+        !vm.join("store").exists(),
+        "a refused option creates nothing"
+    );
+
+    let out = auth(key_arg, &["deploy", COUNTER]);
+    let counter = stdout(&out).lines().next().expect("id").to_owned();
+    assert!(stdout(&auth(key_arg, &["verify"])).contains("ok"));
+    assert_eq!(stdout(&auth(key_arg, &["call", &counter, "get"])), "0\n");
+    // Another key does not authenticate the cached module.
+    let out = auth(other_key.to_str().expect("utf-8"), &["verify"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NOT OK"));
+}
+
+#[test]
+fn settings_options_reach_the_vm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
+    let (counter, _) = deploy(dir, COUNTER);
+    fails(
+        &vmhost(dir, &["--fuel", "1000", "call", &counter, "spin"]),
+        "out of fuel",
+    );
+    // A memory limit below the module's memory refuses to instantiate it.
+    let out = vmhost(dir, &["--memory-limit", "0", "call", &counter, "get"]);
+    assert!(
+        !out.status.success(),
+        "a 0-byte memory limit must refuse the module"
+    );
+    let ok = vmhost(
+        dir,
+        &[
+            "--lru-bytes",
+            "64MiB",
+            "--cache-bytes",
+            "none",
+            "--memory-limit",
+            "1GiB",
+            "--verification",
+            "trusted",
+            "call",
+            &counter,
+            "get",
+        ],
+    );
+    assert_eq!(stdout(&ok), "0\n");
+    // A cache limit smaller than any artifact: the module is compiled and not saved.
+    let fresh = tempfile::tempdir().expect("temp dir");
+    let out = stdout(&vmhost(
+        fresh.path(),
+        &["--cache-bytes", "1KiB", "precompile", COUNTER],
+    ));
+    assert_eq!(out.lines().count(), 1);
+    let stats = json(&vmhost(fresh.path(), &["stats", "--json"]));
+    assert_eq!(stats["cache"][0]["entries"], 0, "{stats}");
+    // Bad values are one line each.
+    fails(
+        &vmhost(dir, &["--lru-bytes", "lots", "commits"]),
+        "--lru-bytes",
+    );
+    fails(
+        &vmhost(dir, &["--memory-limit", "2 parsecs", "commits"]),
+        "unknown unit",
+    );
+    fails(
+        &vmhost(dir, &["--verification", "paranoid", "commits"]),
+        "paranoid",
+    );
+}
+
+#[test]
+fn rust_log_shows_opening_compiles_and_commits_on_stderr() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = command(dir.path())
+        .env("RUST_LOG", "debug")
+        .args(["deploy", COUNTER])
+        .output()
+        .expect("vmhost runs");
+    // stdout keeps its contract.
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    for event in ["opened", "compiled", "deployed", "committed"] {
+        assert!(logs.contains(event), "`{event}` not logged:\n{logs}");
+    }
+    // Without RUST_LOG, nothing on stderr.
+    let quiet = vmhost(dir.path(), &["commits"]);
+    stdout(&quiet);
+    assert!(quiet.stderr.is_empty());
 }
