@@ -489,3 +489,61 @@ fn a_compile_counts_one_miss_per_layer() -> Result<()> {
     assert_eq!(stats.layers[1].hits, 1, "{:?}", stats.layers);
     Ok(())
 }
+
+#[test]
+fn open_existing_refuses_a_missing_vm_and_creates_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let missing = dir.path().join("typo");
+    for path in [missing.as_path(), dir.path()] {
+        match Vm::open_existing(path, VmConfig::for_tests()) {
+            Err(VmError::Io { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound)
+            }
+            other => panic!("expected NotFound, got {:?}", other.map(|_| ())),
+        }
+    }
+    assert!(!missing.exists());
+    assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
+    let (counter, _) = open(dir.path())?.deploy(&wasm(COUNTER))?;
+    let vm = Vm::open_existing(dir.path(), VmConfig::for_tests())?;
+    assert_eq!(vm.commits().len(), 1);
+    assert_eq!(vm.commits()[0].modules, vec![counter]);
+    Ok(())
+}
+
+#[test]
+fn disk_stats_read_the_directory_and_prune_frees_other_engines() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (counter, _) = vm.deploy(&wasm(COUNTER))?;
+    vm.pin(&counter)?;
+    let other = dir
+        .path()
+        .join("cache")
+        .join(format!("v1-{}", "ab".repeat(32)));
+    std::fs::create_dir(&other)?;
+    std::fs::write(other.join("x.cwasm"), [0u8; 300])?;
+    drop(vm);
+
+    // A fresh process sees the same disk, whatever its own counters say.
+    let vm = open(dir.path())?;
+    assert_eq!(vm.stats().compiles, 0);
+    let stats = vm.disk_stats()?;
+    assert_eq!(stats.commits, 1);
+    assert_eq!(stats.pins, vec![counter]);
+    assert!(stats.store_files > 0 && stats.store_bytes > 0 && stats.store_apparent_bytes > 0);
+    assert_eq!(stats.cache.len(), 2, "{:?}", stats.cache);
+    let (mine, theirs): (Vec<_>, Vec<_>) = stats.cache.iter().partition(|f| f.in_use);
+    assert_eq!((mine.len(), mine[0].entries), (1, 1));
+    assert!(mine[0].bytes > 0);
+    assert_eq!((theirs[0].entries, theirs[0].bytes), (1, 300));
+
+    let report = vm.prune()?;
+    assert_eq!(report.removed_folders, vec![other.clone()]);
+    assert_eq!((report.removed_files, report.removed_bytes), (1, 300));
+    assert!(!other.exists());
+    let after = vm.disk_stats()?;
+    assert_eq!(after.cache.len(), 1);
+    assert!(after.cache[0].in_use);
+    Ok(())
+}

@@ -62,7 +62,10 @@ impl FromStr for Size {
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match BINARY.iter().find(|(_, m)| self.0 != 0 && self.0.is_multiple_of(*m)) {
+        match BINARY
+            .iter()
+            .find(|(_, m)| self.0 != 0 && self.0.is_multiple_of(*m))
+        {
             Some((unit, m)) => write!(f, "{}{unit}", self.0 / m),
             None => write!(f, "{}", self.0),
         }
