@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use vm_host::{Deletion, LayerStats, ModuleId, Value, Vm, VmConfig, VmError};
 
-const COUNTER: &str = include_str!("../../vm-host/contracts/counter.wat");
-const BANK: &str = include_str!("../../vm-host/contracts/bank.wat");
+const COUNTER: &str = include_str!("../contracts/counter.wat");
+const BANK: &str = include_str!("../contracts/bank.wat");
 
 /// One timed step of the demo.
 struct Step {

@@ -5,11 +5,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-const COUNTER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../vm-host/contracts/counter.wat"
-);
-const BANK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../vm-host/contracts/bank.wat");
+const COUNTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contracts/counter.wat");
+const BANK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contracts/bank.wat");
 
 fn vmhost(dir: &Path, args: &[&str]) -> Output {
     command(dir).args(args).output().expect("vmhost runs")
