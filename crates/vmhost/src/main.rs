@@ -167,13 +167,25 @@ fn main() -> ExitCode {
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        // --help and --version print as usual.
-        Err(err) if !err.use_stderr() => err.exit(),
+        // --help, --version, and the help that a bare `vmhost` prints, as usual.
+        Err(err)
+            if !err.use_stderr()
+                || err.kind()
+                    == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            err.exit()
+        }
         // A usage error is one line too.
         Err(err) => {
             let text = err.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("vmhost: {}", first.trim_start_matches("error: "));
+            // The error is its first paragraph (the usage and hints follow a blank line).
+            let paragraph: Vec<&str> = text
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .flat_map(str::split_whitespace)
+                .collect();
+            let message = paragraph.join(" ");
+            eprintln!("vmhost: {}", message.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };

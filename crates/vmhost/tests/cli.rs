@@ -534,6 +534,8 @@ fn settings_options_reach_the_vm() {
         &vmhost(dir, &["--verification", "paranoid", "commits"]),
         "paranoid",
     );
+    fails(&vmhost(dir, &["call", &counter]), "<FUNCTION>");
+    fails(&vmhost(dir, &["frobnicate"]), "frobnicate");
 }
 
 #[test]
