@@ -539,7 +539,7 @@ fn settings_options_reach_the_vm() {
 }
 
 #[test]
-fn rust_log_shows_opening_compiles_and_commits_on_stderr() {
+fn rust_log_shows_opening_compiles_commits_rejections_and_evictions_on_stderr() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = command(dir.path())
         .env("RUST_LOG", "debug")
@@ -557,4 +557,45 @@ fn rust_log_shows_opening_compiles_and_commits_on_stderr() {
     let quiet = vmhost(dir.path(), &["commits"]);
     stdout(&quiet);
     assert!(quiet.stderr.is_empty());
+
+    // A damaged cache file is rejected (and recompiled), with a warning.
+    let counter = text.lines().next().expect("id");
+    let folder = std::fs::read_dir(dir.path().join("cache"))
+        .expect("cache")
+        .next()
+        .expect("a folder")
+        .expect("entry")
+        .path();
+    let entry = std::fs::read_dir(&folder)
+        .expect("folder")
+        .next()
+        .expect("an entry")
+        .expect("entry")
+        .path();
+    let mut bytes = std::fs::read(&entry).expect("read");
+    bytes[100] ^= 1;
+    std::fs::write(&entry, bytes).expect("write");
+    let out = command(dir.path())
+        .env("RUST_LOG", "warn")
+        .args(["call", counter, "get"])
+        .output()
+        .expect("vmhost runs");
+    assert_eq!(stdout(&out), "0\n");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("cache file rejected"), "{logs}");
+    assert!(
+        !logs.contains("compiled"),
+        "info events are below warn: {logs}"
+    );
+
+    // A byte limit that holds one module: the second evicts the first.
+    let small = tempfile::tempdir().expect("temp dir");
+    let out = command(small.path())
+        .env("RUST_LOG", "debug")
+        .args(["--cache-bytes", "30KiB", "precompile", COUNTER, BANK])
+        .output()
+        .expect("vmhost runs");
+    stdout(&out);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("cache file evicted"), "{logs}");
 }
