@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use proptest::prelude::*;
-use store_commit::fs::{FaultFs, FaultMode, Fs, Op, PowerLossFs, RealFs};
 use store_commit::{
     Deletion, MemoryHandle, Missing, ModuleId, PAGE_SIZE, Root, Session, Store, StoreConfig,
     StoreError,
 };
 use store_index::{MemoryTree, hash, state_root};
+use strata_fs::{Clock, FaultFs, FaultMode, Loss, NoSyncFs, Op, PowerLossFs, RealFs};
 
 const RES: usize = 16 * PAGE_SIZE;
 
@@ -603,49 +603,6 @@ fn reopen_with_a_thousand_commits_reads_no_memory_file() -> Result<()> {
     Ok(())
 }
 
-/// A file system that never syncs (fault tests count the sync calls, but need not wait for them).
-#[derive(Debug)]
-struct NoSync;
-
-impl Fs for NoSync {
-    fn create_dir(&self, p: &Path) -> std::io::Result<()> {
-        RealFs.create_dir(p)
-    }
-    fn write_file(&self, p: &Path, d: &[u8], s: bool) -> std::io::Result<()> {
-        RealFs.write_file(p, d, s)
-    }
-    fn sync_file(&self, _: &Path) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn sync_dir(&self, _: &Path) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn rename(&self, f: &Path, t: &Path) -> std::io::Result<()> {
-        RealFs.rename(f, t)
-    }
-    fn hard_link(&self, o: &Path, l: &Path) -> std::io::Result<()> {
-        RealFs.hard_link(o, l)
-    }
-    fn remove_all(&self, p: &Path) -> std::io::Result<()> {
-        RealFs.remove_all(p)
-    }
-    fn read_dir(&self, p: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
-        RealFs.read_dir(p)
-    }
-    fn read_file(&self, p: &Path) -> std::io::Result<Vec<u8>> {
-        RealFs.read_file(p)
-    }
-    fn open_read(&self, p: &Path) -> std::io::Result<std::fs::File> {
-        RealFs.open_read(p)
-    }
-    fn exists(&self, p: &Path) -> std::io::Result<bool> {
-        RealFs.exists(p)
-    }
-    fn lock(&self, p: &Path) -> std::io::Result<std::fs::File> {
-        RealFs.lock(p)
-    }
-}
-
 struct FaultCase {
     dir: tempfile::TempDir,
     fs: Arc<FaultFs>,
@@ -656,7 +613,7 @@ struct FaultCase {
 
 fn fault_case() -> Result<FaultCase> {
     let dir = tempfile::tempdir()?;
-    let fs = Arc::new(FaultFs::new(Arc::new(NoSync)));
+    let fs = Arc::new(FaultFs::new(Arc::new(NoSyncFs::real())));
     fs.set_logging(false);
     let config = StoreConfig::default(); // fsync on: the sync calls are part of what can fail
     let store = Store::open_with_fs(dir.path(), config, fs.clone())?;
@@ -873,7 +830,11 @@ struct PowerCase {
 /// real syncs are skipped, the simulation tracks them).
 fn power_case() -> Result<PowerCase> {
     let dir = tempfile::tempdir()?;
-    let fs = Arc::new(PowerLossFs::new(Arc::new(NoSync)));
+    let fs = Arc::new(PowerLossFs::new(
+        Arc::new(NoSyncFs::real()),
+        dir.path(),
+        Clock::new(),
+    ));
     let store = Store::open_with_fs(dir.path(), StoreConfig::default(), fs.clone())?;
     let codes = [wasm(1), wasm(2), wasm(3)];
     let ids = [0, 1, 2].map(|i| ModuleId::of_wasm(&codes[i]));
@@ -938,7 +899,7 @@ fn power_loss_at_every_operation_of_a_commit_and_a_delete() -> Result<()> {
             mut committed,
         } = case;
         drop(store);
-        fs.power_cut()?;
+        fs.power_cut(Loss::Unsynced)?;
         let may = if k == commit_ops {
             committed.extend(expected.clone());
             HashMap::new()
@@ -966,7 +927,7 @@ fn power_loss_at_every_operation_of_a_commit_and_a_delete() -> Result<()> {
             mut committed,
         } = case;
         drop(store);
-        fs.power_cut()?;
+        fs.power_cut(Loss::Unsynced)?;
         let base_state = committed.remove(&base).context("base")?;
         let may = if k == delete_ops {
             HashMap::new()
@@ -1003,8 +964,12 @@ fn power_loss_keeps_the_commits_of_a_newly_created_store_directory() -> Result<(
     loop {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("new").join("store");
-        let fs = Arc::new(PowerLossFs::new(Arc::new(NoSync)));
-        assert!(fs.exists(tmp.path())?); // the simulated disk: the existing temporary directory
+        // The simulated disk: the existing temporary directory.
+        let fs = Arc::new(PowerLossFs::new(
+            Arc::new(NoSyncFs::real()),
+            tmp.path(),
+            Clock::new(),
+        ));
         fs.cut_at(fs.ops() + k);
         let committed =
             Store::open_with_fs(&dir, StoreConfig::default(), fs.clone()).and_then(|store| {
@@ -1013,7 +978,7 @@ fn power_loss_keeps_the_commits_of_a_newly_created_store_directory() -> Result<(
                 s.commit()
             });
         let what = format!("new store, power lost at op {k}");
-        fs.power_cut().context(what.clone())?;
+        fs.power_cut(Loss::Unsynced).context(what.clone())?;
         let store = Store::open(&dir, quick()).context(what.clone())?;
         if let Ok(r) = &committed {
             assert_eq!(*r, root);
@@ -1051,7 +1016,11 @@ fn power_loss_at_random_points_of_commit_and_delete_sequences() -> Result<()> {
             rng
         };
         let dir = tempfile::tempdir()?;
-        let fs = Arc::new(PowerLossFs::new(Arc::new(NoSync)));
+        let fs = Arc::new(PowerLossFs::new(
+            Arc::new(NoSyncFs::real()),
+            dir.path(),
+            Clock::new(),
+        ));
         let config = StoreConfig {
             delta_ratio: 4,
             ..StoreConfig::default()
@@ -1138,7 +1107,7 @@ fn power_loss_at_random_points_of_commit_and_delete_sequences() -> Result<()> {
             }
         }
         drop(store);
-        fs.power_cut()?;
+        fs.power_cut(Loss::Unsynced)?;
         let mut may = HashMap::new();
         acked_total += acked.len();
         if let Some((root, state)) = in_flight {

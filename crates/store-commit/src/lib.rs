@@ -23,7 +23,7 @@
 //!
 //! Commits are atomic and durable (temporary directory, fsync, rename, fsync of the parent),
 //! deletion of one commit changes no other, and every file-system operation goes through the
-//! [`fs::Fs`] trait so tests can inject faults. The crate knows nothing of wasmtime. The on-disk
+//! [`strata_fs::Fs`] trait so tests can inject faults. The crate knows nothing of wasmtime. The on-disk
 //! format is described in `docs/STORE-FORMAT.md`.
 //!
 //! # Example
@@ -64,7 +64,6 @@
 
 mod blob;
 mod delta;
-pub mod fs;
 mod mapping;
 mod session;
 #[cfg(test)]
@@ -84,9 +83,9 @@ use store_index::{
 pub use store_index::{Digest, IndexError, ModuleId, PAGE_SIZE, Root};
 
 use crate::delta::DeltaPages;
-use crate::fs::{Fs, RealFs};
 pub use crate::mapping::MemoryHandle;
 pub use crate::session::{Checkpoint, Session};
+use strata_fs::{Fs, RealFs, Zeros};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +282,7 @@ pub(crate) struct Inner {
     pub(crate) config: StoreConfig,
     pub(crate) fs: Arc<dyn Fs>,
     /// Held for the life of the store: one `Store` per directory.
-    _lock: std::fs::File,
+    _lock: strata_fs::File,
     poisoned: AtomicBool,
     pub(crate) state: Mutex<State>,
     tmp_counter: AtomicU64,
@@ -315,7 +314,7 @@ impl Store {
     }
 
     /// [`open`](Self::open) through another file system (tests inject faults with
-    /// [`fs::FaultFs`]).
+    /// `strata_fs::FaultFs`).
     pub fn open_with_fs(
         dir: &Path,
         config: StoreConfig,
@@ -366,7 +365,7 @@ impl Store {
             .map_err(|e| index_err(&marker, e))?;
             let tmp = dir.join(format!("{TMP_PREFIX}format"));
             fs.remove_all(&tmp).map_err(io_err("remove", &tmp))?;
-            fs.write_file(&tmp, &bytes, false)
+            fs.write_file(&tmp, &bytes, Zeros::Write)
                 .map_err(io_err("write", &tmp))?;
             if config.fsync {
                 fs.sync_file(&tmp).map_err(io_err("fsync", &tmp))?;

@@ -15,6 +15,7 @@ use crate::blob;
 use crate::delta::DeltaPages;
 use crate::mapping::{ImageView, Mapping, MemoryHandle, OS_PAGE};
 use crate::{Missing, Store, StoreError, io_err};
+use strata_fs::Zeros;
 
 const PAGES_PER_LEAF: u32 = (PAGE_SIZE / OS_PAGE) as u32;
 
@@ -458,7 +459,8 @@ impl Session {
             match source {
                 Source::Link(from) => fs.hard_link(&from, &path).map_err(io_err("link", &path))?,
                 Source::Write(data, sparse) => {
-                    fs.write_file(&path, &data, sparse)
+                    let zeros = if sparse { Zeros::Holes } else { Zeros::Write };
+                    fs.write_file(&path, &data, zeros)
                         .map_err(io_err("write", &path))?;
                     to_sync.push(path);
                 }
@@ -466,7 +468,7 @@ impl Session {
         }
         let path = tmp.join("index");
         let bytes = index.encode().map_err(|e| crate::index_err(&path, e))?;
-        fs.write_file(&path, &bytes, false)
+        fs.write_file(&path, &bytes, Zeros::Write)
             .map_err(io_err("write", &path))?;
         to_sync.push(path);
         if fsync {
