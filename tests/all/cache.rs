@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cache_core::{CacheKey, LayerStats, ModuleCache, ModuleCacheExt, module_size};
-use cache_fs::{FaultFs, FaultMode, FsCache, FsCacheConfig, TRAILER_LEN, Verification};
+use cache_fs::{FsCache, FsCacheConfig, TRAILER_LEN, Verification};
 use cache_lru::LruCache;
 use cache_pinned::PinnedCache;
+use strata_fs::{FaultFs, FaultMode};
 use wasmtime::{Engine, Instance, Module, OptLevel, Store};
 
 /// A module with an `answer` export returning `n`, and `funcs` extra functions to make it

@@ -1,18 +1,19 @@
-//! Power loss through the VM host: a VM opened over the power-loss file layers of the store
-//! (`store_commit::fs::PowerLossFs`) and of the file cache (`cache_fs::PowerLossFs`), sharing
-//! one clock, deploys, calls, commits and deletes; the power goes at each operation in turn
-//! (the whole machine: both layers stop at once), the loss is applied, and a fresh `Vm::open`
-//! must show every commit that returned, the one in flight whole or not at all, verify clean,
-//! and work on.
+//! Power loss through the VM host: a VM opened over one `strata_fs::PowerLossFs` (one clock, one
+//! simulated disk holding the store, the file cache and the pins) deploys, calls, pins, commits
+//! and deletes; the power goes at each operation in turn, the loss is applied (half the cuts
+//! lose every unsynced byte and name, half tear unsynced data), and a fresh `Vm::open` must show
+//! every commit that returned, the one in flight whole or not at all, the pin that returned,
+//! verify clean, and work on. A second test cuts the power at each operation of creating a new
+//! VM directory and its first commit.
 //!
 //! `STRATA_POWER_STRIDE` (default 1) cuts only at every n-th operation.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, ensure};
+use strata_fs::{Clock, Loss, NoSyncFs, PowerLossFs};
 use vm_host::{ModuleId, Root, Value, Vm, VmConfig, VmFiles};
 
 use crate::crash_vm::{check_sound, check_values, counter};
@@ -24,7 +25,9 @@ struct Done {
     commits: Vec<(Root, Vec<(ModuleId, i64)>)>,
     /// Deletes that returned.
     deleted: Vec<Root>,
-    /// A commit or delete that started and did not return.
+    /// The module whose pin returned.
+    pinned: Option<ModuleId>,
+    /// A commit, pin or delete that started and did not return.
     in_flight: Option<&'static str>,
 }
 
@@ -36,7 +39,7 @@ fn add(s: &mut vm_host::Session, m: &ModuleId, n: i64) -> Result<i64> {
 }
 
 /// Deploy A, commit; deploy B on it with a failing call, commit; a delta on a delta; delete the
-/// first commit. Stops at the first error (the machine is off).
+/// first commit; A is pinned after the first commit. Stops at the first error (the machine is off).
 fn scenario(vm: &Vm, done: &mut Done) -> Result<()> {
     let mut s = vm.session(None)?;
     let a = s.deploy(&counter(1))?;
@@ -44,6 +47,11 @@ fn scenario(vm: &Vm, done: &mut Done) -> Result<()> {
     done.in_flight = Some("commit 1");
     let r1 = s.commit()?;
     done.commits.push((r1, vec![(a, va)]));
+    done.in_flight = None;
+
+    done.in_flight = Some("pin");
+    vm.pin(&a)?;
+    done.pinned = Some(a);
     done.in_flight = None;
 
     let mut s = vm.session(Some(r1))?;
@@ -75,10 +83,7 @@ fn scenario(vm: &Vm, done: &mut Done) -> Result<()> {
 
 struct Machine {
     vm: Vm,
-    ops: Arc<AtomicU64>,
-    cut_at: Arc<AtomicU64>,
-    store: Arc<store_commit::fs::PowerLossFs>,
-    cache: Arc<cache_fs::PowerLossFs>,
+    fs: Arc<PowerLossFs>,
 }
 
 fn config() -> VmConfig {
@@ -88,33 +93,30 @@ fn config() -> VmConfig {
     }
 }
 
+/// The disk: every operation of the VM goes through `fs`; the real syncs are skipped (the
+/// simulation tracks them).
+fn disk(root: &Path) -> Arc<PowerLossFs> {
+    Arc::new(PowerLossFs::new(
+        Arc::new(NoSyncFs::real()),
+        root,
+        Clock::new(),
+    ))
+}
+
 fn boot(dir: &Path) -> Result<Machine> {
-    // The store's simulated disk starts at an existing store directory.
-    std::fs::create_dir_all(dir.join("store"))?;
-    let ops = Arc::new(AtomicU64::new(0));
-    let cut_at = Arc::new(AtomicU64::new(u64::MAX));
-    let store = Arc::new(store_commit::fs::PowerLossFs::with_clock(
-        Arc::new(store_commit::fs::RealFs),
-        ops.clone(),
-        cut_at.clone(),
-    ));
-    let cache = Arc::new(cache_fs::PowerLossFs::with_clock(
-        Arc::new(cache_fs::RealFs),
-        ops.clone(),
-        cut_at.clone(),
-    ));
-    let files = VmFiles {
-        store: store.clone(),
-        cache: cache.clone(),
-    };
+    let fs = disk(dir);
+    let files = VmFiles { fs: fs.clone() };
     let vm = Vm::open_with(dir, config(), files, |_| Ok(()))?;
-    Ok(Machine {
-        vm,
-        ops,
-        cut_at,
-        store,
-        cache,
-    })
+    Ok(Machine { vm, fs })
+}
+
+/// Half the cuts lose every unsynced byte and name, half keep the names and tear the data.
+fn loss(k: u64) -> Loss {
+    if k.is_multiple_of(2) {
+        Loss::Unsynced
+    } else {
+        Loss::TornData
+    }
 }
 
 /// Reopens after the loss and checks it against what finished; returns whether the commit or
@@ -148,7 +150,7 @@ fn check(dir: &Path, done: &Done, what: &str) -> Result<bool> {
     let mut took_effect = false;
     for root in extra {
         ensure!(
-            done.in_flight.is_some(),
+            done.in_flight.is_some_and(|f| f.starts_with("commit")),
             "{what}: commit {root} from nowhere"
         );
         let mut s = vm.session(Some(*root))?;
@@ -162,6 +164,9 @@ fn check(dir: &Path, done: &Done, what: &str) -> Result<bool> {
         if !took_effect {
             check_values(&vm, root, values, what)?;
         }
+    }
+    if let Some(id) = done.pinned {
+        ensure!(vm.pins().contains(&id), "{what}: pin of {id} lost");
     }
     // The VM works on: a new commit on the newest one.
     let mut s = vm.session(vm.latest())?;
@@ -182,14 +187,14 @@ fn power_loss_at_every_operation_of_deploy_call_commit_delete_through_the_vm() -
         .and_then(|s| s.parse().ok())
         .unwrap_or(1)
         .max(1);
-    // A clean run counts the operations (after the open) of both layers together.
+    // A clean run counts the operations (after the open) of the store, cache and pins together.
     let dir = tempfile::tempdir()?;
     let m = boot(dir.path())?;
-    let base = m.ops.load(Ordering::SeqCst);
+    let base = m.fs.ops();
     let mut done = Done::default();
     scenario(&m.vm, &mut done)?;
-    let total = m.ops.load(Ordering::SeqCst) - base;
-    ensure!(done.deleted.len() == 1 && done.in_flight.is_none());
+    let total = m.fs.ops() - base;
+    ensure!(done.deleted.len() == 1 && done.pinned.is_some() && done.in_flight.is_none());
     drop(m);
     ensure!(total > 60, "the scenario took only {total} operations");
 
@@ -197,36 +202,80 @@ fn power_loss_at_every_operation_of_deploy_call_commit_delete_through_the_vm() -
     for k in (0..=total).step_by(stride as usize) {
         let dir = tempfile::tempdir()?;
         let m = boot(dir.path())?;
-        m.cut_at
-            .store(m.ops.load(Ordering::SeqCst) + k, Ordering::SeqCst);
+        m.fs.cut_at(m.fs.ops() + k);
         let mut done = Done::default();
         let result = scenario(&m.vm, &mut done);
         ensure!(
             result.is_ok() == (k == total),
             "cut at {k} of {total}: {result:?}"
         );
-        let Machine {
-            vm, store, cache, ..
-        } = m;
+        let Machine { vm, fs } = m;
         drop(vm);
-        store.power_cut()?;
-        // Half the cuts lose the cache's unsynced data as a journaling file system may.
-        let loss = if k % 2 == 0 {
-            cache_fs::Loss::Unsynced
-        } else {
-            cache_fs::Loss::TornData
-        };
-        cache.power_cut(loss)?;
-        let what = format!("power lost at op {k} of {total} ({:?})", done.in_flight);
+        fs.power_cut(loss(k))?;
+        let what = format!(
+            "power lost at op {k} of {total} ({:?}, {:?})",
+            done.in_flight,
+            loss(k)
+        );
         let effect = check(dir.path(), &done, &what).with_context(|| what.clone())?;
         cuts += 1;
         in_flight += u64::from(done.in_flight.is_some());
         took_effect += u64::from(effect);
     }
     println!(
-        "power_vm: {cuts} power cuts over {total} operations (store and cache), \
+        "power_vm: {cuts} power cuts over {total} operations (store, cache and pins), \
          {in_flight} failed a commit or delete, {took_effect} of those were durable anyway"
     );
     ensure!(in_flight > 0 && took_effect > 0 && took_effect < in_flight);
     Ok(())
+}
+
+/// The power goes at each operation of opening a new VM directory (two levels missing), its
+/// first deploy and commit, and a pin. After the loss the directory opens cleanly whether it is
+/// there or not; once an open returned, the directory survives (its parent was synced), and a
+/// commit or pin that returned is there.
+#[test]
+fn power_loss_at_every_operation_of_creating_a_vm_directory() -> Result<()> {
+    let wasm = counter(1);
+    let mut k = 0;
+    loop {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("new").join("vm");
+        let fs = disk(tmp.path());
+        fs.cut_at(k);
+        let mut opened = false;
+        let mut committed = None;
+        let result = (|| -> Result<()> {
+            let vm = Vm::open_with(&dir, config(), VmFiles { fs: fs.clone() }, |_| Ok(()))?;
+            opened = true;
+            let (id, root) = vm.deploy(&wasm)?;
+            committed = Some(root);
+            vm.pin(&id)?;
+            Ok(())
+        })();
+        fs.power_cut(loss(k))?;
+        let what = format!("new VM directory, power lost at op {k} ({:?})", loss(k));
+        ensure!(
+            !opened || dir.join("store").is_dir(),
+            "{what}: an opened VM directory was lost"
+        );
+        let vm = Vm::open(&dir, config()).context(what.clone())?;
+        check_sound(&vm, &what)?;
+        if let Some(root) = committed {
+            ensure!(
+                vm.commits().iter().any(|c| c.root == root),
+                "{what}: commit lost"
+            );
+        }
+        if result.is_ok() {
+            ensure!(vm.pins().len() == 1, "{what}: pin lost");
+            ensure!(k > 20, "creating a VM took only {k} operations");
+            println!(
+                "power_vm: {} power cuts while creating a VM directory",
+                k + 1
+            );
+            return Ok(());
+        }
+        k += 1;
+    }
 }

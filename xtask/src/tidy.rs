@@ -127,9 +127,10 @@ fn internal_dependencies(manifest: &str, crates: &[String]) -> Vec<String> {
 fn allowed(krate: &str) -> &'static [&'static str] {
     match krate {
         "cache-core" => &["wasmtime"],
-        "cache-pinned" | "cache-lru" | "cache-fs" => &["cache-core", "wasmtime"],
-        "store-index" => &[],
-        "store-commit" => &["store-index"],
+        "cache-pinned" | "cache-lru" => &["cache-core", "wasmtime"],
+        "cache-fs" => &["cache-core", "strata-fs", "wasmtime"],
+        "strata-fs" | "store-index" => &[],
+        "store-commit" => &["store-index", "strata-fs"],
         "vm-host" => &[
             "cache-core",
             "cache-pinned",
@@ -137,6 +138,7 @@ fn allowed(krate: &str) -> &'static [&'static str] {
             "cache-fs",
             "store-index",
             "store-commit",
+            "strata-fs",
             "wasmtime",
         ],
         _ => &[],

@@ -45,12 +45,12 @@
 //! processes can share one directory and a crash never leaves a half-written entry under a
 //! final name. An optional byte limit evicts the least recently used files.
 //!
-//! Every file-system operation goes through the [`CacheFs`] trait ([`RealFs`] by default), so
-//! tests can fail any operation of a save or a load with [`FaultFs`] through
-//! [`FsCache::open_with_fs`]: a failed save returns `Err` and leaves neither a partial entry
-//! nor (once the disk works again) a temp file; a failed load is an `Err` (a miss for a
-//! chain), never a rejection of a valid file. [`PowerLossFs`] simulates a power cut at any
-//! operation ([`Loss`] says what the cut takes); after it a load is a miss or the saved module.
+//! Every file-system operation goes through the [`strata_fs::Fs`] trait
+//! ([`strata_fs::RealFs`] by default), so tests can fail any operation of a save or a load with
+//! strata-fs's `FaultFs` through [`FsCache::open_with_fs`]: a failed save returns `Err` and
+//! leaves neither a partial entry nor (once the disk works again) a temp file; a failed load is
+//! an `Err` (a miss for a chain), never a rejection of a valid file. strata-fs's `PowerLossFs`
+//! simulates a power cut at any operation; after it a load is a miss or the saved module.
 //!
 //! # Example
 //!
@@ -84,8 +84,6 @@
 #![deny(missing_docs)]
 
 mod format;
-mod powerloss;
-mod vfs;
 
 /// The trailer codec, exposed only for fuzz targets (`fuzz/`, `strata-tests`): not a stable
 /// API and not meant for other callers. Every function here returns a [`Reject`](fuzzing::Reject)
@@ -99,7 +97,6 @@ pub mod fuzzing {
 }
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,9 +108,8 @@ use cache_core::{CacheKey, EngineFingerprint, LayerStats, ModuleCache, StatCount
 pub use format::{FORMAT_VERSION, MAGIC, TRAILER_LEN};
 use format::{HmacSha256, Reject};
 use parking_lot::Mutex;
-pub use powerloss::{Loss, PowerLossFs};
 use sha2::{Digest, Sha256};
-pub use vfs::{CacheFs, FaultFs, FaultMode, Op, RealFs};
+use strata_fs::{File, Fs, RealFs};
 use wasmtime::{Engine, Module};
 
 /// The extension of cache entries.
@@ -241,7 +237,7 @@ pub struct FsCache {
     /// Why the last rejected file was rejected, for diagnostics.
     last_rejection: Mutex<Option<String>>,
     /// Every file-system operation goes through this.
-    fs: Arc<dyn CacheFs>,
+    fs: Arc<dyn Fs>,
     /// Our own temp files whose removal failed (a failing disk): removed at the next save,
     /// prune or drop.
     orphans: Mutex<Vec<PathBuf>>,
@@ -320,12 +316,12 @@ impl FsCache {
     }
 
     /// As [`FsCache::open`], with every file-system operation (of the open and of every later
-    /// call) going through `fs`: for tests, a [`FaultFs`] that fails chosen operations.
+    /// call) going through `fs`: for tests, strata-fs's `FaultFs` that fails chosen operations.
     pub fn open_with_fs(
         dir: &Path,
         engine: &Engine,
         config: FsCacheConfig,
-        fs: Arc<dyn CacheFs>,
+        fs: Arc<dyn Fs>,
     ) -> Result<FsCache, CacheError> {
         let hmac = match &config.mode {
             Verification::Authenticated { key } if key.is_empty() => {
@@ -339,12 +335,13 @@ impl FsCache {
         };
         let fingerprint = EngineFingerprint::of(engine);
         let engine_dir = dir.join(format!("v{FORMAT_VERSION}-{fingerprint}"));
-        fs.create_dir_all(&engine_dir)
-            .map_err(|e| CacheError::io(&engine_dir, e))?;
         if config.fsync {
-            // Make the folder itself durable (its entry in `dir`).
-            fs.sync_dir(dir).map_err(|e| CacheError::io(dir, e))?;
+            // Each new folder's entry made durable in its parent, up from `dir` itself.
+            fs.create_dir_all_durable(&engine_dir)
+        } else {
+            fs.create_dir_all(&engine_dir)
         }
+        .map_err(|e| CacheError::io(&engine_dir, e))?;
         let cache = FsCache {
             dir: dir.to_path_buf(),
             engine_dir,
@@ -673,7 +670,7 @@ impl FsCache {
         let result = (|| {
             let file = self
                 .fs
-                .create_temp(&temp_path)
+                .create_new(&temp_path, 0o666)
                 .map_err(|e| CacheError::io(&temp_path, e))?;
             created = true;
             self.fs
@@ -682,7 +679,7 @@ impl FsCache {
                 .map_err(|e| CacheError::io(&temp_path, e))?;
             if self.config.fsync {
                 self.fs
-                    .sync_file(&file)
+                    .sync_data(&file)
                     .map_err(|e| CacheError::io(&temp_path, e))?;
             }
             drop(file);
@@ -819,7 +816,7 @@ impl FsCache {
                     }
                 }
             }
-            match self.fs.remove_dir_all(&path) {
+            match self.fs.remove_all(&path) {
                 Ok(()) => report.removed_folders.push(path),
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(CacheError::io(&path, e)),

@@ -3,6 +3,7 @@
 
 use super::*;
 use std::fs;
+use strata_fs::{FaultFs, FaultMode, Loss, Op, PowerLossFs};
 
 const WAT: &str = r#"(module (func (export "answer") (result i32) i32.const 42))"#;
 
@@ -602,7 +603,7 @@ fn ops_of(config: FsCacheConfig, f: impl Fn(&FsCache, &Fixture, &CacheKey)) -> V
     let key = CacheKey::new(&fx.engine, WAT.as_bytes());
     let (fault, cache) = open_faulty(fx.dir.path(), &fx.engine, config);
     f(&cache, &fx, &key);
-    fault.take_log()
+    fault.take_ops()
 }
 
 #[test]
@@ -616,7 +617,7 @@ fn operations_of_a_save_and_of_a_load() {
             .save(key, &Module::new(&fx.engine, WAT).unwrap())
             .unwrap();
     };
-    let durable = [CreateTemp, Write, Write, SyncFile, Rename, SyncDir];
+    let durable = [CreateNew, Write, Write, SyncData, Rename, SyncDir];
     assert_eq!(ops_of(unlimited.clone(), save), durable);
     // With a byte limit the folder is rescanned after the save (one entry here).
     assert_eq!(
@@ -627,7 +628,7 @@ fn operations_of_a_save_and_of_a_load() {
         fsync: false,
         ..unlimited.clone()
     };
-    assert_eq!(ops_of(no_fsync, save), [CreateTemp, Write, Write, Rename]);
+    assert_eq!(ops_of(no_fsync, save), [CreateNew, Write, Write, Rename]);
 
     // A load: Verified reads the file in READ_CHUNK pieces (4 KiB in unit tests, 1 MiB
     // otherwise); Trusted reads the trailer and maps. A limit adds the mtime bump of a hit.
@@ -643,7 +644,7 @@ fn operations_of_a_save_and_of_a_load() {
             save(&cache, &fx, &key);
             fault.take_log();
             assert!(cache.load(&key).unwrap().is_some());
-            let log = fault.take_log();
+            let log = fault.take_ops();
             if mode == Verification::Trusted {
                 let want = [
                     &[OpenRead, FileMetadata, ReadAt, OpenForMapping][..],
@@ -682,7 +683,7 @@ fn a_fault_at_any_operation_of_a_save_leaves_no_partial_file_and_no_temp_file() 
                 injected += 1;
                 let what = format!(
                     "op {k} ({:?}) {mode:?} errno {errno}",
-                    fault.take_log()[k as usize]
+                    fault.take_ops()[k as usize]
                 );
                 // The six operations of the write itself fail the save; later ones (the
                 // rescan of the byte limit) are absorbed.
@@ -804,7 +805,7 @@ fn power_scenario(
     cut: u64,
     modules: &[(CacheKey, Module); 2],
 ) -> (Arc<PowerLossFs>, u64, [bool; 2]) {
-    let fs = Arc::new(PowerLossFs::real());
+    let fs = Arc::new(PowerLossFs::real(dir));
     let cache = FsCache::open_with_fs(dir, engine, config.clone(), fs.clone()).unwrap();
     let base = fs.ops();
     fs.cut_at(base.saturating_add(cut));

@@ -21,9 +21,9 @@ use store_index::{
     CommitIndex, Digest, MemoryTree, ModuleEntry, ModuleId, RecordKind, Root, StoreMarker,
     decode_record, encode_record, hash,
 };
+use strata_fs::{Fs, Zeros};
 
 use crate::delta::DeltaPages;
-use crate::fs::Fs;
 use crate::plan::{Planned, Source};
 use crate::{Corruption, StoreError, blob, mapping};
 
@@ -116,14 +116,21 @@ pub(crate) struct StoreFiles {
     fsync: bool,
     tmp_counter: AtomicU64,
     /// Held for the life of the store: one `Store` per directory.
-    _lock: std::fs::File,
+    _lock: strata_fs::File,
 }
 
 impl StoreFiles {
     /// Creates the directory if missing (syncing each new entry into its parent), locks it, and
     /// checks (or writes) the format marker.
     pub(crate) fn open(dir: &Path, fs: Arc<dyn Fs>, fsync: bool) -> Result<StoreFiles, StoreError> {
-        create_dir_all(&*fs, dir, fsync)?;
+        // A new directory's entry is made durable in its parent: otherwise a power loss could lose
+        // a new store directory, and with it every commit acknowledged in it.
+        if fsync {
+            fs.create_dir_all_durable(dir)
+        } else {
+            fs.create_dir_all(dir)
+        }
+        .map_err(io_err("create dir", dir))?;
         let lock_path = dir.join(LOCK);
         // A child process between fork and exec briefly shares the lock's file description, so a
         // store closed just before a spawn can still look locked: retry for a moment.
@@ -173,7 +180,7 @@ impl StoreFiles {
             .map_err(|e| index_err(&marker, e))?;
         let tmp = dir.join(format!("{TMP_PREFIX}format"));
         fs.remove_all(&tmp).map_err(io_err("remove", &tmp))?;
-        fs.write_file(&tmp, &bytes, false)
+        fs.write_file(&tmp, &bytes, Zeros::Write)
             .map_err(io_err("write", &tmp))?;
         if self.fsync {
             fs.sync_file(&tmp).map_err(io_err("fsync", &tmp))?;
@@ -278,7 +285,7 @@ impl StoreFiles {
         let mut to_sync = Vec::new();
         for Planned { id, file, source } in planned {
             let path = tmp.join(file.relative(&id));
-            let (data, sparse) = match source {
+            let (data, zeros) = match source {
                 Source::Base => {
                     let from = base
                         .as_ref()
@@ -289,20 +296,20 @@ impl StoreFiles {
                     fs.hard_link(&from, &path).map_err(io_err("link", &path))?;
                     continue;
                 }
-                Source::Bytes(data) => (data, false),
-                Source::Memory(data) => (data.into(), true),
-                Source::Tree(tree) => (
-                    tree.encode().map_err(|e| index_err(&path, e))?.into(),
-                    false,
-                ),
+                Source::Bytes(data) => (data, Zeros::Write),
+                Source::Memory(data) => (data.into(), Zeros::Holes),
+                Source::Tree(tree) => {
+                    let bytes = tree.encode().map_err(|e| index_err(&path, e))?;
+                    (bytes.into(), Zeros::Write)
+                }
             };
-            fs.write_file(&path, &data, sparse)
+            fs.write_file(&path, &data, zeros)
                 .map_err(io_err("write", &path))?;
             to_sync.push(path);
         }
         let path = tmp.join(INDEX);
         let bytes = index.encode().map_err(|e| index_err(&path, e))?;
-        fs.write_file(&path, &bytes, false)
+        fs.write_file(&path, &bytes, Zeros::Write)
             .map_err(io_err("write", &path))?;
         to_sync.push(path);
         if self.fsync {
@@ -450,14 +457,14 @@ impl CommitDir<'_> {
     }
 
     /// A module's image file opened for mapping, with its length checked.
-    pub(crate) fn open_image(&self, m: &ModuleEntry) -> Result<std::fs::File, StoreError> {
+    pub(crate) fn open_image(&self, m: &ModuleEntry) -> Result<strata_fs::File, StoreError> {
         let path = self.file(File::Image, &m.id);
-        let file = self
-            .files
-            .fs
-            .open_read(&path)
-            .map_err(io_err("open", &path))?;
-        let len = file.metadata().map_err(io_err("stat", &path))?.len();
+        let fs = &self.files.fs;
+        let file = fs.open_read(&path).map_err(io_err("open", &path))?;
+        let len = fs
+            .file_metadata(&file)
+            .map_err(io_err("stat", &path))?
+            .len();
         if len != m.memory.image.len {
             return Err(mismatch(&path, "image"));
         }
@@ -531,28 +538,4 @@ impl CommitDir<'_> {
         }
         Ok(())
     }
-}
-
-/// Creates `dir` and its missing parents. With `fsync`, each new directory's entry is made durable
-/// by syncing its parent: otherwise a power loss could lose a new store directory, and with it
-/// every commit acknowledged in it (syncing a directory does not persist its own name).
-fn create_dir_all(fs: &dyn Fs, dir: &Path, fsync: bool) -> Result<(), StoreError> {
-    if fs.exists(dir).map_err(io_err("stat", dir))? {
-        return Ok(());
-    }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(parent) = parent {
-        create_dir_all(fs, parent, fsync)?;
-    }
-    match fs.create_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-            return Err(io_err("create dir", dir)(e));
-        }
-        _ => {}
-    }
-    if fsync {
-        let parent = parent.unwrap_or(Path::new("."));
-        fs.sync_dir(parent).map_err(io_err("fsync", parent))?;
-    }
-    Ok(())
 }

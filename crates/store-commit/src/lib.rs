@@ -23,12 +23,12 @@
 //!
 //! Commits are atomic and durable (temporary directory, fsync, rename, fsync of the parent),
 //! deletion of one commit changes no other, and every file-system operation goes through the
-//! [`fs::Fs`] trait so tests can inject faults. Inside, the crate is layered: the registry
+//! [`strata_fs::Fs`] trait so tests can inject faults. Inside, the crate is layered: the registry
 //! ([`Store`]: commits, session counts, deferred deletion, poisoning), sessions ([`Session`]:
 //! memories, checkpoints, rollback), a planner that turns a session into the files of a commit
 //! without writing anything, and the files layer that owns every on-disk name, checks every read
-//! and is the one writer (temporary directory, fsync, rename). The crate knows nothing of wasmtime. The on-disk
-//! format is described in `docs/STORE-FORMAT.md`.
+//! and is the one writer (temporary directory, fsync, rename). The crate knows nothing of
+//! wasmtime. The on-disk format is described in `docs/STORE-FORMAT.md`.
 //!
 //! # Example
 //!
@@ -69,7 +69,6 @@
 mod blob;
 mod delta;
 mod files;
-pub mod fs;
 mod mapping;
 mod plan;
 mod session;

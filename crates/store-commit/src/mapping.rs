@@ -2,10 +2,10 @@
 //! dirty-page discovery through `/proc/self/pagemap`.
 
 use std::ffi::c_void;
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use strata_fs::File;
 
 use parking_lot::Mutex;
 use rustix::mm::{self, Advice, MapFlags, MprotectFlags, ProtFlags};

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use store_index::{CommitIndex, ModuleId, Root, state_root};
+use strata_fs::{Fs, RealFs};
 
 use crate::files::{CommitDir, Listed, StoreFiles};
-use crate::fs::{Fs, RealFs};
 use crate::plan::CommitPlan;
 use crate::{
     CommitInfo, Deletion, Missing, Problem, Session, StoreConfig, StoreError, VerifyReport,
@@ -65,7 +65,7 @@ impl Store {
     }
 
     /// [`open`](Self::open) through another file system (tests inject faults with
-    /// [`crate::fs::FaultFs`]).
+    /// `strata_fs::FaultFs`).
     pub fn open_with_fs(
         dir: &Path,
         config: StoreConfig,

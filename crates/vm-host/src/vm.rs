@@ -1,7 +1,6 @@
 //! [`Vm`]: one directory holding the commit store, the file cache and the pins.
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +11,7 @@ use cache_lru::LruCache;
 use parking_lot::Mutex;
 use store_commit::{CommitInfo, Deletion, Store, StoreConfig};
 use store_index::{ModuleId, Root};
+use strata_fs::{Fs, RealFs, Zeros};
 use wasmtime::{Config, Engine, Linker, StoreLimitsBuilder};
 
 use crate::host::{self, HostState};
@@ -28,6 +28,8 @@ pub struct Vm {
 
 pub(crate) struct Inner {
     dir: PathBuf,
+    /// The file system of the pins file (the store and the cache hold their own handle).
+    fs: Arc<dyn Fs>,
     pub(crate) config: VmConfig,
     pub(crate) store: Store,
     pub(crate) loader: Loader,
@@ -93,24 +95,20 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
     }
 }
 
-/// The file layers a [`Vm`] reads and writes its commit store and its file cache through:
-/// the real file system by default. Tests pass layers that inject faults or simulate a power
-/// loss ([`store_commit::fs::FaultFs`], [`store_commit::fs::PowerLossFs`],
-/// [`cache_fs::FaultFs`], [`cache_fs::PowerLossFs`]; the two power-loss layers can share one
-/// operation clock, so that one cut stops both).
+/// The file system a [`Vm`] reads and writes its whole directory through (the VM directory,
+/// the commit store, the file cache and the pins file): the real file system by default. Tests
+/// pass a strata-fs layer that injects faults or simulates a power loss (`FaultFs`,
+/// `PowerLossFs`), so one cut covers the store, the cache and the pins together.
 #[derive(Debug, Clone)]
 pub struct VmFiles {
-    /// The commit store's file system (`<dir>/store`).
-    pub store: Arc<dyn store_commit::fs::Fs>,
-    /// The file cache's file system (`<dir>/cache`).
-    pub cache: Arc<dyn cache_fs::CacheFs>,
+    /// Every file-system operation of the VM goes through it.
+    pub fs: Arc<dyn Fs>,
 }
 
 impl Default for VmFiles {
     fn default() -> Self {
         VmFiles {
-            store: Arc::new(store_commit::fs::RealFs),
-            cache: Arc::new(cache_fs::RealFs),
+            fs: Arc::new(RealFs),
         }
     }
 }
@@ -132,22 +130,28 @@ impl Vm {
     }
 
     /// The most general open: extra host functions (as [`open_with_host`](Self::open_with_host))
-    /// and the file layers of the store and the cache. The small `pins` file is always written
-    /// through `std::fs`.
+    /// and the file system of the whole VM directory ([`VmFiles`]). With `fsync`, a new VM
+    /// directory (and its cache folder) is made durable in its parent before anything is
+    /// written in it.
     pub fn open_with(
         dir: &Path,
         config: VmConfig,
         files: VmFiles,
         host: impl Fn(&mut Linker<HostState>) -> Result<(), VmError>,
     ) -> Result<Vm, VmError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let disk = files.fs;
+        if config.fsync {
+            disk.create_dir_all_durable(dir).map_err(io(dir))?;
+        } else {
+            disk.create_dir_all(dir).map_err(io(dir))?;
+        }
         let store = Store::open_with_fs(
             &dir.join("store"),
             StoreConfig {
                 fsync: config.fsync,
                 ..StoreConfig::default()
             },
-            files.store,
+            disk.clone(),
         )?;
 
         let mut runtime = base_config();
@@ -181,12 +185,13 @@ impl Vm {
                 max_bytes: config.fs_cache_bytes,
                 fsync: config.fsync,
             },
-            files.cache,
+            disk.clone(),
         )?;
         let loader = Loader::new(engine, runtime_linker, LruCache::new(config.lru_bytes), fs);
         let vm = Vm {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
+                fs: disk,
                 config,
                 store,
                 loader,
@@ -346,11 +351,15 @@ impl Vm {
 
     fn load_pins(&self) -> Result<(), VmError> {
         let path = self.pins_path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
+        let bytes = match self.inner.fs.read_file(&path) {
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io(&path)(e)),
         };
+        let text = String::from_utf8(bytes).map_err(|e| VmError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
         let mut pins = self.inner.pins.lock();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let id = ModuleId::from_hex(line.trim()).map_err(|e| VmError::Io {
@@ -375,15 +384,17 @@ impl Vm {
             text.push_str(&id.to_hex());
             text.push('\n');
         }
+        let fs = &self.inner.fs;
         let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(text.as_bytes())?;
+            // A leftover of an interrupted save is replaced.
+            fs.remove_all(&tmp)?;
+            fs.write_file(&tmp, text.as_bytes(), Zeros::Write)?;
             if self.inner.config.fsync {
-                file.sync_all()?;
+                fs.sync_file(&tmp)?;
             }
-            std::fs::rename(&tmp, &path)?;
+            fs.rename(&tmp, &path)?;
             if self.inner.config.fsync {
-                std::fs::File::open(&self.inner.dir)?.sync_all()?;
+                fs.sync_dir(&self.inner.dir)?;
             }
             Ok(())
         };

@@ -3,53 +3,9 @@
 
 use crate::{RES, quick, wasm, write};
 use anyhow::Result;
-use std::path::Path;
 use std::sync::Arc;
-use store_commit::fs::{FaultFs, FaultMode, Fs, RealFs};
 use store_commit::{ModuleId, PAGE_SIZE, Root, Session, Store, StoreConfig, StoreError};
-
-/// A file system that never syncs (fault tests count the sync calls, but need not wait for them).
-#[derive(Debug)]
-pub(crate) struct NoSync;
-
-impl Fs for NoSync {
-    fn create_dir(&self, p: &Path) -> std::io::Result<()> {
-        RealFs.create_dir(p)
-    }
-    fn write_file(&self, p: &Path, d: &[u8], s: bool) -> std::io::Result<()> {
-        RealFs.write_file(p, d, s)
-    }
-    fn sync_file(&self, _: &Path) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn sync_dir(&self, _: &Path) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn rename(&self, f: &Path, t: &Path) -> std::io::Result<()> {
-        RealFs.rename(f, t)
-    }
-    fn hard_link(&self, o: &Path, l: &Path) -> std::io::Result<()> {
-        RealFs.hard_link(o, l)
-    }
-    fn remove_all(&self, p: &Path) -> std::io::Result<()> {
-        RealFs.remove_all(p)
-    }
-    fn read_dir(&self, p: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
-        RealFs.read_dir(p)
-    }
-    fn read_file(&self, p: &Path) -> std::io::Result<Vec<u8>> {
-        RealFs.read_file(p)
-    }
-    fn open_read(&self, p: &Path) -> std::io::Result<std::fs::File> {
-        RealFs.open_read(p)
-    }
-    fn exists(&self, p: &Path) -> std::io::Result<bool> {
-        RealFs.exists(p)
-    }
-    fn lock(&self, p: &Path) -> std::io::Result<std::fs::File> {
-        RealFs.lock(p)
-    }
-}
+use strata_fs::{FaultFs, FaultMode, NoSyncFs};
 
 struct FaultCase {
     dir: tempfile::TempDir,
@@ -61,7 +17,7 @@ struct FaultCase {
 
 fn fault_case() -> Result<FaultCase> {
     let dir = tempfile::tempdir()?;
-    let fs = Arc::new(FaultFs::new(Arc::new(NoSync)));
+    let fs = Arc::new(FaultFs::new(Arc::new(NoSyncFs::real())));
     fs.set_logging(false);
     let config = StoreConfig::default(); // fsync on: the sync calls are part of what can fail
     let store = Store::open_with_fs(dir.path(), config, fs.clone())?;

@@ -6,8 +6,8 @@ use crate::{RES, quick, wasm, write};
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::sync::Arc;
-use store_commit::fs::{FaultFs, Op, RealFs};
 use store_commit::{ModuleId, PAGE_SIZE, Root, Store, StoreError};
+use strata_fs::{FaultFs, Op, RealFs};
 
 #[test]
 fn corruption_is_detected_and_a_broken_commit_can_be_rewritten() -> Result<()> {

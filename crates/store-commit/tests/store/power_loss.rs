@@ -2,14 +2,14 @@
 //! alike) at every operation of a commit and a delete, of a newly created store directory, and at
 //! random points of long sequences.
 
-use crate::faults::{NoSync, session_under_test};
+use crate::faults::session_under_test;
 use crate::{ModelState, RES, model_root, quick, read, wasm, write};
 use anyhow::{Context, Result, ensure};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use store_commit::fs::{Fs, PowerLossFs};
 use store_commit::{ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
+use strata_fs::{Clock, Loss, NoSyncFs, PowerLossFs};
 
 /// Every module's bytecode, memory and blob in a commit, read back through the files.
 fn contents(store: &Store, root: &Root) -> Result<ModelState> {
@@ -81,7 +81,11 @@ struct PowerCase {
 /// real syncs are skipped, the simulation tracks them).
 fn power_case() -> Result<PowerCase> {
     let dir = tempfile::tempdir()?;
-    let fs = Arc::new(PowerLossFs::new(Arc::new(NoSync)));
+    let fs = Arc::new(PowerLossFs::new(
+        Arc::new(NoSyncFs::real()),
+        dir.path(),
+        Clock::new(),
+    ));
     let store = Store::open_with_fs(dir.path(), StoreConfig::default(), fs.clone())?;
     let codes = [wasm(1), wasm(2), wasm(3)];
     let ids = [0, 1, 2].map(|i| ModuleId::of_wasm(&codes[i]));
@@ -146,7 +150,7 @@ fn power_loss_at_every_operation_of_a_commit_and_a_delete() -> Result<()> {
             mut committed,
         } = case;
         drop(store);
-        fs.power_cut()?;
+        fs.power_cut(Loss::Unsynced)?;
         let may = if k == commit_ops {
             committed.extend(expected.clone());
             HashMap::new()
@@ -174,7 +178,7 @@ fn power_loss_at_every_operation_of_a_commit_and_a_delete() -> Result<()> {
             mut committed,
         } = case;
         drop(store);
-        fs.power_cut()?;
+        fs.power_cut(Loss::Unsynced)?;
         let base_state = committed.remove(&base).context("base")?;
         let may = if k == delete_ops {
             HashMap::new()
@@ -211,8 +215,12 @@ fn power_loss_keeps_the_commits_of_a_newly_created_store_directory() -> Result<(
     loop {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("new").join("store");
-        let fs = Arc::new(PowerLossFs::new(Arc::new(NoSync)));
-        assert!(fs.exists(tmp.path())?); // the simulated disk: the existing temporary directory
+        // The simulated disk: the existing temporary directory.
+        let fs = Arc::new(PowerLossFs::new(
+            Arc::new(NoSyncFs::real()),
+            tmp.path(),
+            Clock::new(),
+        ));
         fs.cut_at(fs.ops() + k);
         let committed =
             Store::open_with_fs(&dir, StoreConfig::default(), fs.clone()).and_then(|store| {
@@ -221,7 +229,7 @@ fn power_loss_keeps_the_commits_of_a_newly_created_store_directory() -> Result<(
                 s.commit()
             });
         let what = format!("new store, power lost at op {k}");
-        fs.power_cut().context(what.clone())?;
+        fs.power_cut(Loss::Unsynced).context(what.clone())?;
         let store = Store::open(&dir, quick()).context(what.clone())?;
         if let Ok(r) = &committed {
             assert_eq!(*r, root);
@@ -259,7 +267,11 @@ fn power_loss_at_random_points_of_commit_and_delete_sequences() -> Result<()> {
             rng
         };
         let dir = tempfile::tempdir()?;
-        let fs = Arc::new(PowerLossFs::new(Arc::new(NoSync)));
+        let fs = Arc::new(PowerLossFs::new(
+            Arc::new(NoSyncFs::real()),
+            dir.path(),
+            Clock::new(),
+        ));
         let config = StoreConfig {
             delta_ratio: 4,
             ..StoreConfig::default()
@@ -346,7 +358,7 @@ fn power_loss_at_random_points_of_commit_and_delete_sequences() -> Result<()> {
             }
         }
         drop(store);
-        fs.power_cut()?;
+        fs.power_cut(Loss::Unsynced)?;
         let mut may = HashMap::new();
         acked_total += acked.len();
         if let Some((root, state)) = in_flight {
