@@ -68,7 +68,7 @@ fn model_root(state: &ModelState) -> Root {
             (*id, leaf)
         })
         .collect();
-    state_root(leaves.iter().map(|(id, l)| (id, *l)))
+    state_root(leaves.iter().map(|(id, l)| (*id, *l)))
 }
 
 /// The name `--exact` needs for a test function of this module, in whichever binary it runs.
@@ -262,9 +262,14 @@ fn a_forged_delta_page_count_is_an_error() -> Result<()> {
     let index_path = dir.path().join(root.to_hex()).join("index");
     let original = std::fs::read(&index_path)?;
     for pages in [3, 1 << 24, u32::MAX] {
-        let mut index = store_index::CommitIndex::decode(&original)?;
-        let delta = index.modules[0].memory.delta.as_mut().context("a delta")?;
+        let index = store_index::CommitIndex::decode(&original)?;
+        let entry = &index.modules()[0];
+        let mut delta = entry.memory().delta().context("a delta")?;
         delta.pages = pages;
+        let entry = entry
+            .clone()
+            .with_memory(entry.memory().clone().with_delta(delta));
+        let index = store_index::CommitIndex::new(index.seq(), index.parent(), vec![entry])?;
         std::fs::write(&index_path, index.encode()?)?;
         let store = Store::open(dir.path(), quick())?;
         assert!(store.contains(&root), "the forged index still loads");
@@ -396,7 +401,7 @@ fn unchanged_files_are_hard_links_and_deltas_are_bounded() -> Result<()> {
         let index = store.index(&root)?;
         let delta = index
             .module(&ia)
-            .and_then(|e| e.memory.delta)
+            .and_then(|e| e.memory().delta())
             .map_or(0, |d| d.pages);
         assert!(
             delta as usize * 4096 * 8 <= 16 * PAGE_SIZE,
@@ -750,7 +755,7 @@ fn fault_injection_at_every_operation_of_a_commit() -> Result<()> {
                 .collect();
             assert!(extra.len() <= 2, "op {k}: {extra:?}");
             for c in &extra {
-                assert!(c.root == expected_root || Some(c.root) == store.index(&base)?.parent);
+                assert!(c.root == expected_root || Some(c.root) == store.index(&base)?.parent());
             }
             for name in std::fs::read_dir(dir.path())? {
                 let name = name?.file_name();
@@ -808,12 +813,15 @@ fn contents(store: &Store, root: &Root) -> Result<ModelState> {
     let index = store.index(root)?;
     let mut s = store.session(Some(*root))?;
     let mut out = ModelState::new();
-    for m in &index.modules {
-        let mem = store.read_memory(root, &m.id)?;
-        ensure!(read(&s.memory(&m.id, RES)?) == mem, "mapped memory differs");
+    for m in index.modules() {
+        let mem = store.read_memory(root, &m.id())?;
+        ensure!(
+            read(&s.memory(&m.id(), RES)?) == mem,
+            "mapped memory differs"
+        );
         out.insert(
-            m.id,
-            (s.bytecode(&m.id)?, mem, store.read_blob(root, &m.id)?),
+            m.id(),
+            (s.bytecode(&m.id())?, mem, store.read_blob(root, &m.id())?),
         );
     }
     Ok(out)
@@ -1397,8 +1405,8 @@ fn crash_test_sigkill_at_random_moments() -> Result<()> {
                 "round {round}: reported commit {root} lost"
             );
             let index = store.index(root)?;
-            for m in &index.modules {
-                store.read_memory(root, &m.id)?;
+            for m in index.modules() {
+                store.read_memory(root, &m.id())?;
             }
         }
         // At most the one commit in flight at the kill was not reported.
@@ -1408,7 +1416,7 @@ fn crash_test_sigkill_at_random_moments() -> Result<()> {
             "round {round}: unreported commits {:?}, child said {:?}",
             unreported
                 .iter()
-                .map(|r| store.index(r).map(|i| (**r, i.seq, i.parent)))
+                .map(|r| store.index(r).map(|i| (**r, i.seq(), i.parent())))
                 .collect::<Vec<_>>(),
             &lines[lines.len().saturating_sub(6)..]
         );

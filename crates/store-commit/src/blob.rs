@@ -30,7 +30,7 @@ pub(crate) fn read_full(
     m: &ModuleEntry,
     expect: (u64, Digest),
 ) -> Result<Vec<u8>, StoreError> {
-    let path = dir.join("blob").join(m.id.to_hex());
+    let path = dir.join("blob").join(m.id().to_hex());
     let bytes = store
         .inner
         .fs
@@ -44,11 +44,11 @@ pub(crate) fn read_full(
 
 /// The module's blob in the commit at `dir`, checked against the index.
 pub(crate) fn read(store: &Store, dir: &Path, m: &ModuleEntry) -> Result<Vec<u8>, StoreError> {
-    let Some(d) = &m.blob_delta else {
-        return read_full(store, dir, m, (m.blob_len, m.blob_hash));
+    let Some(d) = &m.blob_delta() else {
+        return read_full(store, dir, m, (m.blob_len(), m.blob_hash()));
     };
     let base = read_full(store, dir, m, (d.base_len, d.base_hash))?;
-    let path = dir.join("blob").join(format!("{}.diff", m.id.to_hex()));
+    let path = dir.join("blob").join(format!("{}.diff", m.id().to_hex()));
     let patch = store
         .inner
         .fs
@@ -57,8 +57,8 @@ pub(crate) fn read(store: &Store, dir: &Path, m: &ModuleEntry) -> Result<Vec<u8>
     if patch.len() as u64 != d.file_len || Digest::sha256(&patch) != d.file_hash {
         return Err(corrupt(&path, "blob patch does not match its hash"));
     }
-    let blob = apply(&base, &patch, m.blob_len).map_err(|e| corrupt(&path, &e))?;
-    if hash::blob(&blob) != m.blob_hash {
+    let blob = apply(&base, &patch, m.blob_len()).map_err(|e| corrupt(&path, &e))?;
+    if hash::blob(&blob) != m.blob_hash() {
         return Err(corrupt(&path, "patched blob does not match its hash"));
     }
     Ok(blob)

@@ -400,7 +400,7 @@ impl Store {
                 .and_then(|b| CommitIndex::decode(&b).map_err(|e| index_err(&index_path, e)));
             match loaded {
                 Ok(index) if index.state_root() == root => {
-                    state.next_seq = state.next_seq.max(index.seq + 1);
+                    state.next_seq = state.next_seq.max(index.seq() + 1);
                     state.commits.insert(root, Arc::new(index));
                 }
                 Ok(_) => state.broken.push(Problem {
@@ -449,9 +449,9 @@ impl Store {
             .filter(|(r, _)| !state.pending_delete.contains(r))
             .map(|(r, i)| CommitInfo {
                 root: *r,
-                parent: i.parent,
-                modules: i.modules.iter().map(|m| m.id).collect(),
-                seq: i.seq,
+                parent: i.parent(),
+                modules: i.modules().iter().map(|m| m.id()).collect(),
+                seq: i.seq(),
             })
             .collect();
         v.sort_by_key(|c| c.seq);
@@ -465,7 +465,7 @@ impl Store {
             .commits
             .iter()
             .filter(|(r, _)| !state.pending_delete.contains(r))
-            .max_by_key(|(_, i)| i.seq)
+            .max_by_key(|(_, i)| i.seq())
             .map(|(r, _)| *r)
     }
 
@@ -576,7 +576,7 @@ impl Store {
         let (roots, broken) = {
             let state = self.inner.state.lock();
             let mut roots: Vec<(u64, Root)> =
-                state.commits.iter().map(|(r, i)| (i.seq, *r)).collect();
+                state.commits.iter().map(|(r, i)| (i.seq(), *r)).collect();
             roots.sort();
             (roots, state.broken.clone())
         };
@@ -612,13 +612,13 @@ impl Store {
         if index.state_root() != *root {
             return Err(corrupt(&index_path, "index does not hash to the root"));
         }
-        for m in &index.modules {
-            let hex = m.id.to_hex();
+        for m in index.modules() {
+            let hex = m.id().to_hex();
             let path = dir.join("bytecode").join(&hex);
             let code = fs.read_file(&path).map_err(io_err("read", &path))?;
-            if Sha256::digest(&code).as_slice() != m.bytecode_hash.as_bytes()
-                || m.bytecode_hash.as_bytes() != m.id.as_bytes()
-                || code.len() as u64 != m.bytecode_len
+            if Sha256::digest(&code).as_slice() != m.bytecode_hash().as_bytes()
+                || m.bytecode_hash().as_bytes() != m.id().as_bytes()
+                || code.len() as u64 != m.bytecode_len()
             {
                 return Err(corrupt(&path, "bytecode does not match its hash"));
             }
@@ -632,15 +632,15 @@ impl Store {
             let image = fs
                 .read_file(&image_path)
                 .map_err(io_err("read", &image_path))?;
-            if image.len() as u64 != m.memory.image.len {
+            if image.len() as u64 != m.memory().image().len {
                 return Err(corrupt(&image_path, "image has the wrong length"));
             }
             let image_tree = MemoryTree::from_memory(&image);
-            if image_tree != tree || tree.root() != m.memory.image.root {
+            if image_tree != tree || tree.root() != m.memory().image().root {
                 return Err(corrupt(&tree_path, "page tree does not match the image"));
             }
             let memory = self.reconstruct(&dir, m, image)?;
-            if MemoryTree::from_memory(&memory).root() != m.memory.root {
+            if MemoryTree::from_memory(&memory).root() != m.memory().root() {
                 return Err(corrupt(&image_path, "memory does not hash to its root"));
             }
         }
@@ -654,7 +654,7 @@ impl Store {
         m: &ModuleEntry,
         mut image: Vec<u8>,
     ) -> Result<Vec<u8>, StoreError> {
-        let len = usize::try_from(m.memory.len).map_err(|_| StoreError::InvalidInput {
+        let len = usize::try_from(m.memory().len()).map_err(|_| StoreError::InvalidInput {
             reason: "memory too large for this platform".into(),
         })?;
         // The length comes from the index: a forged one is an error, not an allocation abort.
@@ -665,9 +665,9 @@ impl Store {
                 reason: format!("cannot allocate a memory of {len} bytes"),
             })?;
         image.resize(len, 0);
-        if let Some(d) = &m.memory.delta {
-            let path = dir.join("memory").join(format!("{}.diff", m.id.to_hex()));
-            let pages = self.read_delta(&path, d, m.memory.len)?;
+        if let Some(d) = &m.memory().delta() {
+            let path = dir.join("memory").join(format!("{}.diff", m.id().to_hex()));
+            let pages = self.read_delta(&path, d, m.memory().len())?;
             for (i, page) in pages.iter() {
                 let at = i as usize * mapping::OS_PAGE;
                 image[at..at + mapping::OS_PAGE].copy_from_slice(page);
@@ -712,7 +712,7 @@ impl Store {
             .fs
             .read_file(&path)
             .map_err(io_err("read", &path))?;
-        if image.len() as u64 != m.memory.image.len {
+        if image.len() as u64 != m.memory().image().len {
             return Err(StoreError::Corrupted {
                 path,
                 reason: "image has the wrong length".into(),

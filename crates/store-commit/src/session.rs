@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use store_index::{
-    BlobDelta, CommitIndex, DeltaRef, Digest, ImageRef, MemoryEntry, MemoryTree, ModuleEntry,
-    ModuleId, PAGE_SIZE, Root, hash, state_root, zero_page_hash,
+    BlobDelta, CommitIndex, DeltaRef, Digest, MemoryEntry, MemoryTree, ModuleEntry, ModuleId,
+    PAGE_SIZE, Root, hash, state_root, zero_page_hash,
 };
 
 use crate::blob;
@@ -102,10 +102,10 @@ impl Session {
     ) -> Session {
         let modules = index
             .iter()
-            .flat_map(|i| i.modules.iter())
+            .flat_map(|i| i.modules().iter())
             .map(|m| {
                 (
-                    m.id,
+                    m.id(),
                     ModState {
                         base: Some(m.clone()),
                         deployed: None,
@@ -287,7 +287,7 @@ impl Session {
                 delta: patched,
             }
         } else {
-            let entry = m.base.as_ref().map(|b| b.memory.clone()).ok_or_else(|| {
+            let entry = m.base.as_ref().map(|b| b.memory().clone()).ok_or_else(|| {
                 StoreError::InvalidInput {
                     reason: "module has neither base nor deployment".into(),
                 }
@@ -298,24 +298,24 @@ impl Session {
             let too_big = || StoreError::InvalidInput {
                 reason: "memory too large for this platform".into(),
             };
-            let len = usize::try_from(entry.len).map_err(|_| too_big())?;
-            let image_len = usize::try_from(entry.image.len).map_err(|_| too_big())?;
+            let len = usize::try_from(entry.len()).map_err(|_| too_big())?;
+            let image_len = usize::try_from(entry.image().len).map_err(|_| too_big())?;
             check_reservation(len, reservation)?;
             let fs = &store.inner.fs;
             let path = dir.join("memory").join(id.to_hex());
             let file = fs.open_read(&path).map_err(io_err("open", &path))?;
             let file_len = file.metadata().map_err(io_err("stat", &path))?.len();
-            if file_len != entry.image.len {
+            if file_len != entry.image().len {
                 return Err(StoreError::Corrupted {
                     path,
                     reason: format!("image is {file_len} bytes, the index says {image_len}"),
                 });
             }
-            let delta = match &entry.delta {
+            let delta = match &entry.delta() {
                 None => DeltaPages::default(),
                 Some(d) => {
                     let p = dir.join("memory").join(format!("{}.diff", id.to_hex()));
-                    store.read_delta(&p, d, entry.len)?
+                    store.read_delta(&p, d, entry.len())?
                 }
             };
             let mapping = Mapping::new(Some(&file), image_len, len, reservation)?;
@@ -399,7 +399,7 @@ impl Session {
         for (id, m) in &self.modules {
             entries.push(self.plan_module(id, m, &mut files)?);
         }
-        let root = state_root(entries.iter().map(|e| (&e.id, e.leaf())));
+        let root = state_root(entries.iter().map(|e| (e.id(), e.leaf())));
         // Also covers an unchanged session: its base is listed while the session lives.
         if self.reuse_existing(&root) {
             return Ok(root);
@@ -410,11 +410,10 @@ impl Session {
             state.next_seq += 1;
             state.next_seq - 1
         };
-        let index = CommitIndex {
-            seq,
-            parent: self.base,
-            modules: entries,
-        };
+        let index =
+            CommitIndex::new(seq, self.base, entries).map_err(|e| StoreError::InvalidInput {
+                reason: e.to_string(),
+            })?;
         let tmp = self.store.tmp_dir();
         let written = self.write_tmp(&tmp, &index, files);
         let result = written.and_then(|()| self.publish(&tmp, &root, index));
@@ -558,19 +557,14 @@ impl Session {
                 format!("memory/{hex}.tree"),
                 Source::Write(encode_tree(&tree)?, false),
             ));
-            let mut entry =
-                ModuleEntry::new(*id, d.bytecode.len() as u64, &tree, blob_hash, blob_len);
-            entry.blob_delta = blob_delta;
-            return Ok(entry);
+            let entry = ModuleEntry::new(*id, d.bytecode.len() as u64, &tree, blob_hash, blob_len);
+            return Ok(entry.with_blob(blob_hash, blob_len, blob_delta));
         }
         let base = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
             reason: "module has neither base nor deployment".into(),
         })?;
         files.push((format!("bytecode/{hex}"), link("bytecode", hex.clone())?));
-        let mut entry = base.clone();
-        entry.blob_hash = blob_hash;
-        entry.blob_len = blob_len;
-        entry.blob_delta = blob_delta;
+        let mut entry = base.clone().with_blob(blob_hash, blob_len, blob_delta);
         let link_memory = |files: &mut Vec<(String, Source<'a>)>, delta: bool| {
             files.push((format!("memory/{hex}"), link("memory", hex.clone())?));
             files.push((
@@ -586,18 +580,19 @@ impl Session {
             Ok::<(), StoreError>(())
         };
         let Some(open) = &m.memory else {
-            link_memory(files, base.memory.delta.is_some())?;
+            link_memory(files, base.memory().delta().is_some())?;
             return Ok(entry);
         };
         let mapping = &open.handle.0;
         let len = mapping.len();
-        let changed = self.changed_pages(open, &base.memory)?;
+        let changed = self.changed_pages(open, base.memory())?;
         if changed.is_empty() && len == open.base_len {
-            link_memory(files, base.memory.delta.is_some())?;
+            link_memory(files, base.memory().delta().is_some())?;
             return Ok(entry);
         }
         // New leaf hashes of the touched 64 KiB pages, merged into the cumulative changes.
-        let mut leaves: BTreeMap<u32, Digest> = base.memory.changed_pages.iter().copied().collect();
+        let mut leaves: BTreeMap<u32, Digest> =
+            base.memory().changed_pages().iter().copied().collect();
         let mut last = None;
         for p in &changed {
             let leaf = p / PAGES_PER_LEAF;
@@ -617,7 +612,9 @@ impl Session {
             .read_file(&path)
             .map_err(io_err("read", &path))?;
         let mut tree = MemoryTree::decode(&tree_bytes).map_err(|e| crate::index_err(&path, e))?;
-        if tree.memory_len() != base.memory.image.len || tree.root() != base.memory.image.root {
+        if tree.memory_len() != base.memory().image().len
+            || tree.root() != base.memory().image().root
+        {
             return Err(StoreError::Corrupted {
                 path,
                 reason: "page tree does not match the image it belongs to".into(),
@@ -632,14 +629,18 @@ impl Session {
         }
         tree.update();
         let root = tree.root();
-        entry.memory = MemoryEntry {
-            len: len as u64,
+        let memory = MemoryEntry::new(
+            len as u64,
             root,
-            image: base.memory.image,
-            changed_pages: changed_leaves,
-            delta: None,
-        };
-        if entry.memory.changed_pages.is_empty() {
+            base.memory().image(),
+            changed_leaves,
+            None,
+        )
+        .map_err(|e| StoreError::InvalidInput {
+            reason: e.to_string(),
+        })?;
+        entry = entry.with_memory(memory);
+        if entry.memory().changed_pages().is_empty() {
             // Equal to the zero-extended image: no delta needed.
             link_memory(files, false)?;
             return Ok(entry);
@@ -661,12 +662,7 @@ impl Session {
                 format!("memory/{hex}.tree"),
                 Source::Write(encode_tree(&tree)?, false),
             ));
-            entry.memory.image = ImageRef {
-                len: len as u64,
-                root,
-            };
-            entry.memory.changed_pages.clear();
-            return Ok(entry);
+            return Ok(entry.with_memory(MemoryEntry::of_image(&tree)));
         }
         let mut delta = DeltaPages {
             indices: delta_pages,
@@ -681,11 +677,12 @@ impl Session {
         let bytes = delta
             .encode(config.zstd_level)
             .map_err(io_err("compress", Path::new("<delta>")))?;
-        entry.memory.delta = Some(DeltaRef {
+        let memory = entry.memory().clone().with_delta(DeltaRef {
             pages: delta.len() as u32,
             file_len: bytes.len() as u64,
             file_hash: Digest::sha256(&bytes),
         });
+        entry = entry.with_memory(memory);
         files.push((format!("memory/{hex}"), link("memory", hex.clone())?));
         files.push((
             format!("memory/{hex}.tree"),
@@ -707,7 +704,7 @@ impl Session {
         files: &mut Vec<(String, Source<'a>)>,
     ) -> Result<(Digest, u64, Option<BlobDelta>), StoreError> {
         let changed = match (&m.blob, m.blob_dirty, &m.base) {
-            (Some(b), true, Some(base)) if base.blob_hash == hash::blob(b) => None,
+            (Some(b), true, Some(base)) if base.blob_hash() == hash::blob(b) => None,
             (Some(b), true, _) => Some(b),
             _ => None,
         };
@@ -719,13 +716,13 @@ impl Session {
                 format!("blob/{hex}"),
                 Source::Link(self.base_file("blob", hex.to_string())?),
             ));
-            if base.blob_delta.is_some() {
+            if base.blob_delta().is_some() {
                 files.push((
                     format!("blob/{hex}.diff"),
                     Source::Link(self.base_file("blob", format!("{hex}.diff"))?),
                 ));
             }
-            return Ok((base.blob_hash, base.blob_len, base.blob_delta));
+            return Ok((base.blob_hash(), base.blob_len(), base.blob_delta()));
         };
         let blob_hash = hash::blob(blob);
         if let (Some(base), Some(dir), true) = (
@@ -734,8 +731,8 @@ impl Session {
             blob.len() >= self.store.inner.config.blob_diff_min,
         ) {
             let full = base
-                .blob_delta
-                .map_or((base.blob_len, base.blob_hash), |d| {
+                .blob_delta()
+                .map_or((base.blob_len(), base.blob_hash()), |d| {
                     (d.base_len, d.base_hash)
                 });
             let image = blob::read_full(&self.store, &dir, base, full)?;
@@ -768,7 +765,7 @@ impl Session {
     /// OS pages whose content differs from the base state, sorted.
     fn changed_pages(&self, open: &OpenMemory, base: &MemoryEntry) -> Result<Vec<u32>, StoreError> {
         let mapping = &open.handle.0;
-        let image_len = base.image.len as usize;
+        let image_len = base.image().len as usize;
         let mut out = Vec::new();
         for p in mapping.written_pages() {
             let at = p as usize * OS_PAGE;
