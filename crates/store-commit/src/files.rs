@@ -402,11 +402,11 @@ impl CommitDir<'_> {
 
     /// A module's bytecode, checked against its id, hash and length.
     pub(crate) fn bytecode(&self, m: &ModuleEntry) -> Result<Vec<u8>, StoreError> {
-        let path = self.file(File::Bytecode, &m.id);
+        let path = self.file(File::Bytecode, &m.id());
         let code = self.read(&path)?;
-        if Sha256::digest(&code).as_slice() != m.bytecode_hash.as_bytes()
-            || m.bytecode_hash.as_bytes() != m.id.as_bytes()
-            || code.len() as u64 != m.bytecode_len
+        if Sha256::digest(&code).as_slice() != m.bytecode_hash().as_bytes()
+            || m.bytecode_hash().as_bytes() != m.id().as_bytes()
+            || code.len() as u64 != m.bytecode_len()
         {
             return Err(mismatch(&path, "bytecode"));
         }
@@ -419,7 +419,7 @@ impl CommitDir<'_> {
         m: &ModuleEntry,
         expect: (u64, Digest),
     ) -> Result<Vec<u8>, StoreError> {
-        let path = self.file(File::Blob, &m.id);
+        let path = self.file(File::Blob, &m.id());
         let bytes = self.read(&path)?;
         if bytes.len() as u64 != expect.0 || hash::blob(&bytes) != expect.1 {
             return Err(mismatch(&path, "blob"));
@@ -429,18 +429,18 @@ impl CommitDir<'_> {
 
     /// A module's blob (the full blob, or the full blob patched), checked against the index.
     pub(crate) fn blob(&self, m: &ModuleEntry) -> Result<Vec<u8>, StoreError> {
-        let Some(d) = &m.blob_delta else {
-            return self.full_blob(m, (m.blob_len, m.blob_hash));
+        let Some(d) = &m.blob_delta() else {
+            return self.full_blob(m, (m.blob_len(), m.blob_hash()));
         };
         let base = self.full_blob(m, (d.base_len, d.base_hash))?;
-        let path = self.file(File::BlobPatch, &m.id);
+        let path = self.file(File::BlobPatch, &m.id());
         let patch = self.read(&path)?;
         if patch.len() as u64 != d.file_len || Digest::sha256(&patch) != d.file_hash {
             return Err(mismatch(&path, "blob patch"));
         }
-        let blob = blob::apply(&base, &patch, m.blob_len)
+        let blob = blob::apply(&base, &patch, m.blob_len())
             .map_err(|e| corrupt(&path, Corruption::Patch(e)))?;
-        if hash::blob(&blob) != m.blob_hash {
+        if hash::blob(&blob) != m.blob_hash() {
             return Err(mismatch(&path, "patched blob"));
         }
         Ok(blob)
@@ -448,9 +448,9 @@ impl CommitDir<'_> {
 
     /// The page tree of a module's image, checked against the image's length and root.
     pub(crate) fn tree(&self, m: &ModuleEntry) -> Result<MemoryTree, StoreError> {
-        let path = self.file(File::Tree, &m.id);
+        let path = self.file(File::Tree, &m.id());
         let tree = MemoryTree::decode(&self.read(&path)?).map_err(|e| index_err(&path, e))?;
-        if tree.memory_len() != m.memory.image.len || tree.root() != m.memory.image.root {
+        if tree.memory_len() != m.memory().image().len || tree.root() != m.memory().image().root {
             return Err(mismatch(&path, "page tree"));
         }
         Ok(tree)
@@ -458,14 +458,14 @@ impl CommitDir<'_> {
 
     /// A module's image file opened for mapping, with its length checked.
     pub(crate) fn open_image(&self, m: &ModuleEntry) -> Result<strata_fs::File, StoreError> {
-        let path = self.file(File::Image, &m.id);
+        let path = self.file(File::Image, &m.id());
         let fs = &self.files.fs;
         let file = fs.open_read(&path).map_err(io_err("open", &path))?;
         let len = fs
             .file_metadata(&file)
             .map_err(io_err("stat", &path))?
             .len();
-        if len != m.memory.image.len {
+        if len != m.memory().image().len {
             return Err(mismatch(&path, "image"));
         }
         Ok(file)
@@ -473,9 +473,9 @@ impl CommitDir<'_> {
 
     /// A module's image bytes, with its length checked.
     pub(crate) fn image(&self, m: &ModuleEntry) -> Result<Vec<u8>, StoreError> {
-        let path = self.file(File::Image, &m.id);
+        let path = self.file(File::Image, &m.id());
         let image = self.read(&path)?;
-        if image.len() as u64 != m.memory.image.len {
+        if image.len() as u64 != m.memory().image().len {
             return Err(mismatch(&path, "image"));
         }
         Ok(image)
@@ -483,15 +483,15 @@ impl CommitDir<'_> {
 
     /// A module's delta pages (none without a delta), checked against the index.
     pub(crate) fn delta(&self, m: &ModuleEntry) -> Result<DeltaPages, StoreError> {
-        let Some(d) = &m.memory.delta else {
+        let Some(d) = &m.memory().delta() else {
             return Ok(DeltaPages::default());
         };
-        let path = self.file(File::Delta, &m.id);
+        let path = self.file(File::Delta, &m.id());
         let bytes = self.read(&path)?;
         if bytes.len() as u64 != d.file_len || Digest::sha256(&bytes) != d.file_hash {
             return Err(mismatch(&path, "delta"));
         }
-        DeltaPages::decode(&bytes, d.pages, m.memory.len)
+        DeltaPages::decode(&bytes, d.pages, m.memory().len())
             .map_err(|e| corrupt(&path, Corruption::Delta(e)))
     }
 
@@ -501,13 +501,18 @@ impl CommitDir<'_> {
     }
 
     fn reconstruct(&self, m: &ModuleEntry, mut image: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-        let len = usize::try_from(m.memory.len).map_err(|_| too_big())?;
+        let len = usize::try_from(m.memory().len()).map_err(|_| too_big())?;
         // The length comes from the index: a forged one is an error, not an allocation abort.
         image
             .try_reserve_exact(len.saturating_sub(image.len()))
             .map_err(|_| {
-                let path = self.file(File::Image, &m.id);
-                corrupt(&path, Corruption::TooLarge { len: m.memory.len })
+                let path = self.file(File::Image, &m.id());
+                corrupt(
+                    &path,
+                    Corruption::TooLarge {
+                        len: m.memory().len(),
+                    },
+                )
             })?;
         image.resize(len, 0);
         for (i, page) in self.delta(m)?.iter() {
@@ -523,17 +528,17 @@ impl CommitDir<'_> {
         if index.state_root() != *root {
             return Err(corrupt(&self.file_index(), Corruption::WrongRoot));
         }
-        for m in &index.modules {
+        for m in index.modules() {
             self.bytecode(m)?;
             self.blob(m)?;
             let tree = self.tree(m)?;
             let image = self.image(m)?;
             if MemoryTree::from_memory(&image) != tree {
-                return Err(mismatch(&self.file(File::Tree, &m.id), "page tree"));
+                return Err(mismatch(&self.file(File::Tree, &m.id()), "page tree"));
             }
             let memory = self.reconstruct(m, image)?;
-            if MemoryTree::from_memory(&memory).root() != m.memory.root {
-                return Err(mismatch(&self.file(File::Image, &m.id), "memory"));
+            if MemoryTree::from_memory(&memory).root() != m.memory().root() {
+                return Err(mismatch(&self.file(File::Image, &m.id()), "memory"));
             }
         }
         Ok(())

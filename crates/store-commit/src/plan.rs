@@ -12,8 +12,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use store_index::{
-    BlobDelta, DeltaRef, Digest, ImageRef, MemoryEntry, MemoryTree, ModuleEntry, ModuleId,
-    PAGE_SIZE, hash, zero_page_hash,
+    BlobDelta, DeltaRef, Digest, MemoryEntry, MemoryTree, ModuleEntry, ModuleId, PAGE_SIZE, hash,
+    zero_page_hash,
 };
 
 use crate::blob;
@@ -99,15 +99,12 @@ impl<'a> Files<'_, 'a> {
     }
 }
 
-/// Plans a full image of `memory` and its tree; returns the tree's root.
-fn full_image<'a>(files: &mut Files<'_, 'a>, memory: &'a [u8], tree: MemoryTree) -> ImageRef {
-    let image = ImageRef {
-        len: memory.len() as u64,
-        root: tree.root(),
-    };
+/// Plans a full image of `memory` and its tree; returns the memory entry of exactly that image.
+fn full_image<'a>(files: &mut Files<'_, 'a>, memory: &'a [u8], tree: MemoryTree) -> MemoryEntry {
+    let entry = MemoryEntry::of_image(&tree);
     files.push(File::Image, Source::Memory(memory));
     files.push(File::Tree, Source::Tree(tree));
-    image
+    entry
 }
 
 fn no_base() -> StoreError {
@@ -145,18 +142,10 @@ fn plan_module<'a>(
             blob_len,
         );
         full_image(files, memory, tree);
-        return Ok(ModuleEntry {
-            blob_delta,
-            ..entry
-        });
+        return Ok(entry.with_blob(blob_hash, blob_len, blob_delta));
     };
     files.link(File::Bytecode);
-    let mut entry = ModuleEntry {
-        blob_hash,
-        blob_len,
-        blob_delta,
-        ..base.clone()
-    };
+    let entry = base.clone().with_blob(blob_hash, blob_len, blob_delta);
     let memory = match &m.memory {
         Some(open) => {
             let base_dir = base_dir.ok_or_else(no_base)?;
@@ -165,10 +154,12 @@ fn plan_module<'a>(
         None => None,
     };
     match memory {
-        Some(memory) => entry.memory = memory,
-        None => files.link_memory(base.memory.delta.is_some()),
+        Some(memory) => Ok(entry.with_memory(memory)),
+        None => {
+            files.link_memory(base.memory().delta().is_some());
+            Ok(entry)
+        }
     }
-    Ok(entry)
 }
 
 /// The new memory entry of an opened memory of a base module, and its files; `None` when the
@@ -182,12 +173,12 @@ fn plan_memory<'a>(
 ) -> Result<Option<MemoryEntry>, StoreError> {
     let mapping = &open.handle.0;
     let len = mapping.len();
-    let changed = changed_pages(open, &base.memory)?;
+    let changed = changed_pages(open, base.memory())?;
     if changed.is_empty() && len == open.base_len {
         return Ok(None);
     }
     // New leaf hashes of the touched 64 KiB pages, merged into the cumulative changes.
-    let mut leaves: BTreeMap<u32, Digest> = base.memory.changed_pages.iter().copied().collect();
+    let mut leaves: BTreeMap<u32, Digest> = base.memory().changed_pages().iter().copied().collect();
     let mut last = None;
     for p in &changed {
         let leaf = p / PAGES_PER_LEAF;
@@ -208,14 +199,17 @@ fn plan_memory<'a>(
         tree.set_leaf(*i as usize, *h);
     }
     tree.update();
-    let mut memory = MemoryEntry {
-        len: len as u64,
-        root: tree.root(),
-        image: base.memory.image,
-        changed_pages: changed_leaves,
-        delta: None,
-    };
-    if memory.changed_pages.is_empty() {
+    let memory = MemoryEntry::new(
+        len as u64,
+        tree.root(),
+        base.memory().image(),
+        changed_leaves,
+        None,
+    )
+    .map_err(|e| StoreError::InvalidInput {
+        reason: e.to_string(),
+    })?;
+    if memory.changed_pages().is_empty() {
         // Equal to the zero-extended image: no delta needed.
         files.link_memory(false);
         return Ok(Some(memory));
@@ -228,13 +222,11 @@ fn plan_memory<'a>(
         // A new full image: its tree is the one just computed.
         // SAFETY: the whole length is mapped; per the handle contract no wasm runs now.
         let bytes = unsafe { mapping.bytes(0, len) };
-        memory.image = full_image(files, bytes, tree);
-        memory.changed_pages.clear();
-        return Ok(Some(memory));
+        return Ok(Some(full_image(files, bytes, tree)));
     }
     let pages = delta_pages.len() as u32;
     let bytes = encode_delta(mapping, delta_pages, config.zstd_level)?;
-    memory.delta = Some(DeltaRef {
+    let memory = memory.with_delta(DeltaRef {
         pages,
         file_len: bytes.len() as u64,
         file_hash: Digest::sha256(&bytes),
@@ -273,7 +265,7 @@ fn plan_blob<'a>(
     files: &mut Files<'_, 'a>,
 ) -> Result<(Digest, u64, Option<BlobDelta>), StoreError> {
     let changed = match (&m.blob, m.blob_dirty, &m.base) {
-        (Some(b), true, Some(base)) if base.blob_hash == hash::blob(b) => None,
+        (Some(b), true, Some(base)) if base.blob_hash() == hash::blob(b) => None,
         (Some(b), true, _) => Some(b),
         _ => None,
     };
@@ -282,16 +274,16 @@ fn plan_blob<'a>(
             reason: "module without blob".into(),
         })?;
         files.link(File::Blob);
-        if base.blob_delta.is_some() {
+        if base.blob_delta().is_some() {
             files.link(File::BlobPatch);
         }
-        return Ok((base.blob_hash, base.blob_len, base.blob_delta));
+        return Ok((base.blob_hash(), base.blob_len(), base.blob_delta()));
     };
     let blob_hash = hash::blob(blob);
     if let (Some(base), Some(dir), true) = (&m.base, base_dir, blob.len() >= config.blob_diff_min) {
         let full = base
-            .blob_delta
-            .map_or((base.blob_len, base.blob_hash), |d| {
+            .blob_delta()
+            .map_or((base.blob_len(), base.blob_hash()), |d| {
                 (d.base_len, d.base_hash)
             });
         let image = dir.full_blob(base, full)?;
@@ -318,7 +310,7 @@ fn plan_blob<'a>(
 /// OS pages whose content differs from the base state, sorted.
 fn changed_pages(open: &OpenMemory, base: &MemoryEntry) -> Result<Vec<u32>, StoreError> {
     let mapping = &open.handle.0;
-    let image_len = base.image.len as usize;
+    let image_len = base.image().len as usize;
     let mut out = Vec::new();
     for p in mapping.written_pages() {
         let at = p as usize * OS_PAGE;

@@ -93,10 +93,10 @@ impl Session {
     ) -> Session {
         let modules = index
             .iter()
-            .flat_map(|i| i.modules.iter())
+            .flat_map(|i| i.modules().iter())
             .map(|m| {
                 (
-                    m.id,
+                    m.id(),
                     ModState {
                         base: Some(m.clone()),
                         deployed: None,
@@ -268,8 +268,8 @@ impl Session {
             let too_big = || StoreError::InvalidInput {
                 reason: "memory too large for this platform".into(),
             };
-            let len = usize::try_from(entry.memory.len).map_err(|_| too_big())?;
-            let image_len = usize::try_from(entry.memory.image.len).map_err(|_| too_big())?;
+            let len = usize::try_from(entry.memory().len()).map_err(|_| too_big())?;
+            let image_len = usize::try_from(entry.memory().image().len).map_err(|_| too_big())?;
             check_reservation(len, reservation)?;
             let dir = self.base_dir()?;
             let file = dir.open_image(entry)?;

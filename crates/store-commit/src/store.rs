@@ -81,7 +81,7 @@ impl Store {
         for Listed { root, path, index } in files.scan()? {
             match index {
                 Ok(index) => {
-                    registry.next_seq = registry.next_seq.max(index.seq + 1);
+                    registry.next_seq = registry.next_seq.max(index.seq() + 1);
                     registry.commits.insert(root, Arc::new(index));
                 }
                 Err(e @ StoreError::Incompatible { .. }) => return Err(e),
@@ -120,9 +120,9 @@ impl Store {
             .filter(|(r, _)| !registry.pending_delete.contains(r))
             .map(|(r, i)| CommitInfo {
                 root: *r,
-                parent: i.parent,
-                modules: i.modules.iter().map(|m| m.id).collect(),
-                seq: i.seq,
+                parent: i.parent(),
+                modules: i.modules().iter().map(|m| m.id()).collect(),
+                seq: i.seq(),
             })
             .collect();
         v.sort_by_key(|c| c.seq);
@@ -136,7 +136,7 @@ impl Store {
             .commits
             .iter()
             .filter(|(r, _)| !registry.pending_delete.contains(r))
-            .max_by_key(|(_, i)| i.seq)
+            .max_by_key(|(_, i)| i.seq())
             .map(|(r, _)| *r)
     }
 
@@ -220,8 +220,11 @@ impl Store {
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let (roots, broken) = {
             let registry = self.inner.registry.lock();
-            let mut roots: Vec<(u64, Root)> =
-                registry.commits.iter().map(|(r, i)| (i.seq, *r)).collect();
+            let mut roots: Vec<(u64, Root)> = registry
+                .commits
+                .iter()
+                .map(|(r, i)| (i.seq(), *r))
+                .collect();
             roots.sort();
             (roots, registry.broken.clone())
         };
@@ -293,7 +296,7 @@ impl Store {
         parent: Option<Root>,
         plan: CommitPlan<'_>,
     ) -> Result<Root, StoreError> {
-        let root = state_root(plan.entries.iter().map(|e| (&e.id, e.leaf())));
+        let root = state_root(plan.entries.iter().map(|e| (e.id(), e.leaf())));
         // Also covers an unchanged session: its base is listed while the session lives.
         if self.revive(&root) {
             return Ok(root);
@@ -304,11 +307,10 @@ impl Store {
             registry.next_seq += 1;
             registry.next_seq - 1
         };
-        let index = CommitIndex {
-            seq,
-            parent,
-            modules: plan.entries,
-        };
+        let index =
+            CommitIndex::new(seq, parent, plan.entries).map_err(|e| StoreError::InvalidInput {
+                reason: e.to_string(),
+            })?;
         let files = &self.inner.files;
         let result = files
             .write_commit(parent.as_ref(), &index, plan.files)

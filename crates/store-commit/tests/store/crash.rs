@@ -148,8 +148,8 @@ fn sigkill_at_random_moments() -> Result<()> {
                 "round {round}: reported commit {root} lost"
             );
             let index = store.index(root)?;
-            for m in &index.modules {
-                store.read_memory(root, &m.id)?;
+            for m in index.modules() {
+                store.read_memory(root, &m.id())?;
             }
         }
         // At most the one commit in flight at the kill was not reported.
@@ -159,7 +159,7 @@ fn sigkill_at_random_moments() -> Result<()> {
             "round {round}: unreported commits {:?}, child said {:?}",
             unreported
                 .iter()
-                .map(|r| store.index(r).map(|i| (**r, i.seq, i.parent)))
+                .map(|r| store.index(r).map(|i| (**r, i.seq(), i.parent())))
                 .collect::<Vec<_>>(),
             &lines[lines.len().saturating_sub(6)..]
         );

@@ -115,7 +115,7 @@ fn fault_injection_at_every_operation_of_a_commit() -> Result<()> {
                 .collect();
             assert!(extra.len() <= 2, "op {k}: {extra:?}");
             for c in &extra {
-                assert!(c.root == expected_root || Some(c.root) == store.index(&base)?.parent);
+                assert!(c.root == expected_root || Some(c.root) == store.index(&base)?.parent());
             }
             for name in std::fs::read_dir(dir.path())? {
                 let name = name?.file_name();

@@ -88,9 +88,14 @@ fn a_forged_delta_page_count_is_an_error() -> Result<()> {
     let index_path = dir.path().join(root.to_hex()).join("index");
     let original = std::fs::read(&index_path)?;
     for pages in [3, 1 << 24, u32::MAX] {
-        let mut index = store_index::CommitIndex::decode(&original)?;
-        let delta = index.modules[0].memory.delta.as_mut().context("a delta")?;
+        let index = store_index::CommitIndex::decode(&original)?;
+        let entry = &index.modules()[0];
+        let mut delta = entry.memory().delta().context("a delta")?;
         delta.pages = pages;
+        let entry = entry
+            .clone()
+            .with_memory(entry.memory().clone().with_delta(delta));
+        let index = store_index::CommitIndex::new(index.seq(), index.parent(), vec![entry])?;
         std::fs::write(&index_path, index.encode()?)?;
         let store = Store::open(dir.path(), quick())?;
         assert!(store.contains(&root), "the forged index still loads");
@@ -222,7 +227,7 @@ fn unchanged_files_are_hard_links_and_deltas_are_bounded() -> Result<()> {
         let index = store.index(&root)?;
         let delta = index
             .module(&ia)
-            .and_then(|e| e.memory.delta)
+            .and_then(|e| e.memory().delta())
             .map_or(0, |d| d.pages);
         assert!(
             delta as usize * 4096 * 8 <= 16 * PAGE_SIZE,

@@ -61,5 +61,5 @@ fn model_root(state: &ModelState) -> Root {
             (*id, leaf)
         })
         .collect();
-    state_root(leaves.iter().map(|(id, l)| (id, *l)))
+    state_root(leaves.iter().map(|(id, l)| (*id, *l)))
 }

@@ -16,12 +16,15 @@ fn contents(store: &Store, root: &Root) -> Result<ModelState> {
     let index = store.index(root)?;
     let mut s = store.session(Some(*root))?;
     let mut out = ModelState::new();
-    for m in &index.modules {
-        let mem = store.read_memory(root, &m.id)?;
-        ensure!(read(&s.memory(&m.id, RES)?) == mem, "mapped memory differs");
+    for m in index.modules() {
+        let mem = store.read_memory(root, &m.id())?;
+        ensure!(
+            read(&s.memory(&m.id(), RES)?) == mem,
+            "mapped memory differs"
+        );
         out.insert(
-            m.id,
-            (s.bytecode(&m.id)?, mem, store.read_blob(root, &m.id)?),
+            m.id(),
+            (s.bytecode(&m.id())?, mem, store.read_blob(root, &m.id())?),
         );
     }
     Ok(out)
