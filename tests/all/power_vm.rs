@@ -224,7 +224,7 @@ fn power_loss_at_every_operation_of_deploy_call_commit_delete_through_the_vm() -
     }
     println!(
         "power_vm: {cuts} power cuts over {total} operations (store, cache and pins), \
-         {in_flight} failed a commit or delete, {took_effect} of those were durable anyway"
+         {in_flight} failed a commit, pin or delete, {took_effect} of those were durable anyway"
     );
     ensure!(in_flight > 0 && took_effect > 0 && took_effect < in_flight);
     Ok(())

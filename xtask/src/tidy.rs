@@ -2,7 +2,8 @@
 //!
 //! It fails on a `.rs` file without a `//!` opening doc, on an ignored or should-panic test, on
 //! an `unsafe` block without a `SAFETY:` comment, on a library crate without `deny(missing_docs)`,
-//! and on a dependency edge that breaks the layering of the crates.
+//! on a dependency edge that breaks the layering of the crates, and on library source that
+//! reaches the file system around `strata_fs::Fs`.
 
 use std::path::{Path, PathBuf};
 
@@ -197,6 +198,110 @@ fn cache_core_knows_no_file_system() {
         offenders.is_empty(),
         "cache-core must not touch the file system: {offenders:?}"
     );
+}
+
+/// The file-system calls a library may not make itself: they go through `strata_fs::Fs`.
+const FS_CALLS: [&str; 4] = ["std::fs", "File::open", "File::create", "OpenOptions"];
+
+/// Whether `rel` (a path under the repository root) is library source that must reach the file
+/// system only through strata-fs. The exceptions, and only these: strata-fs itself; the `vmhost`
+/// binary crate and every `src/bin/` (they read the user's files); unit tests (`tests.rs`, a
+/// `tests/` folder); benches, xtask and the `tests` crate (not under `crates/*/src`).
+fn must_use_strata_fs(rel: &str) -> bool {
+    let Some(rest) = rel.strip_prefix("crates/") else {
+        return false;
+    };
+    let Some((krate, inside)) = rest.split_once('/') else {
+        return false;
+    };
+    krate != "strata-fs"
+        && krate != "vmhost"
+        && inside.starts_with("src/")
+        && !inside.contains("/bin/")
+        && !inside.ends_with("/tests.rs")
+        && !inside.contains("/tests/")
+}
+
+/// The lines of library source `text` that call the file system around strata-fs. An inline
+/// `#[cfg(test)] mod tests { .. }` (by convention last in its file) is a unit test, excepted;
+/// so is a line that reads `/proc` (procfs is the kernel's interface, not storage: e.g. the
+/// store's pagemap reader).
+fn fs_offences(text: &str) -> Vec<String> {
+    let code = text
+        .split("#[cfg(test)]\nmod tests {")
+        .next()
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    for line in code.lines() {
+        let calls = FS_CALLS.iter().any(|call| line.contains(call));
+        let squeezed: String = line.split_whitespace().collect();
+        // `use std::{fs, ..}` and friends.
+        let grouped = squeezed.split("std::{").skip(1).any(|group| {
+            let group = group.split('}').next().unwrap_or_default();
+            group
+                .split(',')
+                .any(|item| item == "fs" || item.starts_with("fs::"))
+        });
+        if (calls || grouped) && !line.contains("\"/proc/") {
+            found.push(line.trim().to_owned());
+        }
+    }
+    found
+}
+
+#[test]
+fn only_strata_fs_touches_the_file_system() {
+    let mut offenders = Vec::new();
+    for path in sources() {
+        let rel = relative(&path);
+        if !must_use_strata_fs(&rel) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for line in fs_offences(&text) {
+            offenders.push(format!("{rel}: {line}"));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "file-system calls around strata_fs::Fs (only crates/strata-fs may name std::fs): {offenders:#?}"
+    );
+}
+
+#[test]
+fn the_strata_fs_rule_catches_each_form_and_only_its_exceptions_pass() {
+    for bad in [
+        "use std::fs;",
+        "let b = std::fs::read(p)?;",
+        "use std::{fs, io};",
+        "use std::{io, fs::File};",
+        "let f = File::open(p)?;",
+        "let f = File::create(p)?;",
+        "let o = OpenOptions::new();",
+    ] {
+        assert_eq!(fs_offences(bad).len(), 1, "{bad}");
+    }
+    for fine in [
+        "use std::os::unix::fs::FileExt;",
+        "use strata_fs::{File, Fs};",
+        "let f = File::open(\"/proc/self/pagemap\").ok();",
+        "fn f() {}\n#[cfg(test)]\nmod tests {\n    use std::fs;\n}",
+    ] {
+        assert!(fs_offences(fine).is_empty(), "{fine}");
+    }
+    assert!(must_use_strata_fs("crates/store-commit/src/lib.rs"));
+    assert!(must_use_strata_fs("crates/vm-host/src/vm.rs"));
+    for excepted in [
+        "crates/strata-fs/src/real.rs",
+        "crates/vmhost/src/main.rs",
+        "crates/vm-host/src/bin/vmhost/main.rs",
+        "crates/cache-fs/src/tests.rs",
+        "crates/store-commit/benches/store.rs",
+        "tests/all/store.rs",
+        "xtask/src/tidy.rs",
+    ] {
+        assert!(!must_use_strata_fs(excepted), "{excepted}");
+    }
 }
 
 #[test]

@@ -5,10 +5,10 @@
 //!
 //! - [`RealFs`] is the real file system: one std or rustix call per method, nothing copied on
 //!   the way.
-//! - With the `testing` feature (off by default): [`FaultFs`] counts and logs operations and
-//!   fails chosen ones with any errno; [`NoSyncFs`] skips the real syncs (fast tests that only
-//!   model them); [`PowerLossFs`] tracks what a power cut may lose under a directory and applies
-//!   it. Several power-loss layers on one [`Clock`] stop together, as one machine.
+//! - With the `testing` feature (off by default): `FaultFs` counts and logs operations and
+//!   fails chosen ones with any errno; `NoSyncFs` skips the real syncs (fast tests that only
+//!   model them); `PowerLossFs` tracks what a power cut may lose under a directory and applies
+//!   it. Several power-loss layers on one `Clock` stop together, as one machine.
 //!
 //! Paths are plain [`Path`]s; open files are [`File`]s the caller keeps (across sessions if it
 //! likes): operations on an open file take `&File`.

@@ -562,11 +562,14 @@ impl Fs for PowerLossFs {
         let existed = path.exists();
         // A failed write may still leave a (partial) new file behind.
         let result = self.inner.write_file(path, data, zeros);
-        if at.is_some() && !existed && path.exists() {
+        if at.is_some()
+            && !existed
+            && let Ok(meta) = std::fs::symlink_metadata(path)
+        {
             let node = m.insert_file(at, None);
             if let Some(f) = m.file(node) {
                 f.dirty = true;
-                f.len = data.len() as u64;
+                f.len = meta.len();
             }
         }
         result

@@ -288,6 +288,20 @@ mod testing {
         }
     }
 
+    /// A file written by path and never synced, its name synced: empty, or torn to zeros.
+    #[test]
+    fn a_file_written_by_path_comes_back_empty_or_torn() {
+        for (loss, want) in [(Loss::Unsynced, &[][..]), (Loss::TornData, &[0u8; 5][..])] {
+            let tmp = tempfile::tempdir().unwrap();
+            let fs = PowerLossFs::real(tmp.path());
+            let path = tmp.path().join("w");
+            fs.write_file(&path, b"hello", Zeros::Write).unwrap();
+            fs.sync_dir(tmp.path()).unwrap();
+            fs.power_cut(loss).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), want, "{loss:?}");
+        }
+    }
+
     /// A directory created without syncing its parent is lost; `create_dir_all_durable` keeps it,
     /// and `syncfs` makes everything durable.
     #[test]
