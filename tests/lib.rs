@@ -280,15 +280,16 @@ pub fn index_decode(data: &[u8]) {
     }
 }
 
+/// Any digest: ids are made by hashing (here 32 arbitrary bytes), never from raw bytes.
 fn digest(u: &mut Unstructured<'_>) -> arbitrary::Result<store_index::Digest> {
-    Ok(store_index::Digest::from_bytes(u.arbitrary()?))
+    Ok(store_index::Digest::sha256(&u.arbitrary::<[u8; 32]>()?))
 }
 
 /// A valid commit index built from `data`.
 fn arbitrary_index(u: &mut Unstructured<'_>) -> arbitrary::Result<CommitIndex> {
     let mut modules = BTreeMap::new();
     for _ in 0..u.int_in_range(0..=4)? {
-        let id = ModuleId::from_bytes(u.arbitrary()?);
+        let id = ModuleId::of_wasm(&u.arbitrary::<[u8; 32]>()?);
         let pages = u.int_in_range(0..=300u64)?;
         let leaves: Vec<store_index::Digest> = (0..pages.min(8))
             .map(|_| digest(u))
@@ -296,10 +297,13 @@ fn arbitrary_index(u: &mut Unstructured<'_>) -> arbitrary::Result<CommitIndex> {
         let mut tree = MemoryTree::from_leaves(leaves);
         tree.resize(pages as usize);
         tree.update();
-        let mut entry =
+        let entry =
             store_index::ModuleEntry::new(id, u.arbitrary()?, &tree, digest(u)?, u.arbitrary()?);
         let image_pages = u.int_in_range(0..=pages)?;
-        entry.memory.image.len = image_pages * PAGE_SIZE as u64;
+        let image = store_index::ImageRef {
+            len: image_pages * PAGE_SIZE as u64,
+            ..entry.memory().image()
+        };
         let mut changed = Vec::new();
         let mut next = 0u64;
         while next < pages && u.arbitrary::<bool>()? {
@@ -307,25 +311,31 @@ fn arbitrary_index(u: &mut Unstructured<'_>) -> arbitrary::Result<CommitIndex> {
             changed.push((next as u32, digest(u)?));
             next += 1;
         }
-        entry.memory.changed_pages = changed;
-        if u.arbitrary()? {
-            entry.memory.delta = Some(store_index::DeltaRef {
+        let delta = if u.arbitrary()? {
+            Some(store_index::DeltaRef {
                 pages: u.arbitrary()?,
                 file_len: u.arbitrary()?,
                 file_hash: digest(u)?,
-            });
-        }
-        modules.insert(id, entry);
-    }
-    Ok(CommitIndex {
-        seq: u.arbitrary()?,
-        parent: if u.arbitrary()? {
-            Some(Root::from_bytes(u.arbitrary()?))
+            })
         } else {
             None
-        },
-        modules: modules.into_values().collect(),
-    })
+        };
+        let (len, root) = (entry.memory().len(), entry.memory().root());
+        let memory = store_index::MemoryEntry::new(len, root, image, changed, delta)
+            .expect("the generated memory keeps the invariants");
+        modules.insert(id, entry.with_memory(memory));
+    }
+    let seq = u.arbitrary()?;
+    let parent = if u.arbitrary()? {
+        Some(store_index::hash::state_root(
+            u.arbitrary()?,
+            Some(&digest(u)?),
+        ))
+    } else {
+        None
+    };
+    let modules = modules.into_values().collect();
+    Ok(CommitIndex::new(seq, parent, modules).expect("a map keeps the modules sorted"))
 }
 
 /// decode(encode(x)) == x for valid indexes and trees, with equal roots.
@@ -392,8 +402,8 @@ pub fn delta_decode(data: &[u8]) {
             let frame = zstd::bulk::compress(&raw, 1).expect("zstd compresses");
             let bytes = store_index::encode_raw(RecordKind::Delta, &frame);
             assert_eq!(
-                store_commit::fuzzing::decode_delta(&bytes, n, memory_len),
-                Ok(indices.len()),
+                store_commit::fuzzing::decode_delta(&bytes, n, memory_len).ok(),
+                Some(indices.len()),
                 "a well-formed delta does not decode"
             );
             return;
@@ -822,7 +832,7 @@ fn model_root(state: &ModelState) -> Root {
             (*id, leaf)
         })
         .collect();
-    state_root(leaves.iter().map(|(id, l)| (id, *l)))
+    state_root(leaves.iter().map(|(id, l)| (*id, *l)))
 }
 
 const MODEL_RES: usize = 8 * PAGE_SIZE;

@@ -10,23 +10,14 @@
 //! runs it in release mode together with the store's own crash test.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use vm_host::{ModuleId, Root, Value, Vm, VmConfig};
 
 const CHILD: &str = "STRATA_VM_CRASH_CHILD";
-
-fn test_name(f: &str) -> String {
-    let path = module_path!();
-    match path.split_once("::") {
-        Some((_, rest)) => format!("{rest}::{f}"),
-        None => f.to_string(),
-    }
-}
 
 /// The counter contract of the crash and load tests: the count lives in a global, in memory
 /// (at 1024) and in the key-value data (key "count"); `add_then_trap` changes all three and
@@ -243,8 +234,7 @@ fn crash_vm_sigkill_during_deploy_call_commit() -> Result<()> {
         .and_then(|r| r.parse().ok())
         .unwrap_or(10);
     let dir = tempfile::tempdir()?;
-    let exe = std::env::current_exe()?;
-    let name = test_name("crash_vm_sigkill_during_deploy_call_commit");
+    let name = strata_harness::test_name!(crash_vm_sigkill_during_deploy_call_commit);
     // Every commit reported and not deleted since, with its values.
     let mut live: HashMap<Root, Values> = HashMap::new();
     let (mut total_commits, mut kills_in_commit, mut kills_in_delete) = (0, 0, 0);
@@ -255,34 +245,17 @@ fn crash_vm_sigkill_during_deploy_call_commit() -> Result<()> {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let mut child = Command::new(&exe)
-            .args(["--exact", &name, "--nocapture", "--test-threads=1"])
-            .env(CHILD, dir.path())
-            .env("STRATA_CRASH_SEED", round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // The harness prints "test <name> ... " before the child's first line.
-                if line.ends_with("ready") {
-                    let _ = ready_tx.send(());
-                }
-                lines.push(line);
-            }
-            lines
-        });
+        let seed = round.to_string();
+        let env = [
+            (CHILD, dir.path().as_os_str()),
+            ("STRATA_CRASH_SEED", seed.as_ref()),
+        ];
+        // The harness prints "test <name> ... " before the child's first line.
+        let child = strata_harness::Child::spawn(&name, &env, Some("ready"))?;
         // Kill at a random moment after the VM is open: 0 to 300 ms into the loop.
-        let _ = ready_rx.recv_timeout(Duration::from_secs(30));
+        let _ = child.wait_ready(Duration::from_secs(30));
         std::thread::sleep(Duration::from_micros(rng % 300_000));
-        child.kill()?;
-        child.wait()?;
-        let lines = reader
-            .join()
-            .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+        let lines = child.kill()?;
         let report = parse(&lines)?;
         ensure!(
             report.ready,

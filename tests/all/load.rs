@@ -36,15 +36,6 @@ const CHILD: &str = "STRATA_LOAD_CHILD";
 const MODULES: usize = 8;
 const THREADS: usize = 4;
 
-/// The name `--exact` needs for a test function of this module.
-fn test_name(f: &str) -> String {
-    let path = module_path!();
-    match path.split_once("::") {
-        Some((_, rest)) => format!("{rest}::{f}"),
-        None => f.to_string(),
-    }
-}
-
 /// Counts of open file descriptors and memory mappings of this process.
 fn fds_and_maps() -> (usize, usize) {
     let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
@@ -331,12 +322,9 @@ fn load_threads_sessions_commits_deletes_under_cache_pressure() -> Result<()> {
     if std::env::var_os(CHILD).is_some() {
         return load_child();
     }
-    let exe = std::env::current_exe()?;
-    let name = test_name("load_threads_sessions_commits_deletes_under_cache_pressure");
-    let output = std::process::Command::new(exe)
-        .args(["--exact", &name, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()?;
+    let name =
+        strata_harness::test_name!(load_threads_sessions_commits_deletes_under_cache_pressure);
+    let output = strata_harness::run(&name, &[(CHILD, "1".as_ref())])?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     for line in stdout.lines().filter(|l| l.starts_with("load:")) {
         println!("{line}");

@@ -5,63 +5,31 @@
 //! data like bsdiff does, at compression speed. Measured on a 1 MiB serialized map with a 4-byte
 //! insertion (benches/store.rs, `commit_blob_1MiB`): qbsdiff took 54 ms per commit for a 183-byte
 //! patch, zstd patch-from 6.1 ms for a 126-byte patch (storing the blob whole: 2.8 ms, 1 MiB).
+//!
+//! This module is the codec only: the planner decides when a patch pays, the files layer reads and
+//! checks the files.
 
 use std::io::{Read, Write};
-use std::path::Path;
-
-use store_index::{Digest, ModuleEntry, hash};
-
-use crate::{Store, StoreError, io_err};
 
 /// A patch is kept only if smaller than `1/DIFF_RATIO` of the blob.
 pub(crate) const DIFF_RATIO: usize = 4;
 
-fn corrupt(path: &Path, reason: &str) -> StoreError {
-    StoreError::Corrupted {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
-
-/// Reads the full blob file of a module in commit directory `dir`, checking it against `hash`.
-pub(crate) fn read_full(
-    store: &Store,
-    dir: &Path,
-    m: &ModuleEntry,
-    expect: (u64, Digest),
-) -> Result<Vec<u8>, StoreError> {
-    let path = dir.join("blob").join(m.id.to_hex());
-    let bytes = store
-        .inner
-        .fs
-        .read_file(&path)
-        .map_err(io_err("read", &path))?;
-    if bytes.len() as u64 != expect.0 || hash::blob(&bytes) != expect.1 {
-        return Err(corrupt(&path, "blob does not match its hash"));
-    }
-    Ok(bytes)
-}
-
-/// The module's blob in the commit at `dir`, checked against the index.
-pub(crate) fn read(store: &Store, dir: &Path, m: &ModuleEntry) -> Result<Vec<u8>, StoreError> {
-    let Some(d) = &m.blob_delta else {
-        return read_full(store, dir, m, (m.blob_len, m.blob_hash));
-    };
-    let base = read_full(store, dir, m, (d.base_len, d.base_hash))?;
-    let path = dir.join("blob").join(format!("{}.diff", m.id.to_hex()));
-    let patch = store
-        .inner
-        .fs
-        .read_file(&path)
-        .map_err(io_err("read", &path))?;
-    if patch.len() as u64 != d.file_len || Digest::sha256(&patch) != d.file_hash {
-        return Err(corrupt(&path, "blob patch does not match its hash"));
-    }
-    let blob = apply(&base, &patch, m.blob_len).map_err(|e| corrupt(&path, &e))?;
-    if hash::blob(&blob) != m.blob_hash {
-        return Err(corrupt(&path, "patched blob does not match its hash"));
-    }
-    Ok(blob)
+/// Why a blob patch could not be applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PatchError {
+    /// The blob length the index records does not fit this platform.
+    #[error("blob of {len} bytes does not fit this platform")]
+    TooLarge {
+        /// The length.
+        len: u64,
+    },
+    /// zstd refused the patch.
+    #[error("cannot decode the blob patch: {0}")]
+    Decode(#[source] std::io::Error),
+    /// The patch makes a blob of another length.
+    #[error("blob patch has the wrong target size")]
+    WrongSize,
 }
 
 /// The zstd window that lets the patch reach back over the whole prefix.
@@ -79,19 +47,20 @@ pub(crate) fn diff(base: &[u8], target: &[u8]) -> std::io::Result<Vec<u8>> {
     enc.finish()
 }
 
-fn apply(base: &[u8], patch: &[u8], len: u64) -> Result<Vec<u8>, String> {
-    let len = usize::try_from(len).map_err(|e| e.to_string())?;
+/// The blob that `patch` makes of `base`, which must be `len` bytes long.
+pub(crate) fn apply(base: &[u8], patch: &[u8], len: u64) -> Result<Vec<u8>, PatchError> {
+    let len = usize::try_from(len).map_err(|_| PatchError::TooLarge { len })?;
     let mut dec =
-        zstd::stream::read::Decoder::with_ref_prefix(patch, base).map_err(|e| e.to_string())?;
+        zstd::stream::read::Decoder::with_ref_prefix(patch, base).map_err(PatchError::Decode)?;
     dec.window_log_max(window_log(base.len(), len))
-        .map_err(|e| e.to_string())?;
+        .map_err(PatchError::Decode)?;
     let mut out = Vec::with_capacity(len);
     // One byte more than expected reveals a patch for another length.
     dec.take(len as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| e.to_string())?;
+        .map_err(PatchError::Decode)?;
     if out.len() != len {
-        return Err("blob patch has the wrong target size".into());
+        return Err(PatchError::WrongSize);
     }
     Ok(out)
 }
@@ -112,6 +81,9 @@ mod tests {
         let patch = diff(&base, &target).unwrap();
         assert!(patch.len() * DIFF_RATIO < target.len(), "{}", patch.len());
         assert_eq!(apply(&base, &patch, target.len() as u64).unwrap(), target);
-        assert!(apply(&base, &patch, 5).is_err());
+        assert!(matches!(
+            apply(&base, &patch, 5),
+            Err(PatchError::WrongSize | PatchError::Decode(_))
+        ));
     }
 }

@@ -4,9 +4,44 @@
 //! Payload before compression: page count `u32 LE`, the sorted page indices (`u32 LE` each), then the
 //! pages' bytes in the same order.
 
-use store_index::{RecordKind, decode_raw, encode_raw};
+use store_index::{IndexError, RecordKind, decode_raw, encode_raw};
 
 use crate::mapping::OS_PAGE;
+
+/// Why a memory delta record was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeltaError {
+    /// The index claims more pages than the memory has.
+    #[error("delta of {pages} pages exceeds the memory's {max} pages")]
+    TooManyPages {
+        /// Pages the index claims.
+        pages: u32,
+        /// Pages of the memory.
+        max: u64,
+    },
+    /// The record envelope (magic, version, checksum) is damaged.
+    #[error("delta record: {0}")]
+    Record(#[source] IndexError),
+    /// The payload is not a zstd frame.
+    #[error("delta is not a zstd frame")]
+    NotZstd,
+    /// The payload's length does not fit the page count.
+    #[error("delta length does not match its page count")]
+    WrongLength,
+    /// The buffer for the pages cannot be allocated.
+    #[error("cannot allocate {bytes} bytes for the delta")]
+    Allocation {
+        /// The size asked for.
+        bytes: usize,
+    },
+    /// zstd refused the frame.
+    #[error("cannot decompress the delta: {0}")]
+    Decompress(#[source] std::io::Error),
+    /// The page indices are unsorted, repeated or past the memory.
+    #[error("delta page indices unsorted or out of range")]
+    BadIndices,
+}
 
 /// Decoded delta pages, sorted by index.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,39 +85,44 @@ impl DeltaPages {
     /// page count is refused before anything is allocated, so the decompression buffer (the only
     /// large allocation) is never bigger than the memory plus its page index (0.1%), whatever the
     /// record holds.
-    pub(crate) fn decode(bytes: &[u8], pages: u32, memory_len: u64) -> Result<DeltaPages, String> {
+    pub(crate) fn decode(
+        bytes: &[u8],
+        pages: u32,
+        memory_len: u64,
+    ) -> Result<DeltaPages, DeltaError> {
         let max_page = memory_len / OS_PAGE as u64;
         if u64::from(pages) > max_page {
-            return Err(format!(
-                "delta of {pages} pages exceeds the memory's {max_page} pages"
-            ));
+            return Err(DeltaError::TooManyPages {
+                pages,
+                max: max_page,
+            });
         }
-        let n = usize::try_from(pages).map_err(|_| "delta page count too large".to_string())?;
+        let n = usize::try_from(pages).map_err(|_| DeltaError::WrongLength)?;
         let head = n
             .checked_mul(4)
             .and_then(|i| i.checked_add(4))
-            .ok_or("delta page count too large")?;
+            .ok_or(DeltaError::WrongLength)?;
         let expect = n
             .checked_mul(OS_PAGE)
             .and_then(|d| d.checked_add(head))
-            .ok_or("delta page count too large")?;
-        let compressed = decode_raw(RecordKind::Delta, bytes).map_err(|e| e.to_string())?;
+            .ok_or(DeltaError::WrongLength)?;
+        let compressed = decode_raw(RecordKind::Delta, bytes).map_err(DeltaError::Record)?;
         // Frames written by `encode` declare their size: a mismatch is refused before allocating.
         match zstd::zstd_safe::get_frame_content_size(compressed) {
             Ok(Some(size)) if size != expect as u64 => {
-                return Err("delta length does not match its page count".into());
+                return Err(DeltaError::WrongLength);
             }
             Ok(_) => {}
-            Err(_) => return Err("delta is not a zstd frame".into()),
+            Err(_) => return Err(DeltaError::NotZstd),
         }
         let mut raw: Vec<u8> = Vec::new();
         raw.try_reserve_exact(expect)
-            .map_err(|_| format!("cannot allocate {expect} bytes for the delta"))?;
+            .map_err(|_| DeltaError::Allocation { bytes: expect })?;
         zstd::bulk::Decompressor::new()
             .and_then(|mut d| d.decompress_to_buffer(compressed, &mut raw))
-            .map_err(|e| e.to_string())?;
+            .map_err(DeltaError::Decompress)?;
         if raw.len() != expect || raw[..4] != pages.to_le_bytes() {
-            return Err("delta length does not match its page count".into());
+            return Err(DeltaError::WrongLength);
         }
         let indices: Vec<u32> = raw[4..head]
             .chunks_exact(4)
@@ -91,7 +131,7 @@ impl DeltaPages {
         if !indices.windows(2).all(|w| w[0] < w[1])
             || indices.last().is_some_and(|&l| u64::from(l) >= max_page)
         {
-            return Err("delta page indices unsorted or out of range".into());
+            return Err(DeltaError::BadIndices);
         }
         // Drop the header in place: no second copy of the pages.
         raw.drain(..head);
@@ -133,15 +173,19 @@ mod tests {
         let bytes = d.encode(1).unwrap();
         let len = 4 * OS_PAGE as u64;
         for pages in [5, 1 << 20, u32::MAX] {
-            let err = DeltaPages::decode(&bytes, pages, len).unwrap_err();
+            let err = DeltaPages::decode(&bytes, pages, len)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("exceeds the memory"), "{pages}: {err}");
         }
         // Within the memory's page count but not what the frame holds: refused from the frame
         // header, before allocating.
-        let err = DeltaPages::decode(&bytes, 4, len).unwrap_err();
+        let err = DeltaPages::decode(&bytes, 4, len).unwrap_err().to_string();
         assert!(err.contains("does not match its page count"), "{err}");
         // A huge memory length does not make a forged count allocate either.
-        let err = DeltaPages::decode(&bytes, u32::MAX, u64::MAX).unwrap_err();
+        let err = DeltaPages::decode(&bytes, u32::MAX, u64::MAX)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not match its page count"), "{err}");
         assert_eq!(DeltaPages::decode(&bytes, 1, len).unwrap(), d);
         // Garbage inside a valid envelope is an error, not a panic.

@@ -17,9 +17,8 @@ use crate::StoreError;
 pub const OS_PAGE: usize = 4096;
 
 fn map_err(op: &'static str, e: rustix::io::Errno) -> StoreError {
-    StoreError::Io {
+    StoreError::Mapping {
         op,
-        path: "<memory mapping>".into(),
         source: e.into(),
     }
 }

@@ -1,23 +1,18 @@
-//! Sessions: the mutable view of one base commit, its checkpoints, and the commit that writes it.
+//! Sessions: the mutable view of one base commit. A session holds its modules, opens their
+//! memories, checkpoints and rolls back; [`Session::commit`] hands its modules to the planner
+//! ([`crate::plan`]) and the plan to the store, and reads the base commit only through
+//! [`CommitDir`]. It knows no file name and no store internals.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use store_index::{
-    BlobDelta, CommitIndex, DeltaRef, Digest, ImageRef, MemoryEntry, MemoryTree, ModuleEntry,
-    ModuleId, PAGE_SIZE, Root, hash, state_root, zero_page_hash,
-};
+use store_index::{CommitIndex, ModuleEntry, ModuleId, PAGE_SIZE, Root};
 
-use crate::blob;
 use crate::delta::DeltaPages;
+use crate::files::CommitDir;
 use crate::mapping::{ImageView, Mapping, MemoryHandle, OS_PAGE};
-use crate::{Missing, Store, StoreError, io_err};
-use strata_fs::Zeros;
-
-const PAGES_PER_LEAF: u32 = (PAGE_SIZE / OS_PAGE) as u32;
+use crate::{Missing, Store, StoreError, plan};
 
 /// A mutable view of one commit (or of the empty state) that ends with at most one commit.
 ///
@@ -32,32 +27,35 @@ pub struct Session {
     next_checkpoint: u64,
 }
 
+/// A module of a session (read by the planner).
 #[derive(Debug)]
-struct ModState {
+pub(crate) struct ModState {
     /// The module's entry in the base commit; `None` when deployed in this session.
-    base: Option<ModuleEntry>,
-    deployed: Option<Deployed>,
+    pub(crate) base: Option<ModuleEntry>,
+    pub(crate) deployed: Option<Deployed>,
     /// The blob when loaded or set.
-    blob: Option<Arc<Vec<u8>>>,
-    blob_dirty: bool,
-    memory: Option<OpenMemory>,
+    pub(crate) blob: Option<Arc<Vec<u8>>>,
+    pub(crate) blob_dirty: bool,
+    pub(crate) memory: Option<OpenMemory>,
 }
 
+/// A module deployed in this session.
 #[derive(Debug)]
-struct Deployed {
-    bytecode: Vec<u8>,
-    genesis: Vec<u8>,
+pub(crate) struct Deployed {
+    pub(crate) bytecode: Vec<u8>,
+    pub(crate) genesis: Vec<u8>,
 }
 
+/// An opened memory.
 #[derive(Debug)]
-struct OpenMemory {
-    handle: MemoryHandle,
+pub(crate) struct OpenMemory {
+    pub(crate) handle: MemoryHandle,
     /// Length at open (the base length).
-    base_len: usize,
+    pub(crate) base_len: usize,
     /// The image, to compare written pages with.
-    image: Option<ImageView>,
+    pub(crate) image: Option<ImageView>,
     /// The pages written at open (the base delta, or the genesis pages of a new module).
-    delta: DeltaPages,
+    pub(crate) delta: DeltaPages,
 }
 
 /// A point a session can [`rollback`](Session::rollback) to. Only valid for the session that made it.
@@ -79,14 +77,6 @@ impl Checkpoint {
 
 type BlobState = (Option<Arc<Vec<u8>>>, bool);
 
-/// One file of a planned commit.
-enum Source<'a> {
-    /// Hard link from the base commit.
-    Link(PathBuf),
-    /// New content; `sparse` leaves zero blocks as holes.
-    Write(Cow<'a, [u8]>, bool),
-}
-
 impl Drop for Session {
     fn drop(&mut self) {
         if let Some(base) = self.base {
@@ -103,10 +93,10 @@ impl Session {
     ) -> Session {
         let modules = index
             .iter()
-            .flat_map(|i| i.modules.iter())
+            .flat_map(|i| i.modules().iter())
             .map(|m| {
                 (
-                    m.id,
+                    m.id(),
                     ModState {
                         base: Some(m.clone()),
                         deployed: None,
@@ -144,8 +134,12 @@ impl Session {
         self.modules.contains_key(id)
     }
 
-    fn base_dir(&self) -> Option<PathBuf> {
-        self.base.map(|r| self.store.commit_dir(&r))
+    /// The base commit's directory.
+    fn base_dir(&self) -> Result<CommitDir<'_>, StoreError> {
+        let root = self.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
+            reason: "no base commit".into(),
+        })?;
+        Ok(self.store.commit_dir(root))
     }
 
     fn module(&self, id: &ModuleId) -> Result<&ModState, StoreError> {
@@ -158,13 +152,6 @@ impl Session {
         self.modules
             .get_mut(id)
             .ok_or(StoreError::NotFound(Missing::Module(*id)))
-    }
-
-    fn base_file(&self, sub: &str, name: String) -> Result<PathBuf, StoreError> {
-        let dir = self.base_dir().ok_or_else(|| StoreError::InvalidInput {
-            reason: "no base commit".into(),
-        })?;
-        Ok(dir.join(sub).join(name))
     }
 
     /// Adds a module: `id` must be the sha256 of `bytecode`; `memory` is its genesis linear memory
@@ -214,20 +201,11 @@ impl Session {
         if let Some(d) = &m.deployed {
             return Ok(d.bytecode.clone());
         }
-        let path = self.base_file("bytecode", id.to_hex())?;
-        let code = self
-            .store
-            .inner
-            .fs
-            .read_file(&path)
-            .map_err(io_err("read", &path))?;
-        if ModuleId::of_wasm(&code) != *id {
-            return Err(StoreError::Corrupted {
-                path,
-                reason: "bytecode does not match its module id".into(),
-            });
-        }
-        Ok(code)
+        let entry = m
+            .base
+            .as_ref()
+            .ok_or(StoreError::NotFound(Missing::Module(*id)))?;
+        self.base_dir()?.bytecode(entry)
     }
 
     /// A module's blob: the one set in this session, else the base commit's (read and checked
@@ -237,12 +215,10 @@ impl Session {
         if let Some(b) = &m.blob {
             return Ok(b.as_ref().clone());
         }
-        let (Some(dir), Some(entry)) = (self.base_dir(), m.base.as_ref()) else {
-            return Err(StoreError::InvalidInput {
-                reason: "module has neither blob nor base".into(),
-            });
-        };
-        blob::read(&self.store, &dir, entry)
+        let entry = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
+            reason: "module has neither blob nor base".into(),
+        })?;
+        self.base_dir()?.blob(entry)
     }
 
     /// Replaces a module's blob.
@@ -261,9 +237,7 @@ impl Session {
         id: &ModuleId,
         reservation: usize,
     ) -> Result<MemoryHandle, StoreError> {
-        let base_dir = self.base_dir();
-        let store = self.store.clone();
-        let m = self.module_mut(id)?;
+        let m = self.module(id)?;
         if let Some(open) = &m.memory {
             return Ok(open.handle.clone());
         }
@@ -288,37 +262,18 @@ impl Session {
                 delta: patched,
             }
         } else {
-            let entry = m.base.as_ref().map(|b| b.memory.clone()).ok_or_else(|| {
-                StoreError::InvalidInput {
-                    reason: "module has neither base nor deployment".into(),
-                }
-            })?;
-            let dir = base_dir.ok_or_else(|| StoreError::InvalidInput {
-                reason: "no base commit".into(),
+            let entry = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
+                reason: "module has neither base nor deployment".into(),
             })?;
             let too_big = || StoreError::InvalidInput {
                 reason: "memory too large for this platform".into(),
             };
-            let len = usize::try_from(entry.len).map_err(|_| too_big())?;
-            let image_len = usize::try_from(entry.image.len).map_err(|_| too_big())?;
+            let len = usize::try_from(entry.memory().len()).map_err(|_| too_big())?;
+            let image_len = usize::try_from(entry.memory().image().len).map_err(|_| too_big())?;
             check_reservation(len, reservation)?;
-            let fs = &store.inner.fs;
-            let path = dir.join("memory").join(id.to_hex());
-            let file = fs.open_read(&path).map_err(io_err("open", &path))?;
-            let file_len = file.metadata().map_err(io_err("stat", &path))?.len();
-            if file_len != entry.image.len {
-                return Err(StoreError::Corrupted {
-                    path,
-                    reason: format!("image is {file_len} bytes, the index says {image_len}"),
-                });
-            }
-            let delta = match &entry.delta {
-                None => DeltaPages::default(),
-                Some(d) => {
-                    let p = dir.join("memory").join(format!("{}.diff", id.to_hex()));
-                    store.read_delta(&p, d, entry.len)?
-                }
-            };
+            let dir = self.base_dir()?;
+            let file = dir.open_image(entry)?;
+            let delta = dir.delta(entry)?;
             let mapping = Mapping::new(Some(&file), image_len, len, reservation)?;
             for (i, page) in delta.iter() {
                 // SAFETY: page indices were checked against the length; the mapping is fresh.
@@ -332,7 +287,7 @@ impl Session {
             }
         };
         let handle = open.handle.clone();
-        m.memory = Some(open);
+        self.module_mut(id)?.memory = Some(open);
         Ok(handle)
     }
 
@@ -395,405 +350,9 @@ impl Session {
     /// (for example an unchanged session) returns that commit's root and writes nothing.
     pub fn commit(self) -> Result<Root, StoreError> {
         self.store.check_writable()?;
-        let mut entries = Vec::with_capacity(self.modules.len());
-        let mut files: Vec<(String, Source<'_>)> = Vec::new();
-        for (id, m) in &self.modules {
-            entries.push(self.plan_module(id, m, &mut files)?);
-        }
-        let root = state_root(entries.iter().map(|e| (&e.id, e.leaf())));
-        // Also covers an unchanged session: its base is listed while the session lives.
-        if self.reuse_existing(&root) {
-            return Ok(root);
-        }
-        self.store.check_writable()?;
-        let seq = {
-            let mut state = self.store.inner.state.lock();
-            state.next_seq += 1;
-            state.next_seq - 1
-        };
-        let index = CommitIndex {
-            seq,
-            parent: self.base,
-            modules: entries,
-        };
-        let tmp = self.store.tmp_dir();
-        let written = self.write_tmp(&tmp, &index, files);
-        let result = written.and_then(|()| self.publish(&tmp, &root, index));
-        if result.is_err() {
-            self.store.poison();
-            let _ = self.store.inner.fs.remove_all(&tmp);
-        }
-        result.map(|()| root)
-    }
-
-    /// Whether `root` exists already; a commit awaiting deferred deletion is revived.
-    fn reuse_existing(&self, root: &Root) -> bool {
-        let mut state = self.store.inner.state.lock();
-        if state.commits.contains_key(root) {
-            state.pending_delete.remove(root);
-            return true;
-        }
-        false
-    }
-
-    fn write_tmp(
-        &self,
-        tmp: &Path,
-        index: &CommitIndex,
-        files: Vec<(String, Source<'_>)>,
-    ) -> Result<(), StoreError> {
-        let fs = &*self.store.inner.fs;
-        let fsync = self.store.inner.config.fsync;
-        let dirs = [
-            tmp.to_path_buf(),
-            tmp.join("bytecode"),
-            tmp.join("memory"),
-            tmp.join("blob"),
-        ];
-        for d in &dirs {
-            fs.create_dir(d).map_err(io_err("create dir", d))?;
-        }
-        let mut to_sync = Vec::new();
-        for (rel, source) in files {
-            let path = tmp.join(&rel);
-            match source {
-                Source::Link(from) => fs.hard_link(&from, &path).map_err(io_err("link", &path))?,
-                Source::Write(data, sparse) => {
-                    let zeros = if sparse { Zeros::Holes } else { Zeros::Write };
-                    fs.write_file(&path, &data, zeros)
-                        .map_err(io_err("write", &path))?;
-                    to_sync.push(path);
-                }
-            }
-        }
-        let path = tmp.join("index");
-        let bytes = index.encode().map_err(|e| crate::index_err(&path, e))?;
-        fs.write_file(&path, &bytes, Zeros::Write)
-            .map_err(io_err("write", &path))?;
-        to_sync.push(path);
-        if fsync {
-            for p in &to_sync {
-                fs.sync_file(p).map_err(io_err("fsync", p))?;
-            }
-            for d in dirs.iter().rev() {
-                fs.sync_dir(d).map_err(io_err("fsync", d))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Renames the finished directory into place and registers the commit.
-    fn publish(&self, tmp: &Path, root: &Root, index: CommitIndex) -> Result<(), StoreError> {
-        let inner = &self.store.inner;
-        let target = self.store.commit_dir(root);
-        // The lock spans rename and parent fsync, so a commit is listed only once durable and two
-        // sessions committing the same state never race on the directory name.
-        let mut state = inner.state.lock();
-        if state.commits.contains_key(root) {
-            state.pending_delete.remove(root);
-            drop(state);
-            let _ = inner.fs.remove_all(tmp);
-            return Ok(());
-        }
-        // A directory that failed to load at open holds this root: replace it.
-        let broken = state.broken.iter().position(|p| p.path == target);
-        let doomed = match broken {
-            Some(i) => {
-                let doomed = self.store.doomed_dir(root);
-                inner
-                    .fs
-                    .rename(&target, &doomed)
-                    .map_err(io_err("rename", &target))?;
-                state.broken.remove(i);
-                Some(doomed)
-            }
-            None => None,
-        };
-        inner
-            .fs
-            .rename(tmp, &target)
-            .map_err(io_err("rename", tmp))?;
-        if let Some(doomed) = doomed {
-            // Best effort: the next open removes it otherwise.
-            let _ = inner.fs.remove_all(&doomed);
-        }
-        if inner.config.fsync {
-            inner
-                .fs
-                .sync_dir(&inner.dir)
-                .map_err(io_err("fsync", &inner.dir))?;
-        }
-        state.commits.insert(*root, Arc::new(index));
-        Ok(())
-    }
-
-    /// Decides the entry and the files of one module.
-    fn plan_module<'a>(
-        &'a self,
-        id: &ModuleId,
-        m: &'a ModState,
-        files: &mut Vec<(String, Source<'a>)>,
-    ) -> Result<ModuleEntry, StoreError> {
-        let hex = id.to_hex();
-        let link = |sub: &str, name: String| -> Result<Source<'a>, StoreError> {
-            Ok(Source::Link(self.base_file(sub, name)?))
-        };
-        // Blob.
-        let (blob_hash, blob_len, blob_delta) = self.plan_blob(&hex, m, files)?;
-        // Bytecode and memory of a module deployed in this session: everything is new.
-        if let Some(d) = &m.deployed {
-            files.push((
-                format!("bytecode/{hex}"),
-                Source::Write(Cow::Borrowed(&d.bytecode), false),
-            ));
-            let memory: &[u8] = match &m.memory {
-                // SAFETY: the whole length is mapped; per the handle contract no wasm runs now.
-                Some(open) => unsafe { open.handle.0.bytes(0, open.handle.len()) },
-                None => &d.genesis,
-            };
-            let tree = MemoryTree::from_memory(memory);
-            files.push((
-                format!("memory/{hex}"),
-                Source::Write(Cow::Borrowed(memory), true),
-            ));
-            files.push((
-                format!("memory/{hex}.tree"),
-                Source::Write(encode_tree(&tree)?, false),
-            ));
-            let mut entry =
-                ModuleEntry::new(*id, d.bytecode.len() as u64, &tree, blob_hash, blob_len);
-            entry.blob_delta = blob_delta;
-            return Ok(entry);
-        }
-        let base = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
-            reason: "module has neither base nor deployment".into(),
-        })?;
-        files.push((format!("bytecode/{hex}"), link("bytecode", hex.clone())?));
-        let mut entry = base.clone();
-        entry.blob_hash = blob_hash;
-        entry.blob_len = blob_len;
-        entry.blob_delta = blob_delta;
-        let link_memory = |files: &mut Vec<(String, Source<'a>)>, delta: bool| {
-            files.push((format!("memory/{hex}"), link("memory", hex.clone())?));
-            files.push((
-                format!("memory/{hex}.tree"),
-                link("memory", format!("{hex}.tree"))?,
-            ));
-            if delta {
-                files.push((
-                    format!("memory/{hex}.diff"),
-                    link("memory", format!("{hex}.diff"))?,
-                ));
-            }
-            Ok::<(), StoreError>(())
-        };
-        let Some(open) = &m.memory else {
-            link_memory(files, base.memory.delta.is_some())?;
-            return Ok(entry);
-        };
-        let mapping = &open.handle.0;
-        let len = mapping.len();
-        let changed = self.changed_pages(open, &base.memory)?;
-        if changed.is_empty() && len == open.base_len {
-            link_memory(files, base.memory.delta.is_some())?;
-            return Ok(entry);
-        }
-        // New leaf hashes of the touched 64 KiB pages, merged into the cumulative changes.
-        let mut leaves: BTreeMap<u32, Digest> = base.memory.changed_pages.iter().copied().collect();
-        let mut last = None;
-        for p in &changed {
-            let leaf = p / PAGES_PER_LEAF;
-            if last == Some(leaf) {
-                continue;
-            }
-            last = Some(leaf);
-            // SAFETY: the leaf lies inside the length; per the handle contract no wasm runs now.
-            let bytes = unsafe { mapping.bytes(leaf as usize * PAGE_SIZE, PAGE_SIZE) };
-            leaves.insert(leaf, page_hash(bytes));
-        }
-        let path = self.base_file("memory", format!("{hex}.tree"))?;
-        let tree_bytes = self
-            .store
-            .inner
-            .fs
-            .read_file(&path)
-            .map_err(io_err("read", &path))?;
-        let mut tree = MemoryTree::decode(&tree_bytes).map_err(|e| crate::index_err(&path, e))?;
-        if tree.memory_len() != base.memory.image.len || tree.root() != base.memory.image.root {
-            return Err(StoreError::Corrupted {
-                path,
-                reason: "page tree does not match the image it belongs to".into(),
-            });
-        }
-        tree.resize(len / PAGE_SIZE);
-        // Keep only leaves that differ from the (zero-extended) image.
-        leaves.retain(|i, h| tree.leaves().get(*i as usize) != Some(h));
-        let changed_leaves: Vec<(u32, Digest)> = leaves.into_iter().collect();
-        for (i, h) in &changed_leaves {
-            tree.set_leaf(*i as usize, *h);
-        }
-        tree.update();
-        let root = tree.root();
-        entry.memory = MemoryEntry {
-            len: len as u64,
-            root,
-            image: base.memory.image,
-            changed_pages: changed_leaves,
-            delta: None,
-        };
-        if entry.memory.changed_pages.is_empty() {
-            // Equal to the zero-extended image: no delta needed.
-            link_memory(files, false)?;
-            return Ok(entry);
-        }
-        let delta_pages = merge_sorted(&open.delta.indices, &changed);
-        let delta_bytes = delta_pages.len() * OS_PAGE;
-        let config = &self.store.inner.config;
-        if delta_bytes.saturating_mul(config.delta_ratio as usize) > len
-            || delta_bytes > config.max_delta_bytes
-        {
-            // A new full image: its tree is the one just computed.
-            // SAFETY: the whole length is mapped; per the handle contract no wasm runs now.
-            let memory = unsafe { mapping.bytes(0, len) };
-            files.push((
-                format!("memory/{hex}"),
-                Source::Write(Cow::Borrowed(memory), true),
-            ));
-            files.push((
-                format!("memory/{hex}.tree"),
-                Source::Write(encode_tree(&tree)?, false),
-            ));
-            entry.memory.image = ImageRef {
-                len: len as u64,
-                root,
-            };
-            entry.memory.changed_pages.clear();
-            return Ok(entry);
-        }
-        let mut delta = DeltaPages {
-            indices: delta_pages,
-            data: Vec::with_capacity(delta_bytes),
-        };
-        for &p in &delta.indices {
-            // SAFETY: the page lies inside the length; per the handle contract no wasm runs now.
-            delta
-                .data
-                .extend_from_slice(unsafe { mapping.bytes(p as usize * OS_PAGE, OS_PAGE) });
-        }
-        let bytes = delta
-            .encode(config.zstd_level)
-            .map_err(io_err("compress", Path::new("<delta>")))?;
-        entry.memory.delta = Some(DeltaRef {
-            pages: delta.len() as u32,
-            file_len: bytes.len() as u64,
-            file_hash: Digest::sha256(&bytes),
-        });
-        files.push((format!("memory/{hex}"), link("memory", hex.clone())?));
-        files.push((
-            format!("memory/{hex}.tree"),
-            link("memory", format!("{hex}.tree"))?,
-        ));
-        files.push((
-            format!("memory/{hex}.diff"),
-            Source::Write(Cow::Owned(bytes), false),
-        ));
-        Ok(entry)
-    }
-
-    /// The blob's hash, length and patch, and its files: linked when unchanged, else a patch against
-    /// the base's full blob when that pays, else the whole blob.
-    fn plan_blob<'a>(
-        &'a self,
-        hex: &str,
-        m: &'a ModState,
-        files: &mut Vec<(String, Source<'a>)>,
-    ) -> Result<(Digest, u64, Option<BlobDelta>), StoreError> {
-        let changed = match (&m.blob, m.blob_dirty, &m.base) {
-            (Some(b), true, Some(base)) if base.blob_hash == hash::blob(b) => None,
-            (Some(b), true, _) => Some(b),
-            _ => None,
-        };
-        let Some(blob) = changed else {
-            let base = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
-                reason: "module without blob".into(),
-            })?;
-            files.push((
-                format!("blob/{hex}"),
-                Source::Link(self.base_file("blob", hex.to_string())?),
-            ));
-            if base.blob_delta.is_some() {
-                files.push((
-                    format!("blob/{hex}.diff"),
-                    Source::Link(self.base_file("blob", format!("{hex}.diff"))?),
-                ));
-            }
-            return Ok((base.blob_hash, base.blob_len, base.blob_delta));
-        };
-        let blob_hash = hash::blob(blob);
-        if let (Some(base), Some(dir), true) = (
-            &m.base,
-            self.base_dir(),
-            blob.len() >= self.store.inner.config.blob_diff_min,
-        ) {
-            let full = base
-                .blob_delta
-                .map_or((base.blob_len, base.blob_hash), |d| {
-                    (d.base_len, d.base_hash)
-                });
-            let image = blob::read_full(&self.store, &dir, base, full)?;
-            let patch = blob::diff(&image, blob).map_err(io_err("diff", Path::new("<blob>")))?;
-            if patch.len().saturating_mul(blob::DIFF_RATIO) < blob.len() {
-                let delta = BlobDelta {
-                    base_len: full.0,
-                    base_hash: full.1,
-                    file_len: patch.len() as u64,
-                    file_hash: Digest::sha256(&patch),
-                };
-                files.push((
-                    format!("blob/{hex}"),
-                    Source::Link(self.base_file("blob", hex.to_string())?),
-                ));
-                files.push((
-                    format!("blob/{hex}.diff"),
-                    Source::Write(Cow::Owned(patch), false),
-                ));
-                return Ok((blob_hash, blob.len() as u64, Some(delta)));
-            }
-        }
-        files.push((
-            format!("blob/{hex}"),
-            Source::Write(Cow::Borrowed(blob), false),
-        ));
-        Ok((blob_hash, blob.len() as u64, None))
-    }
-
-    /// OS pages whose content differs from the base state, sorted.
-    fn changed_pages(&self, open: &OpenMemory, base: &MemoryEntry) -> Result<Vec<u32>, StoreError> {
-        let mapping = &open.handle.0;
-        let image_len = base.image.len as usize;
-        let mut out = Vec::new();
-        for p in mapping.written_pages() {
-            let at = p as usize * OS_PAGE;
-            // SAFETY: the page lies inside the length; per the handle contract no wasm runs now.
-            let now = unsafe { mapping.bytes(at, OS_PAGE) };
-            let same = if let Some(d) = open.delta.get(p) {
-                d == now
-            } else if at < image_len {
-                let image = open
-                    .image
-                    .as_ref()
-                    .ok_or_else(|| StoreError::InvalidInput {
-                        reason: "memory without image".into(),
-                    })?;
-                image.bytes(at, OS_PAGE) == now
-            } else {
-                store_index::is_zero(now)
-            };
-            if !same {
-                out.push(p);
-            }
-        }
-        Ok(out)
+        let base = self.base.as_ref().map(|r| self.store.commit_dir(r));
+        let plan = plan::plan(base.as_ref(), self.store.config(), &self.modules)?;
+        self.store.write_commit(self.base, plan)
     }
 }
 
@@ -804,53 +363,6 @@ fn check_reservation(len: usize, reservation: usize) -> Result<(), StoreError> {
         });
     }
     Ok(())
-}
-
-fn page_hash(bytes: &[u8]) -> Digest {
-    if store_index::is_zero(bytes) {
-        zero_page_hash()
-    } else {
-        hash::page(bytes)
-    }
-}
-
-fn encode_tree(tree: &MemoryTree) -> Result<Cow<'static, [u8]>, StoreError> {
-    tree.encode()
-        .map(Cow::Owned)
-        .map_err(|e| crate::index_err(Path::new("<page tree>"), e))
-}
-
-fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        let next = match (a.get(i), b.get(j)) {
-            (Some(&x), Some(&y)) if x == y => {
-                i += 1;
-                j += 1;
-                x
-            }
-            (Some(&x), Some(&y)) if x < y => {
-                i += 1;
-                x
-            }
-            (Some(_), Some(&y)) => {
-                j += 1;
-                y
-            }
-            (Some(&x), None) => {
-                i += 1;
-                x
-            }
-            (None, Some(&y)) => {
-                j += 1;
-                y
-            }
-            (None, None) => break,
-        };
-        out.push(next);
-    }
-    out
 }
 
 /// Puts an opened memory back to `len` bytes with `saved` pages over its base state.
