@@ -176,7 +176,10 @@ mod tests {
             }
         }
         fn err(&self) -> CacheError {
-            CacheError::Corrupted(format!("{} is broken", self.name))
+            CacheError::Corrupted {
+                path: self.name.into(),
+                source: "the layer is broken".into(),
+            }
         }
     }
 
