@@ -489,3 +489,63 @@ fn a_compile_counts_one_miss_per_layer() -> Result<()> {
     assert_eq!(stats.layers[1].hits, 1, "{:?}", stats.layers);
     Ok(())
 }
+
+/// Store-layer operations on a file of the `bytecode/` folder in `log`, and all operations.
+fn bytecode_ops(log: &[(store_commit::fs::Op, std::path::PathBuf)]) -> usize {
+    log.iter()
+        .filter(|(_, path)| path.components().any(|c| c.as_os_str() == "bytecode"))
+        .count()
+}
+
+#[test]
+fn cold_start_with_a_warm_file_cache_reads_no_bytecode() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = VmConfig::for_tests;
+    let (pinned, called, root) = {
+        let vm = Vm::open(dir.path(), config())?;
+        let (pinned, _) = vm.deploy(&wasm(COUNTER))?;
+        let (called, root) = vm.deploy(&wasm(&COUNTER.replace("counter v1", "counter v2")))?;
+        vm.pin(&pinned)?;
+        (pinned, called, root)
+    };
+    assert_ne!(pinned, called);
+
+    // A fresh process: the pinned module loads at open, the other at its first call.
+    let store = Arc::new(store_commit::fs::FaultFs::new(Arc::new(
+        store_commit::fs::RealFs,
+    )));
+    let cache = Arc::new(cache_fs::FaultFs::real());
+    let files = vm_host::VmFiles {
+        store: store.clone(),
+        cache: cache.clone(),
+    };
+    let vm = Vm::open_with(dir.path(), config(), files.clone(), |_| Ok(()))?;
+    assert!(vm.is_pinned(&pinned));
+    let mut session = vm.session(Some(root))?;
+    assert_eq!(session.call(&called, "add", &[Value::I64(2)])?, vec![Value::I64(2)]);
+    assert_eq!(session.call(&pinned, "add", &[Value::I64(3)])?, vec![Value::I64(3)]);
+    drop(session);
+    let log = store.take_log();
+    let cache_ops = cache.take_log().len();
+    eprintln!(
+        "warm start: {} store ops ({} on bytecode), {cache_ops} cache ops",
+        log.len(),
+        bytecode_ops(&log)
+    );
+    assert_eq!(bytecode_ops(&log), 0, "{log:?}");
+    assert!(!log.is_empty() && cache_ops > 0);
+    let stats = vm.stats();
+    assert_eq!((stats.compiles, stats.layers[2].hits), (0, 2));
+    drop(vm);
+
+    // A cold file cache: only now is bytecode read (and checked against its id), once per
+    // module, and compiled.
+    std::fs::remove_dir_all(dir.path().join("cache"))?;
+    let vm = Vm::open_with(dir.path(), config(), files, |_| Ok(()))?;
+    let mut session = vm.session(Some(root))?;
+    session.call(&called, "add", &[Value::I64(2)])?;
+    let log = store.take_log();
+    assert_eq!(bytecode_ops(&log), 2, "one per module: {log:?}");
+    assert_eq!(vm.stats().compiles, 2);
+    Ok(())
+}

@@ -177,6 +177,11 @@ impl VmError {
     pub(crate) fn wasmtime(err: wasmtime::Error) -> Self {
         VmError::Wasmtime(one_line(&format!("{err:#}")))
     }
+
+    /// Wasmtime refused to compile or link a module.
+    pub(crate) fn invalid_wasmtime(err: wasmtime::Error) -> Self {
+        VmError::InvalidModule(one_line(&format!("{err:#}")))
+    }
 }
 
 /// Folds a message onto one line: error texts of wasmparser and wasmtime may span several

@@ -7,7 +7,7 @@ use store_index::{ModuleId, Root};
 use wasmtime::{Instance, Module, Val};
 
 use crate::host::{self, GlobalValue, HostBlob, HostState};
-use crate::loader::Loaded;
+use crate::loader::{Loaded, Source};
 use crate::memory::{self, GUARD, RESERVATION};
 use crate::rewrite::{self, Form, MEMORY_EXPORT};
 use crate::{Value, ValueType, Vm, VmError};
@@ -88,12 +88,13 @@ impl Session {
         self.vm.check_imports(&shape)?;
         let vm = &self.vm.inner;
         let genesis = rewrite::rewrite(wasm, &shape, Form::Genesis)?;
-        let module = Module::new(&vm.genesis_engine, &genesis)
-            .map_err(|e| VmError::InvalidModule(crate::one_line(&format!("{e:#}"))))?;
+        let module =
+            Module::new(&vm.genesis_engine, &genesis).map_err(VmError::invalid_wasmtime)?;
+        drop(genesis);
         let pre = vm
             .genesis_linker
             .instantiate_pre(&module)
-            .map_err(|e| VmError::InvalidModule(crate::one_line(&format!("{e:#}"))))?;
+            .map_err(VmError::invalid_wasmtime)?;
         let state = HostState::new(
             Default::default(),
             self.vm.limits(),
@@ -122,8 +123,14 @@ impl Session {
             kv: store.into_data().into_kv(),
         };
         self.inner.deploy(id, wasm, &image, blob.encode())?;
-        // Compile the runtime form now, so the first call finds it in the caches.
-        vm.loader.load(&id, &|| Ok(wasm.to_vec()))?;
+        // Compile the runtime form now (unless a cache has it), so the first call finds it.
+        vm.loader.load(
+            &id,
+            Source::Checked {
+                wasm,
+                shape: &shape,
+            },
+        )?;
         Ok(id)
     }
 
@@ -158,10 +165,8 @@ impl Session {
             return Err(VmError::UnknownModule(*module));
         }
         let inner = &self.inner;
-        self.vm
-            .inner
-            .loader
-            .load(module, &|| Ok(inner.bytecode(module)?))
+        let read = || Ok(inner.bytecode(module)?);
+        self.vm.inner.loader.load(module, Source::Stored(&read))
     }
 
     /// Calls `function` of `module` with `args`. A call that fails (trap, out of fuel, host
@@ -262,7 +267,7 @@ impl Session {
         blob: HostBlob,
     ) -> Result<Live, VmError> {
         let vm = &self.vm.inner;
-        let handle = if loaded.prepared.shape.has_memory {
+        let handle = if loaded.shape.has_memory {
             Some(self.inner.memory(module, RESERVATION + GUARD)?)
         } else {
             None
@@ -277,11 +282,8 @@ impl Session {
         store.limiter(|s| &mut s.limits);
         let instance = memory::with_next_memory(handle, || loaded.pre.instantiate(&mut store))
             .map_err(VmError::wasmtime)?;
-        let global_handles = host::exported_globals(
-            &mut store,
-            &instance,
-            &loaded.prepared.shape.mutable_globals,
-        )?;
+        let global_handles =
+            host::exported_globals(&mut store, &instance, &loaded.shape.mutable_globals)?;
         host::write_globals(&mut store, &global_handles, &blob.globals)?;
         vm.instantiations.fetch_add(1, Ordering::Relaxed);
         Ok(Live {

@@ -244,7 +244,13 @@ impl Vm {
     pub fn precompile(&self, wasm: &[u8]) -> Result<ModuleId, VmError> {
         let shape = crate::rewrite::shape(wasm)?;
         self.check_imports(&shape)?;
-        self.inner.loader.precompile(wasm)
+        let id = ModuleId::of_wasm(wasm);
+        let source = crate::loader::Source::Checked {
+            wasm,
+            shape: &shape,
+        };
+        self.inner.loader.load(&id, source)?;
+        Ok(id)
     }
 
     pub(crate) fn check_imports(&self, shape: &crate::rewrite::Shape) -> Result<(), VmError> {
@@ -334,8 +340,17 @@ impl Vm {
         Ok(session.bytecode(id)?)
     }
 
+    /// Loads a deployed module into the pinned layer. A cache hit reads no bytecode: the key
+    /// comes from the id, which the commit index lists.
     fn pin_loaded(&self, id: &ModuleId) -> Result<(), VmError> {
-        let loaded = self.inner.loader.load(id, &|| self.find_bytecode(id))?;
+        if !self.commits().iter().any(|c| c.modules.contains(id)) {
+            return Err(VmError::UnknownModule(*id));
+        }
+        let read = || self.find_bytecode(id);
+        let loaded = self
+            .inner
+            .loader
+            .load(id, crate::loader::Source::Stored(&read))?;
         self.inner.loader.pin(&loaded);
         Ok(())
     }
