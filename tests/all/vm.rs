@@ -503,8 +503,9 @@ fn cold_start_with_a_warm_file_cache_reads_no_bytecode() -> Result<()> {
     let config = VmConfig::for_tests;
     let (pinned, called, root) = {
         let vm = Vm::open(dir.path(), config())?;
-        let (pinned, _) = vm.deploy(&wasm(COUNTER))?;
-        let (called, root) = vm.deploy(&wasm(&COUNTER.replace("counter v1", "counter v2")))?;
+        // Two modules whose code differs (so that their artifacts differ too).
+        let (pinned, _) = vm.deploy(&crate::crash_vm::counter(1))?;
+        let (called, root) = vm.deploy(&crate::crash_vm::counter(2))?;
         vm.pin(&pinned)?;
         (pinned, called, root)
     };
