@@ -201,7 +201,7 @@ fn failed_calls_leave_no_trace() -> Result<()> {
     let err = s
         .call(&counter, "add_then_trap", &[Value::I64(100)])
         .expect_err("traps");
-    assert!(matches!(err, VmError::Trap(_)), "{err}");
+    assert!(matches!(err, VmError::Trap { .. }), "{err}");
     s.set_fuel(10_000);
     let err = s.call(&counter, "spin", &[]).expect_err("runs out of fuel");
     assert!(matches!(err, VmError::OutOfFuel(10_000)), "{err}");
@@ -231,7 +231,7 @@ fn failed_calls_leave_no_trace() -> Result<()> {
             &[Value::I32(1), Value::I32(2), Value::I64(11)],
         )
         .expect_err("overdraft");
-    assert!(matches!(err, VmError::Trap(_)), "{err}");
+    assert!(matches!(err, VmError::Trap { .. }), "{err}");
     assert_eq!(s.call(&bank, "balance", &[Value::I32(2)])?, [Value::I64(0)]);
     assert_eq!(
         s.call(
@@ -279,7 +279,7 @@ fn memory_grows_persists_and_respects_the_limit() -> Result<()> {
     let err = s
         .call(&counter, "peek", &[Value::I32(3 << 16)])
         .expect_err("out of bounds");
-    assert!(matches!(err, VmError::Trap(_)), "{err}");
+    assert!(matches!(err, VmError::Trap { .. }), "{err}");
     Ok(())
 }
 
@@ -523,8 +523,14 @@ fn cold_start_with_a_warm_file_cache_reads_no_bytecode() -> Result<()> {
     let vm = Vm::open_with(dir.path(), config(), files.clone(), |_| Ok(()))?;
     assert!(vm.is_pinned(&pinned));
     let mut session = vm.session(Some(root))?;
-    assert_eq!(session.call(&called, "add", &[Value::I64(2)])?, vec![Value::I64(2)]);
-    assert_eq!(session.call(&pinned, "add", &[Value::I64(3)])?, vec![Value::I64(3)]);
+    assert_eq!(
+        session.call(&called, "add", &[Value::I64(2)])?,
+        vec![Value::I64(2)]
+    );
+    assert_eq!(
+        session.call(&pinned, "add", &[Value::I64(3)])?,
+        vec![Value::I64(3)]
+    );
     drop(session);
     let log = store.take_log();
     let cache_ops = cache.take_log().len();
@@ -548,5 +554,36 @@ fn cold_start_with_a_warm_file_cache_reads_no_bytecode() -> Result<()> {
     let log = store.take_log();
     assert_eq!(bytecode_ops(&log), 2, "one per module: {log:?}");
     assert_eq!(vm.stats().compiles, 2);
+    Ok(())
+}
+
+#[test]
+fn a_corrupt_committed_host_blob_is_a_corruption_not_a_host_failure() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (module, root) = vm.deploy(&wasm(COUNTER))?;
+    let blob = dir
+        .path()
+        .join("store")
+        .join(root.to_hex())
+        .join("blob")
+        .join(module.to_hex());
+    let mut bytes = std::fs::read(&blob)?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, &bytes)?;
+    let err = call1(&vm, root, &module, "get", &[]).expect_err("a corrupt blob");
+    let err = err.downcast::<VmError>()?;
+    assert!(
+        matches!(
+            err,
+            VmError::Store(store_commit::StoreError::Corrupted { .. })
+                | VmError::CorruptState { .. }
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("corrupt") && !text.contains('\n'), "{text}");
+    assert!(std::error::Error::source(&err).is_some());
     Ok(())
 }

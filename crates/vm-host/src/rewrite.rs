@@ -19,7 +19,7 @@ use std::ops::Range;
 use wasm_encoder::{DataSection, ExportKind, ExportSection, RawSection, SectionId};
 use wasmparser::{DataKind, ExternalKind, Parser, Payload, TypeRef, ValType};
 
-use crate::VmError;
+use crate::{ModuleError, VmError};
 
 /// The version of the rewrite, part of every cache key of a rewritten form. Bump it whenever
 /// the output of [`rewrite`] changes for any input (and update the golden digests of the test
@@ -60,8 +60,19 @@ pub(crate) enum Form {
     Runtime,
 }
 
+/// A feature the host cannot run or persist.
 fn invalid(message: impl std::fmt::Display) -> VmError {
-    VmError::InvalidModule(crate::one_line(&message.to_string()))
+    VmError::InvalidModule(ModuleError::Unsupported(crate::one_line(
+        &message.to_string(),
+    )))
+}
+
+/// Bytes wasmparser cannot read.
+fn malformed(source: wasmparser::BinaryReaderError) -> VmError {
+    VmError::InvalidModule(ModuleError::Parse {
+        message: crate::one_line(&source.to_string()),
+        source,
+    })
 }
 
 /// The shape of a compiled runtime form, read from the exports the rewrite added (the
@@ -104,7 +115,7 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
     let mut shape = Shape::default();
     let mut memories = 0;
     for payload in Parser::new(0).parse_all(wasm) {
-        match payload.map_err(invalid)? {
+        match payload.map_err(malformed)? {
             Payload::Version {
                 encoding: wasmparser::Encoding::Component,
                 ..
@@ -115,7 +126,7 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
             }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
-                    let import = import.map_err(invalid)?;
+                    let import = import.map_err(malformed)?;
                     match import.ty {
                         TypeRef::Func(_) | TypeRef::FuncExact(_) => shape
                             .imports
@@ -131,7 +142,7 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
             }
             Payload::MemorySection(reader) => {
                 for memory in reader {
-                    let memory = memory.map_err(invalid)?;
+                    let memory = memory.map_err(malformed)?;
                     if memory.memory64 {
                         return Err(invalid("64-bit memories are not supported"));
                     }
@@ -146,7 +157,7 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
             }
             Payload::GlobalSection(reader) => {
                 for (index, global) in reader.into_iter().enumerate() {
-                    let global = global.map_err(invalid)?;
+                    let global = global.map_err(malformed)?;
                     if !global.ty.mutable {
                         continue;
                     }
@@ -168,7 +179,7 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
             }
             Payload::ExportSection(reader) => {
                 for export in reader {
-                    let export = export.map_err(invalid)?;
+                    let export = export.map_err(malformed)?;
                     if export.name.starts_with("__strata_") {
                         return Err(invalid(format!(
                             "export `{}` uses the reserved prefix `__strata_`",
@@ -213,7 +224,7 @@ pub(crate) fn rewrite(wasm: &[u8], shape: &Shape, form: Form) -> Result<Vec<u8>,
         });
     };
     for payload in Parser::new(0).parse_all(wasm) {
-        let payload = payload.map_err(invalid)?;
+        let payload = payload.map_err(malformed)?;
         let Some((id, range)) = payload.as_section() else {
             continue;
         };
@@ -230,7 +241,7 @@ pub(crate) fn rewrite(wasm: &[u8], shape: &Shape, form: Form) -> Result<Vec<u8>,
             Payload::DataSection(reader) if form == Form::Runtime => {
                 let mut data = DataSection::new();
                 for segment in reader {
-                    let segment = segment.map_err(invalid)?;
+                    let segment = segment.map_err(malformed)?;
                     match segment.kind {
                         DataKind::Passive => data.passive(segment.data.iter().copied()),
                         DataKind::Active { .. } => data.passive([]),
@@ -255,7 +266,7 @@ fn host_exports(
     let mut exports = ExportSection::new();
     if let Some(reader) = existing {
         for export in reader {
-            let export = export.map_err(invalid)?;
+            let export = export.map_err(malformed)?;
             let kind = match export.kind {
                 ExternalKind::Func | ExternalKind::FuncExact => ExportKind::Func,
                 ExternalKind::Table => ExportKind::Table,
