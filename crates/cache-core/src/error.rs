@@ -75,3 +75,27 @@ impl From<wasmtime::Error> for CacheError {
         CacheError::Wasmtime(e.into_boxed_dyn_error())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_sources_on_one_line() {
+        let err = CacheError::Corrupted {
+            path: "/cache/v2-x/entry.cwasm".into(),
+            source: "bad trailer: wrong magic".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "corrupted cache entry /cache/v2-x/entry.cwasm: bad trailer: wrong magic"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+        let engine = EngineFingerprint::from_bytes([1; 32]);
+        let err = CacheError::EngineMismatch {
+            module: engine,
+            key: EngineFingerprint::from_bytes([2; 32]),
+        };
+        assert!(!err.to_string().contains('\n'));
+    }
+}

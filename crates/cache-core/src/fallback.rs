@@ -176,9 +176,9 @@ mod tests {
             }
         }
         fn err(&self) -> CacheError {
-            CacheError::Corrupted {
-                path: self.name.into(),
-                source: "the layer is broken".into(),
+            // Any error will do: a chain must absorb every kind.
+            CacheError::Incompatible {
+                engine: crate::EngineFingerprint::from_bytes([0; 32]),
             }
         }
     }

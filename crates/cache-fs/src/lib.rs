@@ -2,7 +2,7 @@
 //! module cache.
 //!
 //! Layout: `<dir>/v<FORMAT_VERSION>-<engine fingerprint hex>/<whole key>.cwasm`, where the whole
-//! key is the text of [`CacheKey`] (`<module id>-<form>.<rewrite>-<abi>-<tier>-<engine>`), so a
+//! key is the text of [`CacheKey`] (`<module id>-<form>-<abi>-<tier>-<engine>`), so a
 //! file name says which module, form, rewrite version, ABI, tier and engine it holds. A folder
 //! per format version and engine fingerprint means an artifact of another wasmtime version or
 //! engine configuration is never even opened. One cache serves every engine a build uses (one
