@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
-use cache_core::{CacheKey, ModuleCache, WasmHash};
+use cache_core::{Abi, CacheKey, Form, ModuleCache, Tier, WasmHash};
 use cache_fs::{FsCache, FsCacheConfig, Verification};
 use store_commit::{MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig, StoreError};
 use store_index::{CommitIndex, MemoryTree, RecordKind, hash, state_root};
@@ -636,7 +636,13 @@ fn cache_fixture() -> &'static CacheFixture {
                 key: b"fuzz key".to_vec(),
             },
         );
-        let key = CacheKey::from_parts(WasmHash::of(wasm), cache.fingerprint());
+        let key = CacheKey::from_parts(
+            WasmHash::of(wasm),
+            Form::Original,
+            Abi::Plain,
+            Tier::Cranelift,
+            cache.fingerprint(),
+        );
         cache.save(&key, &module).expect("save");
         hmac.save(&key, &module).expect("save");
         let file = std::fs::read(cache.path_of(&key)).expect("read the cache file");
@@ -720,7 +726,13 @@ pub fn cache_trailer(data: &[u8]) {
     use cache_core::EngineFingerprint;
     use cache_fs::fuzzing::{artifact_digest, check_bytes, check_trailer, encode, hmac_key};
     let engine = EngineFingerprint::from_bytes([7; 32]);
-    let key = CacheKey::from_parts(WasmHash::of(b"wasm"), engine);
+    let key = CacheKey::from_parts(
+        WasmHash::of(b"wasm"),
+        Form::Original,
+        Abi::Plain,
+        Tier::Cranelift,
+        engine,
+    );
     let hmac = hmac_key(b"fuzz key");
     let mut u = Unstructured::new(data);
     let with_hmac: bool = u.arbitrary().unwrap_or(false);

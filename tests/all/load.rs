@@ -111,7 +111,7 @@ fn worker(shared: &Shared, seed: u64) -> Result<()> {
                 let err = s
                     .call(&m, "add_then_trap", &[Value::I64(1000)])
                     .expect_err("the call traps");
-                ensure!(matches!(err, VmError::Trap(_)), "{err}");
+                ensure!(matches!(err, VmError::Trap { .. }), "{err}");
                 shared.counts.failed_calls.fetch_add(1, Ordering::Relaxed);
             }
             let n = (next() % 5) as i64 + 1;

@@ -201,7 +201,7 @@ fn failed_calls_leave_no_trace() -> Result<()> {
     let err = s
         .call(&counter, "add_then_trap", &[Value::I64(100)])
         .expect_err("traps");
-    assert!(matches!(err, VmError::Trap(_)), "{err}");
+    assert!(matches!(err, VmError::Trap { .. }), "{err}");
     s.set_fuel(10_000);
     let err = s.call(&counter, "spin", &[]).expect_err("runs out of fuel");
     assert!(matches!(err, VmError::OutOfFuel(10_000)), "{err}");
@@ -231,7 +231,7 @@ fn failed_calls_leave_no_trace() -> Result<()> {
             &[Value::I32(1), Value::I32(2), Value::I64(11)],
         )
         .expect_err("overdraft");
-    assert!(matches!(err, VmError::Trap(_)), "{err}");
+    assert!(matches!(err, VmError::Trap { .. }), "{err}");
     assert_eq!(s.call(&bank, "balance", &[Value::I32(2)])?, [Value::I64(0)]);
     assert_eq!(
         s.call(
@@ -279,7 +279,7 @@ fn memory_grows_persists_and_respects_the_limit() -> Result<()> {
     let err = s
         .call(&counter, "peek", &[Value::I32(3 << 16)])
         .expect_err("out of bounds");
-    assert!(matches!(err, VmError::Trap(_)), "{err}");
+    assert!(matches!(err, VmError::Trap { .. }), "{err}");
     Ok(())
 }
 
@@ -545,5 +545,100 @@ fn disk_stats_read_the_directory_and_prune_frees_other_engines() -> Result<()> {
     let after = vm.disk_stats()?;
     assert_eq!(after.cache.len(), 1);
     assert!(after.cache[0].in_use);
+    Ok(())
+}
+
+/// Store-layer operations on a file of the `bytecode/` folder in `log`, and all operations.
+fn bytecode_ops(log: &[(strata_fs::Op, std::path::PathBuf)]) -> usize {
+    log.iter()
+        .filter(|(_, path)| path.components().any(|c| c.as_os_str() == "bytecode"))
+        .count()
+}
+
+#[test]
+fn cold_start_with_a_warm_file_cache_reads_no_bytecode() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = VmConfig::for_tests;
+    let (pinned, called, root) = {
+        let vm = Vm::open(dir.path(), config())?;
+        // Two modules whose code differs (so that their artifacts differ too).
+        let (pinned, _) = vm.deploy(&crate::crash_vm::counter(1))?;
+        let (called, root) = vm.deploy(&crate::crash_vm::counter(2))?;
+        vm.pin(&pinned)?;
+        (pinned, called, root)
+    };
+    assert_ne!(pinned, called);
+
+    // A fresh process: the pinned module loads at open, the other at its first call.
+    let fs = Arc::new(strata_fs::FaultFs::real());
+    let files = vm_host::VmFiles { fs: fs.clone() };
+    let vm = Vm::open_with(dir.path(), config(), files.clone(), |_| Ok(()))?;
+    assert!(vm.is_pinned(&pinned));
+    let mut session = vm.session(Some(root))?;
+    assert_eq!(
+        session.call(&called, "add", &[Value::I64(2)])?,
+        vec![Value::I64(2)]
+    );
+    assert_eq!(
+        session.call(&pinned, "add", &[Value::I64(3)])?,
+        vec![Value::I64(3)]
+    );
+    drop(session);
+    let log = fs.take_log();
+    let in_cache = |(_, path): &&(strata_fs::Op, std::path::PathBuf)| {
+        path.starts_with(dir.path().join("cache"))
+    };
+    let cache_ops = log.iter().filter(in_cache).count();
+    eprintln!(
+        "warm start: {} store ops ({} on bytecode), {cache_ops} cache ops",
+        log.len() - cache_ops,
+        bytecode_ops(&log)
+    );
+    assert_eq!(bytecode_ops(&log), 0, "{log:?}");
+    assert!(!log.is_empty() && cache_ops > 0);
+    let stats = vm.stats();
+    assert_eq!((stats.compiles, stats.layers[2].hits), (0, 2));
+    drop(vm);
+
+    // A cold file cache: only now is bytecode read (and checked against its id), once per
+    // module, and compiled.
+    std::fs::remove_dir_all(dir.path().join("cache"))?;
+    let vm = Vm::open_with(dir.path(), config(), files, |_| Ok(()))?;
+    let mut session = vm.session(Some(root))?;
+    session.call(&called, "add", &[Value::I64(2)])?;
+    let log = fs.take_log();
+    assert_eq!(bytecode_ops(&log), 2, "one per module: {log:?}");
+    assert_eq!(vm.stats().compiles, 2);
+    Ok(())
+}
+
+#[test]
+fn a_corrupt_committed_host_blob_is_a_corruption_not_a_host_failure() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (module, root) = vm.deploy(&wasm(COUNTER))?;
+    let blob = dir
+        .path()
+        .join("store")
+        .join(root.to_hex())
+        .join("blob")
+        .join(module.to_hex());
+    let mut bytes = std::fs::read(&blob)?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, &bytes)?;
+    let err = call1(&vm, root, &module, "get", &[]).expect_err("a corrupt blob");
+    let err = err.downcast::<VmError>()?;
+    assert!(
+        matches!(
+            err,
+            VmError::Store(store_commit::StoreError::Corrupted { .. })
+                | VmError::CorruptState { .. }
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("corrupt") && !text.contains('\n'), "{text}");
+    assert!(std::error::Error::source(&err).is_some());
     Ok(())
 }

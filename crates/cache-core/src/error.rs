@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::EngineFingerprint;
+
 /// Why a cache operation failed. A chain ([`crate::FallbackCache`]) never returns one: it
 /// counts it and carries on; single layers return it so a caller can log it.
 #[derive(Debug, thiserror::Error)]
@@ -16,20 +18,43 @@ pub enum CacheError {
         #[source]
         source: std::io::Error,
     },
-    /// A cache entry failed verification (bad header, digest or tag). The entry is removed
+    /// A cache entry failed verification (bad trailer, digest or tag). The entry is removed
     /// and the module must be recompiled.
-    #[error("corrupted cache entry: {0}")]
-    Corrupted(String),
-    /// The entry or key belongs to another engine configuration, wasmtime version or format
-    /// version.
-    #[error("incompatible cache entry: {0}")]
-    Incompatible(String),
+    #[error("corrupted cache entry {}: {source}", path.display())]
+    Corrupted {
+        /// The entry.
+        path: PathBuf,
+        /// What was wrong with it (the layer's own typed reason).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// The key names an engine configuration this cache does not serve (another wasmtime
+    /// version or engine settings).
+    #[error("engine {engine} is not served by this cache")]
+    Incompatible {
+        /// The key's engine fingerprint.
+        engine: EngineFingerprint,
+    },
+    /// A module compiled by one engine was offered under the key of another.
+    #[error("module compiled by engine {module}, key of engine {key}")]
+    EngineMismatch {
+        /// The fingerprint of the engine that compiled the module.
+        module: EngineFingerprint,
+        /// The fingerprint the key names.
+        key: EngineFingerprint,
+    },
     /// Wasmtime failed to serialize or deserialize a module.
     #[error("wasmtime error: {0}")]
     Wasmtime(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A hex string is not 64 hex digits.
     #[error("invalid hex: {0}")]
     InvalidHex(String),
+    /// A key's encoding could not be decoded.
+    #[error("invalid cache key: {reason}")]
+    InvalidKey {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A cache was configured with unusable settings (for example an empty HMAC key).
     #[error("invalid cache configuration: {0}")]
     Config(String),
@@ -48,5 +73,29 @@ impl CacheError {
 impl From<wasmtime::Error> for CacheError {
     fn from(e: wasmtime::Error) -> Self {
         CacheError::Wasmtime(e.into_boxed_dyn_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_sources_on_one_line() {
+        let err = CacheError::Corrupted {
+            path: "/cache/v2-x/entry.cwasm".into(),
+            source: "bad trailer: wrong magic".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "corrupted cache entry /cache/v2-x/entry.cwasm: bad trailer: wrong magic"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+        let engine = EngineFingerprint::from_bytes([1; 32]);
+        let err = CacheError::EngineMismatch {
+            module: engine,
+            key: EngineFingerprint::from_bytes([2; 32]),
+        };
+        assert!(!err.to_string().contains('\n'));
     }
 }

@@ -176,7 +176,10 @@ mod tests {
             }
         }
         fn err(&self) -> CacheError {
-            CacheError::Corrupted(format!("{} is broken", self.name))
+            // Any error will do: a chain must absorb every kind.
+            CacheError::Incompatible {
+                engine: crate::EngineFingerprint::from_bytes([0; 32]),
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! The vocabulary shared by every module cache layer of Strata: the [`ModuleCache`] trait over
-//! compiled [`wasmtime::Module`]s, the content-addressed [`CacheKey`] (wasm hash plus engine
-//! fingerprint), per-layer [`LayerStats`], the typed [`CacheError`], and the [`FallbackCache`]
+//! compiled [`wasmtime::Module`]s, the content-addressed [`CacheKey`] (module id, form, ABI,
+//! compiler tier and engine fingerprint), per-layer [`LayerStats`], the typed [`CacheError`], and the [`FallbackCache`]
 //! combinator that stacks layers (pinned -> LRU -> file system) into one cache.
 //!
 //! Architecture invariant: this crate knows no file system. Layers that touch the disk live in
@@ -81,7 +81,7 @@ use std::sync::Arc;
 
 pub use error::CacheError;
 pub use fallback::{FallbackCache, ModuleCacheExt};
-pub use key::{CacheKey, EngineFingerprint, WASMTIME_VERSION, WasmHash};
+pub use key::{Abi, CacheKey, EngineFingerprint, Form, Tier, WASMTIME_VERSION, WasmHash};
 pub use stats::{Counter, LayerStats, StatCounters};
 
 use wasmtime::Module;

@@ -4,7 +4,7 @@
 //! file    = artifact || trailer                      (artifact: Module::serialize output)
 //! trailer = 192 bytes, little-endian:
 //!   0..32    engine fingerprint
-//!   32..64   wasm hash (sha256 of the original wasm)
+//!   32..64   key digest (sha256 of the whole CacheKey's byte encoding)
 //!   64..72   artifact length (u64)
 //!   72..104  artifact sha256
 //!   104..108 flags (u32; bit 0: HMAC tag present)
@@ -27,7 +27,7 @@ use cache_core::{CacheKey, EngineFingerprint};
 
 /// The on-disk format version; also part of the folder name, so other versions are never
 /// opened.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The trailer's length in bytes.
 pub const TRAILER_LEN: usize = 192;
 /// The trailer's magic number (its last 8 bytes).
@@ -49,8 +49,8 @@ pub fn hmac_key(key: &[u8]) -> Option<HmacSha256> {
 pub struct Trailer {
     /// The engine fingerprint the artifact was compiled for.
     pub engine: [u8; 32],
-    /// The sha256 of the original wasm (the key's wasm hash).
-    pub wasm: [u8; 32],
+    /// The digest of the whole key the artifact was saved under ([`CacheKey::digest`]).
+    pub key: [u8; 32],
     /// The artifact's length in bytes.
     pub artifact_len: u64,
     /// The sha256 of the artifact.
@@ -70,7 +70,7 @@ pub enum Reject {
     Version(u32),
     /// Written by another engine configuration.
     Engine,
-    /// The wasm hash is not the one of the key (e.g. a swapped file).
+    /// The key digest is not the one of the key looked up (e.g. a swapped file).
     WrongKey,
     /// The artifact's length or sha256 does not match the trailer.
     BadArtifact(&'static str),
@@ -88,7 +88,7 @@ impl std::fmt::Display for Reject {
             Reject::BadTrailer(why) => write!(f, "bad trailer: {why}"),
             Reject::Version(v) => write!(f, "format version {v}, expected {FORMAT_VERSION}"),
             Reject::Engine => f.write_str("written by another engine configuration"),
-            Reject::WrongKey => f.write_str("wasm hash does not match the file name"),
+            Reject::WrongKey => f.write_str("key digest does not match the file name"),
             Reject::BadArtifact(why) => write!(f, "bad artifact: {why}"),
             Reject::Unauthenticated => f.write_str("hmac tag missing or wrong"),
             Reject::Wasmtime(why) => write!(f, "wasmtime refused the artifact: {why}"),
@@ -96,6 +96,8 @@ impl std::fmt::Display for Reject {
         }
     }
 }
+
+impl std::error::Error for Reject {}
 
 fn trailer_digest(t: &[u8; TRAILER_LEN]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -125,7 +127,7 @@ pub fn encode(
 ) -> [u8; TRAILER_LEN] {
     let mut t = [0u8; TRAILER_LEN];
     t[0..32].copy_from_slice(key.engine().as_bytes());
-    t[32..64].copy_from_slice(key.wasm().as_bytes());
+    t[32..64].copy_from_slice(&key.digest());
     t[64..72].copy_from_slice(&artifact_len.to_le_bytes());
     t[72..104].copy_from_slice(digest);
     let flags = if hmac_key.is_some() { FLAG_HMAC } else { 0 };
@@ -173,7 +175,7 @@ pub fn check_trailer(
     }
     let trailer = Trailer {
         engine: array(&t[0..32]),
-        wasm: array(&t[32..64]),
+        key: array(&t[32..64]),
         artifact_len: u64::from_le_bytes(array(&t[64..72])),
         artifact_sha256: array(&t[72..104]),
         flags: u32::from_le_bytes(array(&t[104..108])),
@@ -185,7 +187,7 @@ pub fn check_trailer(
     if trailer.engine != *engine.as_bytes() {
         return Err(Reject::Engine);
     }
-    if trailer.wasm != *key.wasm().as_bytes() || key.engine() != *engine {
+    if trailer.key != key.digest() || key.engine() != *engine {
         return Err(Reject::WrongKey);
     }
     if Some(trailer.artifact_len) != file_len.checked_sub(TRAILER_LEN as u64) {
@@ -241,11 +243,20 @@ pub fn check_bytes_with_digest<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cache_core::WasmHash;
+    use cache_core::{Abi, Form, Tier, WasmHash};
 
     fn key() -> (EngineFingerprint, CacheKey) {
         let engine = EngineFingerprint::from_bytes([7; 32]);
-        (engine, CacheKey::from_parts(WasmHash::of(b"wasm"), engine))
+        (
+            engine,
+            CacheKey::from_parts(
+                WasmHash::of(b"wasm"),
+                Form::Original,
+                Abi::Plain,
+                Tier::Cranelift,
+                engine,
+            ),
+        )
     }
 
     fn file(key: &CacheKey, artifact: &[u8], hmac: Option<&[u8]>) -> Vec<u8> {
@@ -365,7 +376,13 @@ mod tests {
     fn wrong_key_engine_version_and_hmac() {
         let (engine, key) = key();
         let bytes = file(&key, b"artifact", Some(b"k1"));
-        let other = CacheKey::from_parts(WasmHash::of(b"other"), engine);
+        let other = CacheKey::from_parts(
+            WasmHash::of(b"other"),
+            Form::Original,
+            Abi::Plain,
+            Tier::Cranelift,
+            engine,
+        );
         assert_eq!(
             check_bytes(&bytes, &engine, &other, None),
             Err(Reject::WrongKey)
@@ -396,13 +413,13 @@ mod tests {
         ));
         // Another version, with a valid digest.
         let mut t: [u8; TRAILER_LEN] = bytes[bytes.len() - TRAILER_LEN..].try_into().unwrap();
-        t[176..180].copy_from_slice(&2u32.to_le_bytes());
+        t[176..180].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         let d = trailer_digest(&t);
         t[144..176].copy_from_slice(&d);
         let len = bytes.len() as u64;
         assert_eq!(
             check_trailer(&t, len, &engine, &key, None),
-            Err(Reject::Version(2))
+            Err(Reject::Version(FORMAT_VERSION + 1))
         );
     }
 }

@@ -1,16 +1,20 @@
 //! A verified on-disk cache of serialized wasmtime artifacts, the bottom layer of Strata's
 //! module cache.
 //!
-//! Layout: `<dir>/v<FORMAT_VERSION>-<engine fingerprint hex>/<wasm hash hex>.cwasm`. A folder
+//! Layout: `<dir>/v<FORMAT_VERSION>-<engine fingerprint hex>/<whole key>.cwasm`, where the whole
+//! key is the text of [`CacheKey`] (`<module id>-<form>-<abi>-<tier>-<engine>`), so a
+//! file name says which module, form, rewrite version, ABI, tier and engine it holds. A folder
 //! per format version and engine fingerprint means an artifact of another wasmtime version or
-//! engine configuration is never even opened; [`FsCache::prune`] removes such folders.
+//! engine configuration is never even opened. One cache serves every engine a build uses (one
+//! per ABI memory model and per compiler tier, [`FsCache::open_engines`]); its byte limit
+//! covers all their folders, and [`FsCache::prune`] removes the folders of every other engine.
 //!
 //! Each file is the artifact (`Module::serialize` output) followed by a [`TRAILER_LEN`]-byte
 //! trailer, integers little-endian:
 //!
 //! ```text
 //!   0..32    engine fingerprint
-//!   32..64   wasm hash (must match the file name)
+//!   32..64   key digest, sha256 of the key's byte encoding (must match the file name)
 //!   64..72   artifact length, u64 (must equal file length - 192)
 //!   72..104  sha256 of the artifact
 //!   104..108 flags, u32 (bit 0: HMAC tag present)
@@ -104,7 +108,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 pub use cache_core::CacheError;
-use cache_core::{CacheKey, EngineFingerprint, LayerStats, ModuleCache, StatCounters, WasmHash};
+use cache_core::{CacheKey, EngineFingerprint, LayerStats, ModuleCache, StatCounters};
 pub use format::{FORMAT_VERSION, MAGIC, TRAILER_LEN};
 use format::{HmacSha256, Reject};
 use parking_lot::Mutex;
@@ -160,8 +164,8 @@ impl std::fmt::Debug for Verification {
 pub struct FsCacheConfig {
     /// What a load checks. Default: [`Verification::Verified`].
     pub mode: Verification,
-    /// Upper bound on the bytes of this engine's folder; least recently used files are evicted
-    /// after each save. Default: no limit.
+    /// Upper bound on the bytes of the folders of all the cache's engines; least recently used
+    /// files are evicted after each save. Default: no limit.
     pub max_bytes: Option<u64>,
     /// fsync each file before its rename and the folder after it. Default: `true`. Turning it
     /// off trades durability across power loss (not atomicity) for write speed.
@@ -184,9 +188,10 @@ pub type FsConfig = FsCacheConfig;
 /// What [`FsCache::prune`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PruneReport {
-    /// Folders of other engine fingerprints or format versions that were removed.
+    /// Folders of engines this cache does not serve, or of other format versions, that were
+    /// removed.
     pub removed_folders: Vec<PathBuf>,
-    /// Files removed (in those folders, plus stale temp files in this engine's folder).
+    /// Files removed (in those folders, plus stale temp files in the folders of its engines).
     pub removed_files: u64,
     /// Bytes of the removed files.
     pub removed_bytes: u64,
@@ -201,7 +206,7 @@ pub struct BadEntry {
     pub reason: String,
 }
 
-/// What [`FsCache::verify_all`] found in this engine's folder.
+/// What [`FsCache::verify_all`] found in the folders of the cache's engines.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VerifyReport {
     /// Entries checked.
@@ -222,18 +227,25 @@ struct IndexEntry {
     last_used: SystemTime,
 }
 
-/// An on-disk module cache for one engine configuration. See the crate docs.
+/// One engine a cache serves, with its folder.
+struct EngineDir {
+    fingerprint: EngineFingerprint,
+    engine: Engine,
+    dir: PathBuf,
+}
+
+/// An on-disk module cache for the engine configurations of one build. See the crate docs.
 pub struct FsCache {
     dir: PathBuf,
-    engine_dir: PathBuf,
-    engine: Engine,
-    fingerprint: EngineFingerprint,
+    /// The engines served, the first being the one given to `open`; fingerprints distinct.
+    engines: Vec<EngineDir>,
     config: FsCacheConfig,
     hmac: Option<HmacSha256>,
     counters: StatCounters,
-    /// File name -> size and last use, for stats and the byte limit. Rebuilt from the folder
-    /// at open and before each eviction, since other processes share the folder.
-    index: Mutex<HashMap<String, IndexEntry>>,
+    /// File path -> size and last use, over the folders of all engines, for stats and the
+    /// byte limit. Rebuilt from the folders at open and before each eviction, since other
+    /// processes share them.
+    index: Mutex<HashMap<PathBuf, IndexEntry>>,
     /// Why the last rejected file was rejected, for diagnostics.
     last_rejection: Mutex<Option<String>>,
     /// Every file-system operation goes through this.
@@ -246,7 +258,10 @@ pub struct FsCache {
 impl std::fmt::Debug for FsCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FsCache")
-            .field("engine_dir", &self.engine_dir)
+            .field(
+                "engine_dirs",
+                &self.engines.iter().map(|e| &e.dir).collect::<Vec<_>>(),
+            )
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -295,6 +310,16 @@ fn is_not_found(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::NotFound
 }
 
+/// The name of `engine`'s folder.
+fn folder_name(engine: &EngineFingerprint) -> String {
+    format!("v{FORMAT_VERSION}-{engine}")
+}
+
+/// The name of `key`'s file: the whole key.
+fn file_name(key: &CacheKey) -> String {
+    format!("{key}.{EXTENSION}")
+}
+
 /// Whether `name` is a cache folder name `v<digits>-<64 hex digits>`.
 fn is_cache_folder_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('v') else {
@@ -323,6 +348,24 @@ impl FsCache {
         config: FsCacheConfig,
         fs: Arc<dyn Fs>,
     ) -> Result<FsCache, CacheError> {
+        FsCache::open_engines(dir, std::slice::from_ref(engine), config, fs)
+    }
+
+    /// As [`FsCache::open_with_fs`], serving several engines (of distinct configurations; a
+    /// repeated fingerprint is served once): a load or save goes to the folder of the key's
+    /// engine, the byte limit covers all their folders, and [`FsCache::prune`] keeps exactly
+    /// theirs. `engines` must not be empty; the first is the one [`FsCache::fingerprint`] names.
+    pub fn open_engines(
+        dir: &Path,
+        engines: &[Engine],
+        config: FsCacheConfig,
+        fs: Arc<dyn Fs>,
+    ) -> Result<FsCache, CacheError> {
+        if engines.is_empty() {
+            return Err(CacheError::Config(
+                "a cache needs at least one engine".into(),
+            ));
+        }
         let hmac = match &config.mode {
             Verification::Authenticated { key } if key.is_empty() => {
                 return Err(CacheError::Config("empty hmac key".into()));
@@ -333,20 +376,29 @@ impl FsCache {
             ),
             _ => None,
         };
-        let fingerprint = EngineFingerprint::of(engine);
-        let engine_dir = dir.join(format!("v{FORMAT_VERSION}-{fingerprint}"));
-        if config.fsync {
-            // Each new folder's entry made durable in its parent, up from `dir` itself.
-            fs.create_dir_all_durable(&engine_dir)
-        } else {
-            fs.create_dir_all(&engine_dir)
+        let mut served: Vec<EngineDir> = Vec::new();
+        for engine in engines {
+            let fingerprint = EngineFingerprint::of(engine);
+            if served.iter().any(|e| e.fingerprint == fingerprint) {
+                continue;
+            }
+            let engine_dir = dir.join(folder_name(&fingerprint));
+            if config.fsync {
+                // Each new folder's entry made durable in its parent, up from `dir` itself.
+                fs.create_dir_all_durable(&engine_dir)
+            } else {
+                fs.create_dir_all(&engine_dir)
+            }
+            .map_err(|e| CacheError::io(&engine_dir, e))?;
+            served.push(EngineDir {
+                fingerprint,
+                engine: engine.clone(),
+                dir: engine_dir,
+            });
         }
-        .map_err(|e| CacheError::io(&engine_dir, e))?;
         let cache = FsCache {
             dir: dir.to_path_buf(),
-            engine_dir,
-            engine: engine.clone(),
-            fingerprint,
+            engines: served,
             config,
             hmac,
             counters: StatCounters::default(),
@@ -364,9 +416,20 @@ impl FsCache {
         &self.dir
     }
 
-    /// This engine's folder inside [`FsCache::dir`].
+    /// The folder of the (first) engine given to `open`, inside [`FsCache::dir`].
     pub fn engine_dir(&self) -> &Path {
-        &self.engine_dir
+        &self.engines[0].dir
+    }
+
+    /// The folders of every engine this cache serves, the first one first: the folders
+    /// [`FsCache::prune`] keeps.
+    pub fn engine_dirs(&self) -> impl Iterator<Item = &Path> {
+        self.engines.iter().map(|e| e.dir.as_path())
+    }
+
+    /// The fingerprints of every engine this cache serves, the first one first.
+    pub fn fingerprints(&self) -> Vec<EngineFingerprint> {
+        self.engines.iter().map(|e| e.fingerprint).collect()
     }
 
     /// The settings this cache was opened with.
@@ -374,9 +437,9 @@ impl FsCache {
         &self.config
     }
 
-    /// The fingerprint of the engine this cache serves.
+    /// The fingerprint of the (first) engine given to `open`.
     pub fn fingerprint(&self) -> EngineFingerprint {
-        self.fingerprint
+        self.engines[0].fingerprint
     }
 
     /// Why the most recently rejected file was rejected (path and reason), if any was.
@@ -384,10 +447,12 @@ impl FsCache {
         self.last_rejection.lock().clone()
     }
 
-    /// The path of `key`'s file (whether or not it exists).
+    /// The path of `key`'s file (whether or not it exists, or its engine is served):
+    /// `<dir>/<engine folder>/<whole key>.cwasm`.
     pub fn path_of(&self, key: &CacheKey) -> PathBuf {
-        self.engine_dir
-            .join(format!("{}.{EXTENSION}", key.file_stem()))
+        self.dir
+            .join(folder_name(&key.engine()))
+            .join(file_name(key))
     }
 
     fn sync_dir(&self, dir: &Path) -> Result<(), CacheError> {
@@ -409,32 +474,50 @@ impl FsCache {
         orphans.retain(|path| self.remove_file(path).is_err());
     }
 
-    fn check_engine(&self, key: &CacheKey) -> Result<(), CacheError> {
-        if key.engine() != self.fingerprint {
-            return Err(CacheError::Incompatible(format!(
-                "key of engine {}, cache of engine {}",
-                key.engine(),
-                self.fingerprint
-            )));
-        }
-        Ok(())
+    /// The served engine of `key`.
+    fn engine_of(&self, key: &CacheKey) -> Result<&Engine, CacheError> {
+        self.engines
+            .iter()
+            .find(|e| e.fingerprint == key.engine())
+            .map(|e| &e.engine)
+            .ok_or(CacheError::Incompatible {
+                engine: key.engine(),
+            })
     }
 
     /// Rebuilds the index from the folder. With `clean_temps`, also removes stale temp files
     /// and returns how many files and bytes that freed.
     fn rescan(&self, clean_temps: bool) -> Result<(u64, u64), CacheError> {
-        let names = self
-            .fs
-            .read_dir(&self.engine_dir)
-            .map_err(|e| CacheError::io(&self.engine_dir, e))?;
         let now = SystemTime::now();
         let mut index = HashMap::new();
+        let (mut files, mut bytes) = (0, 0);
+        for engine in &self.engines {
+            let (f, b) = self.rescan_folder(&engine.dir, clean_temps, now, &mut index)?;
+            files += f;
+            bytes += b;
+        }
+        *self.index.lock() = index;
+        Ok((files, bytes))
+    }
+
+    /// Indexes one engine folder (see `rescan`).
+    fn rescan_folder(
+        &self,
+        folder: &Path,
+        clean_temps: bool,
+        now: SystemTime,
+        index: &mut HashMap<PathBuf, IndexEntry>,
+    ) -> Result<(u64, u64), CacheError> {
+        let names = self
+            .fs
+            .read_dir(folder)
+            .map_err(|e| CacheError::io(folder, e))?;
         let (mut files, mut bytes) = (0, 0);
         for name in names {
             let Ok(name) = name.into_string() else {
                 continue;
             };
-            let path = self.engine_dir.join(&name);
+            let path = folder.join(&name);
             // Removed by another process since the listing: skip it.
             let Ok(meta) = self.fs.metadata(&path) else {
                 continue;
@@ -456,7 +539,7 @@ impl FsCache {
             }
             if name.ends_with(&format!(".{EXTENSION}")) {
                 index.insert(
-                    name,
+                    path,
                     IndexEntry {
                         bytes: meta.len(),
                         last_used: modified,
@@ -464,7 +547,6 @@ impl FsCache {
                 );
             }
         }
-        *self.index.lock() = index;
         Ok((files, bytes))
     }
 
@@ -482,15 +564,14 @@ impl FsCache {
         if same_file && self.remove_file(path).is_err() {
             self.counters.errors.incr();
         }
-        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-            self.index.lock().remove(name);
-        }
+        self.index.lock().remove(path);
         Ok(None)
     }
 
     /// Reads and fully verifies one file (trailer, sha256, HMAC in Authenticated mode).
     fn read_verified(
         &self,
+        path: &Path,
         file: &File,
         len: u64,
         key: &CacheKey,
@@ -515,7 +596,7 @@ impl FsCache {
             let read = self
                 .fs
                 .read(file, &mut bytes, max)
-                .map_err(|e| CacheError::io(&self.engine_dir, e))?;
+                .map_err(|e| CacheError::io(path, e))?;
             let end = bytes.len().min(artifact_len);
             if end > hashed {
                 hasher.update(&bytes[hashed..end]);
@@ -533,7 +614,7 @@ impl FsCache {
             match format::check_bytes_with_digest(
                 &bytes,
                 &digest,
-                &self.fingerprint,
+                &key.engine(),
                 key,
                 self.hmac.as_ref(),
             ) {
@@ -556,15 +637,13 @@ impl FsCache {
         if self.fs.set_mtime(file, now).is_err() {
             self.counters.errors.incr();
         }
-        if let Some(name) = path.file_name().and_then(|n| n.to_str())
-            && let Some(entry) = self.index.lock().get_mut(name)
-        {
+        if let Some(entry) = self.index.lock().get_mut(path) {
             entry.last_used = now;
         }
     }
 
     fn load_inner(&self, key: &CacheKey) -> Result<Option<Module>, CacheError> {
-        self.check_engine(key)?;
+        let engine = self.engine_of(key)?;
         let path = self.path_of(key);
         let file = match self.fs.open_read(&path) {
             Ok(f) => f,
@@ -612,7 +691,7 @@ impl FsCache {
                     }
                     Err(e) => return Err(CacheError::io(&path, e)),
                 }
-                if let Err(why) = format::check_trailer(&t, len, &self.fingerprint, key, None) {
+                if let Err(why) = format::check_trailer(&t, len, &key.engine(), key, None) {
                     return self.reject(&path, &file, why);
                 }
                 let mapped = self
@@ -625,10 +704,10 @@ impl FsCache {
                 // trailer check above rules out truncated files, files of other keys and of
                 // other engines. Files are only ever replaced by rename, never modified in
                 // place, so the mapping stays valid for the module's lifetime.
-                unsafe { Module::deserialize_open_file(&self.engine, mapped) }
+                unsafe { Module::deserialize_open_file(engine, mapped) }
             }
             Verification::Verified | Verification::Authenticated { .. } => {
-                let artifact = match self.read_verified(&file, len, key)? {
+                let artifact = match self.read_verified(&path, &file, len, key)? {
                     Ok(artifact) => artifact,
                     Err(why) => return self.reject(&path, &file, why),
                 };
@@ -640,7 +719,7 @@ impl FsCache {
                 // assumes nobody writes sha256-consistent forgeries into the folder (it guards
                 // against corruption, truncation and swaps). The bytes are in our own memory,
                 // so they cannot change between the check and this call.
-                unsafe { Module::deserialize(&self.engine, &artifact) }
+                unsafe { Module::deserialize(engine, &artifact) }
             }
         };
         match module {
@@ -666,7 +745,8 @@ impl FsCache {
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed),
             random_u64()
         );
-        let temp_path = self.engine_dir.join(temp_name);
+        let folder = final_path.parent().unwrap_or(&self.dir);
+        let temp_path = folder.join(temp_name);
         // What exists: cleanup removes only a temp file we created and did not rename.
         let (mut created, mut renamed) = (false, false);
         let result = (|| {
@@ -690,7 +770,7 @@ impl FsCache {
                 .map_err(|e| CacheError::io(final_path, e))?;
             renamed = true;
             if self.config.fsync {
-                self.sync_dir(&self.engine_dir)?;
+                self.sync_dir(folder)?;
             }
             Ok(())
         })();
@@ -702,16 +782,16 @@ impl FsCache {
     }
 
     fn save_inner(&self, key: &CacheKey, module: &Module) -> Result<(), CacheError> {
-        self.check_engine(key)?;
+        self.engine_of(key)?;
         if !self.orphans.lock().is_empty() {
             self.remove_orphans();
         }
         let module_engine = EngineFingerprint::of(module.engine());
-        if module_engine != self.fingerprint {
-            return Err(CacheError::Incompatible(format!(
-                "module compiled by engine {module_engine}, cache of engine {}",
-                self.fingerprint
-            )));
+        if module_engine != key.engine() {
+            return Err(CacheError::EngineMismatch {
+                module: module_engine,
+                key: key.engine(),
+            });
         }
         let artifact = module.serialize()?;
         let file_len = artifact.len() as u64 + TRAILER_LEN as u64;
@@ -728,9 +808,8 @@ impl FsCache {
         let path = self.path_of(key);
         self.write_atomically(&path, &artifact, &trailer)?;
         self.counters.inserts.incr();
-        let name = format!("{}.{EXTENSION}", key.file_stem());
         self.index.lock().insert(
-            name.clone(),
+            path.clone(),
             IndexEntry {
                 bytes: file_len,
                 last_used: SystemTime::now(),
@@ -739,15 +818,15 @@ impl FsCache {
         // Always rescan when there is a limit: other processes fill the same folder, so our
         // own total is not enough to know. A listing is cheap next to the compile that
         // precedes a save. The entry is written: a failure here is counted, not returned.
-        if self.config.max_bytes.is_some() && self.enforce_limit(&name).is_err() {
+        if self.config.max_bytes.is_some() && self.enforce_limit(&path).is_err() {
             self.counters.errors.incr();
         }
         Ok(())
     }
 
-    /// Evicts least recently used files until the folder fits `max_bytes`. Rescans first:
-    /// other processes write to the same folder.
-    fn enforce_limit(&self, just_written: &str) -> Result<(), CacheError> {
+    /// Evicts least recently used files until the folders of all engines fit `max_bytes`.
+    /// Rescans first: other processes write to the same folders.
+    fn enforce_limit(&self, just_written: &Path) -> Result<(), CacheError> {
         let Some(max) = self.config.max_bytes else {
             return Ok(());
         };
@@ -764,22 +843,21 @@ impl FsCache {
         if total <= max {
             return Ok(());
         }
-        let mut by_age: Vec<(SystemTime, String, u64)> = index
+        let mut by_age: Vec<(SystemTime, PathBuf, u64)> = index
             .iter()
             .map(|(name, e)| (e.last_used, name.clone(), e.bytes))
             .collect();
         by_age.sort();
         // The file just written goes last: it is the most recently used by definition.
-        by_age.sort_by_key(|(_, name, _)| name == just_written);
-        for (_, name, bytes) in by_age {
+        by_age.sort_by_key(|(_, path, _)| path == just_written);
+        for (_, path, bytes) in by_age {
             if total <= max {
                 break;
             }
-            let path = self.engine_dir.join(&name);
             match self.remove_file(&path) {
                 Ok(true) => {
                     self.counters.evictions.incr();
-                    tracing::debug!(file = %name, bytes, "cache file evicted");
+                    tracing::debug!(file = %path.display(), bytes, "cache file evicted");
                 }
                 Ok(false) => {}
                 Err(_) => {
@@ -787,29 +865,31 @@ impl FsCache {
                     continue;
                 }
             }
-            index.remove(&name);
+            index.remove(&path);
             total -= bytes;
         }
         Ok(())
     }
 
-    /// Removes the folders of other engine fingerprints and format versions under
-    /// [`FsCache::dir`] (for example after a wasmtime upgrade), and stale temp files in this
-    /// engine's folder. Only entries named like cache folders are touched.
+    /// Removes the folders of engines this cache does not serve (the set it was opened with,
+    /// [`FsCache::fingerprints`]: the engines this build uses) and of other format versions
+    /// under [`FsCache::dir`] (for example after a wasmtime upgrade), and stale temp files in
+    /// the folders it keeps. Only entries named like cache folders are touched.
     pub fn prune(&self) -> Result<PruneReport, CacheError> {
         self.remove_orphans();
         let mut report = PruneReport::default();
-        let own = self.engine_dir.file_name();
+        let own: Vec<String> = self
+            .engines
+            .iter()
+            .map(|e| folder_name(&e.fingerprint))
+            .collect();
         let names = self
             .fs
             .read_dir(&self.dir)
             .map_err(|e| CacheError::io(&self.dir, e))?;
         for name in names {
-            if Some(name.as_os_str()) == own {
-                continue;
-            }
             let Some(name) = name.to_str() else { continue };
-            if !is_cache_folder_name(name) {
+            if own.iter().any(|o| o == name) || !is_cache_folder_name(name) {
                 continue;
             }
             let path = self.dir.join(name);
@@ -845,10 +925,22 @@ impl FsCache {
     /// them; it does not deserialize anything.
     pub fn verify_all(&self) -> Result<VerifyReport, CacheError> {
         let mut report = VerifyReport::default();
+        for engine in &self.engines {
+            self.verify_folder(engine, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// Verifies the entries of one engine's folder into `report` (see `verify_all`).
+    fn verify_folder(
+        &self,
+        engine: &EngineDir,
+        report: &mut VerifyReport,
+    ) -> Result<(), CacheError> {
         let listed = self
             .fs
-            .read_dir(&self.engine_dir)
-            .map_err(|e| CacheError::io(&self.engine_dir, e))?;
+            .read_dir(&engine.dir)
+            .map_err(|e| CacheError::io(&engine.dir, e))?;
         let mut names: Vec<String> = Vec::new();
         for name in listed {
             if let Ok(name) = name.into_string()
@@ -860,18 +952,28 @@ impl FsCache {
         }
         names.sort();
         for name in names {
-            let path = self.engine_dir.join(&name);
+            let path = engine.dir.join(&name);
             report.checked += 1;
             let stem = name.trim_end_matches(&format!(".{EXTENSION}"));
             let bad = |reason: String| BadEntry {
                 path: path.clone(),
                 reason,
             };
-            let Ok(wasm) = WasmHash::from_hex(stem) else {
-                report.bad.push(bad("file name is not a wasm hash".into()));
-                continue;
+            let key = match CacheKey::parse(stem) {
+                Ok(key) if key.engine() == engine.fingerprint => key,
+                Ok(_) => {
+                    report
+                        .bad
+                        .push(bad("file name names another engine".into()));
+                    continue;
+                }
+                Err(e) => {
+                    report
+                        .bad
+                        .push(bad(format!("file name is not a cache key: {e}")));
+                    continue;
+                }
             };
-            let key = CacheKey::from_parts(wasm, self.fingerprint);
             let file = match self.fs.open_read(&path) {
                 Ok(f) => f,
                 Err(e) if is_not_found(&e) => {
@@ -891,7 +993,7 @@ impl FsCache {
                 report.bad.push(bad(Reject::NotAFile.to_string()));
                 continue;
             }
-            match self.read_verified(&file, meta.len(), &key)? {
+            match self.read_verified(&path, &file, meta.len(), &key)? {
                 Ok(_) => {
                     report.valid += 1;
                     report.valid_bytes += meta.len();
@@ -899,7 +1001,7 @@ impl FsCache {
                 Err(why) => report.bad.push(bad(why.to_string())),
             }
         }
-        Ok(report)
+        Ok(())
     }
 }
 
@@ -922,14 +1024,12 @@ impl ModuleCache for FsCache {
     }
 
     fn remove(&self, key: &CacheKey) -> Result<bool, CacheError> {
-        self.check_engine(key)?;
+        self.engine_of(key)?;
         let path = self.path_of(key);
         let removed = self
             .remove_file(&path)
             .map_err(|e| CacheError::io(&path, e))?;
-        self.index
-            .lock()
-            .remove(&format!("{}.{EXTENSION}", key.file_stem()));
+        self.index.lock().remove(&path);
         Ok(removed)
     }
 

@@ -124,7 +124,7 @@ fn round_trip_in_every_mode() {
         );
         let file_len = fs::metadata(cache.path_of(&key)).unwrap().len();
         assert_eq!(s.bytes, file_len);
-        // Layout: <dir>/v1-<fingerprint>/<wasm hash>.cwasm, and nothing else left behind.
+        // Layout: <dir>/v2-<fingerprint>/<whole key>.cwasm, and nothing else left behind.
         let expected = fx
             .dir
             .path()
@@ -132,7 +132,11 @@ fn round_trip_in_every_mode() {
                 "v{FORMAT_VERSION}-{}",
                 EngineFingerprint::of(&fx.engine)
             ))
-            .join(format!("{}.cwasm", key.wasm()));
+            .join(format!(
+                "{}-original-plain-cranelift-{}.cwasm",
+                key.module(),
+                key.engine()
+            ));
         assert_eq!(cache.path_of(&key), expected);
         assert_eq!(fs::read_dir(cache.engine_dir()).unwrap().count(), 1);
         assert!(cache.remove(&key).unwrap());
@@ -149,7 +153,7 @@ fn flipped_byte_in_trailer_is_a_miss_in_every_mode() {
         let key = fx.save(&cache, WAT);
         let path = cache.path_of(&key);
         let mut bytes = fs::read(&path).unwrap();
-        let at = bytes.len() - TRAILER_LEN + 40; // inside the wasm hash
+        let at = bytes.len() - TRAILER_LEN + 40; // inside the key digest
         bytes[at] ^= 0x80;
         fs::write(&path, &bytes).unwrap();
         assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
@@ -214,7 +218,7 @@ fn swapped_files_are_misses_in_every_mode() {
         fs::rename(&p2, &p1).unwrap();
         fs::rename(&tmp, &p2).unwrap();
         assert_rejected_then_recovers(&fx, &cache, &k1, &wat1, 1);
-        assert!(cache.last_rejection().unwrap().contains("wasm hash"));
+        assert!(cache.last_rejection().unwrap().contains("key digest"));
         assert_rejected_then_recovers(&fx, &cache, &k2, &wat2, 2);
     }
 }
@@ -278,11 +282,15 @@ fn other_engine_config_never_sees_the_file() {
     assert!(other.load(&other_key).unwrap().is_none());
     assert_eq!(other.stats()[0].rejected, 0);
     // A key of the wrong engine is an error, not a silent miss.
-    assert!(matches!(other.load(&key), Err(CacheError::Incompatible(_))));
+    let err = other.load(&key).unwrap_err();
+    assert!(
+        matches!(err, CacheError::Incompatible { engine } if engine == key.engine()),
+        "{err}"
+    );
     let module = Module::new(&fx.engine, WAT).unwrap();
     assert!(matches!(
         other.save(&other_key, &module),
-        Err(CacheError::Incompatible(_))
+        Err(CacheError::EngineMismatch { .. })
     ));
 
     // A file of the first engine planted in the second engine's folder is rejected in every
@@ -488,6 +496,86 @@ fn prune_removes_only_foreign_cache_folders() {
     assert_eq!((report.removed_files, report.removed_bytes), (2, 10));
     assert!(unrelated.exists());
     assert!(cache.load(&key).unwrap().is_some());
+}
+
+/// A build that uses two engines (two memory models or two tiers) opens one cache for both.
+fn two_engine_cache(fx: &Fixture, max_bytes: Option<u64>) -> (FsCache, Engine) {
+    let mut config = wasmtime::Config::new();
+    config.cranelift_opt_level(wasmtime::OptLevel::None);
+    let second = Engine::new(&config).unwrap();
+    let cache = FsCache::open_engines(
+        fx.dir.path(),
+        &[fx.engine.clone(), second.clone()],
+        FsCacheConfig {
+            max_bytes,
+            fsync: false,
+            ..FsCacheConfig::default()
+        },
+        Arc::new(RealFs),
+    )
+    .unwrap();
+    (cache, second)
+}
+
+#[test]
+fn one_cache_serves_every_engine_of_the_build_and_prune_keeps_them_all() {
+    let fx = Fixture::new();
+    let (cache, second) = two_engine_cache(&fx, None);
+    assert_eq!(cache.fingerprints().len(), 2);
+    let first_key = fx.save(&cache, WAT);
+    let second_key = CacheKey::new(&second, WAT.as_bytes());
+    cache
+        .save(&second_key, &Module::new(&second, WAT).unwrap())
+        .unwrap();
+    assert_ne!(
+        cache.path_of(&first_key).parent(),
+        cache.path_of(&second_key).parent()
+    );
+    // A third engine's folder (another build) goes; both of ours stay.
+    let foreign = fx
+        .dir
+        .path()
+        .join(format!("v{FORMAT_VERSION}-{}", "cd".repeat(32)));
+    fs::create_dir(&foreign).unwrap();
+    let report = cache.prune().unwrap();
+    assert_eq!(report.removed_folders, vec![foreign]);
+    let reopened = two_engine_cache(&fx, None).0;
+    assert!(reopened.load(&first_key).unwrap().is_some());
+    assert!(reopened.load(&second_key).unwrap().is_some());
+    assert_eq!(reopened.stats()[0].entries, 2);
+    assert_eq!(reopened.verify_all().unwrap().valid, 2);
+    // A cache of the first engine alone prunes the second engine's folder.
+    let alone = fx.open(Verification::Verified);
+    let report = alone.prune().unwrap();
+    assert_eq!(report.removed_folders.len(), 1);
+    assert!(!cache.path_of(&second_key).exists());
+    assert!(alone.load(&first_key).unwrap().is_some());
+}
+
+#[test]
+fn the_byte_limit_covers_the_folders_of_all_engines() {
+    let fx = Fixture::new();
+    let (probe, second) = two_engine_cache(&fx, None);
+    let first_key = fx.save(&probe, &wat_n(1));
+    let one = fs::metadata(probe.path_of(&first_key)).unwrap().len();
+    drop(probe);
+    // Room for about two files: the second engine's save evicts the first engine's file.
+    let (cache, _) = two_engine_cache(&fx, Some(one * 2 + one / 2));
+    let second_key = CacheKey::new(&second, wat_n(2).as_bytes());
+    cache
+        .save(&second_key, &Module::new(&second, wat_n(2)).unwrap())
+        .unwrap();
+    let third_key = CacheKey::new(&second, wat_n(3).as_bytes());
+    cache
+        .save(&third_key, &Module::new(&second, wat_n(3)).unwrap())
+        .unwrap();
+    assert!(
+        !cache.path_of(&first_key).exists(),
+        "the oldest file, of the other engine"
+    );
+    assert!(cache.path_of(&third_key).exists());
+    let s = &cache.stats()[0];
+    assert!(s.evictions >= 1 && s.bytes <= one * 2 + one / 2, "{s:?}");
 }
 
 #[test]

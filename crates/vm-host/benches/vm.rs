@@ -82,7 +82,7 @@ fn vm_for(dir: &std::path::Path, config: VmConfig, wasm: &[u8]) -> Vm {
                         "import not provided by the benchmark host"
                     ))
                 })
-                .map_err(|e| VmError::Wasmtime(e.to_string()))?;
+                .map_err(VmError::from)?;
         }
         Ok(())
     })

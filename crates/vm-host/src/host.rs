@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use wasmtime::{Caller, Extern, Global, Linker, Memory, StoreLimits};
 
-use crate::VmError;
 use crate::rewrite::{GLOBAL_EXPORT_PREFIX, GlobalKind, MEMORY_EXPORT};
+use crate::{StateError, VmError, WasmtimeError};
 
 /// The data of a wasmtime store running one module: its key-value data and its limits.
 ///
@@ -119,14 +119,14 @@ impl HostBlob {
         out
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, VmError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StateError> {
         match bytes.split_first() {
             None => Ok(HostBlob::default()),
-            Some((&BLOB_VERSION, rest)) => postcard::from_bytes(rest)
-                .map_err(|e| VmError::Host(format!("committed host state is corrupt: {e}"))),
-            Some((other, _)) => Err(VmError::Host(format!(
-                "committed host state has version {other}, this host reads {BLOB_VERSION}"
-            ))),
+            Some((&BLOB_VERSION, rest)) => postcard::from_bytes(rest).map_err(StateError::Decode),
+            Some((&found, _)) => Err(StateError::Version {
+                found,
+                expected: BLOB_VERSION,
+            }),
         }
     }
 }
@@ -137,14 +137,14 @@ pub(crate) fn exported_globals(
     store: &mut wasmtime::Store<HostState>,
     instance: &wasmtime::Instance,
     kinds: &[(u32, GlobalKind)],
-) -> Result<Vec<(u32, Global)>, VmError> {
+) -> Result<Vec<(u32, Global)>, StateError> {
     kinds
         .iter()
         .map(|(index, _)| {
             instance
                 .get_global(&mut *store, &format!("{GLOBAL_EXPORT_PREFIX}{index}"))
                 .map(|global| (*index, global))
-                .ok_or_else(|| VmError::Host(format!("global {index} is not exported")))
+                .ok_or(StateError::UnknownGlobal(*index))
         })
         .collect()
 }
@@ -153,7 +153,7 @@ pub(crate) fn exported_globals(
 pub(crate) fn read_globals(
     store: &mut wasmtime::Store<HostState>,
     globals: &[(u32, Global)],
-) -> Result<Vec<(u32, GlobalValue)>, VmError> {
+) -> Result<Vec<(u32, GlobalValue)>, StateError> {
     let mut out = Vec::with_capacity(globals.len());
     for (index, global) in globals {
         let value = match global.get(&mut *store) {
@@ -162,7 +162,7 @@ pub(crate) fn read_globals(
             wasmtime::Val::F32(v) => GlobalValue::F32(v),
             wasmtime::Val::F64(v) => GlobalValue::F64(v),
             wasmtime::Val::V128(v) => GlobalValue::V128(v.as_u128()),
-            _ => return Err(VmError::Host(format!("global {index} is not a number"))),
+            _ => return Err(StateError::NotANumber(*index)),
         };
         out.push((*index, value));
     }
@@ -174,17 +174,13 @@ pub(crate) fn write_globals(
     store: &mut wasmtime::Store<HostState>,
     globals: &[(u32, Global)],
     values: &[(u32, GlobalValue)],
-) -> Result<(), VmError> {
+) -> Result<(), StateError> {
     for (index, value) in values {
         let global = globals
             .iter()
             .find(|(i, _)| i == index)
             .map(|(_, global)| global)
-            .ok_or_else(|| {
-                VmError::Host(format!(
-                    "committed global {index} does not exist in the module"
-                ))
-            })?;
+            .ok_or(StateError::UnknownGlobal(*index))?;
         let val = match *value {
             GlobalValue::I32(v) => wasmtime::Val::I32(v),
             GlobalValue::I64(v) => wasmtime::Val::I64(v),
@@ -194,7 +190,10 @@ pub(crate) fn write_globals(
         };
         global
             .set(&mut *store, val)
-            .map_err(|e| VmError::Host(format!("cannot restore global {index}: {e}")))?;
+            .map_err(|e| StateError::Restore {
+                index: *index,
+                source: WasmtimeError::new(e),
+            })?;
     }
     Ok(())
 }
@@ -321,11 +320,16 @@ mod tests {
         assert_eq!(HostBlob::decode(&[]).expect("empty"), HostBlob::default());
         let mut other = bytes.clone();
         other[0] = 9;
-        assert!(matches!(HostBlob::decode(&other), Err(VmError::Host(_))));
         assert!(matches!(
-            HostBlob::decode(&bytes[..2]),
-            Err(VmError::Host(_))
+            HostBlob::decode(&other),
+            Err(StateError::Version {
+                found: 9,
+                expected: BLOB_VERSION
+            })
         ));
+        let err = HostBlob::decode(&bytes[..2]).expect_err("truncated");
+        assert!(matches!(err, StateError::Decode(_)), "{err}");
+        assert!(std::error::Error::source(&err).is_some());
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl VmConfig {
 pub enum VmError {
     /// The wasm is not a valid module, or uses a feature the host cannot run or persist.
     #[error("invalid module: {0}")]
-    InvalidModule(String),
+    InvalidModule(#[source] ModuleError),
     /// The module imports something the host does not offer. (The names come from the module,
     /// so the message shows them escaped and quoted: any bytes, one line.)
     #[error("module imports {module:?}::{name:?}, which the host does not offer")]
@@ -145,12 +145,30 @@ pub enum VmError {
     /// The call used up its fuel.
     #[error("out of fuel: the call used all of its {0} units of fuel")]
     OutOfFuel(u64),
-    /// The call trapped.
-    #[error("call trapped: {0}")]
-    Trap(String),
-    /// A host function refused the call's input.
+    /// Wasm code trapped: a call, or a module's genesis initialisation at deploy.
+    #[error("{during} trapped: {trap}")]
+    Trap {
+        /// What was running.
+        during: Phase,
+        /// The trap.
+        #[source]
+        trap: wasmtime::Trap,
+    },
+    /// A host function refused the call's input (the message is the host function's own).
     #[error("host function failed: {0}")]
-    Host(String),
+    Host(#[source] WasmtimeError),
+    /// The committed host state (mutable globals, key-value data) of a module is corrupt.
+    #[error("committed host state of module {module} is corrupt: {source}")]
+    CorruptState {
+        /// The module.
+        module: ModuleId,
+        /// What is wrong with it.
+        #[source]
+        source: StateError,
+    },
+    /// The module defines no memory to read.
+    #[error("module {0} has no memory")]
+    NoMemory(ModuleId),
     /// The stored bytecode does not hash to its module id.
     #[error("stored bytecode of module {0} does not match its id")]
     CorruptBytecode(ModuleId),
@@ -161,22 +179,144 @@ pub enum VmError {
     #[error("module cache: {0}")]
     Cache(#[from] cache_core::CacheError),
     /// An I/O error on the VM directory.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The error.
+        #[source]
         source: std::io::Error,
     },
-    /// An error from wasmtime outside a call (compiling, linking).
+    /// An error from wasmtime outside a call (engine setup, linking, instantiation).
     #[error("wasmtime: {0}")]
-    Wasmtime(String),
+    Wasmtime(#[source] WasmtimeError),
 }
 
 impl VmError {
     pub(crate) fn wasmtime(err: wasmtime::Error) -> Self {
-        VmError::Wasmtime(one_line(&format!("{err:#}")))
+        VmError::Wasmtime(WasmtimeError::new(err))
     }
+
+    /// Wasmtime refused to compile or link a module.
+    pub(crate) fn invalid_wasmtime(err: wasmtime::Error) -> Self {
+        VmError::InvalidModule(ModuleError::Compile(WasmtimeError::new(err)))
+    }
+
+    pub(crate) fn corrupt_state(module: &ModuleId) -> impl FnOnce(StateError) -> VmError + '_ {
+        |source| VmError::CorruptState {
+            module: *module,
+            source,
+        }
+    }
+}
+
+impl From<wasmtime::Error> for VmError {
+    /// An error of wasmtime outside a call, e.g. of an embedder's `Linker::func_wrap`.
+    fn from(err: wasmtime::Error) -> Self {
+        VmError::wasmtime(err)
+    }
+}
+
+/// What was running when wasm code trapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// A call of a session.
+    Call,
+    /// A module's genesis initialisation (data segments and start function) at deploy.
+    Genesis,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Call => "call",
+            Phase::Genesis => "genesis initialisation",
+        })
+    }
+}
+
+/// An error of wasmtime, kept whole as the source; its message is folded onto one line
+/// (wasmtime's own spans several: causes, wasm backtraces).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct WasmtimeError {
+    message: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl WasmtimeError {
+    /// The whole chain of causes, on one line.
+    pub(crate) fn new(err: wasmtime::Error) -> Self {
+        WasmtimeError {
+            message: one_line(&format!("{err:#}")),
+            source: err.into_boxed_dyn_error(),
+        }
+    }
+
+    /// Only the root cause on one line, without the context wasmtime wraps it in (a host
+    /// function's own message, without the wasm backtrace).
+    pub(crate) fn root(err: wasmtime::Error) -> Self {
+        WasmtimeError {
+            message: one_line(&err.root_cause().to_string()),
+            source: err.into_boxed_dyn_error(),
+        }
+    }
+}
+
+/// Why a module was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModuleError {
+    /// The bytes are not a well-formed module (its message folded onto one line).
+    #[error("{message}")]
+    Parse {
+        /// The message, on one line.
+        message: String,
+        /// wasmparser's error.
+        #[source]
+        source: wasmparser::BinaryReaderError,
+    },
+    /// Wasmtime refused to compile or link it.
+    #[error("{0}")]
+    Compile(#[source] WasmtimeError),
+    /// It uses a feature the host cannot run or persist (one line; names from the module
+    /// are escaped and quoted).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Why a module's committed host state cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// Written by another version of the host.
+    #[error("version {found}, this host reads {expected}")]
+    Version {
+        /// The version found.
+        found: u8,
+        /// The version this host reads.
+        expected: u8,
+    },
+    /// The bytes do not decode.
+    #[error("undecodable: {0}")]
+    Decode(#[source] postcard::Error),
+    /// A global the state names is not a mutable global of the module.
+    #[error("global {0} is not a mutable global of the module")]
+    UnknownGlobal(u32),
+    /// A global of the module holds no number.
+    #[error("global {0} is not a number")]
+    NotANumber(u32),
+    /// Wasmtime refused to set a global to its committed value.
+    #[error("global {index} cannot be restored: {source}")]
+    Restore {
+        /// The global's index.
+        index: u32,
+        /// Wasmtime's error.
+        #[source]
+        source: WasmtimeError,
+    },
 }
 
 /// Folds a message onto one line: error texts of wasmparser and wasmtime may span several

@@ -1,15 +1,23 @@
 //! Loads runtime modules through pinned -> LRU -> file cache -> compile, one compile per module
 //! however many threads ask at once.
+//!
+//! The cache key of a module is computed from its id alone (module id, runtime form of
+//! [`rewrite::REWRITE_VERSION`], the Strata ABI, Cranelift, the runtime engine's fingerprint),
+//! so a hit in any layer reads no bytecode: the stored bytecode is read, checked against its
+//! id, rewritten and compiled only on a miss of every layer. What the host needs of the module
+//! (its memory and mutable globals) is read from the compiled module's exports.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cache_core::{CacheKey, FallbackCache, ModuleCache, ModuleCacheExt};
+use cache_core::{
+    Abi, CacheKey, EngineFingerprint, FallbackCache, ModuleCache, ModuleCacheExt, Tier, WasmHash,
+};
 use cache_fs::FsCache;
 use cache_lru::LruCache;
 use cache_pinned::PinnedCache;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use store_index::ModuleId;
 use wasmtime::{Engine, InstancePre, Linker, Module};
 
@@ -17,29 +25,35 @@ use crate::VmError;
 use crate::host::HostState;
 use crate::rewrite::{self, Form, Shape};
 
-/// What the host derives from a module's bytecode once: its shape and the runtime form's key.
-pub(crate) struct Prepared {
-    pub(crate) shape: Shape,
-    pub(crate) key: CacheKey,
-}
-
 /// A loaded module, ready to instantiate.
 #[derive(Clone)]
 pub(crate) struct Loaded {
-    pub(crate) prepared: Arc<Prepared>,
+    pub(crate) key: CacheKey,
+    /// Its memory and mutable globals (no imports: it was checked at deploy).
+    pub(crate) shape: Arc<Shape>,
     pub(crate) module: Module,
     pub(crate) pre: InstancePre<HostState>,
+}
+
+/// Where the runtime form of a module comes from if no cache layer has it.
+#[derive(Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// The stored bytecode, read (and checked against the id) only on a miss.
+    Stored(&'a dyn Fn() -> Result<Vec<u8>, VmError>),
+    /// Bytecode whose id was just computed from it and whose shape was just checked (deploy,
+    /// precompile): rewritten only on a miss.
+    Checked { wasm: &'a [u8], shape: &'a Shape },
 }
 
 type Chain = FallbackCache<Arc<PinnedCache>, FallbackCache<LruCache, Arc<FsCache>>>;
 
 pub(crate) struct Loader {
     engine: Engine,
+    fingerprint: EngineFingerprint,
     linker: Linker<HostState>,
     pinned: Arc<PinnedCache>,
     fs: Arc<FsCache>,
     chain: Chain,
-    prepared: RwLock<HashMap<ModuleId, Arc<Prepared>>>,
     /// One lock per module being compiled, holding the module once compiled: the single flight.
     inflight: Mutex<HashMap<CacheKey, Arc<Mutex<Option<Module>>>>>,
     pub(crate) compiles: AtomicU64,
@@ -65,12 +79,12 @@ impl Loader {
         let pinned = Arc::new(PinnedCache::new());
         let chain = pinned.clone().with_fallback(lru.with_fallback(fs.clone()));
         Loader {
+            fingerprint: EngineFingerprint::of(&engine),
             engine,
             linker,
             pinned,
             fs,
             chain,
-            prepared: RwLock::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             compiles: AtomicU64::new(0),
         }
@@ -88,43 +102,35 @@ impl Loader {
         self.chain.stats()
     }
 
-    /// The shape and key of `id`, reading its bytecode with `bytecode` the first time.
-    pub(crate) fn prepare(
-        &self,
-        id: &ModuleId,
-        bytecode: impl FnOnce() -> Result<Vec<u8>, VmError>,
-    ) -> Result<Arc<Prepared>, VmError> {
-        if let Some(prepared) = self.prepared.read().get(id) {
-            return Ok(prepared.clone());
-        }
-        let wasm = bytecode()?;
-        check_bytecode(id, &wasm)?;
-        let shape = rewrite::shape(&wasm)?;
-        let runtime = rewrite::rewrite(&wasm, &shape, Form::Runtime)?;
-        let key = CacheKey::new(&self.engine, &runtime);
-        let prepared = Arc::new(Prepared { shape, key });
-        self.prepared.write().insert(*id, prepared.clone());
-        Ok(prepared)
+    /// The cache key of `id`'s runtime form: computed without reading anything.
+    pub(crate) fn key(&self, id: &ModuleId) -> CacheKey {
+        CacheKey::from_parts(
+            WasmHash::from_bytes(*id.as_bytes()),
+            cache_core::Form::Runtime {
+                rewrite: rewrite::REWRITE_VERSION,
+            },
+            Abi::Strata,
+            Tier::Cranelift,
+            self.fingerprint,
+        )
     }
 
-    /// Loads the runtime form of `id` from the caches, compiling it on a miss.
-    pub(crate) fn load(
-        &self,
-        id: &ModuleId,
-        bytecode: &dyn Fn() -> Result<Vec<u8>, VmError>,
-    ) -> Result<Loaded, VmError> {
-        let prepared = self.prepare(id, bytecode)?;
+    /// Loads the runtime form of `id` from the caches, compiling it from `source` on a miss.
+    pub(crate) fn load(&self, id: &ModuleId, source: Source<'_>) -> Result<Loaded, VmError> {
+        let key = self.key(id);
         let compiles_before = self.compiles.load(Ordering::Acquire);
-        let module = match self.chain.load(&prepared.key).ok().flatten() {
+        let module = match self.chain.load(&key).ok().flatten() {
             Some(module) => module,
-            None => self.compile_once(id, &prepared, bytecode, compiles_before)?,
+            None => self.compile_once(id, &key, source, compiles_before)?,
         };
+        let shape = rewrite::runtime_shape(&module)?;
         let pre = self
             .linker
             .instantiate_pre(&module)
             .map_err(VmError::wasmtime)?;
         Ok(Loaded {
-            prepared,
+            key,
+            shape: Arc::new(shape),
             module,
             pre,
         })
@@ -135,16 +141,11 @@ impl Loader {
     fn compile_once(
         &self,
         id: &ModuleId,
-        prepared: &Prepared,
-        bytecode: &dyn Fn() -> Result<Vec<u8>, VmError>,
+        key: &CacheKey,
+        source: Source<'_>,
         compiles_before: u64,
     ) -> Result<Module, VmError> {
-        let flight = self
-            .inflight
-            .lock()
-            .entry(prepared.key)
-            .or_default()
-            .clone();
+        let flight = self.inflight.lock().entry(*key).or_default().clone();
         let mut slot = flight.lock();
         // The thread we waited for compiled it.
         if let Some(module) = slot.as_ref() {
@@ -155,24 +156,21 @@ impl Loader {
         // once per layer. (Racing that compile's save can cost a second compile, never a wrong
         // module.)
         let again = if self.compiles.load(Ordering::Acquire) != compiles_before {
-            self.chain.load(&prepared.key).ok().flatten()
+            self.chain.load(key).ok().flatten()
         } else {
             None
         };
         let result = match again {
             Some(module) => Ok(module),
-            None => self.compile(id, prepared, bytecode()?),
+            None => self.compile(id, key, source),
         };
         if let Ok(module) = &result {
             *slot = Some(module.clone());
         }
         drop(slot);
         let mut inflight = self.inflight.lock();
-        if inflight
-            .get(&prepared.key)
-            .is_some_and(|f| Arc::ptr_eq(f, &flight))
-        {
-            inflight.remove(&prepared.key);
+        if inflight.get(key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            inflight.remove(key);
         }
         result
     }
@@ -180,44 +178,36 @@ impl Loader {
     fn compile(
         &self,
         id: &ModuleId,
-        prepared: &Prepared,
-        wasm: Vec<u8>,
+        key: &CacheKey,
+        source: Source<'_>,
     ) -> Result<Module, VmError> {
-        check_bytecode(id, &wasm)?;
-        let runtime = rewrite::rewrite(&wasm, &prepared.shape, Form::Runtime)?;
         let start = std::time::Instant::now();
-        let module = Module::new(&self.engine, &runtime)
-            .map_err(|e| VmError::InvalidModule(crate::one_line(&format!("{e:#}"))))?;
+        let runtime = match source {
+            Source::Stored(read) => {
+                let wasm = read()?;
+                check_bytecode(id, &wasm)?;
+                let shape = rewrite::shape(&wasm)?;
+                rewrite::rewrite(&wasm, &shape, Form::Runtime)?
+            }
+            Source::Checked { wasm, shape } => rewrite::rewrite(wasm, shape, Form::Runtime)?,
+        };
+        let module = Module::new(&self.engine, &runtime).map_err(VmError::invalid_wasmtime)?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
         tracing::info!(module = %id, ms = start.elapsed().as_millis() as u64, "compiled");
         // A cache that cannot take the module costs a recompile later, never this call.
-        let _ = self.chain.save(&prepared.key, &module);
+        let _ = self.chain.save(key, &module);
         Ok(module)
     }
 
-    /// Compiles `wasm`'s runtime form into the caches unless it is there already.
-    pub(crate) fn precompile(&self, wasm: &[u8]) -> Result<ModuleId, VmError> {
-        let id = ModuleId::of_wasm(wasm);
-        let owned = wasm.to_vec();
-        self.load(&id, &|| Ok(owned.clone()))?;
-        Ok(id)
-    }
-
     pub(crate) fn pin(&self, loaded: &Loaded) {
-        self.pinned.pin(loaded.prepared.key, loaded.module.clone());
+        self.pinned.pin(loaded.key, loaded.module.clone());
     }
 
     pub(crate) fn unpin(&self, id: &ModuleId) -> bool {
-        match self.prepared.read().get(id) {
-            Some(prepared) => self.pinned.unpin(&prepared.key),
-            None => false,
-        }
+        self.pinned.unpin(&self.key(id))
     }
 
     pub(crate) fn is_pinned(&self, id: &ModuleId) -> bool {
-        self.prepared
-            .read()
-            .get(id)
-            .is_some_and(|p| self.pinned.is_pinned(&p.key))
+        self.pinned.is_pinned(&self.key(id))
     }
 }

@@ -9,8 +9,9 @@
 //!   active segment is dropped after instantiation, so using it traps as an empty one does) and
 //!   without the start section.
 //!
-//! Both forms are deterministic functions of the original bytes, so a cache key computed from
-//! the runtime form names the same artifact on every node. Sections are copied byte for byte
+//! Both forms are deterministic functions of the original bytes and of [`REWRITE_VERSION`], so
+//! a cache key made of the module id and that version (`cache_core::Form::Runtime`) names the
+//! same artifact on every node without rewriting anything. Sections are copied byte for byte
 //! except the three that change.
 
 use std::ops::Range;
@@ -18,7 +19,13 @@ use std::ops::Range;
 use wasm_encoder::{DataSection, ExportKind, ExportSection, RawSection, SectionId};
 use wasmparser::{DataKind, ExternalKind, Parser, Payload, TypeRef, ValType};
 
-use crate::VmError;
+use crate::{ModuleError, VmError};
+
+/// The version of the rewrite, part of every cache key of a rewritten form. Bump it whenever
+/// the output of [`rewrite`] changes for any input (and update the golden digests of the test
+/// `rewrite_output_is_pinned_by_its_version`), so that no node loads an artifact of another
+/// rewrite under the same key.
+pub(crate) const REWRITE_VERSION: u32 = 1;
 
 /// The export name under which both forms expose the module's memory.
 pub(crate) const MEMORY_EXPORT: &str = "__strata_memory";
@@ -53,8 +60,54 @@ pub(crate) enum Form {
     Runtime,
 }
 
+/// A feature the host cannot run or persist.
 fn invalid(message: impl std::fmt::Display) -> VmError {
-    VmError::InvalidModule(crate::one_line(&message.to_string()))
+    VmError::InvalidModule(ModuleError::Unsupported(crate::one_line(
+        &message.to_string(),
+    )))
+}
+
+/// Bytes wasmparser cannot read.
+fn malformed(source: wasmparser::BinaryReaderError) -> VmError {
+    VmError::InvalidModule(ModuleError::Parse {
+        message: crate::one_line(&source.to_string()),
+        source,
+    })
+}
+
+/// The shape of a compiled runtime form, read from the exports the rewrite added (the
+/// `__strata_` names are reserved, so no module has them of its own): what a cache hit needs
+/// without the bytecode. Imports are not listed (they were checked at deploy).
+pub(crate) fn runtime_shape(module: &wasmtime::Module) -> Result<Shape, VmError> {
+    let mut shape = Shape::default();
+    for export in module.exports() {
+        if export.name() == MEMORY_EXPORT {
+            shape.has_memory = true;
+        } else if let Some(index) = export.name().strip_prefix(GLOBAL_EXPORT_PREFIX) {
+            let (Ok(index), Some(global)) = (index.parse::<u32>(), export.ty().global().cloned())
+            else {
+                return Err(invalid(format!(
+                    "malformed host export {:?}",
+                    export.name()
+                )));
+            };
+            let kind = match global.content() {
+                wasmtime::ValType::I32 => GlobalKind::I32,
+                wasmtime::ValType::I64 => GlobalKind::I64,
+                wasmtime::ValType::F32 => GlobalKind::F32,
+                wasmtime::ValType::F64 => GlobalKind::F64,
+                wasmtime::ValType::V128 => GlobalKind::V128,
+                wasmtime::ValType::Ref(_) => {
+                    return Err(invalid(
+                        "mutable reference-typed globals cannot be persisted",
+                    ));
+                }
+            };
+            shape.mutable_globals.push((index, kind));
+        }
+    }
+    shape.mutable_globals.sort_by_key(|(index, _)| *index);
+    Ok(shape)
 }
 
 /// Reads the module's structure and refuses what the host cannot run or persist.
@@ -62,7 +115,7 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
     let mut shape = Shape::default();
     let mut memories = 0;
     for payload in Parser::new(0).parse_all(wasm) {
-        match payload.map_err(invalid)? {
+        match payload.map_err(malformed)? {
             Payload::Version {
                 encoding: wasmparser::Encoding::Component,
                 ..
@@ -73,7 +126,7 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
             }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
-                    let import = import.map_err(invalid)?;
+                    let import = import.map_err(malformed)?;
                     match import.ty {
                         TypeRef::Func(_) | TypeRef::FuncExact(_) => shape
                             .imports
@@ -89,7 +142,7 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
             }
             Payload::MemorySection(reader) => {
                 for memory in reader {
-                    let memory = memory.map_err(invalid)?;
+                    let memory = memory.map_err(malformed)?;
                     if memory.memory64 {
                         return Err(invalid("64-bit memories are not supported"));
                     }
@@ -104,7 +157,7 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
             }
             Payload::GlobalSection(reader) => {
                 for (index, global) in reader.into_iter().enumerate() {
-                    let global = global.map_err(invalid)?;
+                    let global = global.map_err(malformed)?;
                     if !global.ty.mutable {
                         continue;
                     }
@@ -126,7 +179,7 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
             }
             Payload::ExportSection(reader) => {
                 for export in reader {
-                    let export = export.map_err(invalid)?;
+                    let export = export.map_err(malformed)?;
                     if export.name.starts_with("__strata_") {
                         return Err(invalid(format!(
                             "export `{}` uses the reserved prefix `__strata_`",
@@ -171,7 +224,7 @@ pub(crate) fn rewrite(wasm: &[u8], shape: &Shape, form: Form) -> Result<Vec<u8>,
         });
     };
     for payload in Parser::new(0).parse_all(wasm) {
-        let payload = payload.map_err(invalid)?;
+        let payload = payload.map_err(malformed)?;
         let Some((id, range)) = payload.as_section() else {
             continue;
         };
@@ -188,7 +241,7 @@ pub(crate) fn rewrite(wasm: &[u8], shape: &Shape, form: Form) -> Result<Vec<u8>,
             Payload::DataSection(reader) if form == Form::Runtime => {
                 let mut data = DataSection::new();
                 for segment in reader {
-                    let segment = segment.map_err(invalid)?;
+                    let segment = segment.map_err(malformed)?;
                     match segment.kind {
                         DataKind::Passive => data.passive(segment.data.iter().copied()),
                         DataKind::Active { .. } => data.passive([]),
@@ -213,7 +266,7 @@ fn host_exports(
     let mut exports = ExportSection::new();
     if let Some(reader) = existing {
         for export in reader {
-            let export = export.map_err(invalid)?;
+            let export = export.map_err(malformed)?;
             let kind = match export.kind {
                 ExternalKind::Func | ExternalKind::FuncExact => ExportKind::Func,
                 ExternalKind::Table => ExportKind::Table,
@@ -292,6 +345,49 @@ mod tests {
             rewrite(&wasm, &shape, Form::Runtime).expect("again"),
             runtime
         );
+    }
+
+    /// The sha256 of [`SAMPLE`]'s runtime and genesis forms under [`REWRITE_VERSION`]
+    /// (`SAMPLE` is part of the golden test: changing it means recording new digests).
+    const GOLDEN: (u32, &str, &str) = (
+        1,
+        "15be2059f37408c553e8e29680621e7fb971f99627bb412788a1a1d719b9748e",
+        "54c07588b5bb853eec7d1ea9b7e00ed519f91d2714118134a1edf91c52da896d",
+    );
+
+    #[test]
+    fn rewrite_output_is_pinned_by_its_version() {
+        // Cache keys name a rewritten form by REWRITE_VERSION alone. If this fails, the
+        // rewrite's output changed: bump REWRITE_VERSION and record the new digests here.
+        let wasm = wat(SAMPLE);
+        let shape = shape(&wasm).expect("shape");
+        let digest = |form| {
+            cache_core::WasmHash::of(&rewrite(&wasm, &shape, form).expect("rewrite")).to_hex()
+        };
+        let (runtime, genesis) = (digest(Form::Runtime), digest(Form::Genesis));
+        assert_eq!(
+            (REWRITE_VERSION, runtime.as_str(), genesis.as_str()),
+            GOLDEN,
+            "the rewrite's output changed: bump REWRITE_VERSION and update GOLDEN"
+        );
+    }
+
+    #[test]
+    fn runtime_shape_reads_the_host_exports() {
+        let wasm = wat(SAMPLE);
+        let parsed = shape(&wasm).expect("shape");
+        let runtime = rewrite(&wasm, &parsed, Form::Runtime).expect("rewrite");
+        let module =
+            wasmtime::Module::new(&wasmtime::Engine::default(), &runtime).expect("compiles");
+        let read = runtime_shape(&module).expect("shape");
+        assert_eq!(
+            (read.has_memory, read.mutable_globals),
+            (parsed.has_memory, parsed.mutable_globals)
+        );
+        let bare = wat("(module (func (export \"f\")))");
+        let module = wasmtime::Module::new(&wasmtime::Engine::default(), &bare).expect("compiles");
+        let read = runtime_shape(&module).expect("shape");
+        assert!(!read.has_memory && read.mutable_globals.is_empty());
     }
 
     #[test]

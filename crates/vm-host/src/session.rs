@@ -7,10 +7,10 @@ use store_index::{ModuleId, Root};
 use wasmtime::{Instance, Module, Val};
 
 use crate::host::{self, GlobalValue, HostBlob, HostState};
-use crate::loader::Loaded;
+use crate::loader::{Loaded, Source};
 use crate::memory::{self, GUARD, RESERVATION};
 use crate::rewrite::{self, Form, MEMORY_EXPORT};
-use crate::{Value, ValueType, Vm, VmError};
+use crate::{Phase, Value, ValueType, Vm, VmError, WasmtimeError};
 
 /// A module instantiated in this session.
 struct Live {
@@ -41,12 +41,15 @@ pub struct Session {
     fuel: Option<u64>,
 }
 
-fn call_error(err: wasmtime::Error, fuel: u64) -> VmError {
+fn call_error(err: wasmtime::Error, fuel: u64, during: Phase) -> VmError {
     match err.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::OutOfFuel) => VmError::OutOfFuel(fuel),
-        Some(trap) => VmError::Trap(crate::one_line(&trap.to_string())),
+        Some(trap) => VmError::Trap {
+            during,
+            trap: *trap,
+        },
         // The host function's own message, without the wasm backtrace wasmtime wraps it in.
-        None => VmError::Host(crate::one_line(&err.root_cause().to_string())),
+        None => VmError::Host(WasmtimeError::root(err)),
     }
 }
 
@@ -88,12 +91,13 @@ impl Session {
         self.vm.check_imports(&shape)?;
         let vm = &self.vm.inner;
         let genesis = rewrite::rewrite(wasm, &shape, Form::Genesis)?;
-        let module = Module::new(&vm.genesis_engine, &genesis)
-            .map_err(|e| VmError::InvalidModule(crate::one_line(&format!("{e:#}"))))?;
+        let module =
+            Module::new(&vm.genesis_engine, &genesis).map_err(VmError::invalid_wasmtime)?;
+        drop(genesis);
         let pre = vm
             .genesis_linker
             .instantiate_pre(&module)
-            .map_err(|e| VmError::InvalidModule(crate::one_line(&format!("{e:#}"))))?;
+            .map_err(VmError::invalid_wasmtime)?;
         let state = HostState::new(
             Default::default(),
             self.vm.limits(),
@@ -105,25 +109,29 @@ impl Session {
         store
             .set_fuel(vm.config.deploy_fuel)
             .map_err(VmError::wasmtime)?;
-        let instance = pre.instantiate(&mut store).map_err(|e| {
-            match call_error(e, vm.config.deploy_fuel) {
-                VmError::Trap(m) => VmError::Trap(format!("in genesis initialisation: {m}")),
-                other => other,
-            }
-        })?;
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| call_error(e, vm.config.deploy_fuel, Phase::Genesis))?;
         let image = match instance.get_memory(&mut store, MEMORY_EXPORT) {
             Some(memory) => memory.data(&store).to_vec(),
             None => Vec::new(),
         };
-        let exported = host::exported_globals(&mut store, &instance, &shape.mutable_globals)?;
-        let globals = host::read_globals(&mut store, &exported)?;
+        let globals = host::exported_globals(&mut store, &instance, &shape.mutable_globals)
+            .and_then(|exported| host::read_globals(&mut store, &exported))
+            .map_err(VmError::corrupt_state(&id))?;
         let blob = HostBlob {
             globals,
             kv: store.into_data().into_kv(),
         };
         self.inner.deploy(id, wasm, &image, blob.encode())?;
-        // Compile the runtime form now, so the first call finds it in the caches.
-        vm.loader.load(&id, &|| Ok(wasm.to_vec()))?;
+        // Compile the runtime form now (unless a cache has it), so the first call finds it.
+        vm.loader.load(
+            &id,
+            Source::Checked {
+                wasm,
+                shape: &shape,
+            },
+        )?;
         tracing::info!(module = %id, bytes = wasm.len(), "deployed");
         Ok(id)
     }
@@ -159,10 +167,8 @@ impl Session {
             return Err(VmError::UnknownModule(*module));
         }
         let inner = &self.inner;
-        self.vm
-            .inner
-            .loader
-            .load(module, &|| Ok(inner.bytecode(module)?))
+        let read = || Ok(inner.bytecode(module)?);
+        self.vm.inner.loader.load(module, Source::Stored(&read))
     }
 
     /// Calls `function` of `module` with `args`. A call that fails (trap, out of fuel, host
@@ -201,8 +207,11 @@ impl Session {
         live.store.set_fuel(fuel).map_err(VmError::wasmtime)?;
         let outcome = func
             .call(&mut live.store, &args, &mut results)
-            .map_err(|e| call_error(e, fuel))
-            .and_then(|()| host::read_globals(&mut live.store, &live.global_handles));
+            .map_err(|e| call_error(e, fuel, Phase::Call))
+            .and_then(|()| {
+                host::read_globals(&mut live.store, &live.global_handles)
+                    .map_err(VmError::corrupt_state(module))
+            });
         match outcome {
             Ok(globals) => {
                 live.globals = globals;
@@ -240,7 +249,8 @@ impl Session {
         let loaded = self.load(module)?;
         let blob = match self.modules.remove(module) {
             Some(Slot::Idle(blob)) => blob,
-            _ => HostBlob::decode(&self.inner.blob(module)?)?,
+            _ => HostBlob::decode(&self.inner.blob(module)?)
+                .map_err(VmError::corrupt_state(module))?,
         };
         let restore = blob.clone();
         let result = self.instantiate(module, loaded, blob);
@@ -263,7 +273,7 @@ impl Session {
         blob: HostBlob,
     ) -> Result<Live, VmError> {
         let vm = &self.vm.inner;
-        let handle = if loaded.prepared.shape.has_memory {
+        let handle = if loaded.shape.has_memory {
             Some(self.inner.memory(module, RESERVATION + GUARD)?)
         } else {
             None
@@ -278,12 +288,13 @@ impl Session {
         store.limiter(|s| &mut s.limits);
         let instance = memory::with_next_memory(handle, || loaded.pre.instantiate(&mut store))
             .map_err(VmError::wasmtime)?;
-        let global_handles = host::exported_globals(
-            &mut store,
-            &instance,
-            &loaded.prepared.shape.mutable_globals,
-        )?;
-        host::write_globals(&mut store, &global_handles, &blob.globals)?;
+        let global_handles =
+            host::exported_globals(&mut store, &instance, &loaded.shape.mutable_globals)
+                .and_then(|handles| {
+                    host::write_globals(&mut store, &handles, &blob.globals)?;
+                    Ok(handles)
+                })
+                .map_err(VmError::corrupt_state(module))?;
         vm.instantiations.fetch_add(1, Ordering::Relaxed);
         Ok(Live {
             store,
@@ -308,7 +319,7 @@ impl Session {
         let memory = live
             .instance
             .get_memory(&mut live.store, MEMORY_EXPORT)
-            .ok_or_else(|| VmError::Host("the module has no memory".to_owned()))?;
+            .ok_or(VmError::NoMemory(*module))?;
         let mut buf = vec![0; len];
         memory
             .read(&live.store, offset, &mut buf)
@@ -321,7 +332,8 @@ impl Session {
         match self.modules.get(module) {
             Some(Slot::Live(live)) => Ok(live.store.data().get(key).map(<[u8]>::to_vec)),
             Some(Slot::Idle(blob)) => Ok(blob.kv.get(key).cloned()),
-            None if self.inner.contains(module) => Ok(HostBlob::decode(&self.inner.blob(module)?)?
+            None if self.inner.contains(module) => Ok(HostBlob::decode(&self.inner.blob(module)?)
+                .map_err(VmError::corrupt_state(module))?
                 .kv
                 .get(key)
                 .cloned()),

@@ -341,7 +341,6 @@ impl Vm {
             }
         }
         let cache = self.inner.loader.fs();
-        let own = cache.engine_dir().file_name();
         let mut folders = fs.read_dir(cache.dir()).map_err(io(cache.dir()))?;
         folders.sort();
         for name in folders {
@@ -351,7 +350,7 @@ impl Vm {
             }
             let mut folder = CacheFolderStats {
                 name: name.to_string_lossy().into_owned(),
-                in_use: Some(name.as_os_str()) == own,
+                in_use: cache.engine_dirs().any(|d| d.file_name() == Some(name.as_os_str())),
                 ..CacheFolderStats::default()
             };
             for file in fs.read_dir(&path).map_err(io(&path))? {
@@ -371,7 +370,13 @@ impl Vm {
     pub fn precompile(&self, wasm: &[u8]) -> Result<ModuleId, VmError> {
         let shape = crate::rewrite::shape(wasm)?;
         self.check_imports(&shape)?;
-        self.inner.loader.precompile(wasm)
+        let id = ModuleId::of_wasm(wasm);
+        let source = crate::loader::Source::Checked {
+            wasm,
+            shape: &shape,
+        };
+        self.inner.loader.load(&id, source)?;
+        Ok(id)
     }
 
     pub(crate) fn check_imports(&self, shape: &crate::rewrite::Shape) -> Result<(), VmError> {
@@ -461,8 +466,17 @@ impl Vm {
         Ok(session.bytecode(id)?)
     }
 
+    /// Loads a deployed module into the pinned layer. A cache hit reads no bytecode: the key
+    /// comes from the id, which the commit index lists.
     fn pin_loaded(&self, id: &ModuleId) -> Result<(), VmError> {
-        let loaded = self.inner.loader.load(id, &|| self.find_bytecode(id))?;
+        if !self.commits().iter().any(|c| c.modules.contains(id)) {
+            return Err(VmError::UnknownModule(*id));
+        }
+        let read = || self.find_bytecode(id);
+        let loaded = self
+            .inner
+            .loader
+            .load(id, crate::loader::Source::Stored(&read))?;
         self.inner.loader.pin(&loaded);
         Ok(())
     }

@@ -113,7 +113,7 @@ pub(crate) fn run() -> Result<()> {
         &[Value::I32(2), Value::I32(3), Value::I64(500)],
     );
     ensure!(
-        matches!(refused, Err(VmError::Trap(_))),
+        matches!(refused, Err(VmError::Trap { .. })),
         "overdraft must trap"
     );
     println!(
