@@ -7,9 +7,13 @@
 //! - `crash [--rounds N]`: the crash harness of the commit store with N kill rounds;
 //! - `fuzz --seconds N [TARGET...]`, `load --seconds N`: the long reliability runs (see
 //!   `reliability.rs`);
-//! - `corpus [DIR]`: fetches the npm part of the benchmark corpus with `npm pack`.
+//! - `corpus [DIR]`: fetches the npm part of the benchmark corpus with `npm pack`;
+//! - `check-crates [ARGS...]`: `cargo check -p <crate>` for each library crate alone, so that no
+//!   crate leans on a dependency feature that only another workspace member turns on (kept out
+//!   of `ci` for time: each distinct feature set of wasmtime is checked anew).
 
 mod bench;
+mod manifest;
 mod reliability;
 #[cfg(test)]
 mod tidy;
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
         Some("fuzz") => reliability::fuzz(&args[1..]),
         Some("load") => reliability::load(&args[1..]),
         Some("corpus") => corpus(&args[1..]),
+        Some("check-crates") => check_crates(&args[1..]),
         Some("help") | Some("--help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -52,7 +57,9 @@ tasks:
   crash [--rounds N] SIGKILL crash rounds against the commit store (default 1000)
   fuzz --seconds N [--sanitizer S] [TARGET...]  cargo-fuzz each target for N seconds
   load --seconds N   the multi-threaded load test in release mode
-  corpus [DIR]       fetch the npm corpus modules with `npm pack` (default: ../shared/corpus)";
+  corpus [DIR]       fetch the npm corpus modules with `npm pack` (default: ../shared/corpus)
+  check-crates [ARGS...]  `cargo check -p CRATE ARGS...` for each library crate of crates/ alone
+                     (not in ci: slow); e.g. ARGS = --all-targets to include tests and benches";
 
 /// The workspace root: xtask lives one level below it.
 pub(crate) fn root() -> PathBuf {
@@ -107,6 +114,50 @@ fn ci() -> Result<()> {
     )?;
     eprintln!("xtask ci: all checks passed");
     Ok(())
+}
+
+/// `cargo xtask check-crates`: each library crate checked on its own, so that the features it
+/// gets are only those it (and its own dependencies) ask for. In a workspace build, cargo unifies
+/// features across the members built together, which hides a crate that uses, say, wasmtime's
+/// `wat` feature without enabling it. The crates are read from `crates/*/Cargo.toml`: every crate
+/// with a library target, except those its own manifest marks `publish = false` (dev-only).
+fn check_crates(args: &[String]) -> Result<()> {
+    let crates = manifest::crates(&root())?;
+    let mut failed = Vec::new();
+    let mut checked = Vec::new();
+    for krate in &crates {
+        if !krate.is_published_library() {
+            let why = if krate.is_library() {
+                "publish = false"
+            } else {
+                "no library"
+            };
+            eprintln!("check-crates: skipping {} ({why})", krate.name);
+            continue;
+        }
+        let mut check = vec!["check", "--locked", "-p", krate.name.as_str()];
+        check.extend(args.iter().map(String::as_str));
+        match cargo(&check, &[]) {
+            Ok(()) => checked.push(krate.name.as_str()),
+            Err(e) => failed.push(format!("{}: {e}", krate.name)),
+        }
+    }
+    if checked.is_empty() && failed.is_empty() {
+        return Err("check-crates found no library crate under crates/".to_owned());
+    }
+    if failed.is_empty() {
+        eprintln!(
+            "xtask check-crates: {} crates check alone: {}",
+            checked.len(),
+            checked.join(", ")
+        );
+        Ok(())
+    } else {
+        Err(format!(
+            "crates that do not check alone: {}",
+            failed.join("; ")
+        ))
+    }
 }
 
 fn crash(args: &[String]) -> Result<()> {
