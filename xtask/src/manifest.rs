@@ -234,28 +234,64 @@ pub(crate) fn dependencies(manifest: &str) -> Vec<Dep> {
 }
 
 #[cfg(test)]
-/// The keys of the root manifest's `[workspace.dependencies]` (and `[workspace.dependencies.x]`
-/// tables).
-pub(crate) fn workspace_dependencies(manifest: &str) -> Vec<String> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut in_table = false;
+/// The entries of the root manifest's `[workspace.dependencies]` (and
+/// `[workspace.dependencies.x]` tables): each key with its specification as written (the inline
+/// table, or its `field = value` lines joined).
+pub(crate) fn workspace_dependencies(manifest: &str) -> Vec<(String, String)> {
+    let mut entries: Vec<(String, String)> = Vec::new();
+    // `Some(None)`: in `[workspace.dependencies]`; `Some(Some(i))`: in the table of entry `i`.
+    let mut in_table: Option<Option<usize>> = None;
     for line in logical_lines(manifest) {
         if line.starts_with('[') {
             let parts = key_parts(line.trim_start_matches('[').trim_end_matches(']'));
-            in_table = parts.len() == 2 && parts[0] == "workspace" && parts[1] == "dependencies";
-            if parts.len() == 3 && parts[0] == "workspace" && parts[1] == "dependencies" {
-                keys.push(parts[2].clone());
-            }
+            let ours = parts.len() >= 2 && parts[0] == "workspace" && parts[1] == "dependencies";
+            in_table = match parts.len() {
+                2 if ours => Some(None),
+                3 if ours => {
+                    entries.push((parts[2].clone(), String::new()));
+                    Some(Some(entries.len() - 1))
+                }
+                _ => None,
+            };
             continue;
         }
-        if in_table && let Some((key, _)) = line.split_once('=') {
-            let name = key_parts(key.trim()).swap_remove(0);
-            if !keys.contains(&name) {
-                keys.push(name);
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        match in_table {
+            Some(None) => {
+                let mut parts = key_parts(key.trim());
+                let name = parts.remove(0);
+                let spec = match parts.first() {
+                    Some(field) => format!("{field} = {}", value.trim()),
+                    None => value.trim().to_owned(),
+                };
+                match entries.iter_mut().find(|(k, _)| *k == name) {
+                    Some((_, existing)) => {
+                        existing.push_str(", ");
+                        existing.push_str(&spec);
+                    }
+                    None => entries.push((name, spec)),
+                }
             }
+            Some(Some(i)) => {
+                let spec = &mut entries[i].1;
+                if !spec.is_empty() {
+                    spec.push_str(", ");
+                }
+                spec.push_str(&line);
+            }
+            None => {}
         }
     }
-    keys
+    entries
+}
+
+#[cfg(test)]
+/// Whether a dependency specification (as [`workspace_dependencies`] gives it) names a
+/// `path` without a `version`: cargo refuses to package a crate that depends on it.
+pub(crate) fn path_without_version(spec: &str) -> bool {
+    string_field(spec, "path").is_some() && string_field(spec, "version").is_none()
 }
 
 /// The value of `field` in the `[package]` table: a string, or the raw text of any other value
@@ -468,7 +504,17 @@ default = ["plain/std"]
     #[test]
     fn reads_workspace_dependencies() {
         let root = "[workspace]\nmembers = [\"crates/*\"]\n[workspace.dependencies]\na = { path = \"crates/a\", version = \"0.1.0\" }\nb.version = \"1\"\nb.features = [\n  \"x\",\n]\n[workspace.dependencies.c]\nversion = \"2\"\n[workspace.lints.rust]\nunsafe_code = \"deny\"\n";
-        assert_eq!(workspace_dependencies(root), vec!["a", "b", "c"]);
+        let entries = workspace_dependencies(root);
+        let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["a", "b", "c"]);
+        assert_eq!(entries[1].1, r#"version = "1", features = [ "x", ]"#);
+        assert_eq!(entries[2].1, r#"version = "2""#);
+        assert!(!path_without_version(&entries[0].1));
+        assert!(path_without_version(r#"{ path = "crates/a" }"#));
+        assert!(path_without_version(
+            r#"path = "crates/a", features = ["x"]"#
+        ));
+        assert!(!path_without_version(r#"version = "1""#));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! an `unsafe` block without a `SAFETY:` comment, on an `unsafe fn` without a `# Safety` doc
 //! section, on a library crate without `deny(missing_docs)` or without what a package registry
 //! needs (description, license, repository, keywords, categories, a README whose example lines
-//! are lines of the crate's tested doc example), on a workspace dependency no member uses, and on
+//! are lines of the crate's tested doc example), on a workspace dependency no member uses or an internal one without a version, and on
 //! a dependency edge, in any dependency table of a manifest, that breaks the layering.
 
 use std::path::{Path, PathBuf};
@@ -503,10 +503,26 @@ fn no_unused_workspace_dependencies() {
         .collect();
     let unused: Vec<String> = manifest::workspace_dependencies(&root_manifest)
         .into_iter()
+        .map(|(key, _)| key)
         .filter(|key| !used.contains(key))
         .collect();
     assert!(
         unused.is_empty(),
         "workspace dependencies no member uses: {unused:?}"
+    );
+}
+
+#[test]
+fn internal_workspace_dependencies_carry_versions() {
+    // Without a version next to the path, `cargo package` refuses the crates that depend on it.
+    let root_manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("root manifest");
+    let unversioned: Vec<String> = manifest::workspace_dependencies(&root_manifest)
+        .into_iter()
+        .filter(|(_, spec)| manifest::path_without_version(spec))
+        .map(|(key, _)| key)
+        .collect();
+    assert!(
+        unversioned.is_empty(),
+        "workspace dependencies with a path and no version: {unversioned:?}"
     );
 }
