@@ -359,7 +359,7 @@ impl Crate {
     }
 
     /// Whether it is kept off registries by its own manifest (`publish = false`): a dev-only
-    /// or internal crate. The workspace sets no `publish` default.
+    /// or internal crate (the workspace default, which library crates inherit, is `true`).
     pub(crate) fn is_unpublished(&self) -> bool {
         package_field(&self.manifest, "publish").as_deref() == Some("false")
     }
