@@ -8,9 +8,10 @@
 //! - `fuzz --seconds N [TARGET...]`, `load --seconds N`: the long reliability runs (see
 //!   `reliability.rs`);
 //! - `corpus [DIR]`: fetches the npm part of the benchmark corpus with `npm pack`;
-//! - `check-crates [ARGS...]`: `cargo check -p <crate>` for each library crate alone, so that no
-//!   crate leans on a dependency feature that only another workspace member turns on (kept out
-//!   of `ci` for time: each distinct feature set of wasmtime is checked anew).
+//! - `check-crates [--test] [ARGS...]`: `cargo check -p <crate>` (or `cargo test -p <crate>`)
+//!   for each library crate alone, so that no crate leans on a dependency feature that only
+//!   another workspace member turns on (kept out of `ci` for time: each distinct feature set of
+//!   wasmtime is built anew).
 
 mod bench;
 mod manifest;
@@ -58,8 +59,10 @@ tasks:
   fuzz --seconds N [--sanitizer S] [TARGET...]  cargo-fuzz each target for N seconds
   load --seconds N   the multi-threaded load test in release mode
   corpus [DIR]       fetch the npm corpus modules with `npm pack` (default: ../shared/corpus)
-  check-crates [ARGS...]  `cargo check -p CRATE ARGS...` for each library crate of crates/ alone
-                     (not in ci: slow); e.g. ARGS = --all-targets to include tests and benches";
+  check-crates [--test] [ARGS...]  `cargo check -p CRATE ARGS...` for each library crate of
+                     crates/ alone (not in ci: slow); ARGS = --all-targets includes tests and
+                     benches; --test runs `cargo test -p CRATE ARGS...` instead, which also finds
+                     a feature only needed at run time (wasmtime's `wat`: `Module::new` on text)";
 
 /// The workspace root: xtask lives one level below it.
 pub(crate) fn root() -> PathBuf {
@@ -121,7 +124,15 @@ fn ci() -> Result<()> {
 /// features across the members built together, which hides a crate that uses, say, wasmtime's
 /// `wat` feature without enabling it. The crates are read from `crates/*/Cargo.toml`: every crate
 /// with a library target, except those its own manifest marks `publish = false` (dev-only).
+///
+/// `cargo check` finds what fails to compile without a feature; a feature that only changes
+/// behaviour (wasmtime's `wat`: `Module::new` on text compiles either way and fails at run time)
+/// needs the crate's own tests run alone, which `--test` does.
 fn check_crates(args: &[String]) -> Result<()> {
+    let (verb, args) = match args.split_first() {
+        Some((flag, rest)) if flag == "--test" => ("test", rest),
+        _ => ("check", args),
+    };
     let crates = manifest::crates(&root())?;
     let mut failed = Vec::new();
     let mut checked = Vec::new();
@@ -135,7 +146,7 @@ fn check_crates(args: &[String]) -> Result<()> {
             eprintln!("check-crates: skipping {} ({why})", krate.name);
             continue;
         }
-        let mut check = vec!["check", "--locked", "-p", krate.name.as_str()];
+        let mut check = vec![verb, "--locked", "-p", krate.name.as_str()];
         check.extend(args.iter().map(String::as_str));
         match cargo(&check, &[]) {
             Ok(()) => checked.push(krate.name.as_str()),
@@ -147,14 +158,14 @@ fn check_crates(args: &[String]) -> Result<()> {
     }
     if failed.is_empty() {
         eprintln!(
-            "xtask check-crates: {} crates check alone: {}",
+            "xtask check-crates: {} crates pass `cargo {verb}` alone: {}",
             checked.len(),
             checked.join(", ")
         );
         Ok(())
     } else {
         Err(format!(
-            "crates that do not check alone: {}",
+            "crates that fail `cargo {verb}` alone: {}",
             failed.join("; ")
         ))
     }
