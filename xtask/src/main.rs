@@ -7,9 +7,14 @@
 //! - `crash [--rounds N]`: the crash harness of the commit store with N kill rounds;
 //! - `fuzz --seconds N [TARGET...]`, `load --seconds N`: the long reliability runs (see
 //!   `reliability.rs`);
-//! - `corpus [DIR]`: fetches the npm part of the benchmark corpus with `npm pack`.
+//! - `corpus [DIR]`: fetches the npm part of the benchmark corpus with `npm pack`;
+//! - `check-crates [--test] [ARGS...]`: `cargo check -p <crate>` (or `cargo test -p <crate>`)
+//!   for each library crate alone, so that no crate leans on a dependency feature that only
+//!   another workspace member turns on (kept out of `ci` for time: each distinct feature set of
+//!   wasmtime is built anew).
 
 mod bench;
+mod manifest;
 mod reliability;
 #[cfg(test)]
 mod tidy;
@@ -29,6 +34,7 @@ fn main() -> ExitCode {
         Some("fuzz") => reliability::fuzz(&args[1..]),
         Some("load") => reliability::load(&args[1..]),
         Some("corpus") => corpus(&args[1..]),
+        Some("check-crates") => check_crates(&args[1..]),
         Some("help") | Some("--help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -52,7 +58,11 @@ tasks:
   crash [--rounds N] SIGKILL crash rounds against the commit store (default 1000)
   fuzz --seconds N [--sanitizer S] [TARGET...]  cargo-fuzz each target for N seconds
   load --seconds N   the multi-threaded load test in release mode
-  corpus [DIR]       fetch the npm corpus modules with `npm pack` (default: ../shared/corpus)";
+  corpus [DIR]       fetch the npm corpus modules with `npm pack` (default: ../shared/corpus)
+  check-crates [--test] [ARGS...]  `cargo check -p CRATE ARGS...` for each library crate of
+                     crates/ alone (not in ci: slow); ARGS = --all-targets includes tests and
+                     benches; --test runs `cargo test -p CRATE ARGS...` instead, which also finds
+                     a feature only needed at run time (wasmtime's `wat`: `Module::new` on text)";
 
 /// The workspace root: xtask lives one level below it.
 pub(crate) fn root() -> PathBuf {
@@ -107,6 +117,58 @@ fn ci() -> Result<()> {
     )?;
     eprintln!("xtask ci: all checks passed");
     Ok(())
+}
+
+/// `cargo xtask check-crates`: each library crate checked on its own, so that the features it
+/// gets are only those it (and its own dependencies) ask for. In a workspace build, cargo unifies
+/// features across the members built together, which hides a crate that uses, say, wasmtime's
+/// `wat` feature without enabling it. The crates are read from `crates/*/Cargo.toml`: every crate
+/// with a library target, except those its own manifest marks `publish = false` (dev-only).
+///
+/// `cargo check` finds what fails to compile without a feature; a feature that only changes
+/// behaviour (wasmtime's `wat`: `Module::new` on text compiles either way and fails at run time)
+/// needs the crate's own tests run alone, which `--test` does.
+fn check_crates(args: &[String]) -> Result<()> {
+    let (verb, args) = match args.split_first() {
+        Some((flag, rest)) if flag == "--test" => ("test", rest),
+        _ => ("check", args),
+    };
+    let crates = manifest::crates(&root())?;
+    let mut failed = Vec::new();
+    let mut checked = Vec::new();
+    for krate in &crates {
+        if !krate.is_published_library() {
+            let why = if krate.is_library() {
+                "publish = false"
+            } else {
+                "no library"
+            };
+            eprintln!("check-crates: skipping {} ({why})", krate.name);
+            continue;
+        }
+        let mut check = vec![verb, "--locked", "-p", krate.name.as_str()];
+        check.extend(args.iter().map(String::as_str));
+        match cargo(&check, &[]) {
+            Ok(()) => checked.push(krate.name.as_str()),
+            Err(e) => failed.push(format!("{}: {e}", krate.name)),
+        }
+    }
+    if checked.is_empty() && failed.is_empty() {
+        return Err("check-crates found no library crate under crates/".to_owned());
+    }
+    if failed.is_empty() {
+        eprintln!(
+            "xtask check-crates: {} crates pass `cargo {verb}` alone: {}",
+            checked.len(),
+            checked.join(", ")
+        );
+        Ok(())
+    } else {
+        Err(format!(
+            "crates that fail `cargo {verb}` alone: {}",
+            failed.join("; ")
+        ))
+    }
 }
 
 fn crash(args: &[String]) -> Result<()> {
