@@ -350,7 +350,9 @@ impl Vm {
             }
             let mut folder = CacheFolderStats {
                 name: name.to_string_lossy().into_owned(),
-                in_use: cache.engine_dirs().any(|d| d.file_name() == Some(name.as_os_str())),
+                in_use: cache
+                    .engine_dirs()
+                    .any(|d| d.file_name() == Some(name.as_os_str())),
                 ..CacheFolderStats::default()
             };
             for file in fs.read_dir(&path).map_err(io(&path))? {
