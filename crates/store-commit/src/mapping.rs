@@ -256,48 +256,32 @@ pub(crate) fn set_dirty_source(source: DirtySource) {
 /// without a system call per page.
 #[derive(Debug)]
 pub(crate) struct ImageView {
-    base: usize,
-    len: usize,
+    map: memmap2::Mmap,
 }
 
 impl ImageView {
-    /// Maps the first `len` bytes of `file` (the caller checked it is exactly that long; committed
-    /// files never change in place). `None` when `len` is zero.
+    /// Maps the first `len` bytes of `file` read-only (the caller checked it is exactly that long;
+    /// committed files never change in place). `None` when `len` is zero.
     pub(crate) fn new(file: &File, len: usize) -> Result<Option<ImageView>, StoreError> {
         if len == 0 {
             return Ok(None);
         }
-        // SAFETY: a fresh read-only mapping at a kernel-chosen address aliases nothing; the file is
+        // SAFETY: memmap2's contract is that the file is not modified or truncated while mapped.
+        // Committed files are never written in place (the store replaces directories by rename
+        // and deletes whole commits only when no session is based on them), and the file is
         // `len` bytes long, so no access within `len` faults past its end.
-        let base = unsafe {
-            mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ,
-                MapFlags::SHARED,
-                file,
-                0,
-            )
-        }
-        .map_err(|e| map_err("mmap image view", e))?;
-        Ok(Some(ImageView {
-            base: base as usize,
-            len,
-        }))
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }.map_err(|source| {
+            StoreError::Mapping {
+                op: "mmap image view",
+                source,
+            }
+        })?;
+        Ok(Some(ImageView { map }))
     }
 
     /// The bytes of `[offset, offset + len)`, which must lie inside the image.
     pub(crate) fn bytes(&self, offset: usize, len: usize) -> &[u8] {
-        assert!(offset + len <= self.len, "image view read out of range");
-        // SAFETY: inside the read-only mapping, which lives as long as `self` and is never written.
-        unsafe { std::slice::from_raw_parts((self.base + offset) as *const u8, len) }
-    }
-}
-
-impl Drop for ImageView {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made by `ImageView::new`; slices from `bytes` borrow `self`.
-        let _ = unsafe { mm::munmap(self.base as *mut c_void, self.len) };
+        &self.map[offset..offset + len]
     }
 }
 
