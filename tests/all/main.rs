@@ -4,6 +4,7 @@
 mod cache;
 mod crash_vm;
 mod fuzz;
+mod hostile_kv;
 mod load;
 mod power_vm;
 mod reliability;

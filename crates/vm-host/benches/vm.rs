@@ -1,11 +1,12 @@
 //! Criterion benchmarks of the VM host: instantiate + call from each cache layer, session open +
-//! call + commit over small and large memories, and calls per second on one core.
+//! call + commit over small and large memories, calls per second on one core, and the time per
+//! unit of fuel of plain wasm loops and host-function loops (`host_costs`).
 //!
 //! The corpus (sql.js) is read from `$STRATA_CORPUS`, else `../shared/corpus`; its imports are
 //! defined as trapping host functions, as an embedder would define its own ABI.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use vm_host::{HostState, ModuleId, Root, Value, Vm, VmConfig, VmError};
@@ -241,5 +242,117 @@ fn throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layers, sessions, throughput);
+/// Plain loops (`copy`, `fill`, `arith`, `grow`) and host loops (`read`, `write`,
+/// `remove_missing`), each `(param i32)` passes (`grow`: until the memory limit). The value
+/// area starts at 64 KiB and holds the largest value (`VmConfig::max_value_bytes`, 1 MiB).
+const FUEL_LOOPS: &str = r#"(module
+  (import "env" "db_read" (func $r (param i32 i32 i32 i32) (result i32)))
+  (import "env" "db_write" (func $w (param i32 i32 i32 i32)))
+  (import "env" "db_remove" (func $d (param i32 i32)))
+  (memory 18)
+  (data (i32.const 0) "k")
+  (func (export "copy") (param i32)
+    (loop $l (if (local.get 0) (then
+      (memory.copy (i32.const 65536) (i32.const 131072) (i32.const 65536))
+      (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+      (br $l)))))
+  (func (export "fill") (param i32)
+    (loop $l (if (local.get 0) (then
+      (memory.fill (i32.const 65536) (local.get 0) (i32.const 65536))
+      (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+      (br $l)))))
+  (func (export "arith") (param i32) (result i64) (local i64)
+    (loop $l (if (local.get 0) (then
+      (local.set 1 (i64.add (i64.mul (local.get 1) (i64.const 6364136223846793005))
+                            (i64.const 1442695040888963407)))
+      (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+      (br $l))))
+    (local.get 1))
+  (func (export "grow") (result i32)
+    (block $done (loop $l
+      (br_if $done (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+      (br $l)))
+    (memory.size))
+  (func (export "read") (param i32)
+    (loop $l (if (local.get 0) (then
+      (drop (call $r (i32.const 0) (i32.const 1) (i32.const 65536) (i32.const 1048576)))
+      (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+      (br $l)))))
+  (func (export "write") (param i32)
+    (loop $l (if (local.get 0) (then
+      (call $w (i32.const 0) (i32.const 1) (i32.const 65536) (i32.const 1048576))
+      (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+      (br $l)))))
+  (func (export "remove_missing") (param i32)
+    (loop $l (if (local.get 0) (then
+      (i32.store (i32.const 16) (local.get 0))
+      (call $d (i32.const 16) (i32.const 4))
+      (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+      (br $l))))))"#;
+
+/// Times `run` (which returns the fuel it consumed) with one criterion iteration standing for
+/// one unit of fuel: the reported time per iteration is nanoseconds per unit of fuel.
+fn per_fuel(b: &mut criterion::Bencher<'_>, mut run: impl FnMut() -> u64) {
+    b.iter_custom(|units| {
+        let start = Instant::now();
+        let mut fuel = 0;
+        while fuel < units {
+            fuel += run().max(1);
+        }
+        start.elapsed().mul_f64(units as f64 / fuel as f64)
+    })
+}
+
+/// Nanoseconds per unit of fuel of plain wasm loops and of host-function loops, with the
+/// default `HostCosts` and `max_value_bytes`. Target: the slowest host loop within 10x of the
+/// slowest plain loop (docs/RELIABILITY.md).
+fn host_costs(c: &mut Criterion) {
+    let wasm = wat::parse_str(FUEL_LOOPS).expect("fuel loops");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = VmConfig {
+        memory_limit: 64 << 20,
+        ..VmConfig::for_tests()
+    };
+    let largest = config.max_value_bytes;
+    assert_eq!(largest, 1 << 20, "FUEL_LOOPS writes values of 1 MiB");
+    let vm = Vm::open(dir.path(), config).expect("vm");
+    let (module, root) = vm.deploy(&wasm).expect("deploy");
+    // The base holds the largest value under "k", for `read`.
+    let mut s = vm.session(Some(root)).expect("session");
+    s.call(&module, "write", &[Value::I32(1)]).expect("write");
+    let root = s.commit().expect("commit");
+
+    let mut group = c.benchmark_group("host_costs_ns_per_fuel");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
+    let mut s = vm.session(Some(root)).expect("session");
+    for (label, function, passes) in [
+        ("plain/memory_copy_64KiB", "copy", 1_000),
+        ("plain/memory_fill_64KiB", "fill", 1_000),
+        ("plain/i64_arith", "arith", 1_000_000),
+        ("host/db_read_1MiB", "read", 50),
+        ("host/db_write_1MiB", "write", 50),
+        ("host/db_remove_missing", "remove_missing", 100_000),
+    ] {
+        group.bench_function(label, |b| {
+            per_fuel(b, || {
+                s.call(&module, function, &[Value::I32(passes)])
+                    .expect("call");
+                s.last_call_fuel().unwrap_or(0)
+            })
+        });
+    }
+    // Each pass starts from the base memory (18 pages) and grows to the limit.
+    group.bench_function("plain/memory_grow_1_page_to_limit", |b| {
+        per_fuel(b, || {
+            let mut s = vm.session(Some(root)).expect("session");
+            s.call(&module, "grow", &[]).expect("call");
+            s.last_call_fuel().unwrap_or(0)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, layers, sessions, throughput, host_costs);
 criterion_main!(benches);

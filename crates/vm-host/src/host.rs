@@ -1,46 +1,81 @@
 //! The host state of one module instance and the key-value host ABI (`db_read`, `db_write`,
 //! `db_remove` in import module `env`), and the encoding of the state the host commits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use wasmtime::{Caller, Extern, Global, Linker, Memory, StoreLimits};
 
 use crate::rewrite::{GLOBAL_EXPORT_PREFIX, GlobalKind, MEMORY_EXPORT};
-use crate::{StateError, VmError, WasmtimeError};
+use crate::{HostCosts, StateError, VmConfig, VmError, WasmtimeError};
 
 /// The data of a wasmtime store running one module: its key-value data and its limits.
 ///
 /// Embedders' host functions (see [`crate::Vm::open_with_host`]) reach it through
 /// `Caller::data` and `Caller::data_mut`.
+///
+/// Two rules bound the memory it holds, whatever the contract does:
+/// - the keys and values together stay within the module's quota
+///   ([`VmConfig::max_kv_bytes`]): a write over it fails with [`KvQuotaExceeded`];
+/// - the undo log of the running call keeps at most one old value per key, the value from
+///   before the call (the one a failed call restores), so rewriting one key again and again
+///   holds no more than writing it once.
 pub struct HostState {
     kv: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// Old values of the keys changed by the current call, to undo a failed call.
-    undo: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Total bytes of the keys and values in `kv`.
+    kv_bytes: u64,
+    /// For each key the current call changed, its value before the call (`None`: absent).
+    undo: HashMap<Vec<u8>, Option<Vec<u8>>>,
     pub(crate) limits: StoreLimits,
     max_key: usize,
     max_value: usize,
+    quota: u64,
+    costs: HostCosts,
+}
+
+/// A key-value write would take a module's data over its quota ([`VmConfig::max_kv_bytes`]).
+/// A call that hits it fails as [`VmError::KvQuotaExceeded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "key-value quota exceeded: the write would make the module's data {would_be} bytes, over the quota of {quota} bytes"
+)]
+pub struct KvQuotaExceeded {
+    /// The total bytes of keys and values the write would have made.
+    pub would_be: u64,
+    /// The quota.
+    pub quota: u64,
+}
+
+fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
 }
 
 impl HostState {
     pub(crate) fn new(
         kv: BTreeMap<Vec<u8>, Vec<u8>>,
         limits: StoreLimits,
-        max_key: usize,
-        max_value: usize,
+        config: &VmConfig,
     ) -> Self {
+        let kv_bytes = kv.iter().map(|(k, v)| entry_bytes(k, v)).sum();
         HostState {
             kv,
-            undo: Vec::new(),
+            kv_bytes,
+            undo: HashMap::new(),
             limits,
-            max_key,
-            max_value,
+            max_key: config.max_key_bytes,
+            max_value: config.max_value_bytes,
+            quota: config.max_kv_bytes,
+            costs: config.host_costs,
         }
     }
 
     /// An empty state, for listing a linker's definitions.
     pub(crate) fn for_probe() -> Self {
-        HostState::new(BTreeMap::new(), StoreLimits::default(), 0, 0)
+        HostState::new(
+            BTreeMap::new(),
+            StoreLimits::default(),
+            &VmConfig::default(),
+        )
     }
 
     /// The value stored under `key`.
@@ -48,16 +83,36 @@ impl HostState {
         self.kv.get(key).map(Vec::as_slice)
     }
 
-    /// Stores `value` under `key`; undone if the call fails.
-    pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        let old = self.kv.insert(key.clone(), value);
-        self.undo.push((key, old));
+    /// Stores `value` under `key`; undone if the call fails. Refused, with nothing changed, if
+    /// it would take the data over the module's quota (a write that shrinks the data is
+    /// always allowed, also over a quota lowered since the data was written).
+    pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), KvQuotaExceeded> {
+        let old_bytes = self.kv.get(&key).map_or(0, |old| entry_bytes(&key, old));
+        let would_be = self.kv_bytes - old_bytes + entry_bytes(&key, &value);
+        if would_be > self.quota && would_be > self.kv_bytes {
+            return Err(KvQuotaExceeded {
+                would_be,
+                quota: self.quota,
+            });
+        }
+        self.kv_bytes = would_be;
+        if self.undo.contains_key(&key) {
+            // An intermediate value of this call: nothing restores it.
+            self.kv.insert(key, value);
+        } else {
+            let old = self.kv.insert(key.clone(), value);
+            self.undo.insert(key, old);
+        }
+        Ok(())
     }
 
     /// Removes `key`; undone if the call fails.
     pub fn remove(&mut self, key: &[u8]) {
         if let Some(old) = self.kv.remove(key) {
-            self.undo.push((key.to_vec(), Some(old)));
+            self.kv_bytes -= entry_bytes(key, &old);
+            if !self.undo.contains_key(key) {
+                self.undo.insert(key.to_vec(), Some(old));
+            }
         }
     }
 
@@ -71,6 +126,16 @@ impl HostState {
         self.kv.is_empty()
     }
 
+    /// Total bytes of the keys and values, the figure the quota limits.
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv_bytes
+    }
+
+    /// Number of entries in the undo log of the running call: the distinct keys it changed.
+    pub fn undo_len(&self) -> usize {
+        self.undo.len()
+    }
+
     /// Keeps the changes of the call that just succeeded.
     pub(crate) fn keep(&mut self) {
         self.undo.clear();
@@ -78,11 +143,14 @@ impl HostState {
 
     /// Undoes the changes of the call that just failed.
     pub(crate) fn undo(&mut self) {
-        while let Some((key, old)) = self.undo.pop() {
-            match old {
-                Some(value) => self.kv.insert(key, value),
-                None => self.kv.remove(&key),
-            };
+        for (key, old) in std::mem::take(&mut self.undo) {
+            if let Some(current) = self.kv.remove(&key) {
+                self.kv_bytes -= entry_bytes(&key, &current);
+            }
+            if let Some(value) = old {
+                self.kv_bytes += entry_bytes(&key, &value);
+                self.kv.insert(key, value);
+            }
         }
     }
 
@@ -216,19 +284,22 @@ fn range(ptr: i32, len: i32, what: &str) -> wasmtime::Result<(usize, usize)> {
     Ok((ptr as usize, len as usize))
 }
 
-fn read_bytes(
-    caller: &mut Caller<'_, HostState>,
-    ptr: i32,
-    len: i32,
-    what: &str,
-    limit: usize,
-) -> wasmtime::Result<Vec<u8>> {
+/// Checks a (pointer, length) pair and its length against `limit`.
+fn checked_range(ptr: i32, len: i32, what: &str, limit: usize) -> wasmtime::Result<(usize, usize)> {
     let (ptr, len) = range(ptr, len, what)?;
     if len > limit {
         return Err(wasmtime::format_err!(
             "{what} of {len} bytes is over the limit of {limit} bytes"
         ));
     }
+    Ok((ptr, len))
+}
+
+fn read_bytes(
+    caller: &mut Caller<'_, HostState>,
+    (ptr, len): (usize, usize),
+    what: &str,
+) -> wasmtime::Result<Vec<u8>> {
     let memory = memory(caller)?;
     let mut buf = vec![0; len];
     memory
@@ -237,7 +308,26 @@ fn read_bytes(
     Ok(buf)
 }
 
-/// Defines the key-value host ABI in `linker`.
+/// Charges the fuel of a host call that reads `read` bytes from guest memory and writes
+/// `written` into it, before the host does the work. A call that cannot pay runs out of fuel.
+fn charge(caller: &mut Caller<'_, HostState>, read: usize, written: usize) -> wasmtime::Result<()> {
+    let cost = caller.data().costs.fuel(read, written);
+    charge_fuel(caller, cost)
+}
+
+fn charge_fuel(caller: &mut Caller<'_, HostState>, cost: u64) -> wasmtime::Result<()> {
+    let left = caller.get_fuel()?;
+    match left.checked_sub(cost) {
+        Some(rest) => caller.set_fuel(rest),
+        None => {
+            caller.set_fuel(0)?;
+            Err(wasmtime::Trap::OutOfFuel.into())
+        }
+    }
+}
+
+/// Defines the key-value host ABI in `linker`. Every function first charges its fuel
+/// ([`HostCosts`]), then does the work.
 pub(crate) fn define_abi(linker: &mut Linker<HostState>) -> Result<(), VmError> {
     linker
         .func_wrap(
@@ -250,22 +340,30 @@ pub(crate) fn define_abi(linker: &mut Linker<HostState>) -> Result<(), VmError> 
              val_cap: i32|
              -> wasmtime::Result<i32> {
                 let max_key = caller.data().max_key;
-                let key = read_bytes(&mut caller, key_ptr, key_len, "key", max_key)?;
-                let Some(value) = caller.data().kv.get(&key).cloned() else {
+                let key_range = checked_range(key_ptr, key_len, "key", max_key)?;
+                let (val_ptr, val_cap) = range(val_ptr, val_cap, "value buffer")?;
+                charge(&mut caller, key_range.1, 0)?;
+                let key = read_bytes(&mut caller, key_range, "key")?;
+                let Some(len) = caller.data().kv.get(&key).map(Vec::len) else {
                     return Ok(-1);
                 };
-                let (val_ptr, val_cap) = range(val_ptr, val_cap, "value buffer")?;
-                let n = value.len().min(val_cap);
+                let n = len.min(val_cap);
+                let per_byte = caller.data().costs.write_byte;
+                charge_fuel(&mut caller, (n as u64).saturating_mul(per_byte))?;
                 let memory = memory(&mut caller)?;
-                memory
-                    .write(&mut caller, val_ptr, &value[..n])
-                    .map_err(|_| {
+                let (guest, state) = memory.data_and_store_mut(&mut caller);
+                let value = state.kv.get(&key).map_or(&[][..], Vec::as_slice);
+                let out = val_ptr
+                    .checked_add(n)
+                    .and_then(|end| guest.get_mut(val_ptr..end))
+                    .ok_or_else(|| {
                         wasmtime::format_err!(
                             "value buffer at {val_ptr}..{} is out of bounds",
                             val_ptr + n
                         )
                     })?;
-                i32::try_from(value.len())
+                out.copy_from_slice(&value[..n]);
+                i32::try_from(len)
                     .map_err(|_| wasmtime::format_err!("value is too large for i32 length"))
             },
         )
@@ -281,9 +379,12 @@ pub(crate) fn define_abi(linker: &mut Linker<HostState>) -> Result<(), VmError> 
              val_len: i32|
              -> wasmtime::Result<()> {
                 let (max_key, max_value) = (caller.data().max_key, caller.data().max_value);
-                let key = read_bytes(&mut caller, key_ptr, key_len, "key", max_key)?;
-                let value = read_bytes(&mut caller, val_ptr, val_len, "value", max_value)?;
-                caller.data_mut().insert(key, value);
+                let key_range = checked_range(key_ptr, key_len, "key", max_key)?;
+                let value_range = checked_range(val_ptr, val_len, "value", max_value)?;
+                charge(&mut caller, key_range.1 + value_range.1, 0)?;
+                let key = read_bytes(&mut caller, key_range, "key")?;
+                let value = read_bytes(&mut caller, value_range, "value")?;
+                caller.data_mut().insert(key, value)?;
                 Ok(())
             },
         )
@@ -297,7 +398,9 @@ pub(crate) fn define_abi(linker: &mut Linker<HostState>) -> Result<(), VmError> 
              key_len: i32|
              -> wasmtime::Result<()> {
                 let max_key = caller.data().max_key;
-                let key = read_bytes(&mut caller, key_ptr, key_len, "key", max_key)?;
+                let key_range = checked_range(key_ptr, key_len, "key", max_key)?;
+                charge(&mut caller, key_range.1, 0)?;
+                let key = read_bytes(&mut caller, key_range, "key")?;
                 caller.data_mut().remove(&key);
                 Ok(())
             },
@@ -334,15 +437,91 @@ mod tests {
 
     #[test]
     fn undo_restores_the_state_before_the_call() {
-        let mut state = HostState::new(BTreeMap::new(), StoreLimits::default(), 8, 8);
-        state.insert(b"a".to_vec(), b"1".to_vec());
+        let mut state = HostState::new(BTreeMap::new(), StoreLimits::default(), &config(100));
+        state.insert(b"a".to_vec(), b"1".to_vec()).expect("fits");
         state.keep();
-        state.insert(b"a".to_vec(), b"2".to_vec());
-        state.insert(b"b".to_vec(), b"3".to_vec());
+        state.insert(b"a".to_vec(), b"2".to_vec()).expect("fits");
+        state.insert(b"b".to_vec(), b"3".to_vec()).expect("fits");
         state.remove(b"a");
+        state.insert(b"a".to_vec(), b"45".to_vec()).expect("fits");
+        assert_eq!(state.kv_bytes(), 5);
         state.undo();
         assert_eq!(state.get(b"a"), Some(&b"1"[..]));
         assert_eq!(state.get(b"b"), None);
         assert_eq!(state.len(), 1);
+        assert_eq!(state.kv_bytes(), 2);
+        assert_eq!(state.undo_len(), 0);
+    }
+
+    fn config(max_kv_bytes: u64) -> VmConfig {
+        VmConfig {
+            max_kv_bytes,
+            ..VmConfig::for_tests()
+        }
+    }
+
+    #[test]
+    fn undo_log_keeps_one_old_value_per_key() {
+        let mut kv = BTreeMap::new();
+        kv.insert(b"k".to_vec(), b"old".to_vec());
+        let mut state = HostState::new(kv, StoreLimits::default(), &config(1 << 20));
+        for i in 0..1000u32 {
+            state
+                .insert(b"k".to_vec(), i.to_le_bytes().repeat(64))
+                .expect("fits");
+            if i % 3 == 0 {
+                state.remove(b"k");
+            }
+        }
+        state.insert(b"new".to_vec(), b"v".to_vec()).expect("fits");
+        assert_eq!(state.undo_len(), 2);
+        state.undo();
+        assert_eq!(state.get(b"k"), Some(&b"old"[..]));
+        assert_eq!(state.get(b"new"), None);
+        assert_eq!(state.kv_bytes(), 4);
+    }
+
+    #[test]
+    fn quota_counts_keys_and_values_and_allows_shrinking() {
+        let mut state = HostState::new(BTreeMap::new(), StoreLimits::default(), &config(10));
+        state
+            .insert(b"ab".to_vec(), vec![0; 8])
+            .expect("exactly the quota");
+        assert_eq!(
+            state.insert(b"c".to_vec(), vec![]),
+            Err(KvQuotaExceeded {
+                would_be: 11,
+                quota: 10
+            })
+        );
+        // Overwriting with a value of the same size or smaller still works.
+        state.insert(b"ab".to_vec(), vec![1; 8]).expect("same size");
+        state.insert(b"ab".to_vec(), vec![1; 2]).expect("smaller");
+        assert_eq!(state.kv_bytes(), 4);
+        assert_eq!(state.get(b"c"), None);
+        // Over a quota lowered since: shrinking is allowed, growing is not.
+        let kv = state.into_kv();
+        let mut state = HostState::new(kv, StoreLimits::default(), &config(1));
+        assert!(state.insert(b"ab".to_vec(), vec![1; 3]).is_err());
+        state.insert(b"ab".to_vec(), vec![1; 1]).expect("shrinks");
+        assert_eq!(state.kv_bytes(), 3);
+    }
+
+    #[test]
+    fn host_costs_are_linear_and_saturate() {
+        let costs = HostCosts {
+            call: 10,
+            read_byte: 2,
+            write_byte: 3,
+        };
+        assert_eq!(costs.fuel(0, 0), 10);
+        assert_eq!(costs.fuel(1, 0), 12);
+        assert_eq!(costs.fuel(1024, 1024), 10 + 2048 + 3072);
+        let huge = HostCosts {
+            call: u64::MAX,
+            ..costs
+        };
+        assert_eq!(huge.fuel(usize::MAX, usize::MAX), u64::MAX);
+        assert_eq!(costs.fuel(usize::MAX, 0), u64::MAX);
     }
 }

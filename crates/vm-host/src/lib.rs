@@ -14,8 +14,9 @@
 //!
 //! The host ABI (import module `env`) gives each module a key-value store committed with it:
 //! `db_read(key_ptr, key_len, val_ptr, val_cap) -> i32`, `db_write(key_ptr, key_len, val_ptr,
-//! val_len)` and `db_remove(key_ptr, key_len)`. Embedders add host functions with
-//! [`Vm::open_with_host`].
+//! val_len)` and `db_remove(key_ptr, key_len)`. Each host call pays fuel per call and per byte
+//! it moves ([`HostCosts`]), and a module's key-value data is held to a quota
+//! ([`VmConfig::max_kv_bytes`]). Embedders add host functions with [`Vm::open_with_host`].
 //!
 //! ```
 //! use vm_host::{Value, Vm, VmConfig};
@@ -58,7 +59,7 @@ use std::path::PathBuf;
 
 pub use cache_core::LayerStats;
 pub use cache_fs::{PruneReport, Verification};
-pub use host::HostState;
+pub use host::{HostState, KvQuotaExceeded};
 pub use session::Session;
 pub use store_commit::{CommitInfo, Deletion};
 pub use store_index::{ModuleId, Root};
@@ -86,6 +87,13 @@ pub struct VmConfig {
     pub max_key_bytes: usize,
     /// The largest value `db_write` accepts, in bytes.
     pub max_value_bytes: usize,
+    /// The quota of one module's key-value data: the total bytes of its keys and values. A
+    /// write that would take the total over it (and grow it) fails the call with
+    /// [`VmError::KvQuotaExceeded`]. Default 64 MiB: the data is committed as one blob with
+    /// the module, so it is meant for contract state, not bulk storage.
+    pub max_kv_bytes: u64,
+    /// The fuel the host functions charge (per call and per byte moved).
+    pub host_costs: HostCosts,
 }
 
 impl Default for VmConfig {
@@ -100,7 +108,61 @@ impl Default for VmConfig {
             memory_limit: 1 << 30,
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
+            max_kv_bytes: 64 << 20,
+            host_costs: HostCosts::default(),
         }
+    }
+}
+
+/// The fuel the key-value host functions charge, in the shape of CosmWasm's `GasConfig`: a flat
+/// cost per host call plus a linear cost per byte moved between guest memory and the host, in
+/// each direction. A call that cannot pay fails with [`VmError::OutOfFuel`] before the host
+/// does the work.
+///
+/// The defaults price host work like the wasm it stands for. Wasmtime 48 charges one unit of
+/// fuel per instruction (about 0.4 ns for i64 arithmetic here) and, for `memory.copy` and
+/// `memory.fill`, one more unit per byte. So a byte the host copies costs what a byte of
+/// `memory.copy` costs, and a call costs what the instructions doing its fixed work would.
+/// They await measurement in a release build: the `host_costs_ns_per_fuel` group of
+/// `crates/vm-host/benches/vm.rs` reports nanoseconds per unit of fuel for plain and host
+/// loops. The target is that the slowest host loop stays within 10x of the slowest plain loop
+/// (docs/RELIABILITY.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostCosts {
+    /// Flat cost of every host call (`db_read`, `db_write`, `db_remove`). Default 500: a call
+    /// crosses wasmtime's host trampoline, finds the memory export by name, allocates the key
+    /// and walks the key-value tree, about 200 ns, the time of some 500 simple wasm
+    /// instructions. (CosmWasm charges 18,000 gas, 156 wasm instructions at its 115 gas each,
+    /// on a single-pass compiler whose instructions are slower.)
+    pub call: u64,
+    /// Cost per byte the host reads from guest memory: keys of every call, values of
+    /// `db_write`. Default 1, as wasmtime's `memory.copy`: each byte is copied once out of
+    /// guest memory into the host's tree (what the tree holds is bounded by
+    /// [`VmConfig::max_kv_bytes`], not by fuel).
+    pub read_byte: u64,
+    /// Cost per byte the host writes into guest memory: the value `db_read` returns (what it
+    /// copies, at most the buffer's capacity). Default 1, as wasmtime's `memory.copy`.
+    pub write_byte: u64,
+}
+
+impl Default for HostCosts {
+    fn default() -> Self {
+        HostCosts {
+            call: 500,
+            read_byte: 1,
+            write_byte: 1,
+        }
+    }
+}
+
+impl HostCosts {
+    /// The fuel of one host call that reads `read` bytes from guest memory and writes
+    /// `written` bytes into it (saturating).
+    pub fn fuel(&self, read: usize, written: usize) -> u64 {
+        let per = |bytes: usize, cost: u64| (bytes as u64).saturating_mul(cost);
+        self.call
+            .saturating_add(per(read, self.read_byte))
+            .saturating_add(per(written, self.write_byte))
     }
 }
 
@@ -142,9 +204,19 @@ pub enum VmError {
     /// The arguments do not match the function's parameters.
     #[error("bad arguments: {0}")]
     BadArguments(String),
-    /// The call used up its fuel.
+    /// The call used up its fuel (in wasm code or paying for a host function).
     #[error("out of fuel: the call used all of its {0} units of fuel")]
     OutOfFuel(u64),
+    /// A key-value write would take the module's data over [`VmConfig::max_kv_bytes`].
+    #[error(
+        "key-value quota exceeded: the write would make the module's data {would_be} bytes, over the quota of {quota} bytes"
+    )]
+    KvQuotaExceeded {
+        /// The total bytes of keys and values the write would have made.
+        would_be: u64,
+        /// The quota.
+        quota: u64,
+    },
     /// Wasm code trapped: a call, or a module's genesis initialisation at deploy.
     #[error("{during} trapped: {trap}")]
     Trap {

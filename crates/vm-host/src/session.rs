@@ -39,10 +39,16 @@ pub struct Session {
     inner: store_commit::Session,
     modules: HashMap<ModuleId, Slot>,
     fuel: Option<u64>,
+    /// The fuel the last call consumed.
+    last_fuel: Option<u64>,
 }
 
 fn call_error(err: wasmtime::Error, fuel: u64, during: Phase) -> VmError {
+    if let Some(&host::KvQuotaExceeded { would_be, quota }) = err.downcast_ref() {
+        return VmError::KvQuotaExceeded { would_be, quota };
+    }
     match err.downcast_ref::<wasmtime::Trap>() {
+        // Also raised by a host function that cannot pay its cost.
         Some(wasmtime::Trap::OutOfFuel) => VmError::OutOfFuel(fuel),
         Some(trap) => VmError::Trap {
             during,
@@ -61,6 +67,7 @@ impl Session {
             inner,
             modules: HashMap::new(),
             fuel: None,
+            last_fuel: None,
         })
     }
 
@@ -77,6 +84,13 @@ impl Session {
     /// Sets the fuel of each following call (default: the VM's `default_fuel`).
     pub fn set_fuel(&mut self, fuel: u64) {
         self.fuel = Some(fuel);
+    }
+
+    /// The fuel the last call of this session that ran consumed (in wasm code and in host
+    /// functions), whether it succeeded or failed; a call refused before it ran (unknown
+    /// function, bad arguments) leaves it unchanged. `None` before the first call that ran.
+    pub fn last_call_fuel(&self) -> Option<u64> {
+        self.last_fuel
     }
 
     /// Deploys `wasm`: validates it against the host ABI, runs its genesis initialisation
@@ -98,12 +112,7 @@ impl Session {
             .genesis_linker
             .instantiate_pre(&module)
             .map_err(VmError::invalid_wasmtime)?;
-        let state = HostState::new(
-            Default::default(),
-            self.vm.limits(),
-            vm.config.max_key_bytes,
-            vm.config.max_value_bytes,
-        );
+        let state = HostState::new(Default::default(), self.vm.limits(), &vm.config);
         let mut store = wasmtime::Store::new(&vm.genesis_engine, state);
         store.limiter(|s| &mut s.limits);
         store
@@ -212,6 +221,7 @@ impl Session {
                 host::read_globals(&mut live.store, &live.global_handles)
                     .map_err(VmError::corrupt_state(module))
             });
+        self.last_fuel = Some(fuel - live.store.get_fuel().unwrap_or(0));
         match outcome {
             Ok(globals) => {
                 live.globals = globals;
@@ -278,12 +288,7 @@ impl Session {
         } else {
             None
         };
-        let state = HostState::new(
-            blob.kv,
-            self.vm.limits(),
-            vm.config.max_key_bytes,
-            vm.config.max_value_bytes,
-        );
+        let state = HostState::new(blob.kv, self.vm.limits(), &vm.config);
         let mut store = wasmtime::Store::new(vm.loader.engine(), state);
         store.limiter(|s| &mut s.limits);
         let instance = memory::with_next_memory(handle, || loaded.pre.instantiate(&mut store))
