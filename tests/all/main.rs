@@ -7,4 +7,5 @@ mod fuzz;
 mod load;
 mod power_vm;
 mod reliability;
+mod tables;
 mod vm;

@@ -48,7 +48,7 @@ pub enum CacheError {
     Wasmtime(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A hex string is not 64 hex digits.
     #[error("invalid hex: {0}")]
-    InvalidHex(String),
+    InvalidHex(#[source] HexError),
     /// A key's encoding could not be decoded.
     #[error("invalid cache key: {reason}")]
     InvalidKey {
@@ -57,7 +57,40 @@ pub enum CacheError {
     },
     /// A cache was configured with unusable settings (for example an empty HMAC key).
     #[error("invalid cache configuration: {0}")]
-    Config(String),
+    Config(#[source] ConfigError),
+}
+
+/// Why a string is not a 64-digit hex hash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HexError {
+    /// Not exactly 64 characters.
+    #[error("expected 64 hex digits, got {found} characters")]
+    Length {
+        /// The number of characters found.
+        found: usize,
+    },
+    /// A character that is not a hex digit (either case).
+    #[error("not a hex digit: {found:?}")]
+    Digit {
+        /// The character.
+        found: char,
+    },
+}
+
+/// Why a cache's settings are unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A cache was opened for no engine at all.
+    #[error("a cache needs at least one engine")]
+    NoEngine,
+    /// Authenticated mode with an empty HMAC key.
+    #[error("empty hmac key")]
+    EmptyHmacKey,
+    /// The HMAC implementation refused the key.
+    #[error("unusable hmac key")]
+    UnusableHmacKey,
 }
 
 impl CacheError {

@@ -95,8 +95,8 @@ mod format;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::format::{
-        HmacSha256, Reject, Trailer, artifact_digest, check_bytes, check_bytes_with_digest,
-        check_trailer, encode, hmac_key,
+        HmacSha256, Refusal, Reject, Trailer, artifact_digest, check_bytes,
+        check_bytes_with_digest, check_trailer, encode, hmac_key,
     };
 }
 
@@ -107,10 +107,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-pub use cache_core::CacheError;
+pub use cache_core::{CacheError, ConfigError};
 use cache_core::{CacheKey, EngineFingerprint, LayerStats, ModuleCache, StatCounters};
 pub use format::{FORMAT_VERSION, MAGIC, TRAILER_LEN};
-use format::{HmacSha256, Reject};
+use format::{HmacSha256, Refusal, Reject};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use strata_fs::{File, Fs, RealFs};
@@ -362,17 +362,14 @@ impl FsCache {
         fs: Arc<dyn Fs>,
     ) -> Result<FsCache, CacheError> {
         if engines.is_empty() {
-            return Err(CacheError::Config(
-                "a cache needs at least one engine".into(),
-            ));
+            return Err(CacheError::Config(ConfigError::NoEngine));
         }
         let hmac = match &config.mode {
             Verification::Authenticated { key } if key.is_empty() => {
-                return Err(CacheError::Config("empty hmac key".into()));
+                return Err(CacheError::Config(ConfigError::EmptyHmacKey));
             }
             Verification::Authenticated { key } => Some(
-                format::hmac_key(key)
-                    .ok_or_else(|| CacheError::Config("unusable hmac key".into()))?,
+                format::hmac_key(key).ok_or(CacheError::Config(ConfigError::UnusableHmacKey))?,
             ),
             _ => None,
         };
@@ -728,7 +725,7 @@ impl FsCache {
                 self.touch(&path, &file);
                 Ok(Some(module))
             }
-            Err(e) => self.reject(&path, &file, Reject::Wasmtime(format!("{e:#}"))),
+            Err(e) => self.reject(&path, &file, Reject::Wasmtime(Refusal::new(e))),
         }
     }
 

@@ -33,7 +33,7 @@
 //! # Example
 //!
 //! ```
-//! use store_commit::{Deletion, ModuleId, Store, StoreConfig};
+//! use store_commit::{Bytecode, Deletion, ModuleId, Store, StoreConfig};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let config = StoreConfig { fsync: false, ..StoreConfig::default() };
@@ -43,7 +43,7 @@
 //! let wasm = b"\0asm\x01\0\0\0".to_vec();
 //! let id = ModuleId::of_wasm(&wasm);
 //! let mut session = store.session(None)?;
-//! session.deploy(id, &wasm, &vec![0u8; 65536], b"globals".to_vec())?;
+//! session.deploy(Bytecode::hash(&wasm[..]), vec![0u8; 65536], b"globals".to_vec())?;
 //! let first = session.commit()?;
 //!
 //! // Change one byte through the mapped memory, grow it, and commit again.
@@ -79,7 +79,7 @@ mod tests;
 use std::io;
 use std::path::PathBuf;
 
-pub use store_index::{Digest, IndexError, ModuleId, PAGE_SIZE, Root};
+pub use store_index::{Bytecode, Digest, IndexError, ModuleId, PAGE_SIZE, Root};
 
 pub use crate::blob::PatchError;
 pub use crate::delta::DeltaError;

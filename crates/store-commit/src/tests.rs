@@ -2,7 +2,7 @@
 //! `PAGEMAP_SCAN`.
 
 use crate::mapping::{DirtySource, set_dirty_source};
-use crate::{ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
+use crate::{Bytecode, ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
 
 /// A history with deltas, a full image, grows, rollbacks and rewrites of identical bytes.
 fn history(dir: &std::path::Path, source: DirtySource) -> Vec<(Root, Vec<u8>)> {
@@ -16,7 +16,7 @@ fn history(dir: &std::path::Path, source: DirtySource) -> Vec<(Root, Vec<u8>)> {
     let code = b"\0asm\x01\0\0\0x".to_vec();
     let id = ModuleId::of_wasm(&code);
     let mut s = store.session(None).unwrap();
-    s.deploy(id, &code, &vec![3; 4 * PAGE_SIZE], vec![])
+    s.deploy(Bytecode::hash(&code[..]), vec![3; 4 * PAGE_SIZE], vec![])
         .unwrap();
     let mut root = s.commit().unwrap();
     let mut out = Vec::new();

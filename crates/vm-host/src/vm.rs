@@ -542,6 +542,7 @@ impl Vm {
     pub(crate) fn limits(&self) -> wasmtime::StoreLimits {
         StoreLimitsBuilder::new()
             .memory_size(self.inner.config.memory_limit)
+            .table_elements(self.inner.config.table_elements)
             .instances(1)
             .build()
     }
