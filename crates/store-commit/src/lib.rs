@@ -162,6 +162,15 @@ pub enum StoreError {
         /// What was wrong.
         reason: String,
     },
+    /// The commit planner made an index record that fails store-index's checked constructor
+    /// (`CommitIndex::new`, `MemoryEntry::new`): a fault inside the store, not bad input from
+    /// the caller. Nothing was written.
+    #[error("internal error: the commit plan breaks an index invariant: {source}")]
+    InvalidPlan {
+        /// The check that failed.
+        #[source]
+        source: IndexError,
+    },
 }
 
 /// What [`StoreError::NotFound`] could not find.

@@ -206,9 +206,7 @@ fn plan_memory<'a>(
         changed_leaves,
         None,
     )
-    .map_err(|e| StoreError::InvalidInput {
-        reason: e.to_string(),
-    })?;
+    .map_err(|source| StoreError::InvalidPlan { source })?;
     if memory.changed_pages().is_empty() {
         // Equal to the zero-extended image: no delta needed.
         files.link_memory(false);

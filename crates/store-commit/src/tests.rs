@@ -60,3 +60,17 @@ fn dirty_page_fallbacks_give_the_same_commits() {
     assert_eq!(scan, read);
     assert_eq!(scan, compare);
 }
+
+#[test]
+fn a_plan_that_breaks_an_index_invariant_is_an_internal_error_with_its_source() {
+    use store_index::{CommitIndex, MemoryTree, ModuleEntry, hash};
+    let tree = MemoryTree::from_memory(&[]);
+    let entry = ModuleEntry::new(ModuleId::of_wasm(b"m"), 1, &tree, hash::blob(b""), 0);
+    let source = CommitIndex::new(1, None, vec![entry.clone(), entry]).unwrap_err();
+    let err = crate::StoreError::InvalidPlan { source };
+    let message = err.to_string();
+    assert!(message.starts_with("internal error: "), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+    let source = std::error::Error::source(&err).expect("the index error is kept");
+    assert!(source.downcast_ref::<store_index::IndexError>().is_some());
+}
