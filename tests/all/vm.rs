@@ -542,12 +542,24 @@ fn reading_commands_on_an_existing_vm_create_nothing() -> Result<()> {
     assert!(stats.cache.is_empty(), "{:?}", stats.cache);
     assert_eq!(stats.commits, 1);
     assert!(outcome.is_ok(), "{:?}", outcome.problems);
-    assert!(!cache.exists(), "open_existing, verify or disk_stats created the cache folder");
-    assert_eq!(tree(dir.path())?, before, "a reading command created something");
+    assert!(
+        !cache.exists(),
+        "open_existing, verify or disk_stats created the cache folder"
+    );
+    assert_eq!(
+        tree(dir.path())?,
+        before,
+        "a reading command created something"
+    );
     // The first compile creates the folder it saves into, and later loads hit it.
     let mut s = vm.session(Some(root))?;
     s.call(&counter, "get", &[])?;
-    assert!(vm.disk_stats()?.cache.iter().any(|f| f.in_use && f.entries == 1));
+    assert!(
+        vm.disk_stats()?
+            .cache
+            .iter()
+            .any(|f| f.in_use && f.entries == 1)
+    );
     Ok(())
 }
 

@@ -112,6 +112,7 @@ impl From<wasmtime::Error> for CacheError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::WasmHash;
 
     #[test]
     fn errors_keep_their_sources_on_one_line() {
@@ -130,5 +131,26 @@ mod tests {
             key: EngineFingerprint::from_bytes([2; 32]),
         };
         assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn hex_and_config_errors_are_typed() {
+        let err = WasmHash::from_hex("ab").unwrap_err();
+        assert!(
+            matches!(err, CacheError::InvalidHex(HexError::Length { found: 2 })),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "invalid hex: expected 64 hex digits, got 2 characters"
+        );
+        let err = WasmHash::from_hex(&"g".repeat(64)).unwrap_err();
+        assert!(
+            matches!(err, CacheError::InvalidHex(HexError::Digit { found: 'g' })),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+        let err = CacheError::Config(ConfigError::EmptyHmacKey);
+        assert_eq!(err.to_string(), "invalid cache configuration: empty hmac key");
     }
 }

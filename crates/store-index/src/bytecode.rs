@@ -14,7 +14,7 @@ use crate::ModuleId;
 ///
 /// A pair cannot be made by hand:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0451
 /// let forged = store_index::Bytecode { id: store_index::ModuleId::of_wasm(b"a"), bytes: b"b".as_slice().into() };
 /// ```
 #[derive(Clone, PartialEq, Eq)]

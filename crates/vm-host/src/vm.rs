@@ -258,7 +258,9 @@ impl Vm {
         let cache_dir = dir.join("cache");
         let engines = std::slice::from_ref(&engine);
         let fs = match folders {
-            Folders::Create => FsCache::open_engines(&cache_dir, engines, cache_config, disk.clone()),
+            Folders::Create => {
+                FsCache::open_engines(&cache_dir, engines, cache_config, disk.clone())
+            }
             Folders::Existing => {
                 FsCache::open_without_creating(&cache_dir, engines, cache_config, disk.clone())
             }
