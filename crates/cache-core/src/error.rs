@@ -151,6 +151,9 @@ mod tests {
         );
         assert!(std::error::Error::source(&err).is_some());
         let err = CacheError::Config(ConfigError::EmptyHmacKey);
-        assert_eq!(err.to_string(), "invalid cache configuration: empty hmac key");
+        assert_eq!(
+            err.to_string(),
+            "invalid cache configuration: empty hmac key"
+        );
     }
 }
