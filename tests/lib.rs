@@ -26,7 +26,9 @@ use std::sync::OnceLock;
 use arbitrary::{Arbitrary, Unstructured};
 use cache_core::{Abi, CacheKey, Form, ModuleCache, Tier, WasmHash};
 use cache_fs::{FsCache, FsCacheConfig, Verification};
-use store_commit::{MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig, StoreError};
+use store_commit::{
+    Bytecode, MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig, StoreError,
+};
 use store_index::{CommitIndex, MemoryTree, RecordKind, hash, state_root};
 use vm_host::{Value, ValueType, Vm, VmConfig, VmError};
 
@@ -455,9 +457,13 @@ fn template_store() -> &'static (PathBuf, Contents) {
         let codes = [b"\0asm\x01\0\0\0a".to_vec(), b"\0asm\x01\0\0\0b".to_vec()];
         let ids = codes.clone().map(|c| ModuleId::of_wasm(&c));
         let mut s = store.session(None).expect("session");
-        s.deploy(ids[0], &codes[0], &vec![1; 4 * PAGE_SIZE], vec![1])
-            .expect("deploy");
-        s.deploy(ids[1], &codes[1], &vec![2; PAGE_SIZE], vec![2])
+        s.deploy(
+            Bytecode::hash(&codes[0][..]),
+            vec![1; 4 * PAGE_SIZE],
+            vec![1],
+        )
+        .expect("deploy");
+        s.deploy(Bytecode::hash(&codes[1][..]), vec![2; PAGE_SIZE], vec![2])
             .expect("deploy");
         let mut root = s.commit().expect("commit");
         for round in 0..4u8 {
@@ -933,7 +939,7 @@ fn model_session(
                 for (i, b) in mem.iter_mut().enumerate().step_by(997) {
                     *b = fill.wrapping_add(i as u8);
                 }
-                let r = s.deploy(id, &code, &mem, vec![fill]);
+                let r = s.deploy(Bytecode::hash(&code[..]), mem.clone(), vec![fill]);
                 if let std::collections::btree_map::Entry::Vacant(v) = state.entry(id) {
                     r.expect("deploy of a new module");
                     v.insert((code, mem, vec![fill]));

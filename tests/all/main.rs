@@ -8,4 +8,5 @@ mod hostile_kv;
 mod load;
 mod power_vm;
 mod reliability;
+mod tables;
 mod vm;

@@ -511,6 +511,58 @@ fn open_existing_refuses_a_missing_vm_and_creates_nothing() -> Result<()> {
     Ok(())
 }
 
+/// Every path under `dir`, recursively, sorted.
+fn tree(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                todo.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+fn reading_commands_on_an_existing_vm_create_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (counter, root) = open(dir.path())?.deploy(&wasm(COUNTER))?;
+    let cache = dir.path().join("cache");
+    std::fs::remove_dir_all(&cache)?;
+    let before = tree(dir.path())?;
+    let vm = Vm::open_existing(dir.path(), VmConfig::for_tests())?;
+    let outcome = vm.verify()?;
+    let stats = vm.disk_stats()?;
+    assert_eq!(vm.commits().len(), 1);
+    assert!(stats.cache.is_empty(), "{:?}", stats.cache);
+    assert_eq!(stats.commits, 1);
+    assert!(outcome.is_ok(), "{:?}", outcome.problems);
+    assert!(
+        !cache.exists(),
+        "open_existing, verify or disk_stats created the cache folder"
+    );
+    assert_eq!(
+        tree(dir.path())?,
+        before,
+        "a reading command created something"
+    );
+    // The first compile creates the folder it saves into, and later loads hit it.
+    let mut s = vm.session(Some(root))?;
+    s.call(&counter, "get", &[])?;
+    assert!(
+        vm.disk_stats()?
+            .cache
+            .iter()
+            .any(|f| f.in_use && f.entries == 1)
+    );
+    Ok(())
+}
+
 #[test]
 fn disk_stats_read_the_directory_and_prune_frees_other_engines() -> Result<()> {
     let dir = tempfile::tempdir()?;

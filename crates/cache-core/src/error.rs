@@ -48,7 +48,7 @@ pub enum CacheError {
     Wasmtime(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A hex string is not 64 hex digits.
     #[error("invalid hex: {0}")]
-    InvalidHex(String),
+    InvalidHex(#[source] HexError),
     /// A key's encoding could not be decoded.
     #[error("invalid cache key: {reason}")]
     InvalidKey {
@@ -57,7 +57,40 @@ pub enum CacheError {
     },
     /// A cache was configured with unusable settings (for example an empty HMAC key).
     #[error("invalid cache configuration: {0}")]
-    Config(String),
+    Config(#[source] ConfigError),
+}
+
+/// Why a string is not a 64-digit hex hash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HexError {
+    /// Not exactly 64 characters.
+    #[error("expected 64 hex digits, got {found} characters")]
+    Length {
+        /// The number of characters found.
+        found: usize,
+    },
+    /// A character that is not a hex digit (either case).
+    #[error("not a hex digit: {found:?}")]
+    Digit {
+        /// The character.
+        found: char,
+    },
+}
+
+/// Why a cache's settings are unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A cache was opened for no engine at all.
+    #[error("a cache needs at least one engine")]
+    NoEngine,
+    /// Authenticated mode with an empty HMAC key.
+    #[error("empty hmac key")]
+    EmptyHmacKey,
+    /// The HMAC implementation refused the key.
+    #[error("unusable hmac key")]
+    UnusableHmacKey,
 }
 
 impl CacheError {
@@ -79,6 +112,7 @@ impl From<wasmtime::Error> for CacheError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::WasmHash;
 
     #[test]
     fn errors_keep_their_sources_on_one_line() {
@@ -97,5 +131,29 @@ mod tests {
             key: EngineFingerprint::from_bytes([2; 32]),
         };
         assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn hex_and_config_errors_are_typed() {
+        let err = WasmHash::from_hex("ab").unwrap_err();
+        assert!(
+            matches!(err, CacheError::InvalidHex(HexError::Length { found: 2 })),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "invalid hex: expected 64 hex digits, got 2 characters"
+        );
+        let err = WasmHash::from_hex(&"g".repeat(64)).unwrap_err();
+        assert!(
+            matches!(err, CacheError::InvalidHex(HexError::Digit { found: 'g' })),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+        let err = CacheError::Config(ConfigError::EmptyHmacKey);
+        assert_eq!(
+            err.to_string(),
+            "invalid cache configuration: empty hmac key"
+        );
     }
 }

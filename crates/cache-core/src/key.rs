@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 
 use crate::CacheError;
+use crate::error::HexError;
 
 /// The wasmtime version this crate is built against (the workspace pins `=48.0.8`).
 ///
@@ -23,20 +24,18 @@ const FINGERPRINT_TAG: &[u8] = b"strata-engine-fingerprint-v1\0";
 fn parse_hex32(s: &str) -> Result<[u8; 32], CacheError> {
     let bytes = s.as_bytes();
     if bytes.len() != 64 {
-        return Err(CacheError::InvalidHex(format!(
-            "expected 64 hex digits, got {} characters",
-            s.len()
-        )));
+        return Err(CacheError::InvalidHex(HexError::Length {
+            found: s.chars().count(),
+        }));
     }
     let nibble = |c: u8| -> Result<u8, CacheError> {
         match c {
             b'0'..=b'9' => Ok(c - b'0'),
             b'a'..=b'f' => Ok(c - b'a' + 10),
             b'A'..=b'F' => Ok(c - b'A' + 10),
-            _ => Err(CacheError::InvalidHex(format!(
-                "not a hex digit: {:?}",
-                char::from(c)
-            ))),
+            _ => Err(CacheError::InvalidHex(HexError::Digit {
+                found: char::from(c),
+            })),
         }
     };
     let mut out = [0u8; 32];

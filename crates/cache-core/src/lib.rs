@@ -79,7 +79,7 @@ mod stats;
 
 use std::sync::Arc;
 
-pub use error::CacheError;
+pub use error::{CacheError, ConfigError, HexError};
 pub use fallback::{FallbackCache, ModuleCacheExt};
 pub use key::{Abi, CacheKey, EngineFingerprint, Form, Tier, WASMTIME_VERSION, WasmHash};
 pub use stats::{Counter, LayerStats, StatCounters};

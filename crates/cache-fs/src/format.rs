@@ -77,7 +77,7 @@ pub enum Reject {
     /// HMAC tag missing or wrong.
     Unauthenticated,
     /// Wasmtime refused the (verified or trusted) artifact.
-    Wasmtime(String),
+    Wasmtime(Refusal),
     /// Not a regular file.
     NotAFile,
 }
@@ -97,7 +97,43 @@ impl std::fmt::Display for Reject {
     }
 }
 
-impl std::error::Error for Reject {}
+impl std::error::Error for Reject {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Reject::Wasmtime(refusal) => Some(refusal.0.as_ref().as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// Wasmtime's error for an artifact it refused, kept as the source of [`Reject::Wasmtime`].
+/// Shared, so a `Reject` stays cheap to clone; two refusals are equal only if they are the same
+/// error.
+#[derive(Debug, Clone)]
+pub struct Refusal(std::sync::Arc<wasmtime::Error>);
+
+impl Refusal {
+    /// Keeps wasmtime's error.
+    pub fn new(error: wasmtime::Error) -> Refusal {
+        Refusal(std::sync::Arc::new(error))
+    }
+}
+
+impl PartialEq for Refusal {
+    fn eq(&self, other: &Refusal) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Refusal {}
+
+impl std::fmt::Display for Refusal {
+    /// wasmtime's message and its causes, on one line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = format!("{:#}", self.0);
+        f.write_str(&text.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+}
 
 fn trailer_digest(t: &[u8; TRAILER_LEN]) -> [u8; 32] {
     let mut h = Sha256::new();

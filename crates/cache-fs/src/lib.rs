@@ -95,8 +95,8 @@ mod format;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::format::{
-        HmacSha256, Reject, Trailer, artifact_digest, check_bytes, check_bytes_with_digest,
-        check_trailer, encode, hmac_key,
+        HmacSha256, Refusal, Reject, Trailer, artifact_digest, check_bytes,
+        check_bytes_with_digest, check_trailer, encode, hmac_key,
     };
 }
 
@@ -107,10 +107,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-pub use cache_core::CacheError;
+pub use cache_core::{CacheError, ConfigError};
 use cache_core::{CacheKey, EngineFingerprint, LayerStats, ModuleCache, StatCounters};
 pub use format::{FORMAT_VERSION, MAGIC, TRAILER_LEN};
-use format::{HmacSha256, Reject};
+use format::{HmacSha256, Refusal, Reject};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use strata_fs::{File, Fs, RealFs};
@@ -253,6 +253,17 @@ pub struct FsCache {
     /// Our own temp files whose removal failed (a failing disk): removed at the next save,
     /// prune or drop.
     orphans: Mutex<Vec<PathBuf>>,
+    /// When the folders are made: at open, or only by a save ([`FsCache::open_without_creating`]).
+    folders: Folders,
+}
+
+/// When a cache makes its folders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Folders {
+    /// At open (missing ones created, durably with fsync).
+    AtOpen,
+    /// Never at open: a missing folder is an empty cache, and a save creates it.
+    AtSave,
 }
 
 impl std::fmt::Debug for FsCache {
@@ -304,6 +315,17 @@ fn writer_is_gone(rest: &str) -> bool {
         return false;
     }
     rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
+}
+
+/// Creates `folder` and any missing parent; with `fsync`, each new folder's entry is made
+/// durable in its parent.
+fn create_folder(fs: &dyn Fs, folder: &Path, fsync: bool) -> Result<(), CacheError> {
+    if fsync {
+        fs.create_dir_all_durable(folder)
+    } else {
+        fs.create_dir_all(folder)
+    }
+    .map_err(|e| CacheError::io(folder, e))
 }
 
 fn is_not_found(e: &std::io::Error) -> bool {
@@ -361,18 +383,38 @@ impl FsCache {
         config: FsCacheConfig,
         fs: Arc<dyn Fs>,
     ) -> Result<FsCache, CacheError> {
+        FsCache::open_inner(dir, engines, config, fs, Folders::AtOpen)
+    }
+
+    /// As [`FsCache::open_engines`], but creates nothing: a missing cache directory or engine
+    /// folder is an empty cache (loads miss, [`verify_all`](Self::verify_all) and
+    /// [`prune`](Self::prune) find nothing), and the first [`save`](ModuleCache::save) creates the
+    /// folder it writes to (durably with fsync). For tools that open a directory to read it.
+    pub fn open_without_creating(
+        dir: &Path,
+        engines: &[Engine],
+        config: FsCacheConfig,
+        fs: Arc<dyn Fs>,
+    ) -> Result<FsCache, CacheError> {
+        FsCache::open_inner(dir, engines, config, fs, Folders::AtSave)
+    }
+
+    fn open_inner(
+        dir: &Path,
+        engines: &[Engine],
+        config: FsCacheConfig,
+        fs: Arc<dyn Fs>,
+        folders: Folders,
+    ) -> Result<FsCache, CacheError> {
         if engines.is_empty() {
-            return Err(CacheError::Config(
-                "a cache needs at least one engine".into(),
-            ));
+            return Err(CacheError::Config(ConfigError::NoEngine));
         }
         let hmac = match &config.mode {
             Verification::Authenticated { key } if key.is_empty() => {
-                return Err(CacheError::Config("empty hmac key".into()));
+                return Err(CacheError::Config(ConfigError::EmptyHmacKey));
             }
             Verification::Authenticated { key } => Some(
-                format::hmac_key(key)
-                    .ok_or_else(|| CacheError::Config("unusable hmac key".into()))?,
+                format::hmac_key(key).ok_or(CacheError::Config(ConfigError::UnusableHmacKey))?,
             ),
             _ => None,
         };
@@ -383,13 +425,9 @@ impl FsCache {
                 continue;
             }
             let engine_dir = dir.join(folder_name(&fingerprint));
-            if config.fsync {
-                // Each new folder's entry made durable in its parent, up from `dir` itself.
-                fs.create_dir_all_durable(&engine_dir)
-            } else {
-                fs.create_dir_all(&engine_dir)
+            if folders == Folders::AtOpen {
+                create_folder(fs.as_ref(), &engine_dir, config.fsync)?;
             }
-            .map_err(|e| CacheError::io(&engine_dir, e))?;
             served.push(EngineDir {
                 fingerprint,
                 engine: engine.clone(),
@@ -406,6 +444,7 @@ impl FsCache {
             last_rejection: Mutex::new(None),
             fs,
             orphans: Mutex::new(Vec::new()),
+            folders,
         };
         cache.rescan(true)?;
         Ok(cache)
@@ -508,10 +547,11 @@ impl FsCache {
         now: SystemTime,
         index: &mut HashMap<PathBuf, IndexEntry>,
     ) -> Result<(u64, u64), CacheError> {
-        let names = self
-            .fs
-            .read_dir(folder)
-            .map_err(|e| CacheError::io(folder, e))?;
+        let names = match self.fs.read_dir(folder) {
+            Ok(names) => names,
+            Err(e) if self.folders == Folders::AtSave && is_not_found(&e) => return Ok((0, 0)),
+            Err(e) => return Err(CacheError::io(folder, e)),
+        };
         let (mut files, mut bytes) = (0, 0);
         for name in names {
             let Ok(name) = name.into_string() else {
@@ -728,7 +768,7 @@ impl FsCache {
                 self.touch(&path, &file);
                 Ok(Some(module))
             }
-            Err(e) => self.reject(&path, &file, Reject::Wasmtime(format!("{e:#}"))),
+            Err(e) => self.reject(&path, &file, Reject::Wasmtime(Refusal::new(e))),
         }
     }
 
@@ -746,6 +786,9 @@ impl FsCache {
             random_u64()
         );
         let folder = final_path.parent().unwrap_or(&self.dir);
+        if self.folders == Folders::AtSave {
+            create_folder(self.fs.as_ref(), folder, self.config.fsync)?;
+        }
         let temp_path = folder.join(temp_name);
         // What exists: cleanup removes only a temp file we created and did not rename.
         let (mut created, mut renamed) = (false, false);
@@ -883,10 +926,11 @@ impl FsCache {
             .iter()
             .map(|e| folder_name(&e.fingerprint))
             .collect();
-        let names = self
-            .fs
-            .read_dir(&self.dir)
-            .map_err(|e| CacheError::io(&self.dir, e))?;
+        let names = match self.fs.read_dir(&self.dir) {
+            Ok(names) => names,
+            Err(e) if self.folders == Folders::AtSave && is_not_found(&e) => return Ok(report),
+            Err(e) => return Err(CacheError::io(&self.dir, e)),
+        };
         for name in names {
             let Some(name) = name.to_str() else { continue };
             if own.iter().any(|o| o == name) || !is_cache_folder_name(name) {
@@ -937,10 +981,11 @@ impl FsCache {
         engine: &EngineDir,
         report: &mut VerifyReport,
     ) -> Result<(), CacheError> {
-        let listed = self
-            .fs
-            .read_dir(&engine.dir)
-            .map_err(|e| CacheError::io(&engine.dir, e))?;
+        let listed = match self.fs.read_dir(&engine.dir) {
+            Ok(listed) => listed,
+            Err(e) if self.folders == Folders::AtSave && is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(CacheError::io(&engine.dir, e)),
+        };
         let mut names: Vec<String> = Vec::new();
         for name in listed {
             if let Ok(name) = name.into_string()

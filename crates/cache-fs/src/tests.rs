@@ -972,3 +972,71 @@ fn power_loss_at_every_operation_leaves_misses_or_the_saved_modules() {
     assert!(rejected > 0, "no cut left a torn file ({cuts} cuts)");
     eprintln!("{cuts} power cuts, {rejected} torn files refused");
 }
+
+#[test]
+fn open_without_creating_creates_nothing_until_a_save() {
+    let fx = Fixture::new();
+    let dir = fx.dir.path().join("cache");
+    let config = FsCacheConfig {
+        fsync: true,
+        ..FsCacheConfig::default()
+    };
+    let cache = FsCache::open_without_creating(
+        &dir,
+        std::slice::from_ref(&fx.engine),
+        config.clone(),
+        Arc::new(RealFs),
+    )
+    .unwrap();
+    // A missing folder is an empty cache: loads miss, verify and prune find nothing.
+    let key = CacheKey::new(&fx.engine, WAT.as_bytes());
+    assert!(cache.load(&key).unwrap().is_none());
+    assert_eq!(cache.verify_all().unwrap().checked, 0);
+    assert!(cache.prune().unwrap().removed_folders.is_empty());
+    assert_eq!(cache.stats()[0].entries, 0);
+    assert!(
+        !dir.exists(),
+        "open, load, verify or prune created the cache directory"
+    );
+    // The first save creates the folder it writes to; the next load hits.
+    fx.save(&cache, WAT);
+    assert!(cache.engine_dir().is_dir());
+    assert_eq!(answer(&fx.engine, &cache.load(&key).unwrap().unwrap()), 42);
+    // `open_engines` still creates its folders at open.
+    let other = fx.dir.path().join("eager");
+    FsCache::open_engines(
+        &other,
+        std::slice::from_ref(&fx.engine),
+        config,
+        Arc::new(RealFs),
+    )
+    .unwrap();
+    assert!(other.is_dir());
+}
+
+#[test]
+fn config_and_wasmtime_errors_are_typed_with_sources_on_one_line() {
+    let fx = Fixture::new();
+    let err = FsCache::open_engines(
+        fx.dir.path(),
+        &[],
+        FsCacheConfig::default(),
+        Arc::new(RealFs),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, CacheError::Config(ConfigError::NoEngine)),
+        "{err}"
+    );
+    assert!(std::error::Error::source(&err).is_some());
+    // wasmtime's error (any of them; here a refused compile) is kept as the rejection's source.
+    let refused = Module::new(&fx.engine, b"not wasm").unwrap_err();
+    let reject = format::Reject::Wasmtime(format::Refusal::new(refused));
+    let message = reject.to_string();
+    assert!(
+        message.starts_with("wasmtime refused the artifact: "),
+        "{message}"
+    );
+    assert!(!message.contains('\n'), "{message}");
+    assert!(std::error::Error::source(&reject).is_some());
+}

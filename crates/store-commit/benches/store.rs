@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use sha2::{Digest as _, Sha256};
-use store_commit::{MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
+use store_commit::{Bytecode, MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
 
 const MIB: usize = 1 << 20;
 const OS_PAGE: usize = 4096;
@@ -64,7 +64,7 @@ fn store_with_memory(dir: &Path, size: usize) -> (Store, ModuleId, Root) {
     };
     let store = Store::open(dir, building).unwrap();
     let mut s = store.session(None).unwrap();
-    s.deploy(id, &code, &[], vec![]).unwrap();
+    s.deploy(Bytecode::hash(&code[..]), vec![], vec![]).unwrap();
     let root = s.commit().unwrap();
     let mut s = store.session(Some(root)).unwrap();
     let m = s.memory(&id, RESERVATION).unwrap();
@@ -275,7 +275,8 @@ fn blob(c: &mut Criterion) {
         };
         let store = Store::open(dir.path(), cfg).unwrap();
         let mut s = store.session(None).unwrap();
-        s.deploy(id, &code, &[], base.clone()).unwrap();
+        s.deploy(Bytecode::hash(&code[..]), vec![], base.clone())
+            .unwrap();
         let root = s.commit().unwrap();
         let mut n = 0u32;
         let mut stored = 0u64;
@@ -347,7 +348,8 @@ fn footprint_case(hot: bool, random: bool) -> String {
         .flat_map(|p| heapish(p as u64 + 7))
         .collect();
     let mut s = store.session(None).unwrap();
-    s.deploy(id, &code, &genesis, vec![]).unwrap();
+    s.deploy(Bytecode::hash(&code[..]), genesis.clone(), vec![])
+        .unwrap();
     drop(genesis);
     let mut root = s.commit().unwrap();
     let mut compressed_written = 0usize;

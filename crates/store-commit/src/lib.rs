@@ -33,17 +33,17 @@
 //! # Example
 //!
 //! ```
-//! use store_commit::{Deletion, ModuleId, Store, StoreConfig};
+//! use store_commit::{Bytecode, Deletion, Store, StoreConfig};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let config = StoreConfig { fsync: false, ..StoreConfig::default() };
 //! let store = Store::open(dir.path(), config.clone())?;
 //!
-//! // Deploy a module with a one-page (64 KiB) genesis memory and commit.
-//! let wasm = b"\0asm\x01\0\0\0".to_vec();
-//! let id = ModuleId::of_wasm(&wasm);
+//! // Deploy a module (named by the sha256 of its wasm) with a one-page (64 KiB) genesis memory.
+//! let code = Bytecode::hash(b"\0asm\x01\0\0\0".as_slice());
+//! let id = code.id();
 //! let mut session = store.session(None)?;
-//! session.deploy(id, &wasm, &vec![0u8; 65536], b"globals".to_vec())?;
+//! session.deploy(code, vec![0u8; 65536], b"globals".to_vec())?;
 //! let first = session.commit()?;
 //!
 //! // Change one byte through the mapped memory, grow it, and commit again.
@@ -79,7 +79,7 @@ mod tests;
 use std::io;
 use std::path::PathBuf;
 
-pub use store_index::{Digest, IndexError, ModuleId, PAGE_SIZE, Root};
+pub use store_index::{Bytecode, Digest, IndexError, ModuleId, PAGE_SIZE, Root};
 
 pub use crate::blob::PatchError;
 pub use crate::delta::DeltaError;
@@ -161,6 +161,15 @@ pub enum StoreError {
     InvalidInput {
         /// What was wrong.
         reason: String,
+    },
+    /// The commit planner made an index record that fails store-index's checked constructor
+    /// (`CommitIndex::new`, `MemoryEntry::new`): a fault inside the store, not bad input from
+    /// the caller. Nothing was written.
+    #[error("internal error: the commit plan breaks an index invariant: {source}")]
+    InvalidPlan {
+        /// The check that failed.
+        #[source]
+        source: IndexError,
     },
 }
 

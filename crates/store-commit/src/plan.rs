@@ -126,7 +126,7 @@ fn plan_module<'a>(
         let deployed = m.deployed.as_ref().ok_or_else(no_base)?;
         files.push(
             File::Bytecode,
-            Source::Bytes(Cow::Borrowed(&deployed.bytecode)),
+            Source::Bytes(Cow::Borrowed(deployed.bytecode.bytes())),
         );
         let memory: &[u8] = match &m.memory {
             // SAFETY: the whole length is mapped; per the handle contract no wasm runs now.
@@ -206,9 +206,7 @@ fn plan_memory<'a>(
         changed_leaves,
         None,
     )
-    .map_err(|e| StoreError::InvalidInput {
-        reason: e.to_string(),
-    })?;
+    .map_err(|source| StoreError::InvalidPlan { source })?;
     if memory.changed_pages().is_empty() {
         // Equal to the zero-extended image: no delta needed.
         files.link_memory(false);

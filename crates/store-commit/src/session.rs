@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use store_index::{CommitIndex, ModuleEntry, ModuleId, PAGE_SIZE, Root};
+use store_index::{Bytecode, CommitIndex, ModuleEntry, ModuleId, PAGE_SIZE, Root};
 
 use crate::delta::DeltaPages;
 use crate::files::CommitDir;
@@ -42,7 +42,7 @@ pub(crate) struct ModState {
 /// A module deployed in this session.
 #[derive(Debug)]
 pub(crate) struct Deployed {
-    pub(crate) bytecode: Vec<u8>,
+    pub(crate) bytecode: Bytecode,
     pub(crate) genesis: Vec<u8>,
 }
 
@@ -154,22 +154,19 @@ impl Session {
             .ok_or(StoreError::NotFound(Missing::Module(*id)))
     }
 
-    /// Adds a module: `id` must be the sha256 of `bytecode`; `memory` is its genesis linear memory
-    /// (a multiple of 64 KiB, possibly empty); `blob` its initial host-owned state.
+    /// Adds a module under its id: `bytecode` pairs the wasm with its sha256 (made by
+    /// [`Bytecode::hash`], so the store does not hash it again); `memory` is its genesis linear
+    /// memory (a multiple of 64 KiB, possibly empty), kept without a copy until commit; `blob` its
+    /// initial host-owned state.
     pub fn deploy(
         &mut self,
-        id: ModuleId,
-        bytecode: &[u8],
-        memory: &[u8],
+        bytecode: Bytecode,
+        memory: Vec<u8>,
         blob: Vec<u8>,
     ) -> Result<(), StoreError> {
+        let id = bytecode.id();
         if self.modules.contains_key(&id) {
             return Err(StoreError::AlreadyDeployed { id });
-        }
-        if ModuleId::of_wasm(bytecode) != id {
-            return Err(StoreError::InvalidInput {
-                reason: format!("module id {id} is not the sha256 of the bytecode"),
-            });
         }
         if !memory.len().is_multiple_of(PAGE_SIZE) || memory.len() / OS_PAGE > u32::MAX as usize {
             return Err(StoreError::InvalidInput {
@@ -184,8 +181,8 @@ impl Session {
             ModState {
                 base: None,
                 deployed: Some(Deployed {
-                    bytecode: bytecode.to_vec(),
-                    genesis: memory.to_vec(),
+                    bytecode,
+                    genesis: memory,
                 }),
                 blob: Some(Arc::new(blob)),
                 blob_dirty: true,
@@ -199,7 +196,7 @@ impl Session {
     pub fn bytecode(&self, id: &ModuleId) -> Result<Vec<u8>, StoreError> {
         let m = self.module(id)?;
         if let Some(d) = &m.deployed {
-            return Ok(d.bytecode.clone());
+            return Ok(d.bytecode.bytes().to_vec());
         }
         let entry = m
             .base

@@ -307,10 +307,8 @@ impl Store {
             registry.next_seq += 1;
             registry.next_seq - 1
         };
-        let index =
-            CommitIndex::new(seq, parent, plan.entries).map_err(|e| StoreError::InvalidInput {
-                reason: e.to_string(),
-            })?;
+        let index = CommitIndex::new(seq, parent, plan.entries)
+            .map_err(|source| StoreError::InvalidPlan { source })?;
         let files = &self.inner.files;
         let result = files
             .write_commit(parent.as_ref(), &index, plan.files)

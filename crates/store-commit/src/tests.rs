@@ -2,7 +2,7 @@
 //! `PAGEMAP_SCAN`.
 
 use crate::mapping::{DirtySource, set_dirty_source};
-use crate::{ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
+use crate::{Bytecode, ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
 
 /// A history with deltas, a full image, grows, rollbacks and rewrites of identical bytes.
 fn history(dir: &std::path::Path, source: DirtySource) -> Vec<(Root, Vec<u8>)> {
@@ -16,7 +16,7 @@ fn history(dir: &std::path::Path, source: DirtySource) -> Vec<(Root, Vec<u8>)> {
     let code = b"\0asm\x01\0\0\0x".to_vec();
     let id = ModuleId::of_wasm(&code);
     let mut s = store.session(None).unwrap();
-    s.deploy(id, &code, &vec![3; 4 * PAGE_SIZE], vec![])
+    s.deploy(Bytecode::hash(&code[..]), vec![3; 4 * PAGE_SIZE], vec![])
         .unwrap();
     let mut root = s.commit().unwrap();
     let mut out = Vec::new();
@@ -59,4 +59,18 @@ fn dirty_page_fallbacks_give_the_same_commits() {
     let compare = history(dirs[2].path(), DirtySource::Compare);
     assert_eq!(scan, read);
     assert_eq!(scan, compare);
+}
+
+#[test]
+fn a_plan_that_breaks_an_index_invariant_is_an_internal_error_with_its_source() {
+    use store_index::{CommitIndex, MemoryTree, ModuleEntry, hash};
+    let tree = MemoryTree::from_memory(&[]);
+    let entry = ModuleEntry::new(ModuleId::of_wasm(b"m"), 1, &tree, hash::blob(b""), 0);
+    let source = CommitIndex::new(1, None, vec![entry.clone(), entry]).unwrap_err();
+    let err = crate::StoreError::InvalidPlan { source };
+    let message = err.to_string();
+    assert!(message.starts_with("internal error: "), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+    let source = std::error::Error::source(&err).expect("the index error is kept");
+    assert!(source.downcast_ref::<store_index::IndexError>().is_some());
 }

@@ -4,7 +4,8 @@
 //!
 //! - the identifiers [`ModuleId`] (sha256 of a module's original wasm bytes), [`Root`] (the merkle root
 //!   naming a commit) and [`Digest`] (any other sha256 hash), made only by hashing, by parsing 64
-//!   hex digits, or by decoding a record that stored them;
+//!   hex digits, or by decoding a record that stored them; [`Bytecode`] pairs wasm bytes with
+//!   their id and is made only by hashing them;
 //! - the hash functions, each domain-separated by its own tag ([`hash`]): page leaves, memory tree
 //!   nodes, memory roots, blobs, module leaves, state tree nodes and state roots;
 //! - the memory merkle tree ([`MemoryTree`]) over fixed-size pages of [`PAGE_SIZE`] bytes, updated
@@ -53,6 +54,7 @@
 
 #![deny(missing_docs)]
 
+mod bytecode;
 mod error;
 pub mod hash;
 mod ids;
@@ -60,6 +62,7 @@ mod index;
 mod record;
 mod tree;
 
+pub use crate::bytecode::Bytecode;
 pub use crate::error::IndexError;
 pub use crate::ids::{Digest, ModuleId, Root};
 pub use crate::index::{

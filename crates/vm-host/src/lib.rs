@@ -83,6 +83,10 @@ pub struct VmConfig {
     pub deploy_fuel: u64,
     /// The largest linear memory a module may grow to, in bytes.
     pub memory_limit: usize,
+    /// The most elements a table may hold (enforced by wasmtime's `StoreLimits`, like
+    /// `memory_limit`; a module declaring a larger table is refused at deploy). Tables cost host
+    /// memory outside `memory_limit` (a few bytes per element).
+    pub table_elements: usize,
     /// The largest key `db_write` accepts, in bytes.
     pub max_key_bytes: usize,
     /// The largest value `db_write` accepts, in bytes.
@@ -106,6 +110,7 @@ impl Default for VmConfig {
             default_fuel: 1_000_000_000,
             deploy_fuel: 1_000_000_000,
             memory_limit: 1 << 30,
+            table_elements: 1 << 20,
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
             max_kv_bytes: 64 << 20,
@@ -357,6 +362,26 @@ pub enum ModuleError {
     /// are escaped and quoted).
     #[error("{0}")]
     Unsupported(String),
+    /// Its code mutates a table or drops a segment (`table.set`, `table.grow`, `table.fill`,
+    /// `table.copy`, `table.init`, `elem.drop`, `data.drop`): state the host does not persist
+    /// across calls, so the module is refused rather than silently losing it.
+    #[error(
+        "function {function} uses `{instruction}`: tables and dropped segments are not persisted, so modules that mutate them are refused"
+    )]
+    StatefulInstruction {
+        /// The instruction, in the text format.
+        instruction: &'static str,
+        /// The index of the function that uses it (imports included).
+        function: u32,
+    },
+    /// A table is larger than [`VmConfig::table_elements`] allows.
+    #[error("a table of {elements} elements exceeds the limit of {limit}")]
+    TableTooLarge {
+        /// The table's initial size, in elements.
+        elements: u64,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// Why a module's committed host state cannot be used.

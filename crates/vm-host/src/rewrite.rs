@@ -51,6 +51,9 @@ pub(crate) struct Shape {
     pub(crate) has_memory: bool,
     /// Mutable globals: (global index, kind), in index order.
     pub(crate) mutable_globals: Vec<(u32, GlobalKind)>,
+    /// The largest initial size among the module's tables, in elements (0 without a table).
+    /// Known only at deploy (not read back from a compiled runtime form).
+    pub(crate) largest_table: u64,
 }
 
 /// Which form to produce.
@@ -110,10 +113,32 @@ pub(crate) fn runtime_shape(module: &wasmtime::Module) -> Result<Shape, VmError>
     Ok(shape)
 }
 
-/// Reads the module's structure and refuses what the host cannot run or persist.
+/// The instructions whose effect outlives a call and that the host does not persist: tables are
+/// not part of the committed state (an instance's tables are rebuilt from the element segments
+/// at every instantiation), nor is the dropped state of a segment. A module that uses one is
+/// refused at deploy, so no session silently loses such state. `None` for any other operator.
+fn stateful_instruction(op: &wasmparser::Operator<'_>) -> Option<&'static str> {
+    use wasmparser::Operator as O;
+    Some(match op {
+        O::TableSet { .. } => "table.set",
+        O::TableGrow { .. } => "table.grow",
+        O::TableFill { .. } => "table.fill",
+        O::TableCopy { .. } => "table.copy",
+        O::TableInit { .. } => "table.init",
+        O::ElemDrop { .. } => "elem.drop",
+        O::DataDrop { .. } => "data.drop",
+        _ => return None,
+    })
+}
+
+/// Reads the module's structure and refuses what the host cannot run or persist, including
+/// code that mutates a table or drops a segment ([`ModuleError::StatefulInstruction`]). The
+/// original code is scanned: the rewrite copies the code section unchanged and emits no
+/// instruction of its own.
 pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
     let mut shape = Shape::default();
     let mut memories = 0;
+    let mut function = 0u32;
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(malformed)? {
             Payload::Version {
@@ -128,9 +153,12 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
                 for import in reader.into_imports() {
                     let import = import.map_err(malformed)?;
                     match import.ty {
-                        TypeRef::Func(_) | TypeRef::FuncExact(_) => shape
-                            .imports
-                            .push((import.module.to_owned(), import.name.to_owned())),
+                        TypeRef::Func(_) | TypeRef::FuncExact(_) => {
+                            function += 1;
+                            shape
+                                .imports
+                                .push((import.module.to_owned(), import.name.to_owned()))
+                        }
                         _ => {
                             return Err(VmError::UnsupportedImport {
                                 module: import.module.to_owned(),
@@ -176,6 +204,25 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
                     let index = u32::try_from(index).map_err(invalid)?;
                     shape.mutable_globals.push((index, kind));
                 }
+            }
+            Payload::TableSection(reader) => {
+                for table in reader {
+                    let table = table.map_err(malformed)?;
+                    shape.largest_table = shape.largest_table.max(table.ty.initial);
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let mut ops = body.get_operators_reader().map_err(malformed)?;
+                while !ops.eof() {
+                    if let Some(instruction) = stateful_instruction(&ops.read().map_err(malformed)?)
+                    {
+                        return Err(VmError::InvalidModule(ModuleError::StatefulInstruction {
+                            instruction,
+                            function,
+                        }));
+                    }
+                }
+                function += 1;
             }
             Payload::ExportSection(reader) => {
                 for export in reader {

@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use store_index::{ModuleId, Root};
+use store_index::{Bytecode, ModuleId, Root};
 use wasmtime::{Instance, Module, Val};
 
 use crate::host::{self, GlobalValue, HostBlob, HostState};
 use crate::loader::{Loaded, Source};
 use crate::memory::{self, GUARD, RESERVATION};
 use crate::rewrite::{self, Form, MEMORY_EXPORT};
-use crate::{Phase, Value, ValueType, Vm, VmError, WasmtimeError};
+use crate::{ModuleError, Phase, Value, ValueType, Vm, VmError, WasmtimeError};
 
 /// A module instantiated in this session.
 struct Live {
@@ -96,14 +96,25 @@ impl Session {
     /// Deploys `wasm`: validates it against the host ABI, runs its genesis initialisation
     /// (active data segments and start function) once, and stores the bytecode and the
     /// resulting state under its module id. The runtime form is compiled into the caches.
+    ///
+    /// The wasm is hashed once (its module id, [`Bytecode::hash`]), copied once (into that
+    /// `Bytecode`, which the store keeps until commit), parsed once for its shape and rewritten
+    /// once per form.
     pub fn deploy(&mut self, wasm: &[u8]) -> Result<ModuleId, VmError> {
-        let id = ModuleId::of_wasm(wasm);
+        let code = Bytecode::hash(wasm);
+        let id = code.id();
         if self.inner.contains(&id) {
             return Err(VmError::AlreadyDeployed(id));
         }
         let shape = rewrite::shape(wasm)?;
         self.vm.check_imports(&shape)?;
         let vm = &self.vm.inner;
+        if shape.largest_table > vm.config.table_elements as u64 {
+            return Err(VmError::InvalidModule(ModuleError::TableTooLarge {
+                elements: shape.largest_table,
+                limit: vm.config.table_elements,
+            }));
+        }
         let genesis = rewrite::rewrite(wasm, &shape, Form::Genesis)?;
         let module =
             Module::new(&vm.genesis_engine, &genesis).map_err(VmError::invalid_wasmtime)?;
@@ -122,6 +133,7 @@ impl Session {
             .instantiate(&mut store)
             .map_err(|e| call_error(e, vm.config.deploy_fuel, Phase::Genesis))?;
         let image = match instance.get_memory(&mut store, MEMORY_EXPORT) {
+            // The one copy of the genesis memory: the store takes this vector as it is.
             Some(memory) => memory.data(&store).to_vec(),
             None => Vec::new(),
         };
@@ -132,12 +144,12 @@ impl Session {
             globals,
             kv: store.into_data().into_kv(),
         };
-        self.inner.deploy(id, wasm, &image, blob.encode())?;
+        self.inner.deploy(code.clone(), image, blob.encode())?;
         // Compile the runtime form now (unless a cache has it), so the first call finds it.
         vm.loader.load(
             &id,
             Source::Checked {
-                wasm,
+                wasm: code.bytes(),
                 shape: &shape,
             },
         )?;
@@ -291,6 +303,12 @@ impl Session {
         let state = HostState::new(blob.kv, self.vm.limits(), &vm.config);
         let mut store = wasmtime::Store::new(vm.loader.engine(), state);
         store.limiter(|s| &mut s.limits);
+        // Instantiation evaluates element expressions (`ref.func` of a passive segment) as
+        // compiled code, which consumes fuel: give it the budget of a call (each call sets its
+        // own fuel again).
+        store
+            .set_fuel(self.fuel.unwrap_or(vm.config.default_fuel))
+            .map_err(VmError::wasmtime)?;
         let instance = memory::with_next_memory(handle, || loaded.pre.instantiate(&mut store))
             .map_err(VmError::wasmtime)?;
         let global_handles =

@@ -122,6 +122,15 @@ fn base_config() -> Config {
     config
 }
 
+/// Whether opening a VM may create its directory and folders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Folders {
+    /// `Vm::open`: create what is missing.
+    Create,
+    /// `Vm::open_existing`: create nothing.
+    Existing,
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
     move |source| VmError::Io {
         path: path.to_path_buf(),
@@ -155,7 +164,10 @@ impl Vm {
 
     /// Opens the VM directory `dir` as [`open`](Self::open) does, but only if it exists and
     /// holds a commit store: otherwise a `NotFound` [`VmError::Io`], and nothing is created.
-    /// For tools that must not make a VM out of a mistyped path.
+    /// For tools that must not make a VM out of a mistyped path. Opening creates nothing at all:
+    /// a missing cache folder is an empty file cache, created by the first compile that saves
+    /// into it (`FsCache::open_without_creating`), so reading commands (`verify`,
+    /// `disk_stats`, `commits`) leave the directory as they found it.
     pub fn open_existing(dir: &Path, config: VmConfig) -> Result<Vm, VmError> {
         let files = VmFiles::default();
         let store = dir.join("store");
@@ -165,7 +177,7 @@ impl Vm {
                 "not a VM directory (no commit store in it)",
             )));
         }
-        Vm::open_with(dir, config, files, |_| Ok(()))
+        Vm::open_inner(dir, config, files, |_| Ok(()), Folders::Existing)
     }
 
     /// Opens the VM with extra host functions: `host` is called on each engine's linker
@@ -188,11 +200,23 @@ impl Vm {
         files: VmFiles,
         host: impl Fn(&mut Linker<HostState>) -> Result<(), VmError>,
     ) -> Result<Vm, VmError> {
+        Vm::open_inner(dir, config, files, host, Folders::Create)
+    }
+
+    fn open_inner(
+        dir: &Path,
+        config: VmConfig,
+        files: VmFiles,
+        host: impl Fn(&mut Linker<HostState>) -> Result<(), VmError>,
+        folders: Folders,
+    ) -> Result<Vm, VmError> {
         let disk = files.fs;
-        if config.fsync {
-            disk.create_dir_all_durable(dir).map_err(io(dir))?;
-        } else {
-            disk.create_dir_all(dir).map_err(io(dir))?;
+        if folders == Folders::Create {
+            if config.fsync {
+                disk.create_dir_all_durable(dir).map_err(io(dir))?;
+            } else {
+                disk.create_dir_all(dir).map_err(io(dir))?;
+            }
         }
         let store = Store::open_with_fs(
             &dir.join("store"),
@@ -226,16 +250,21 @@ impl Vm {
                 .collect()
         };
 
-        let fs = FsCache::open_with_fs(
-            &dir.join("cache"),
-            &engine,
-            FsCacheConfig {
-                mode: config.fs_verification.clone(),
-                max_bytes: config.fs_cache_bytes,
-                fsync: config.fsync,
-            },
-            disk.clone(),
-        )?;
+        let cache_config = FsCacheConfig {
+            mode: config.fs_verification.clone(),
+            max_bytes: config.fs_cache_bytes,
+            fsync: config.fsync,
+        };
+        let cache_dir = dir.join("cache");
+        let engines = std::slice::from_ref(&engine);
+        let fs = match folders {
+            Folders::Create => {
+                FsCache::open_engines(&cache_dir, engines, cache_config, disk.clone())
+            }
+            Folders::Existing => {
+                FsCache::open_without_creating(&cache_dir, engines, cache_config, disk.clone())
+            }
+        }?;
         let loader = Loader::new(engine, runtime_linker, LruCache::new(config.lru_bytes), fs);
         let vm = Vm {
             inner: Arc::new(Inner {
@@ -341,7 +370,12 @@ impl Vm {
             }
         }
         let cache = self.inner.loader.fs();
-        let mut folders = fs.read_dir(cache.dir()).map_err(io(cache.dir()))?;
+        let mut folders = match fs.read_dir(cache.dir()) {
+            Ok(folders) => folders,
+            // Opened by `open_existing` after the cache folder was removed: no cache yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(cache.dir())(e)),
+        };
         folders.sort();
         for name in folders {
             let path = cache.dir().join(&name);
@@ -542,6 +576,7 @@ impl Vm {
     pub(crate) fn limits(&self) -> wasmtime::StoreLimits {
         StoreLimitsBuilder::new()
             .memory_size(self.inner.config.memory_limit)
+            .table_elements(self.inner.config.table_elements)
             .instances(1)
             .build()
     }

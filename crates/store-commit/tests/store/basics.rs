@@ -5,7 +5,9 @@ use crate::{RES, quick, read, wasm, write};
 use anyhow::Result;
 use std::collections::HashSet;
 use std::path::Path;
-use store_commit::{MemoryHandle, Missing, ModuleId, PAGE_SIZE, Root, Session, Store, StoreError};
+use store_commit::{
+    Bytecode, MemoryHandle, Missing, ModuleId, PAGE_SIZE, Root, Session, Store, StoreError,
+};
 
 /// Same history, same roots: both a fixed sequence of deploys, writes, grows and blob changes.
 fn history(dir: &Path) -> Result<Vec<Root>> {
@@ -15,7 +17,7 @@ fn history(dir: &Path) -> Result<Vec<Root>> {
     for n in 0..3u8 {
         let code = wasm(n);
         let genesis = vec![n; (n as usize + 1) * PAGE_SIZE];
-        s.deploy(ModuleId::of_wasm(&code), &code, &genesis, vec![n])?;
+        s.deploy(Bytecode::hash(&code[..]), genesis.clone(), vec![n])?;
     }
     roots.push(s.commit()?);
     for round in 0..5u8 {
@@ -51,18 +53,15 @@ fn basic_errors_are_typed() -> Result<()> {
     let code = wasm(1);
     let id = ModuleId::of_wasm(&code);
     let mut s = store.session(None)?;
-    let err = s.deploy(ModuleId::of_wasm(b"other"), &code, &[], vec![]);
+    // The id cannot disagree with the bytecode: `Bytecode` is made only by hashing.
+    assert_eq!(Bytecode::hash(&code[..]).id(), id);
+    let err = s.deploy(Bytecode::hash(&code[..]), vec![0; 100], vec![]);
     assert!(
         matches!(err, Err(StoreError::InvalidInput { .. })),
         "{err:?}"
     );
-    let err = s.deploy(id, &code, &[0; 100], vec![]);
-    assert!(
-        matches!(err, Err(StoreError::InvalidInput { .. })),
-        "{err:?}"
-    );
-    s.deploy(id, &code, &vec![0; PAGE_SIZE], vec![])?;
-    let err = s.deploy(id, &code, &[], vec![]);
+    s.deploy(Bytecode::hash(&code[..]), vec![0; PAGE_SIZE], vec![])?;
+    let err = s.deploy(Bytecode::hash(&code[..]), vec![], vec![]);
     assert!(
         matches!(err, Err(StoreError::AlreadyDeployed { .. })),
         "{err:?}"
@@ -117,7 +116,7 @@ fn checkpoint_rollback_restores_content_length_blobs_and_deploys() -> Result<()>
     let code = wasm(1);
     let id = ModuleId::of_wasm(&code);
     let mut s = store.session(None)?;
-    s.deploy(id, &code, &vec![3; 2 * PAGE_SIZE], vec![1])?;
+    s.deploy(Bytecode::hash(&code[..]), vec![3; 2 * PAGE_SIZE], vec![1])?;
     let base = s.commit()?;
     // Base with a delta, so restoring has to re-apply patched pages.
     let mut s = store.session(Some(base))?;
@@ -139,7 +138,7 @@ fn checkpoint_rollback_restores_content_length_blobs_and_deploys() -> Result<()>
     m.grow_to(5 * PAGE_SIZE)?;
     let code2 = wasm(2);
     let id2 = ModuleId::of_wasm(&code2);
-    s.deploy(id2, &code2, &[], vec![])?;
+    s.deploy(Bytecode::hash(&code2[..]), vec![], vec![])?;
     s.set_blob(&id, vec![3])?;
     s.rollback(&c1)?;
     assert_eq!(read(&m), after_first);

@@ -2,7 +2,7 @@
 
 use crate::{RES, quick, read, wasm, write};
 use anyhow::Result;
-use store_commit::{ModuleId, PAGE_SIZE, Root, Store, StoreError};
+use store_commit::{Bytecode, ModuleId, PAGE_SIZE, Root, Store, StoreError};
 
 #[test]
 fn a_second_store_on_the_same_directory_is_refused() -> Result<()> {
@@ -24,7 +24,7 @@ fn concurrent_sessions_and_deletes() -> Result<()> {
         .map(|t| {
             let code = wasm(t);
             let id = ModuleId::of_wasm(&code);
-            s.deploy(id, &code, &vec![t; 2 * PAGE_SIZE], vec![t])
+            s.deploy(Bytecode::hash(&code[..]), vec![t; 2 * PAGE_SIZE], vec![t])
                 .map(|()| id)
         })
         .collect::<Result<_, _>>()?;

@@ -6,7 +6,7 @@ use anyhow::{Result, bail, ensure};
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
-use store_commit::{ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
+use store_commit::{Bytecode, PAGE_SIZE, Root, Store, StoreConfig};
 
 const CRASH_CHILD: &str = "STRATA_STORE_CRASH_CHILD";
 
@@ -30,9 +30,8 @@ fn crash_child(dir: &Path, seed: u64) -> Result<()> {
             let code = (seed * 1000 + i).to_le_bytes().to_vec();
             let pages = 1 + (next() % 4) as usize;
             s.deploy(
-                ModuleId::of_wasm(&code),
-                &code,
-                &vec![i as u8; pages * PAGE_SIZE],
+                Bytecode::hash(code),
+                vec![i as u8; pages * PAGE_SIZE],
                 vec![],
             )?;
         }

@@ -3,7 +3,7 @@
 
 use crate::{RES, quick, read, wasm, write};
 use anyhow::Result;
-use store_commit::{Deletion, ModuleId, PAGE_SIZE, Store, StoreError};
+use store_commit::{Bytecode, Deletion, ModuleId, PAGE_SIZE, Store, StoreError};
 
 #[test]
 fn deferred_delete_waits_for_sessions() -> Result<()> {
@@ -12,7 +12,7 @@ fn deferred_delete_waits_for_sessions() -> Result<()> {
     let code = wasm(1);
     let id = ModuleId::of_wasm(&code);
     let mut s = store.session(None)?;
-    s.deploy(id, &code, &vec![4; PAGE_SIZE], vec![1])?;
+    s.deploy(Bytecode::hash(&code[..]), vec![4; PAGE_SIZE], vec![1])?;
     let root = s.commit()?;
     let mut s1 = store.session(Some(root))?;
     let s2 = store.session(Some(root))?;
@@ -43,7 +43,7 @@ fn committing_a_deferred_deleted_state_revives_it() -> Result<()> {
     let code = wasm(1);
     let id = ModuleId::of_wasm(&code);
     let mut s = store.session(None)?;
-    s.deploy(id, &code, &vec![4; PAGE_SIZE], vec![1])?;
+    s.deploy(Bytecode::hash(&code[..]), vec![4; PAGE_SIZE], vec![1])?;
     let root = s.commit()?;
     let s = store.session(Some(root))?;
     assert_eq!(store.delete(&root)?, Deletion::Deferred { sessions: 1 });
@@ -60,7 +60,7 @@ fn deleting_an_intermediate_commit_keeps_its_children() -> Result<()> {
     let code = wasm(1);
     let id = ModuleId::of_wasm(&code);
     let mut s = store.session(None)?;
-    s.deploy(id, &code, &vec![1; 4 * PAGE_SIZE], vec![1])?;
+    s.deploy(Bytecode::hash(&code[..]), vec![1; 4 * PAGE_SIZE], vec![1])?;
     let mut roots = vec![s.commit()?];
     let mut expected = Vec::new();
     for i in 0..4u8 {

@@ -4,7 +4,7 @@
 use crate::{RES, quick, wasm, write};
 use anyhow::Result;
 use std::sync::Arc;
-use store_commit::{ModuleId, PAGE_SIZE, Root, Session, Store, StoreConfig, StoreError};
+use store_commit::{Bytecode, ModuleId, PAGE_SIZE, Root, Session, Store, StoreConfig, StoreError};
 use strata_fs::{FaultFs, FaultMode, NoSyncFs};
 
 struct FaultCase {
@@ -24,8 +24,12 @@ fn fault_case() -> Result<FaultCase> {
     let codes = [wasm(1), wasm(2), wasm(3)];
     let ids = [0, 1, 2].map(|i| ModuleId::of_wasm(&codes[i]));
     let mut s = store.session(None)?;
-    s.deploy(ids[0], &codes[0], &vec![1; 2 * PAGE_SIZE], vec![1])?;
-    s.deploy(ids[1], &codes[1], &vec![2; PAGE_SIZE], vec![2])?;
+    s.deploy(
+        Bytecode::hash(&codes[0][..]),
+        vec![1; 2 * PAGE_SIZE],
+        vec![1],
+    )?;
+    s.deploy(Bytecode::hash(&codes[1][..]), vec![2; PAGE_SIZE], vec![2])?;
     let r0 = s.commit()?;
     let mut s = store.session(Some(r0))?;
     let m = s.memory(&ids[0], RES)?;
@@ -52,7 +56,7 @@ pub(crate) fn session_under_test(
 ) -> Result<Session> {
     let code = wasm(3);
     let mut s = store.session(Some(base))?;
-    s.deploy(ids[2], &code, &vec![4; PAGE_SIZE], vec![4])?;
+    s.deploy(Bytecode::hash(&code[..]), vec![4; PAGE_SIZE], vec![4])?;
     let m = s.memory(&ids[0], RES)?;
     write(&m, 20_000, &[5; 10]);
     let m = s.memory(&ids[1], RES)?;

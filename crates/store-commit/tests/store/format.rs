@@ -6,7 +6,7 @@ use crate::{RES, quick, wasm, write};
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::sync::Arc;
-use store_commit::{ModuleId, PAGE_SIZE, Root, Store, StoreError};
+use store_commit::{Bytecode, ModuleId, PAGE_SIZE, Root, Store, StoreError};
 use strata_fs::{FaultFs, Op, RealFs};
 
 #[test]
@@ -16,7 +16,7 @@ fn corruption_is_detected_and_a_broken_commit_can_be_rewritten() -> Result<()> {
     let code = wasm(1);
     let id = ModuleId::of_wasm(&code);
     let mut s = store.session(None)?;
-    s.deploy(id, &code, &vec![1; 2 * PAGE_SIZE], vec![1])?;
+    s.deploy(Bytecode::hash(&code[..]), vec![1; 2 * PAGE_SIZE], vec![1])?;
     let base = s.commit()?;
     let change = |store: &Store| -> Result<Root> {
         let mut s = store.session(Some(base))?;
@@ -79,7 +79,7 @@ fn a_forged_delta_page_count_is_an_error() -> Result<()> {
     let code = wasm(1);
     let id = ModuleId::of_wasm(&code);
     let mut s = store.session(None)?;
-    s.deploy(id, &code, &vec![1; 2 * PAGE_SIZE], vec![1])?;
+    s.deploy(Bytecode::hash(&code[..]), vec![1; 2 * PAGE_SIZE], vec![1])?;
     let base = s.commit()?;
     let mut s = store.session(Some(base))?;
     write(&s.memory(&id, RES)?, 5000, &[2; 3]);
@@ -123,7 +123,7 @@ fn large_blobs_are_stored_as_patches_that_survive_deleting_the_base() -> Result<
     let id = ModuleId::of_wasm(&code);
     let mut blob: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 241) as u8).collect();
     let mut s = store.session(None)?;
-    s.deploy(id, &code, &[], blob.clone())?;
+    s.deploy(Bytecode::hash(&code[..]), vec![], blob.clone())?;
     let mut roots = vec![s.commit()?];
     for i in 0..5usize {
         // Shifted data: an insertion near the start moves everything after it.
@@ -188,8 +188,8 @@ fn unchanged_files_are_hard_links_and_deltas_are_bounded() -> Result<()> {
     let (a, b) = (wasm(1), wasm(2));
     let (ia, ib) = (ModuleId::of_wasm(&a), ModuleId::of_wasm(&b));
     let mut s = store.session(None)?;
-    s.deploy(ia, &a, &vec![1; 16 * PAGE_SIZE], vec![1])?;
-    s.deploy(ib, &b, &vec![2; PAGE_SIZE], vec![2])?;
+    s.deploy(Bytecode::hash(&a[..]), vec![1; 16 * PAGE_SIZE], vec![1])?;
+    s.deploy(Bytecode::hash(&b[..]), vec![2; PAGE_SIZE], vec![2])?;
     let r0 = s.commit()?;
     let mut s = store.session(Some(r0))?;
     let m = s.memory(&ia, RES)?;
@@ -246,7 +246,7 @@ fn reopen_with_a_thousand_commits_reads_no_memory_file() -> Result<()> {
     let code = wasm(1);
     let id = ModuleId::of_wasm(&code);
     let mut s = store.session(None)?;
-    s.deploy(id, &code, &vec![1; PAGE_SIZE], vec![])?;
+    s.deploy(Bytecode::hash(&code[..]), vec![1; PAGE_SIZE], vec![])?;
     let mut root = s.commit()?;
     const N: usize = 1000;
     for i in 1..N {

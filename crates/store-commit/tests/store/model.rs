@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use std::collections::HashMap;
 use std::collections::btree_map::Entry;
 use store_commit::{
-    Deletion, MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig, StoreError,
+    Bytecode, Deletion, MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig, StoreError,
 };
 
 #[derive(Clone, Debug)]
@@ -127,7 +127,7 @@ fn run_model(ops: Vec<ModelOp>) -> Result<()> {
                             for (i, b) in mem.iter_mut().enumerate().step_by(997) {
                                 *b = fill.wrapping_add(i as u8);
                             }
-                            let r = s.deploy(id, &code, &mem, vec![fill]);
+                            let r = s.deploy(Bytecode::hash(&code[..]), mem.clone(), vec![fill]);
                             match state.entry(id) {
                                 Entry::Occupied(_) => assert!(
                                     matches!(r, Err(StoreError::AlreadyDeployed { .. })),

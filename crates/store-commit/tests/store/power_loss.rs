@@ -8,7 +8,7 @@ use anyhow::{Context, Result, ensure};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use store_commit::{ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
+use store_commit::{Bytecode, ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
 use strata_fs::{Clock, Loss, NoSyncFs, PowerLossFs};
 
 /// Every module's bytecode, memory and blob in a commit, read back through the files.
@@ -93,8 +93,12 @@ fn power_case() -> Result<PowerCase> {
     let codes = [wasm(1), wasm(2), wasm(3)];
     let ids = [0, 1, 2].map(|i| ModuleId::of_wasm(&codes[i]));
     let mut s = store.session(None)?;
-    s.deploy(ids[0], &codes[0], &vec![1; 2 * PAGE_SIZE], vec![1])?;
-    s.deploy(ids[1], &codes[1], &vec![2; PAGE_SIZE], vec![2])?;
+    s.deploy(
+        Bytecode::hash(&codes[0][..]),
+        vec![1; 2 * PAGE_SIZE],
+        vec![1],
+    )?;
+    s.deploy(Bytecode::hash(&codes[1][..]), vec![2; PAGE_SIZE], vec![2])?;
     let r0 = s.commit()?;
     let mut s = store.session(Some(r0))?;
     let m = s.memory(&ids[0], RES)?;
@@ -228,7 +232,7 @@ fn power_loss_keeps_the_commits_of_a_newly_created_store_directory() -> Result<(
         let committed =
             Store::open_with_fs(&dir, StoreConfig::default(), fs.clone()).and_then(|store| {
                 let mut s = store.session(None)?;
-                s.deploy(id, &code, &vec![1; PAGE_SIZE], vec![1])?;
+                s.deploy(Bytecode::hash(&code[..]), vec![1; PAGE_SIZE], vec![1])?;
                 s.commit()
             });
         let what = format!("new store, power lost at op {k}");
@@ -314,7 +318,7 @@ fn power_loss_at_random_points_of_commit_and_delete_sequences() -> Result<()> {
                     let code = (round * 100 + step).to_le_bytes().to_vec();
                     let mem = vec![step as u8; (1 + next() % 3) as usize * PAGE_SIZE];
                     let id = ModuleId::of_wasm(&code);
-                    s.deploy(id, &code, &mem, vec![step as u8])?;
+                    s.deploy(Bytecode::hash(&code[..]), mem.clone(), vec![step as u8])?;
                     state.insert(id, (code, mem, vec![step as u8]));
                 }
                 let ids: Vec<ModuleId> = state.keys().copied().collect();
@@ -381,7 +385,7 @@ fn power_loss_at_random_points_of_commit_and_delete_sequences() -> Result<()> {
         // A new commit works after the loss.
         let mut s = store.session(store.latest())?;
         let code = wasm(200);
-        s.deploy(ModuleId::of_wasm(&code), &code, &vec![1; PAGE_SIZE], vec![])?;
+        s.deploy(Bytecode::hash(&code[..]), vec![1; PAGE_SIZE], vec![])?;
         let root = s.commit()?;
         drop(store);
         let store = Store::open(dir.path(), quick())?;
