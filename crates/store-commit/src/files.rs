@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest as _, Sha256};
 use store_index::{
-    CommitIndex, Digest, MemoryTree, ModuleEntry, ModuleId, RecordKind, Root, StoreMarker,
-    decode_record, encode_record, hash,
+    CommitIndex, Digest, MemoryTree, ModuleEntry, ModuleId, PAGE_SIZE, RecordKind, Root,
+    StoreMarker, decode_record, encode_record, hash,
 };
 use strata_fs::{Fs, Zeros};
 
@@ -34,6 +34,8 @@ const TMP_PREFIX: &str = ".tmp-";
 const DEL_PREFIX: &str = ".del-";
 /// The subdirectories of a commit directory, in creation order.
 const SUBDIRS: [&str; 3] = ["bytecode", "memory", "blob"];
+/// The most of a file [`StoreFiles::copy_file`] holds in memory at once.
+const COPY_CHUNK: usize = 16 * PAGE_SIZE;
 
 /// One file of a module in a commit directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,8 +295,21 @@ impl StoreFiles {
                             reason: "a file linked from a base, without a base commit".into(),
                         })?
                         .file(file, &id);
-                    fs.hard_link(&from, &path).map_err(io_err("link", &path))?;
-                    continue;
+                    match fs.hard_link(&from, &path) {
+                        Ok(()) => continue,
+                        // The base's file is at its link limit (about 65,000 on ext4): a copy, same
+                        // bytes, so the index does not change; the next commit links to the copy.
+                        Err(e) if e.kind() == io::ErrorKind::TooManyLinks => {
+                            let zeros = match file {
+                                File::Image => Zeros::Holes,
+                                _ => Zeros::Write,
+                            };
+                            self.copy_file(&from, &path, zeros)?;
+                            to_sync.push(path);
+                            continue;
+                        }
+                        Err(e) => return Err(io_err("link", &path)(e)),
+                    }
                 }
                 Source::Bytes(data) => (data, Zeros::Write),
                 Source::Memory(data) => (data.into(), Zeros::Holes),
@@ -319,6 +334,38 @@ impl StoreFiles {
             for d in dirs.iter().rev() {
                 fs.sync_dir(d).map_err(io_err("fsync", d))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Copies `from` into the new file `to`, a bounded chunk at a time; with [`Zeros::Holes`],
+    /// zero 64 KiB pages stay holes. Does not sync.
+    fn copy_file(&self, from: &Path, to: &Path, zeros: Zeros) -> Result<(), StoreError> {
+        let fs = &*self.fs;
+        let src = fs.open_read(from).map_err(io_err("open", from))?;
+        let len = fs.file_metadata(&src).map_err(io_err("stat", from))?.len();
+        let dst = fs.create_new(to, 0o644).map_err(io_err("create", to))?;
+        let mut buf = vec![0; COPY_CHUNK];
+        let (mut at, mut written) = (0, 0);
+        while at < len {
+            let n = usize::try_from((len - at).min(COPY_CHUNK as u64)).map_err(|_| too_big())?;
+            let chunk = &mut buf[..n];
+            fs.read_at(&src, chunk, at).map_err(io_err("read", from))?;
+            for (i, page) in chunk.chunks(PAGE_SIZE).enumerate() {
+                if zeros == Zeros::Holes && store_index::is_zero(page) {
+                    continue;
+                }
+                let offset = at + (i * PAGE_SIZE) as u64;
+                fs.write_at(&dst, page, offset)
+                    .map_err(io_err("write", to))?;
+                written = offset + page.len() as u64;
+            }
+            at += n as u64;
+        }
+        // A trailing hole still counts in the length.
+        if written < len {
+            fs.write_at(&dst, &[0], len - 1)
+                .map_err(io_err("write", to))?;
         }
         Ok(())
     }

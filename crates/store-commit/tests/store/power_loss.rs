@@ -12,7 +12,7 @@ use store_commit::{ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
 use strata_fs::{Clock, Loss, NoSyncFs, PowerLossFs};
 
 /// Every module's bytecode, memory and blob in a commit, read back through the files.
-fn contents(store: &Store, root: &Root) -> Result<ModelState> {
+pub(crate) fn contents(store: &Store, root: &Root) -> Result<ModelState> {
     let index = store.index(root)?;
     let mut s = store.session(Some(*root))?;
     let mut out = ModelState::new();
