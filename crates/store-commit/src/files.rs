@@ -7,9 +7,10 @@
 //! the session read a commit through [`CommitDir`], whose reads check every file against its
 //! index (hash and length) before returning it.
 //!
-//! Layout (docs/STORE-FORMAT.md): `<store>/{LOCK, FORMAT, <root>/{index, bytecode/<id>,
+//! Layout (docs/STORE-FORMAT.md): `<store>/{LOCK, FORMAT, <root>/{index, deleted, bytecode/<id>,
 //! memory/<id>{,.tree,.diff}, blob/<id>{,.diff}}}`; `.tmp-*` and `.del-*` are leftovers of an
-//! interrupted commit or deletion, removed at open.
+//! interrupted commit or deletion, removed at open, and a commit directory holding the `deleted`
+//! marker is a deferred deletion that open finishes.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ use crate::{Corruption, StoreError, blob, mapping};
 const LOCK: &str = "LOCK";
 const MARKER: &str = "FORMAT";
 const INDEX: &str = "index";
+/// In a commit directory: the commit awaits a deferred deletion (empty, durable).
+const DELETED: &str = "deleted";
 const TMP_PREFIX: &str = ".tmp-";
 const DEL_PREFIX: &str = ".del-";
 /// The subdirectories of a commit directory, in creation order.
@@ -191,13 +194,15 @@ impl StoreFiles {
         self.sync_store_dir()
     }
 
-    /// Removes the leftovers of interrupted commits and deletions and reads every commit's index.
+    /// Removes the leftovers of interrupted commits and deletions, finishes deferred deletions
+    /// (commit directories holding the `deleted` marker), and reads every other commit's index.
     pub(crate) fn scan(&self) -> Result<Vec<Listed>, StoreError> {
         let (fs, dir) = (&self.fs, &self.dir);
         let mut cleaned = false;
         let mut names = fs.read_dir(dir).map_err(io_err("read dir", dir))?;
         names.sort();
         let mut listed = Vec::new();
+        let mut doomed = Vec::new();
         for name in names {
             let Some(name) = name.to_str().map(str::to_owned) else {
                 continue;
@@ -211,6 +216,11 @@ impl StoreFiles {
             let Ok(root) = Root::from_hex(&name) else {
                 continue;
             };
+            let marker = path.join(DELETED);
+            if fs.has_marker(&marker).map_err(io_err("stat", &marker))? {
+                doomed.push(self.unlink(&root)?);
+                continue;
+            }
             let commit = self.commit(&root);
             let index = commit.index().and_then(|index| {
                 if index.state_root() == root {
@@ -220,6 +230,11 @@ impl StoreFiles {
                 }
             });
             listed.push(Listed { root, path, index });
+        }
+        // The renames are durable before anything inside is removed: a crash never leaves a
+        // commit directory half removed under its own name.
+        for doomed in &doomed {
+            self.remove_unlinked(doomed)?;
         }
         if cleaned {
             self.sync_store_dir()?;
@@ -405,6 +420,29 @@ impl StoreFiles {
             .rename(&from, &doomed)
             .map_err(io_err("rename", &from))?;
         Ok(doomed)
+    }
+
+    /// Records durably that commit `root` awaits a deferred deletion (the `deleted` marker, its
+    /// name synced in the commit directory): from then on open removes the commit, never lists it.
+    pub(crate) fn mark_deleted(&self, root: &Root) -> Result<(), StoreError> {
+        let marker = self.commit(root).path.join(DELETED);
+        self.fs
+            .create_marker(&marker)
+            .map_err(io_err("create", &marker))
+    }
+
+    /// Withdraws a deferred deletion: removes the `deleted` marker, durably.
+    pub(crate) fn unmark_deleted(&self, root: &Root) -> Result<(), StoreError> {
+        let dir = self.commit(root).path;
+        let marker = dir.join(DELETED);
+        match self.fs.remove_file(&marker) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            r => r.map_err(io_err("remove", &marker))?,
+        }
+        if self.fsync {
+            self.fs.sync_dir(&dir).map_err(io_err("fsync", &dir))?;
+        }
+        Ok(())
     }
 
     /// Makes an [`unlink`](Self::unlink) durable, then removes the renamed directory.

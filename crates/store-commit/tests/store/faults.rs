@@ -12,7 +12,7 @@ use store_commit::{ModuleId, PAGE_SIZE, Root, Session, Store, StoreConfig, Store
 use strata_fs::{FaultFs, FaultMode, NoSyncFs, Op};
 
 const EIO: i32 = 5;
-const EMLINK: i32 = 31;
+pub(crate) const EMLINK: i32 = 31;
 
 struct FaultCase {
     dir: tempfile::TempDir,
@@ -82,7 +82,7 @@ fn fault_injection_at_every_operation_of_a_commit_that_copies() -> Result<()> {
 
 /// Whether hard links of unchanged files work, or every one fails with `EMLINK`.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Links {
+pub(crate) enum Links {
     Work,
     AtLimit,
 }
