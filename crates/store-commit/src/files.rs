@@ -7,9 +7,10 @@
 //! the session read a commit through [`CommitDir`], whose reads check every file against its
 //! index (hash and length) before returning it.
 //!
-//! Layout (docs/STORE-FORMAT.md): `<store>/{LOCK, FORMAT, <root>/{index, bytecode/<id>,
+//! Layout (docs/STORE-FORMAT.md): `<store>/{LOCK, FORMAT, <root>/{index, deleted, bytecode/<id>,
 //! memory/<id>{,.tree,.diff}, blob/<id>{,.diff}}}`; `.tmp-*` and `.del-*` are leftovers of an
-//! interrupted commit or deletion, removed at open.
+//! interrupted commit or deletion, removed at open, and a commit directory holding the `deleted`
+//! marker is a deferred deletion that open finishes.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest as _, Sha256};
 use store_index::{
-    CommitIndex, Digest, MemoryTree, ModuleEntry, ModuleId, RecordKind, Root, StoreMarker,
-    decode_record, encode_record, hash,
+    CommitIndex, Digest, MemoryTree, ModuleEntry, ModuleId, PAGE_SIZE, RecordKind, Root,
+    StoreMarker, decode_record, encode_record, hash,
 };
 use strata_fs::{Fs, Zeros};
 
@@ -30,10 +31,14 @@ use crate::{Corruption, StoreError, blob, mapping};
 const LOCK: &str = "LOCK";
 const MARKER: &str = "FORMAT";
 const INDEX: &str = "index";
+/// In a commit directory: the commit awaits a deferred deletion (empty, durable).
+const DELETED: &str = "deleted";
 const TMP_PREFIX: &str = ".tmp-";
 const DEL_PREFIX: &str = ".del-";
 /// The subdirectories of a commit directory, in creation order.
 const SUBDIRS: [&str; 3] = ["bytecode", "memory", "blob"];
+/// The most of a file [`StoreFiles::copy_file`] holds in memory at once.
+const COPY_CHUNK: usize = 16 * PAGE_SIZE;
 
 /// One file of a module in a commit directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,13 +194,15 @@ impl StoreFiles {
         self.sync_store_dir()
     }
 
-    /// Removes the leftovers of interrupted commits and deletions and reads every commit's index.
+    /// Removes the leftovers of interrupted commits and deletions, finishes deferred deletions
+    /// (commit directories holding the `deleted` marker), and reads every other commit's index.
     pub(crate) fn scan(&self) -> Result<Vec<Listed>, StoreError> {
         let (fs, dir) = (&self.fs, &self.dir);
         let mut cleaned = false;
         let mut names = fs.read_dir(dir).map_err(io_err("read dir", dir))?;
         names.sort();
         let mut listed = Vec::new();
+        let mut doomed = Vec::new();
         for name in names {
             let Some(name) = name.to_str().map(str::to_owned) else {
                 continue;
@@ -209,6 +216,11 @@ impl StoreFiles {
             let Ok(root) = Root::from_hex(&name) else {
                 continue;
             };
+            let marker = path.join(DELETED);
+            if fs.has_marker(&marker).map_err(io_err("stat", &marker))? {
+                doomed.push(self.unlink(&root)?);
+                continue;
+            }
             let commit = self.commit(&root);
             let index = commit.index().and_then(|index| {
                 if index.state_root() == root {
@@ -218,6 +230,11 @@ impl StoreFiles {
                 }
             });
             listed.push(Listed { root, path, index });
+        }
+        // The renames are durable before anything inside is removed: a crash never leaves a
+        // commit directory half removed under its own name.
+        for doomed in &doomed {
+            self.remove_unlinked(doomed)?;
         }
         if cleaned {
             self.sync_store_dir()?;
@@ -293,8 +310,21 @@ impl StoreFiles {
                             reason: "a file linked from a base, without a base commit".into(),
                         })?
                         .file(file, &id);
-                    fs.hard_link(&from, &path).map_err(io_err("link", &path))?;
-                    continue;
+                    match fs.hard_link(&from, &path) {
+                        Ok(()) => continue,
+                        // The base's file is at its link limit (about 65,000 on ext4): a copy, same
+                        // bytes, so the index does not change; the next commit links to the copy.
+                        Err(e) if e.kind() == io::ErrorKind::TooManyLinks => {
+                            let zeros = match file {
+                                File::Image => Zeros::Holes,
+                                _ => Zeros::Write,
+                            };
+                            self.copy_file(&from, &path, zeros)?;
+                            to_sync.push(path);
+                            continue;
+                        }
+                        Err(e) => return Err(io_err("link", &path)(e)),
+                    }
                 }
                 Source::Bytes(data) => (data, Zeros::Write),
                 Source::Memory(data) => (data.into(), Zeros::Holes),
@@ -319,6 +349,38 @@ impl StoreFiles {
             for d in dirs.iter().rev() {
                 fs.sync_dir(d).map_err(io_err("fsync", d))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Copies `from` into the new file `to`, a bounded chunk at a time; with [`Zeros::Holes`],
+    /// zero 64 KiB pages stay holes. Does not sync.
+    fn copy_file(&self, from: &Path, to: &Path, zeros: Zeros) -> Result<(), StoreError> {
+        let fs = &*self.fs;
+        let src = fs.open_read(from).map_err(io_err("open", from))?;
+        let len = fs.file_metadata(&src).map_err(io_err("stat", from))?.len();
+        let dst = fs.create_new(to, 0o644).map_err(io_err("create", to))?;
+        let mut buf = vec![0; COPY_CHUNK];
+        let (mut at, mut written) = (0, 0);
+        while at < len {
+            let n = usize::try_from((len - at).min(COPY_CHUNK as u64)).map_err(|_| too_big())?;
+            let chunk = &mut buf[..n];
+            fs.read_at(&src, chunk, at).map_err(io_err("read", from))?;
+            for (i, page) in chunk.chunks(PAGE_SIZE).enumerate() {
+                if zeros == Zeros::Holes && store_index::is_zero(page) {
+                    continue;
+                }
+                let offset = at + (i * PAGE_SIZE) as u64;
+                fs.write_at(&dst, page, offset)
+                    .map_err(io_err("write", to))?;
+                written = offset + page.len() as u64;
+            }
+            at += n as u64;
+        }
+        // A trailing hole still counts in the length.
+        if written < len {
+            fs.write_at(&dst, &[0], len - 1)
+                .map_err(io_err("write", to))?;
         }
         Ok(())
     }
@@ -358,6 +420,29 @@ impl StoreFiles {
             .rename(&from, &doomed)
             .map_err(io_err("rename", &from))?;
         Ok(doomed)
+    }
+
+    /// Records durably that commit `root` awaits a deferred deletion (the `deleted` marker, its
+    /// name synced in the commit directory): from then on open removes the commit, never lists it.
+    pub(crate) fn mark_deleted(&self, root: &Root) -> Result<(), StoreError> {
+        let marker = self.commit(root).path.join(DELETED);
+        self.fs
+            .create_marker(&marker)
+            .map_err(io_err("create", &marker))
+    }
+
+    /// Withdraws a deferred deletion: removes the `deleted` marker, durably.
+    pub(crate) fn unmark_deleted(&self, root: &Root) -> Result<(), StoreError> {
+        let dir = self.commit(root).path;
+        let marker = dir.join(DELETED);
+        match self.fs.remove_file(&marker) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            r => r.map_err(io_err("remove", &marker))?,
+        }
+        if self.fsync {
+            self.fs.sync_dir(&dir).map_err(io_err("fsync", &dir))?;
+        }
+        Ok(())
     }
 
     /// Makes an [`unlink`](Self::unlink) durable, then removes the renamed directory.

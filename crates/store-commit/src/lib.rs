@@ -272,7 +272,9 @@ pub enum Deletion {
     /// The commit is gone.
     Deleted,
     /// Live sessions are based on the commit: it is no longer listed nor usable as a base, and its
-    /// files are removed when the last of those sessions ends.
+    /// files are removed when the last of those sessions ends. The deletion is durable already (a
+    /// marker in the commit directory): after a crash, the next open removes the commit.
+    /// Committing its state again before then revives it.
     Deferred {
         /// How many sessions hold it.
         sessions: usize,

@@ -59,7 +59,8 @@ impl Registry {
 impl Store {
     /// Opens (creating if missing) the store in `dir`: locks it (one `Store` per directory, else
     /// [`StoreError::Busy`]), checks its format version, removes leftovers of interrupted commits
-    /// and deletions, and reads every commit's index (no memory file).
+    /// and deletions, finishes the deferred deletions a crash interrupted, and reads every other
+    /// commit's index (no memory file).
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
         Store::open_with_fs(dir, config, Arc::new(RealFs))
     }
@@ -174,8 +175,9 @@ impl Store {
     }
 
     /// Deletes a commit. Other commits are unaffected (their files are their own hard links). If live
-    /// sessions are based on it, it disappears from the listing at once and its files go when the last
-    /// of them ends.
+    /// sessions are based on it, it disappears from the listing at once, a marker in its directory
+    /// records the deletion durably, and its files go when the last of them ends, or at the next
+    /// open after a crash.
     pub fn delete(&self, root: &Root) -> Result<Deletion, StoreError> {
         self.check_writable()?;
         let mut registry = self.inner.registry.lock();
@@ -184,7 +186,15 @@ impl Store {
         }
         let sessions = registry.sessions.get(root).copied().unwrap_or(0);
         if sessions > 0 {
-            registry.pending_delete.insert(*root);
+            // Durable before it is acknowledged, so a crash before the sessions end cannot bring
+            // the commit back. After an error it stays unlisted here, and the next open removes
+            // it or, if the marker did not reach the disk, lists it again.
+            if registry.pending_delete.insert(*root) {
+                self.inner
+                    .files
+                    .mark_deleted(root)
+                    .inspect_err(|_| self.poison())?;
+            }
             return Ok(Deletion::Deferred { sessions });
         }
         if registry.pending_delete.contains(root) {
@@ -298,7 +308,7 @@ impl Store {
     ) -> Result<Root, StoreError> {
         let root = state_root(plan.entries.iter().map(|e| (e.id(), e.leaf())));
         // Also covers an unchanged session: its base is listed while the session lives.
-        if self.revive(&root) {
+        if self.revive(&mut self.inner.registry.lock(), &root)? {
             return Ok(root);
         }
         self.check_writable()?;
@@ -319,14 +329,21 @@ impl Store {
         result.inspect_err(|_| self.poison()).map(|()| root)
     }
 
-    /// Whether `root` exists already; a commit awaiting deferred deletion is revived.
-    fn revive(&self, root: &Root) -> bool {
-        let mut registry = self.inner.registry.lock();
-        if registry.commits.contains_key(root) {
-            registry.pending_delete.remove(root);
-            return true;
+    /// Whether `root` exists already; a commit awaiting deferred deletion is revived, its marker
+    /// removed durably first (an error poisons the store).
+    fn revive(&self, registry: &mut Registry, root: &Root) -> Result<bool, StoreError> {
+        if !registry.commits.contains_key(root) {
+            return Ok(false);
         }
-        false
+        if registry.pending_delete.contains(root) {
+            self.check_writable()?;
+            self.inner
+                .files
+                .unmark_deleted(root)
+                .inspect_err(|_| self.poison())?;
+            registry.pending_delete.remove(root);
+        }
+        Ok(true)
     }
 
     /// Moves a written commit into place and registers it.
@@ -335,8 +352,7 @@ impl Store {
         // The lock spans rename and parent fsync, so a commit is listed only once durable and two
         // sessions committing the same state never race on the directory name.
         let mut registry = self.inner.registry.lock();
-        if registry.commits.contains_key(root) {
-            registry.pending_delete.remove(root);
+        if self.revive(&mut registry, root)? {
             drop(registry);
             files.discard(tmp);
             return Ok(());

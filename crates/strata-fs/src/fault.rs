@@ -79,9 +79,9 @@ pub enum FaultMode {
 }
 
 /// A test layer: counts and logs every operation, and fails the n-th one on request (once or from
-/// then on, with any errno), or every operation of one kind (say `EMLINK` on every
-/// [`hard_link`](Fs::hard_link): a file at its link limit). A failed operation fails before it
-/// reaches the inner file system, so it has no effect.
+/// then on, with any errno), or every operation of one kind, at once or after the next n of them
+/// (say `EMLINK` on every [`hard_link`](Fs::hard_link): a file at its link limit). A failed
+/// operation fails before it reaches the inner file system, so it has no effect.
 ///
 /// The log holds each operation with its path; operations on an open file log an empty path.
 #[derive(Debug)]
@@ -91,9 +91,17 @@ pub struct FaultFs {
     fail_at: AtomicU64,
     mode: Mutex<FaultMode>,
     errno: Mutex<i32>,
-    every: Mutex<Option<(Op, i32)>>,
+    every: Mutex<Option<Every>>,
     log_enabled: AtomicBool,
     log: Mutex<Vec<(Op, PathBuf)>>,
+}
+
+/// Fails every operation of one kind once `pass` more of them went through.
+#[derive(Debug)]
+struct Every {
+    op: Op,
+    errno: i32,
+    pass: u64,
 }
 
 impl FaultFs {
@@ -132,7 +140,14 @@ impl FaultFs {
     /// Fails every later operation of kind `op` with `errno` (e.g. `Op::HardLink` with
     /// `libc::EMLINK`, 31), until [`heal`](Self::heal).
     pub fn fail_every(&self, op: Op, errno: i32) {
-        *self.every.lock() = Some((op, errno));
+        self.fail_after(op, 0, errno);
+    }
+
+    /// Lets the next `n` operations of kind `op` through, then fails every later one with
+    /// `errno`, until [`heal`](Self::heal) (`Op::HardLink`, `n`, `libc::EMLINK`: a file that
+    /// reaches its link limit after `n` more links). Replaces an earlier `fail_every`/`fail_after`.
+    pub fn fail_after(&self, op: Op, n: u64, errno: i32) {
+        *self.every.lock() = Some(Every { op, errno, pass: n });
     }
 
     /// Disarms: every later operation reaches the inner file system.
@@ -161,10 +176,13 @@ impl FaultFs {
         if self.log_enabled.load(Ordering::SeqCst) {
             self.log.lock().push((op, path.to_path_buf()));
         }
-        if let Some((kind, errno)) = *self.every.lock()
-            && kind == op
+        if let Some(every) = &mut *self.every.lock()
+            && every.op == op
         {
-            return Err(io::Error::from_raw_os_error(errno));
+            if every.pass == 0 {
+                return Err(io::Error::from_raw_os_error(every.errno));
+            }
+            every.pass -= 1;
         }
         let at = self.fail_at.load(Ordering::SeqCst);
         let fail = match *self.mode.lock() {

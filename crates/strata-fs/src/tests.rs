@@ -160,6 +160,27 @@ mod testing {
     }
 
     #[test]
+    fn emlink_after_n_hard_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = |n: &str| tmp.path().join(n);
+        let fs = FaultFs::real();
+        fs.write_file(&p("a"), b"a", Zeros::Write).unwrap();
+        fs.fail_after(Op::HardLink, 2, EMLINK);
+        fs.hard_link(&p("a"), &p("b")).unwrap();
+        // Other operations do not count.
+        fs.write_file(&p("d"), b"d", Zeros::Write).unwrap();
+        fs.hard_link(&p("a"), &p("c")).unwrap();
+        for name in ["e", "f"] {
+            let err = fs.hard_link(&p("a"), &p(name)).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(EMLINK));
+            assert!(!p(name).exists());
+        }
+        assert_eq!(std::fs::metadata(p("a")).unwrap().nlink(), 3);
+        fs.heal();
+        fs.hard_link(&p("a"), &p("e")).unwrap();
+    }
+
+    #[test]
     fn provided_methods_go_through_the_layer_one_step_at_a_time() {
         let tmp = tempfile::tempdir().unwrap();
         let fs = FaultFs::real();

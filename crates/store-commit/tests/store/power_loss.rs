@@ -1,18 +1,18 @@
 //! Simulated power loss (`PowerLossFs`: what was not synced is undone, files and directory entries
-//! alike) at every operation of a commit and a delete, of a newly created store directory, and at
-//! random points of long sequences.
+//! alike) at every operation of a commit and a delete (immediate or deferred), of a newly created
+//! store directory, and at random points of long sequences.
 
-use crate::faults::session_under_test;
+use crate::faults::{EMLINK, Links, session_under_test};
 use crate::{ModelState, RES, model_root, quick, read, wasm, write};
 use anyhow::{Context, Result, ensure};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use store_commit::{Bytecode, ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
-use strata_fs::{Clock, Loss, NoSyncFs, PowerLossFs};
+use store_commit::{Bytecode, Deletion, ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
+use strata_fs::{Clock, FaultFs, Loss, NoSyncFs, Op, PowerLossFs};
 
 /// Every module's bytecode, memory and blob in a commit, read back through the files.
-fn contents(store: &Store, root: &Root) -> Result<ModelState> {
+pub(crate) fn contents(store: &Store, root: &Root) -> Result<ModelState> {
     let index = store.index(root)?;
     let mut s = store.session(Some(*root))?;
     let mut out = ModelState::new();
@@ -83,13 +83,21 @@ struct PowerCase {
 /// The same two commits as [`fault_case`], made durable through a [`PowerLossFs`] (fsync on; the
 /// real syncs are skipped, the simulation tracks them).
 fn power_case() -> Result<PowerCase> {
+    power_case_with(Links::Work)
+}
+
+/// [`power_case`], with every hard link refused (`EMLINK`, by a `FaultFs` above the power-loss
+/// layer) once the two commits are made, when `links` says so.
+fn power_case_with(links: Links) -> Result<PowerCase> {
     let dir = tempfile::tempdir()?;
     let fs = Arc::new(PowerLossFs::new(
         Arc::new(NoSyncFs::real()),
         dir.path(),
         Clock::new(),
     ));
-    let store = Store::open_with_fs(dir.path(), StoreConfig::default(), fs.clone())?;
+    let faults = Arc::new(FaultFs::new(fs.clone()));
+    faults.set_logging(false);
+    let store = Store::open_with_fs(dir.path(), StoreConfig::default(), faults.clone())?;
     let codes = [wasm(1), wasm(2), wasm(3)];
     let ids = [0, 1, 2].map(|i| ModuleId::of_wasm(&codes[i]));
     let mut s = store.session(None)?;
@@ -108,6 +116,9 @@ fn power_case() -> Result<PowerCase> {
     for r in [r0, base] {
         committed.insert(r, contents(&store, &r)?);
     }
+    if links == Links::AtLimit {
+        faults.fail_every(Op::HardLink, EMLINK);
+    }
     Ok(PowerCase {
         dir,
         fs,
@@ -118,32 +129,32 @@ fn power_case() -> Result<PowerCase> {
     })
 }
 
+/// Base files at their hard-link limit are copied: the copies are as durable as every new file.
 #[test]
-fn power_loss_at_every_operation_of_a_commit_and_a_delete() -> Result<()> {
-    // Count the operations of one clean commit and of one clean delete.
-    let case = power_case()?;
+fn power_loss_at_every_operation_of_a_commit_that_copies() -> Result<()> {
+    let ops = power_loss_at_every_operation_of_a_commit(Links::AtLimit)?;
+    eprintln!("power loss at each of {ops} operations of a commit that copies every linked file");
+    Ok(())
+}
+
+/// Cuts the power at every operation of one commit; returns how many it took.
+fn power_loss_at_every_operation_of_a_commit(links: Links) -> Result<u64> {
+    // Count the operations of one clean commit.
+    let case = power_case_with(links)?;
     let s = session_under_test(&case.store, case.base, &case.ids)?;
     let before = case.fs.ops();
     let root = s.commit()?;
     let commit_ops = case.fs.ops() - before;
     let expected = HashMap::from([(root, contents(&case.store, &root)?)]);
-    let before = case.fs.ops();
-    case.store.delete(&case.base)?;
-    let delete_ops = case.fs.ops() - before;
     assert!(
         commit_ops > 15,
         "a commit took only {commit_ops} operations"
     );
-    assert!(
-        delete_ops >= 3,
-        "a delete took only {delete_ops} operations"
-    );
-    eprintln!("power loss at each of {commit_ops} commit and {delete_ops} delete operations");
     drop(case);
 
     // The cut at k fails operation k of the commit; k == commit_ops cuts just after it returned.
     for k in 0..=commit_ops {
-        let case = power_case()?;
+        let case = power_case_with(links)?;
         let s = session_under_test(&case.store, case.base, &case.ids)?;
         case.fs.cut_at(case.fs.ops() + k);
         let result = s.commit();
@@ -164,12 +175,30 @@ fn power_loss_at_every_operation_of_a_commit_and_a_delete() -> Result<()> {
         } else {
             expected.clone()
         };
-        let what = format!("commit, power lost at op {k} of {commit_ops}");
+        let what = format!("commit ({links:?}), power lost at op {k} of {commit_ops}");
         let store = check_after_power_loss(dir.path(), &committed, &may, &what)?;
         // The store works again: the same commit, or no-op if it survived.
         assert_eq!(session_under_test(&store, base, &ids)?.commit()?, root);
         assert_eq!(contents(&store, &root)?, expected[&root], "{what}");
     }
+    Ok(commit_ops)
+}
+
+#[test]
+fn power_loss_at_every_operation_of_a_commit_and_a_delete() -> Result<()> {
+    let commit_ops = power_loss_at_every_operation_of_a_commit(Links::Work)?;
+
+    // Count the operations of one clean delete.
+    let case = power_case()?;
+    let before = case.fs.ops();
+    case.store.delete(&case.base)?;
+    let delete_ops = case.fs.ops() - before;
+    assert!(
+        delete_ops >= 3,
+        "a delete took only {delete_ops} operations"
+    );
+    eprintln!("power loss at each of {commit_ops} commit and {delete_ops} delete operations");
+    drop(case);
 
     for k in 0..=delete_ops {
         let case = power_case()?;
@@ -204,6 +233,139 @@ fn power_loss_at_every_operation_of_a_commit_and_a_delete() -> Result<()> {
         drop(store);
         let store = Store::open(dir.path(), quick())?;
         assert!(store.contains(&next) && store.verify()?.is_ok(), "{what}");
+    }
+    Ok(())
+}
+
+/// A deferred deletion (the delete under a live session, then the session's end) with the power
+/// cut at every operation: after a reopen the commit is either whole and listed or gone, and gone
+/// whenever the delete was acknowledged. The open that finishes it, cut at every operation, never
+/// lists it. Withdrawing it (committing its state again), cut at every operation: acknowledged,
+/// the commit survives.
+#[test]
+fn power_loss_at_every_operation_of_a_deferred_delete() -> Result<()> {
+    let deferred = Deletion::Deferred { sessions: 1 };
+    let case = power_case()?;
+    let live = case.store.session(Some(case.base))?;
+    let before = case.fs.ops();
+    assert_eq!(case.store.delete(&case.base)?, deferred);
+    let delete_ops = case.fs.ops() - before;
+    drop(live);
+    let total = case.fs.ops() - before;
+    assert!(!case.store.contains(&case.base));
+    assert!(delete_ops >= 2, "the marker took {delete_ops} operations");
+    eprintln!("power loss at each of {total} operations of a deferred delete");
+    drop(case);
+
+    // The delete, then the session's end.
+    for k in 0..=total {
+        let case = power_case()?;
+        let live = case.store.session(Some(case.base))?;
+        case.fs.cut_at(case.fs.ops() + k);
+        let result = case.store.delete(&case.base);
+        assert_eq!(result.is_ok(), k >= delete_ops, "op {k}: {result:?}");
+        drop(live);
+        let PowerCase {
+            dir,
+            fs,
+            store,
+            base,
+            mut committed,
+            ..
+        } = case;
+        drop(store);
+        fs.power_cut(Loss::Unsynced)?;
+        let base_state = committed.remove(&base).context("base")?;
+        let may = match result {
+            Ok(_) => HashMap::new(),
+            Err(_) => HashMap::from([(base, base_state)]),
+        };
+        let what = format!("deferred delete, power lost at op {k} of {total}");
+        check_after_power_loss(dir.path(), &committed, &may, &what)?;
+    }
+
+    // The open after a crash that left the marker, cut at every operation.
+    let mut k = 0;
+    loop {
+        let case = power_case()?;
+        let live = case.store.session(Some(case.base))?;
+        assert_eq!(case.store.delete(&case.base)?, deferred);
+        // The crash: the session never ends.
+        case.fs.cut_at(case.fs.ops());
+        drop(live);
+        let marker = case.dir.path().join(case.base.to_hex()).join("deleted");
+        let PowerCase {
+            dir,
+            fs,
+            store,
+            base,
+            mut committed,
+            ..
+        } = case;
+        drop(store);
+        fs.power_cut(Loss::Unsynced)?;
+        assert!(marker.exists(), "the deletion was not recorded");
+        committed.remove(&base);
+        let fs = Arc::new(PowerLossFs::new(
+            Arc::new(NoSyncFs::real()),
+            dir.path(),
+            Clock::new(),
+        ));
+        fs.cut_at(k);
+        let opened = Store::open_with_fs(dir.path(), StoreConfig::default(), fs.clone());
+        let finished = opened.is_ok();
+        if let Ok(store) = &opened {
+            assert!(!store.contains(&base));
+        }
+        drop(opened);
+        fs.power_cut(Loss::Unsynced)?;
+        let what = format!("open finishing a deferred delete, power lost at op {k}");
+        check_after_power_loss(dir.path(), &committed, &HashMap::new(), &what)?;
+        if finished {
+            eprintln!("an open that finishes a deferred delete: {k} operations");
+            break;
+        }
+        k += 1;
+    }
+
+    // Withdrawing it.
+    let case = power_case()?;
+    let live = case.store.session(Some(case.base))?;
+    let unchanged = case.store.session(Some(case.base))?;
+    assert_eq!(
+        case.store.delete(&case.base)?,
+        Deletion::Deferred { sessions: 2 }
+    );
+    let before = case.fs.ops();
+    assert_eq!(unchanged.commit()?, case.base);
+    drop(live);
+    let revive_ops = case.fs.ops() - before;
+    assert!(case.store.contains(&case.base));
+    drop(case);
+    for k in 0..=revive_ops {
+        let case = power_case()?;
+        let live = case.store.session(Some(case.base))?;
+        let unchanged = case.store.session(Some(case.base))?;
+        case.store.delete(&case.base)?;
+        case.fs.cut_at(case.fs.ops() + k);
+        let result = unchanged.commit();
+        drop(live);
+        let PowerCase {
+            dir,
+            fs,
+            store,
+            base,
+            mut committed,
+            ..
+        } = case;
+        drop(store);
+        fs.power_cut(Loss::Unsynced)?;
+        let mut may = HashMap::new();
+        if result.is_err() {
+            may.insert(base, committed.remove(&base).context("base")?);
+        }
+        let what = format!("withdrawn deferred delete, power lost at op {k} of {revive_ops}");
+        check_after_power_loss(dir.path(), &committed, &may, &what)?;
     }
     Ok(())
 }
