@@ -822,6 +822,51 @@ pub fn cli_args(data: &[u8]) {
             check_message(&err);
         }
     }
+    misnamed_calls(&args);
+}
+
+/// A module whose exported function names hold a line break and a terminal escape.
+const MISNAMED: &str = r#"(module
+  (func (export "f") (param i32))
+  (func (export "line\nbreak") (param i64 f32))
+  (func (export "\1b[2J\00") (result i32) (i32.const 7)))"#;
+
+/// Calls of [`MISNAMED`]'s functions, and of functions named by the first argument, with the
+/// arguments (parsed against each signature when they fit, else as given types): every error
+/// that echoes a name shows it escaped, one line without control characters.
+fn misnamed_calls(args: &[String]) {
+    static DEPLOYED: OnceLock<(ModuleId, Root)> = OnceLock::new();
+    let vm = fuzz_vm();
+    let (id, root) = *DEPLOYED.get_or_init(|| {
+        let wasm = wat::parse_str(MISNAMED).expect("valid wat");
+        vm.deploy(&wasm).expect("deploy the misnamed module")
+    });
+    let mut session = vm
+        .session(Some(root))
+        .expect("a session on the misnamed module");
+    let mut names: Vec<&str> = vec!["f", "line\nbreak", "\x1b[2J\0"];
+    names.extend(args.first().map(String::as_str));
+    let check = |err: &VmError| {
+        check_message(err);
+        let text = err.to_string();
+        assert!(
+            !text.chars().any(char::is_control),
+            "control characters in an error message: {text:?}"
+        );
+    };
+    for name in names {
+        let values = match session.signature(&id, name) {
+            Ok((params, _)) => vm_host::parse_args(&params, args)
+                .unwrap_or_else(|_| args.iter().map(|a| Value::I32(a.len() as i32)).collect()),
+            Err(err) => {
+                check(&err);
+                vec![Value::F64(0.5)]
+            }
+        };
+        if let Err(err) = session.call(&id, name, &values) {
+            check(&err);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
