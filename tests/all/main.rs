@@ -5,6 +5,7 @@ mod cache;
 mod crash_vm;
 mod fuzz;
 mod load;
+mod pins;
 mod power_vm;
 mod reliability;
 mod vm;

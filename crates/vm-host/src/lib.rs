@@ -63,7 +63,7 @@ pub use session::Session;
 pub use store_commit::{CommitInfo, Deletion};
 pub use store_index::{ModuleId, Root};
 pub use value::{Value, ValueType, parse_args};
-pub use vm::{CacheFolderStats, DiskStats, VerifyOutcome, Vm, VmFiles, VmStats};
+pub use vm::{CacheFolderStats, DiskStats, FailedPin, VerifyOutcome, Vm, VmFiles, VmStats};
 
 /// The settings of a [`Vm`].
 #[derive(Debug, Clone)]
