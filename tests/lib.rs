@@ -527,9 +527,12 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// One file of a committed store damaged as `data` says (replaced, truncated, bytes flipped or
-/// extended): opening, verifying and reading never panic, no commit appears that was never
-/// made, and if a read returns other data than was committed, `verify` reports the damage.
-/// This reaches the index, tree and delta decoders on disk.
+/// extended), or the index of the commit holding it forged behind a valid envelope (a patched
+/// blob of any claimed length with a patch file to match, any sequence number, any delta page
+/// count), or that commit's directory renamed to upper-case hex: opening, verifying and reading
+/// never panic or abort, no commit appears that was never made, an upper-case name is not a
+/// commit, and if a read returns other data than was committed, `verify` reports the damage.
+/// This reaches the index, tree, delta and blob patch decoders on disk.
 pub fn store_files(data: &[u8]) {
     let (template, contents) = template_store();
     let mut u = Unstructured::new(data);
@@ -543,7 +546,24 @@ pub fn store_files(data: &[u8]) {
     };
     let path = &files[pick];
     let mut bytes = std::fs::read(path).expect("read a store file");
-    match u.int_in_range(0..=3u8).unwrap_or(0) {
+    // 0..=3 damage the file; 4..=7 forge (the same values modulo 4 as before forging existed, so
+    // older inputs keep their meaning when their byte is below 4 modulo 8).
+    let mode = u.int_in_range(0..=7u8).unwrap_or(0);
+    let renamed = if mode >= 4 {
+        let Some(commit) = path
+            .strip_prefix(&dir)
+            .ok()
+            .and_then(|p| p.components().next())
+            .map(|c| dir.join(c))
+            .filter(|c| c.join("index").is_file())
+        else {
+            return;
+        };
+        forge(&commit, mode, &mut u)
+    } else {
+        None
+    };
+    match mode {
         0 => bytes = u.bytes(u.len()).unwrap_or_default().to_vec(),
         1 => {
             let n = u.choose_index(bytes.len() + 1).unwrap_or(0);
@@ -561,14 +581,28 @@ pub fn store_files(data: &[u8]) {
                 bytes[at] ^= x.max(1);
             }
         }
-        _ => bytes.extend_from_slice(u.bytes(u.len()).unwrap_or_default()),
+        3 => bytes.extend_from_slice(u.bytes(u.len()).unwrap_or_default()),
+        _ => {}
     }
-    std::fs::write(path, &bytes).expect("write the damaged file");
+    if mode < 4 {
+        std::fs::write(path, &bytes).expect("write the damaged file");
+    }
 
     let store = match Store::open(&dir, quick_store()) {
         Ok(store) => store,
         Err(_) => return,
     };
+    if let Some((root, upper)) = &renamed {
+        assert!(
+            !store.contains(root),
+            "a directory named in upper case was listed"
+        );
+        let report = store.verify().expect("verify");
+        assert!(
+            report.problems.iter().all(|p| &p.path != upper),
+            "a directory named in upper case was taken for a commit: {report:?}"
+        );
+    }
     // Reads trust the files (memory images are mapped, not hashed, at every session open);
     // `verify` recomputes everything. So: whatever a read returns that differs from what was
     // committed, `verify` must report.
@@ -605,6 +639,84 @@ pub fn store_files(data: &[u8]) {
         "damage to {} went unnoticed by verify, and reads returned wrong data: {wrong:?}",
         path.display()
     );
+}
+
+/// Forges the index of `commit` (mode 4: a patched blob, 5: the sequence number, 6: a delta's
+/// page count) or renames it to upper-case hex (7; returns its root and the new path).
+fn forge(commit: &Path, mode: u8, u: &mut Unstructured<'_>) -> Option<(Root, PathBuf)> {
+    let index_path = commit.join("index");
+    let original = std::fs::read(&index_path).expect("read the index");
+    let index = CommitIndex::decode(&original).expect("the template's index decodes");
+    let huge = |u: &mut Unstructured<'_>| match u.int_in_range(0..=3u8).unwrap_or(0) {
+        0 => u64::MAX,
+        1 => 1 << 46,
+        2 => 1 << 40,
+        _ => u.arbitrary::<u64>().unwrap_or(0),
+    };
+    let forged = match mode {
+        4 | 6 => {
+            let Ok(at) = u.choose_index(index.modules().len()) else {
+                return None;
+            };
+            let mut modules = index.modules().to_vec();
+            let entry = modules[at].clone();
+            let id = entry.id();
+            modules[at] = if mode == 4 {
+                let full = std::fs::read(commit.join(format!("blob/{id}"))).expect("full blob");
+                let n = usize::from(u.arbitrary::<u8>().unwrap_or(0));
+                let data = u.bytes(n.min(u.len())).unwrap_or_default().to_vec();
+                let patch = if u.arbitrary::<bool>().unwrap_or(false) {
+                    data
+                } else {
+                    zstd::bulk::compress(&data, 1).expect("zstd compresses")
+                };
+                std::fs::write(commit.join(format!("blob/{id}.diff")), &patch)
+                    .expect("write the patch");
+                let delta = store_index::BlobDelta {
+                    base_len: full.len() as u64,
+                    base_hash: hash::blob(&full),
+                    file_len: patch.len() as u64,
+                    file_hash: store_index::Digest::sha256(&patch),
+                };
+                let len = huge(u);
+                entry.clone().with_blob(entry.blob_hash(), len, Some(delta))
+            } else {
+                let Some(mut delta) = entry.memory().delta() else {
+                    return None;
+                };
+                delta.pages = huge(u) as u32;
+                let memory = entry.memory().clone().with_delta(delta);
+                entry.with_memory(memory)
+            };
+            CommitIndex::new(index.seq(), index.parent(), modules)
+                .expect("forged fields keep the invariants")
+                .encode()
+                .expect("encode")
+        }
+        5 => {
+            // The payload is postcard: the sequence number is its first field, a varint.
+            let payload = store_index::decode_raw(RecordKind::Index, &original).expect("payload");
+            let skip = payload.iter().position(|b| b & 0x80 == 0).expect("varint") + 1;
+            let mut seq = huge(u);
+            let mut raw = Vec::new();
+            while seq >= 0x80 {
+                raw.push(seq as u8 | 0x80);
+                seq >>= 7;
+            }
+            raw.push(seq as u8);
+            raw.extend_from_slice(&payload[skip..]);
+            store_index::encode_raw(RecordKind::Index, &raw)
+        }
+        _ => {
+            let name = commit.file_name()?.to_str()?.to_owned();
+            let root = Root::from_hex(&name).ok()?;
+            let upper = commit.with_file_name(name.to_uppercase());
+            std::fs::rename(commit, &upper).expect("rename the commit");
+            return Some((root, upper));
+        }
+    };
+    std::fs::write(&index_path, forged).expect("write the forged index");
+    None
 }
 
 // ---------------------------------------------------------------------------------------------
