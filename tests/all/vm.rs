@@ -674,5 +674,14 @@ fn errors_quote_module_provided_names() -> Result<()> {
     let text = err.to_string();
     assert!(!text.chars().any(char::is_control), "{text:?}");
     assert!(text.contains(r#""__strata_\n\u{1b}[2J""#), "{text:?}");
+    // wasmparser's and wasmtime's own messages quote names as they are: escaped here.
+    let err = vm
+        .deploy(&wasm(
+            r#"(module (func (export "\1b[2J")) (func (export "\1b[2J")))"#,
+        ))
+        .expect_err("duplicate export");
+    assert!(matches!(err, VmError::InvalidModule(_)), "{err}");
+    let text = err.to_string();
+    assert!(!text.chars().any(char::is_control), "{text:?}");
     Ok(())
 }
