@@ -685,9 +685,7 @@ fn forge(commit: &Path, mode: u8, u: &mut Unstructured<'_>) -> Option<(Root, Pat
                 let len = huge(u);
                 entry.clone().with_blob(entry.blob_hash(), len, Some(delta))
             } else {
-                let Some(mut delta) = entry.memory().delta() else {
-                    return None;
-                };
+                let mut delta = entry.memory().delta()?;
                 delta.pages = huge(u) as u32;
                 let memory = entry.memory().clone().with_delta(delta);
                 entry.with_memory(memory)
