@@ -103,6 +103,10 @@ fn check_message(err: &VmError) {
     let text = err.to_string();
     assert!(!text.trim().is_empty(), "empty error message: {err:?}");
     assert!(!text.contains('\n'), "multi-line error message: {text:?}");
+    assert!(
+        !text.chars().any(char::is_control),
+        "control characters in an error message: {text:?}"
+    );
 }
 
 /// Deploys `wasm` in a throw-away session and, when that works, calls every exported function
@@ -261,6 +265,11 @@ pub fn index_decode(data: &[u8]) {
         Some(data)
     );
     if let Ok(index) = CommitIndex::decode(&wrapped) {
+        // The store numbers the next commit `seq + 1`.
+        assert!(
+            index.seq().checked_add(1).is_some(),
+            "a decoded index has no next sequence number"
+        );
         let again = index.encode().expect("a decoded index encodes");
         let back = CommitIndex::decode(&again).expect("a re-encoded index decodes");
         assert_eq!(back, index);
@@ -327,7 +336,7 @@ fn arbitrary_index(u: &mut Unstructured<'_>) -> arbitrary::Result<CommitIndex> {
             .expect("the generated memory keeps the invariants");
         modules.insert(id, entry.with_memory(memory));
     }
-    let seq = u.arbitrary()?;
+    let seq = u.int_in_range(0..=u64::MAX - 1)?;
     let parent = if u.arbitrary()? {
         Some(store_index::hash::state_root(
             u.arbitrary()?,
@@ -528,9 +537,12 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// One file of a committed store damaged as `data` says (replaced, truncated, bytes flipped or
-/// extended): opening, verifying and reading never panic, no commit appears that was never
-/// made, and if a read returns other data than was committed, `verify` reports the damage.
-/// This reaches the index, tree and delta decoders on disk.
+/// extended), or the index of the commit holding it forged behind a valid envelope (a patched
+/// blob of any claimed length with a patch file to match, any sequence number, any delta page
+/// count), or that commit's directory renamed to upper-case hex: opening, verifying and reading
+/// never panic or abort, no commit appears that was never made, an upper-case name is not a
+/// commit, and if a read returns other data than was committed, `verify` reports the damage.
+/// This reaches the index, tree, delta and blob patch decoders on disk.
 pub fn store_files(data: &[u8]) {
     let (template, contents) = template_store();
     let mut u = Unstructured::new(data);
@@ -544,7 +556,24 @@ pub fn store_files(data: &[u8]) {
     };
     let path = &files[pick];
     let mut bytes = std::fs::read(path).expect("read a store file");
-    match u.int_in_range(0..=3u8).unwrap_or(0) {
+    // 0..=3 damage the file; 4..=7 forge (the same values modulo 4 as before forging existed, so
+    // older inputs keep their meaning when their byte is below 4 modulo 8).
+    let mode = u.int_in_range(0..=7u8).unwrap_or(0);
+    let renamed = if mode >= 4 {
+        let Some(commit) = path
+            .strip_prefix(&dir)
+            .ok()
+            .and_then(|p| p.components().next())
+            .map(|c| dir.join(c))
+            .filter(|c| c.join("index").is_file())
+        else {
+            return;
+        };
+        forge(&commit, mode, &mut u)
+    } else {
+        None
+    };
+    match mode {
         0 => bytes = u.bytes(u.len()).unwrap_or_default().to_vec(),
         1 => {
             let n = u.choose_index(bytes.len() + 1).unwrap_or(0);
@@ -562,14 +591,28 @@ pub fn store_files(data: &[u8]) {
                 bytes[at] ^= x.max(1);
             }
         }
-        _ => bytes.extend_from_slice(u.bytes(u.len()).unwrap_or_default()),
+        3 => bytes.extend_from_slice(u.bytes(u.len()).unwrap_or_default()),
+        _ => {}
     }
-    std::fs::write(path, &bytes).expect("write the damaged file");
+    if mode < 4 {
+        std::fs::write(path, &bytes).expect("write the damaged file");
+    }
 
     let store = match Store::open(&dir, quick_store()) {
         Ok(store) => store,
         Err(_) => return,
     };
+    if let Some((root, upper)) = &renamed {
+        assert!(
+            !store.contains(root),
+            "a directory named in upper case was listed"
+        );
+        let report = store.verify().expect("verify");
+        assert!(
+            report.problems.iter().all(|p| &p.path != upper),
+            "a directory named in upper case was taken for a commit: {report:?}"
+        );
+    }
     // Reads trust the files (memory images are mapped, not hashed, at every session open);
     // `verify` recomputes everything. So: whatever a read returns that differs from what was
     // committed, `verify` must report.
@@ -606,6 +649,82 @@ pub fn store_files(data: &[u8]) {
         "damage to {} went unnoticed by verify, and reads returned wrong data: {wrong:?}",
         path.display()
     );
+}
+
+/// Forges the index of `commit` (mode 4: a patched blob, 5: the sequence number, 6: a delta's
+/// page count) or renames it to upper-case hex (7; returns its root and the new path).
+fn forge(commit: &Path, mode: u8, u: &mut Unstructured<'_>) -> Option<(Root, PathBuf)> {
+    let index_path = commit.join("index");
+    let original = std::fs::read(&index_path).expect("read the index");
+    let index = CommitIndex::decode(&original).expect("the template's index decodes");
+    let huge = |u: &mut Unstructured<'_>| match u.int_in_range(0..=3u8).unwrap_or(0) {
+        0 => u64::MAX,
+        1 => 1 << 46,
+        2 => 1 << 40,
+        _ => u.arbitrary::<u64>().unwrap_or(0),
+    };
+    let forged = match mode {
+        4 | 6 => {
+            let Ok(at) = u.choose_index(index.modules().len()) else {
+                return None;
+            };
+            let mut modules = index.modules().to_vec();
+            let entry = modules[at].clone();
+            let id = entry.id();
+            modules[at] = if mode == 4 {
+                let full = std::fs::read(commit.join(format!("blob/{id}"))).expect("full blob");
+                let n = usize::from(u.arbitrary::<u8>().unwrap_or(0));
+                let data = u.bytes(n.min(u.len())).unwrap_or_default().to_vec();
+                let patch = if u.arbitrary::<bool>().unwrap_or(false) {
+                    data
+                } else {
+                    zstd::bulk::compress(&data, 1).expect("zstd compresses")
+                };
+                std::fs::write(commit.join(format!("blob/{id}.diff")), &patch)
+                    .expect("write the patch");
+                let delta = store_index::BlobDelta {
+                    base_len: full.len() as u64,
+                    base_hash: hash::blob(&full),
+                    file_len: patch.len() as u64,
+                    file_hash: store_index::Digest::sha256(&patch),
+                };
+                let len = huge(u);
+                entry.clone().with_blob(entry.blob_hash(), len, Some(delta))
+            } else {
+                let mut delta = entry.memory().delta()?;
+                delta.pages = huge(u) as u32;
+                let memory = entry.memory().clone().with_delta(delta);
+                entry.with_memory(memory)
+            };
+            CommitIndex::new(index.seq(), index.parent(), modules)
+                .expect("forged fields keep the invariants")
+                .encode()
+                .expect("encode")
+        }
+        5 => {
+            // The payload is postcard: the sequence number is its first field, a varint.
+            let payload = store_index::decode_raw(RecordKind::Index, &original).expect("payload");
+            let skip = payload.iter().position(|b| b & 0x80 == 0).expect("varint") + 1;
+            let mut seq = huge(u);
+            let mut raw = Vec::new();
+            while seq >= 0x80 {
+                raw.push(seq as u8 | 0x80);
+                seq >>= 7;
+            }
+            raw.push(seq as u8);
+            raw.extend_from_slice(&payload[skip..]);
+            store_index::encode_raw(RecordKind::Index, &raw)
+        }
+        _ => {
+            let name = commit.file_name()?.to_str()?.to_owned();
+            let root = Root::from_hex(&name).ok()?;
+            let upper = commit.with_file_name(name.to_uppercase());
+            std::fs::rename(commit, &upper).expect("rename the commit");
+            return Some((root, upper));
+        }
+    };
+    std::fs::write(&index_path, forged).expect("write the forged index");
+    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -825,6 +944,43 @@ pub fn cli_args(data: &[u8]) {
         Err(err) => {
             assert!(matches!(err, VmError::BadArguments(_)), "{err:?}");
             // Arguments are quoted in the message: even a line break stays on one line.
+            check_message(&err);
+        }
+    }
+    misnamed_calls(&args);
+}
+
+/// A module whose exported function names hold a line break and a terminal escape.
+const MISNAMED: &str = r#"(module
+  (func (export "f") (param i32))
+  (func (export "line\nbreak") (param i64 f32))
+  (func (export "\1b[2J\00") (result i32) (i32.const 7)))"#;
+
+/// Calls of [`MISNAMED`]'s functions, and of functions named by the first argument, with the
+/// arguments (parsed against each signature when they fit, else as given types): every error
+/// that echoes a name shows it escaped, one line without control characters.
+fn misnamed_calls(args: &[String]) {
+    static DEPLOYED: OnceLock<(ModuleId, Root)> = OnceLock::new();
+    let vm = fuzz_vm();
+    let (id, root) = *DEPLOYED.get_or_init(|| {
+        let wasm = wat::parse_str(MISNAMED).expect("valid wat");
+        vm.deploy(&wasm).expect("deploy the misnamed module")
+    });
+    let mut session = vm
+        .session(Some(root))
+        .expect("a session on the misnamed module");
+    let mut names: Vec<&str> = vec!["f", "line\nbreak", "\x1b[2J\0"];
+    names.extend(args.first().map(String::as_str));
+    for name in names {
+        let values = match session.signature(&id, name) {
+            Ok((params, _)) => vm_host::parse_args(&params, args)
+                .unwrap_or_else(|_| args.iter().map(|a| Value::I32(a.len() as i32)).collect()),
+            Err(err) => {
+                check_message(&err);
+                vec![Value::F64(0.5)]
+            }
+        };
+        if let Err(err) = session.call(&id, name, &values) {
             check_message(&err);
         }
     }

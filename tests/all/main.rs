@@ -6,6 +6,7 @@ mod crash_vm;
 mod fuzz;
 mod hostile_kv;
 mod load;
+mod pins;
 mod power_vm;
 mod reliability;
 mod tables;

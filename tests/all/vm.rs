@@ -694,3 +694,46 @@ fn a_corrupt_committed_host_blob_is_a_corruption_not_a_host_failure() -> Result<
     assert!(std::error::Error::source(&err).is_some());
     Ok(())
 }
+
+/// A module-provided name is escaped in every error that echoes it: a function name with a
+/// line break or a terminal escape still gives a one-line message without control characters.
+#[test]
+fn errors_quote_module_provided_names() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (id, root) = vm.deploy(&wasm(
+        r#"(module (func (export "line\nbreak\1b[31m") (param i32)))"#,
+    ))?;
+    let name = "line\nbreak\x1b[31m";
+    let one_line = |err: &VmError| {
+        let text = err.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.contains(r#""line\nbreak\u{1b}[31m""#), "{text:?}");
+    };
+    let mut s = vm.session(Some(root))?;
+    let err = s.call(&id, name, &[]).expect_err("missing argument");
+    assert!(matches!(err, VmError::BadArguments(_)), "{err}");
+    one_line(&err);
+    let err = s.call(&id, name, &[Value::I64(1)]).expect_err("wrong type");
+    one_line(&err);
+    let err = s.call(&id, "no\nsuch\x1b", &[]).expect_err("unknown");
+    assert!(matches!(err, VmError::UnknownFunction(_)), "{err}");
+    assert!(!err.to_string().chars().any(char::is_control), "{err}");
+    let err = vm
+        .deploy(&wasm(r#"(module (func (export "__strata_\n\1b[2J")))"#))
+        .expect_err("reserved prefix");
+    assert!(matches!(err, VmError::InvalidModule(_)), "{err}");
+    let text = err.to_string();
+    assert!(!text.chars().any(char::is_control), "{text:?}");
+    assert!(text.contains(r#""__strata_\n\u{1b}[2J""#), "{text:?}");
+    // wasmparser's and wasmtime's own messages quote names as they are: escaped here.
+    let err = vm
+        .deploy(&wasm(
+            r#"(module (func (export "\1b[2J")) (func (export "\1b[2J")))"#,
+        ))
+        .expect_err("duplicate export");
+    assert!(matches!(err, VmError::InvalidModule(_)), "{err}");
+    let text = err.to_string();
+    assert!(!text.chars().any(char::is_control), "{text:?}");
+    Ok(())
+}

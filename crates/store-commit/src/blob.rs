@@ -18,8 +18,9 @@ pub(crate) const DIFF_RATIO: usize = 4;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PatchError {
-    /// The blob length the index records does not fit this platform.
-    #[error("blob of {len} bytes does not fit this platform")]
+    /// The blob length the index records is more than the patch can decode to, or does not
+    /// fit this platform.
+    #[error("blob of {len} bytes cannot come from this patch")]
     TooLarge {
         /// The length.
         len: u64,
@@ -47,14 +48,30 @@ pub(crate) fn diff(base: &[u8], target: &[u8]) -> std::io::Result<Vec<u8>> {
     enc.finish()
 }
 
+/// The most bytes a zstd frame of `patch_len` bytes can decode to: every block yields at most
+/// 128 KiB and takes at least 4 bytes (a 3-byte header and an RLE byte).
+pub(crate) fn max_patched_len(patch_len: usize) -> u64 {
+    (patch_len as u64 / 4).saturating_mul(128 << 10)
+}
+
 /// The blob that `patch` makes of `base`, which must be `len` bytes long.
+///
+/// `len` comes from the index, which the root does not cover (it may be forged or damaged): a
+/// length the patch cannot decode to, or that cannot be allocated, is refused before anything
+/// is allocated for it.
 pub(crate) fn apply(base: &[u8], patch: &[u8], len: u64) -> Result<Vec<u8>, PatchError> {
-    let len = usize::try_from(len).map_err(|_| PatchError::TooLarge { len })?;
+    if len > max_patched_len(patch.len()) {
+        return Err(PatchError::TooLarge { len });
+    }
+    let too_large = |_| PatchError::TooLarge { len };
+    let len = usize::try_from(len).map_err(too_large)?;
     let mut dec =
         zstd::stream::read::Decoder::with_ref_prefix(patch, base).map_err(PatchError::Decode)?;
     dec.window_log_max(window_log(base.len(), len))
         .map_err(PatchError::Decode)?;
-    let mut out = Vec::with_capacity(len);
+    let mut out = Vec::new();
+    out.try_reserve_exact(len)
+        .map_err(|_| PatchError::TooLarge { len: len as u64 })?;
     // One byte more than expected reveals a patch for another length.
     dec.take(len as u64 + 1)
         .read_to_end(&mut out)
@@ -85,5 +102,12 @@ mod tests {
             apply(&base, &patch, 5),
             Err(PatchError::WrongSize | PatchError::Decode(_))
         ));
+        // A length from a forged index is refused before anything is allocated for it.
+        for len in [max_patched_len(patch.len()) + 1, 1 << 46, u64::MAX] {
+            assert!(
+                matches!(apply(&base, &patch, len), Err(PatchError::TooLarge { .. })),
+                "{len}"
+            );
+        }
     }
 }

@@ -213,9 +213,14 @@ impl StoreFiles {
                 cleaned = true;
                 continue;
             }
+            // Only the exact name of a root (lower-case hex) is a commit: `ABC...` parses to the
+            // root of `abc...`, whose files are read under the other name.
             let Ok(root) = Root::from_hex(&name) else {
                 continue;
             };
+            if root.to_hex() != name {
+                continue;
+            }
             let marker = path.join(DELETED);
             if fs.has_marker(&marker).map_err(io_err("stat", &marker))? {
                 doomed.push(self.unlink(&root)?);
@@ -523,6 +528,7 @@ impl CommitDir<'_> {
         if patch.len() as u64 != d.file_len || Digest::sha256(&patch) != d.file_hash {
             return Err(mismatch(&path, "blob patch"));
         }
+        // The length is not covered by the root: a forged one is refused, never allocated.
         let blob = blob::apply(&base, &patch, m.blob_len())
             .map_err(|e| corrupt(&path, Corruption::Patch(e)))?;
         if hash::blob(&blob) != m.blob_hash() {

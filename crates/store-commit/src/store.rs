@@ -314,8 +314,10 @@ impl Store {
         self.check_writable()?;
         let seq = {
             let mut registry = self.inner.registry.lock();
-            registry.next_seq += 1;
-            registry.next_seq - 1
+            let seq = registry.next_seq;
+            // At `u64::MAX` the index constructor refuses the commit.
+            registry.next_seq = seq.saturating_add(1);
+            seq
         };
         let index = CommitIndex::new(seq, parent, plan.entries)
             .map_err(|source| StoreError::InvalidPlan { source })?;

@@ -290,7 +290,7 @@ pub struct CommitIndex {
 impl CommitIndex {
     /// The index of commit number `seq` made from `parent` (`None`: from the empty state), with
     /// `modules` sorted by id. Fails with [`IndexError::Invalid`] when they are not sorted or not
-    /// unique.
+    /// unique, or when `seq` is `u64::MAX` (the next commit's number must exist).
     pub fn new(
         seq: u64,
         parent: Option<Root>,
@@ -351,6 +351,10 @@ impl CommitIndex {
     }
 
     fn check(&self) -> Result<(), &'static str> {
+        // The store numbers the next commit `seq + 1`: a forged `u64::MAX` must not overflow it.
+        if self.seq == u64::MAX {
+            return Err("sequence number out of range");
+        }
         if !self.modules.windows(2).all(|w| w[0].id < w[1].id) {
             return Err("modules not sorted or not unique");
         }

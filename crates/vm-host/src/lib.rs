@@ -64,7 +64,7 @@ pub use session::Session;
 pub use store_commit::{CommitInfo, Deletion};
 pub use store_index::{ModuleId, Root};
 pub use value::{Value, ValueType, parse_args};
-pub use vm::{CacheFolderStats, DiskStats, VerifyOutcome, Vm, VmFiles, VmStats};
+pub use vm::{CacheFolderStats, DiskStats, FailedPin, VerifyOutcome, Vm, VmFiles, VmStats};
 
 /// The settings of a [`Vm`].
 #[derive(Debug, Clone)]
@@ -417,7 +417,33 @@ pub enum StateError {
 }
 
 /// Folds a message onto one line: error texts of wasmparser and wasmtime may span several
-/// (pretty-printed values, backtraces), and every `VmError` is one line.
+/// (pretty-printed values, backtraces), and every `VmError` is one line. They may also quote
+/// names from the module as they are, so any other control character is escaped (`\u{1b}`).
 pub(crate) fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+    let folded = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    if !folded.chars().any(char::is_control) {
+        return folded;
+    }
+    folded
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_folds_whitespace_and_escapes_control_characters() {
+        assert_eq!(
+            super::one_line("a\n  b\tc\x1b[2J\0"),
+            "a b c\\u{1b}[2J\\u{0}"
+        );
+        assert_eq!(super::one_line(" plain "), "plain");
+    }
 }

@@ -229,7 +229,7 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
                     let export = export.map_err(malformed)?;
                     if export.name.starts_with("__strata_") {
                         return Err(invalid(format!(
-                            "export `{}` uses the reserved prefix `__strata_`",
+                            "export {:?} uses the reserved prefix `__strata_`",
                             export.name
                         )));
                     }

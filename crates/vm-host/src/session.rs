@@ -218,7 +218,7 @@ impl Session {
         let given: Vec<ValueType> = args.iter().map(Value::ty).collect();
         if params != given {
             return Err(VmError::BadArguments(format!(
-                "`{function}` takes ({}), given ({})",
+                "{function:?} takes ({}), given ({})",
                 join(&params),
                 join(&given)
             )));

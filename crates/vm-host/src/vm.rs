@@ -38,10 +38,44 @@ pub(crate) struct Inner {
     pub(crate) genesis_linker: Linker<HostState>,
     /// The (module, name) pairs a deployed module may import.
     pub(crate) imports: HashSet<(String, String)>,
-    pins: Mutex<BTreeSet<ModuleId>>,
+    pins: Mutex<Pins>,
     pub(crate) instantiations: AtomicU64,
     pub(crate) calls: AtomicU64,
     pub(crate) commits: AtomicU64,
+}
+
+/// The pins: the modules listed in the `pins` file, and those entries that did not load.
+#[derive(Default)]
+struct Pins {
+    /// Every module id of the file, loaded or not (a failed one stays until unpinned).
+    ids: BTreeSet<ModuleId>,
+    /// The entries that did not load when the VM opened.
+    failed: Vec<FailedPin>,
+}
+
+/// An entry of the `pins` file that did not load when the VM opened: a line that is not a
+/// module id, a module no commit holds, stored bytecode that is damaged, a failed compile. It
+/// never stops the VM from opening: [`Vm::verify`] and [`Vm::disk_stats`] report it, and
+/// [`Vm::unpin`] of its id removes it. A line that is not a module id is dropped when the file
+/// is next rewritten, by any [`Vm::pin`] or [`Vm::unpin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedPin {
+    /// The module, or `None` for a line that is not a module id.
+    pub id: Option<ModuleId>,
+    /// The line as the file holds it (trimmed; invalid UTF-8 replaced). Quote it when showing
+    /// it: it may hold anything.
+    pub line: String,
+    /// Why it did not load, one line (the [`Display`](std::fmt::Display) form adds the id).
+    pub reason: String,
+}
+
+impl std::fmt::Display for FailedPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.id {
+            Some(id) => write!(f, "pinned module {id} did not load: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
 }
 
 /// Counters of a [`Vm`] since it was opened.
@@ -93,8 +127,10 @@ pub struct DiskStats {
     pub commits: usize,
     /// The folders of the file cache (`cache/`), one per engine, by name.
     pub cache: Vec<CacheFolderStats>,
-    /// The pinned modules (the `pins` file).
+    /// The pinned modules (the module ids of the `pins` file, loaded or not).
     pub pins: Vec<ModuleId>,
+    /// The entries of the `pins` file that did not load when the VM opened.
+    pub failed_pins: Vec<FailedPin>,
 }
 
 /// One folder of the file cache, as [`DiskStats`] reports it.
@@ -276,14 +312,20 @@ impl Vm {
                 genesis_engine,
                 genesis_linker,
                 imports,
-                pins: Mutex::new(BTreeSet::new()),
+                pins: Mutex::new(Pins::default()),
                 instantiations: AtomicU64::new(0),
                 calls: AtomicU64::new(0),
                 commits: AtomicU64::new(0),
             }),
         };
-        vm.load_pins()?;
-        tracing::info!(dir = %dir.display(), commits = vm.commits().len(), pins = vm.pins().len(), "opened");
+        vm.load_pins();
+        tracing::info!(
+            dir = %dir.display(),
+            commits = vm.commits().len(),
+            pins = vm.pins().len(),
+            failed_pins = vm.failed_pins().len(),
+            "opened"
+        );
         Ok(vm)
     }
 
@@ -347,6 +389,7 @@ impl Vm {
         let mut stats = DiskStats {
             commits: self.commits().len(),
             pins: self.pins(),
+            failed_pins: self.failed_pins(),
             ..DiskStats::default()
         };
         let mut seen = HashSet::new();
@@ -429,7 +472,8 @@ impl Vm {
         }
     }
 
-    /// Recomputes every commit's root and checks every cached artifact.
+    /// Recomputes every commit's root and checks every cached artifact; reports the pins that
+    /// did not load when the VM opened.
     pub fn verify(&self) -> Result<VerifyOutcome, VmError> {
         let store = self.inner.store.verify()?;
         let cache = self.inner.loader.fs().verify_all()?;
@@ -448,6 +492,11 @@ impl Vm {
                 .iter()
                 .map(|b| format!("cache: {}: {}", b.path.display(), b.reason)),
         );
+        outcome.problems.extend(
+            self.failed_pins()
+                .iter()
+                .map(|failed| format!("pins: {failed}")),
+        );
         Ok(outcome)
     }
 
@@ -464,25 +513,35 @@ impl Vm {
     }
 
     /// Pins a deployed module in memory: it is never evicted, and stays pinned across restarts.
+    /// Rewrites the `pins` file, without the lines that are not module ids.
     pub fn pin(&self, id: &ModuleId) -> Result<(), VmError> {
         self.pin_loaded(id)?;
         let mut pins = self.inner.pins.lock();
-        pins.insert(*id);
-        self.save_pins(&pins)
+        pins.ids.insert(*id);
+        pins.failed.retain(|failed| failed.id != Some(*id));
+        self.save_pins(&mut pins)
     }
 
-    /// Unpins a module; returns whether it was pinned.
+    /// Unpins a module (also one that failed to load); returns whether it was pinned. Rewrites
+    /// the `pins` file, without the lines that are not module ids: unpinning any id, pinned or
+    /// not, repairs a damaged file.
     pub fn unpin(&self, id: &ModuleId) -> Result<bool, VmError> {
         let mut pins = self.inner.pins.lock();
-        let was = pins.remove(id);
+        let was = pins.ids.remove(id);
         self.inner.loader.unpin(id);
-        self.save_pins(&pins)?;
+        self.save_pins(&mut pins)?;
         Ok(was)
     }
 
-    /// The pinned modules.
+    /// The pinned modules: the module ids of the `pins` file, whether they loaded or not.
     pub fn pins(&self) -> Vec<ModuleId> {
-        self.inner.pins.lock().iter().copied().collect()
+        self.inner.pins.lock().ids.iter().copied().collect()
+    }
+
+    /// The entries of the `pins` file that did not load when the VM opened (and have not been
+    /// unpinned or pinned again since).
+    pub fn failed_pins(&self) -> Vec<FailedPin> {
+        self.inner.pins.lock().failed.clone()
     }
 
     /// Whether the module is pinned in memory now.
@@ -521,38 +580,60 @@ impl Vm {
         self.inner.dir.join("pins")
     }
 
-    fn load_pins(&self) -> Result<(), VmError> {
+    /// Reads the `pins` file and loads its modules. Nothing here fails the open: a pin that does
+    /// not load is kept as a [`FailedPin`] and logged.
+    fn load_pins(&self) {
         let path = self.pins_path();
+        let mut pins = self.inner.pins.lock();
         let bytes = match self.inner.fs.read_file(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io(&path)(e)),
-        };
-        let text = String::from_utf8(bytes).map_err(|e| VmError::Io {
-            path: path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })?;
-        let mut pins = self.inner.pins.lock();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let id = ModuleId::from_hex(line.trim()).map_err(|e| VmError::Io {
-                path: path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-            })?;
-            // A pinned module whose commits were all deleted stays listed but is not loaded.
-            match self.pin_loaded(&id) {
-                Ok(()) | Err(VmError::UnknownModule(_)) => {}
-                Err(e) => return Err(e),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the pins file");
+                pins.failed.push(FailedPin {
+                    id: None,
+                    line: String::new(),
+                    reason: format!("cannot read {}: {e}", path.display()),
+                });
+                return;
             }
-            pins.insert(id);
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (id, reason) = match ModuleId::from_hex(line) {
+                Err(_) => (
+                    None,
+                    format!(
+                        "line {line:?} of the pins file is not a module id \
+                         (the next pin or unpin rewrites the file without it)"
+                    ),
+                ),
+                Ok(id) => {
+                    pins.ids.insert(id);
+                    match self.pin_loaded(&id) {
+                        Ok(()) => continue,
+                        Err(e) => (Some(id), e.to_string()),
+                    }
+                }
+            };
+            tracing::warn!(line = ?line, %reason, "a pin did not load");
+            pins.failed.push(FailedPin {
+                id,
+                line: line.to_owned(),
+                reason,
+            });
         }
-        Ok(())
     }
 
-    fn save_pins(&self, pins: &BTreeSet<ModuleId>) -> Result<(), VmError> {
+    /// Writes the pinned ids; lines that were not module ids are gone from the file after it.
+    fn save_pins(&self, pins: &mut Pins) -> Result<(), VmError> {
+        let ids = &pins.ids;
+        pins.failed
+            .retain(|failed| failed.id.is_some_and(|id| ids.contains(&id)));
         let path = self.pins_path();
         let tmp = path.with_extension("tmp");
         let mut text = String::new();
-        for id in pins {
+        for id in &pins.ids {
             text.push_str(&id.to_hex());
             text.push('\n');
         }

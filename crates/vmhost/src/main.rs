@@ -117,7 +117,8 @@ enum Command {
     /// cache folder (entries and bytes), and the pins.
     Stats {
         /// Print one JSON document: {"dir", "store": {"bytes", "apparent_bytes", "files"},
-        /// "commits", "cache": [{"folder", "in_use", "entries", "bytes"}], "pins"}.
+        /// "commits", "cache": [{"folder", "in_use", "entries", "bytes"}], "pins",
+        /// "failed_pins": [{"id", "line", "reason"}]}.
         #[arg(long)]
         json: bool,
     },
@@ -133,7 +134,8 @@ enum Command {
         /// The module id.
         module: String,
     },
-    /// Unpin a module.
+    /// Unpin a module, also one that failed to load. Any unpin rewrites the pins file without
+    /// its lines that are not module ids.
     Unpin {
         /// The module id.
         module: String,
@@ -417,6 +419,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "commits": stats.commits,
                         "cache": cache,
                         "pins": stats.pins.iter().map(|p| p.to_hex()).collect::<Vec<_>>(),
+                        "failed_pins": stats.failed_pins.iter().map(|f| json!({
+                            "id": f.id.map(|id| id.to_hex()),
+                            "line": f.line,
+                            "reason": f.reason,
+                        })).collect::<Vec<_>>(),
                     })
                 );
             } else {
@@ -441,6 +448,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("pins {}", stats.pins.len());
                 for pin in &stats.pins {
                     println!("pin {pin}");
+                }
+                for failed in &stats.failed_pins {
+                    println!("failed pin: {failed}");
                 }
             }
         }

@@ -599,3 +599,72 @@ fn rust_log_shows_opening_compiles_commits_rejections_and_evictions_on_stderr() 
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(logs.contains("cache file evicted"), "{logs}");
 }
+
+/// A damaged pinned module and a bad line in `pins` do not stop the VM from opening: `verify`
+/// reports both and exits non-zero, `stats` lists them, `unpin` repairs the file.
+#[test]
+fn failed_pins_are_reported_and_unpin_repairs_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
+    let (counter, genesis) = deploy(dir, COUNTER);
+    stdout(&vmhost(dir, &["pin", &counter]));
+    // Damaged bytecode, and no cache entry to hide it: the pin's compile reads the bytecode.
+    let bytecode = dir
+        .join("store")
+        .join(&genesis)
+        .join("bytecode")
+        .join(&counter);
+    let mut bytes = std::fs::read(&bytecode).expect("read");
+    bytes[10] ^= 1;
+    std::fs::write(&bytecode, bytes).expect("write");
+    std::fs::remove_dir_all(dir.join("cache")).expect("remove the cache");
+    let pins = dir.join("pins");
+    let mut text = std::fs::read_to_string(&pins).expect("pins");
+    text.push_str("not a module id\x1b[2J\n");
+    std::fs::write(&pins, &text).expect("write pins");
+
+    let out = vmhost(dir, &["verify", "--json"]);
+    assert!(!out.status.success(), "verify must fail");
+    let verify: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let problems: Vec<&str> = verify["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|p| p.as_str().expect("a string"))
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("pins: pinned module") && p.contains(&counter)),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("pins: line \"not a module id\\u{1b}[2J\"")),
+        "{problems:?}"
+    );
+    let stats = json(&vmhost(dir, &["stats", "--json"]));
+    let failed = stats["failed_pins"].as_array().expect("failed_pins");
+    assert_eq!(failed.len(), 2, "{stats}");
+    assert_eq!(failed[0]["id"], counter.as_str());
+    assert!(failed[1]["id"].is_null());
+    assert_eq!(failed[1]["line"], "not a module id\x1b[2J");
+    let text = stdout(&vmhost(dir, &["stats"]));
+    assert_eq!(text.matches("failed pin: ").count(), 2, "{text}");
+
+    assert_eq!(
+        stdout(&vmhost(dir, &["unpin", &counter])).trim(),
+        format!("unpinned {counter}")
+    );
+    assert_eq!(std::fs::read_to_string(&pins).expect("pins"), "");
+    let stats = json(&vmhost(dir, &["stats", "--json"]));
+    assert_eq!(stats["failed_pins"].as_array().map(Vec::len), Some(0));
+    assert_eq!(stats["pins"].as_array().map(Vec::len), Some(0));
+    // What is left is the damaged bytecode itself, which the store's verify reports.
+    let out = vmhost(dir, &["verify"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("pins:"), "{text}");
+    assert!(text.contains("store:"), "{text}");
+}

@@ -115,6 +115,108 @@ fn a_forged_delta_page_count_is_an_error() -> Result<()> {
     Ok(())
 }
 
+/// Index fields the root does not cover, forged behind a valid envelope: a patched blob's length
+/// (allocated before any check, which aborted the process) and a sequence number of `u64::MAX`
+/// (whose successor overflowed) are errors that `verify` reports, and a commit directory named
+/// in upper-case hex is not a commit.
+#[test]
+fn forged_blob_lengths_sequence_numbers_and_names_are_errors() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path(), quick())?;
+    let code = wasm(1);
+    let id = ModuleId::of_wasm(&code);
+    let mut blob: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 241) as u8).collect();
+    let mut s = store.session(None)?;
+    s.deploy(id, &code, &[], blob.clone())?;
+    let base = s.commit()?;
+    blob[10] ^= 1;
+    let mut s = store.session(Some(base))?;
+    s.set_blob(&id, blob.clone())?;
+    let root = s.commit()?;
+    drop(store);
+    let index_path = dir.path().join(root.to_hex()).join("index");
+    let original = std::fs::read(&index_path)?;
+    let index = store_index::CommitIndex::decode(&original)?;
+    let entry = &index.modules()[0];
+    let delta = entry.blob_delta().context("a patched blob")?;
+    for len in [blob.len() as u64 + 1, 1 << 40, 1 << 46, u64::MAX] {
+        let forged = entry.clone().with_blob(entry.blob_hash(), len, Some(delta));
+        let index = store_index::CommitIndex::new(index.seq(), index.parent(), vec![forged])?;
+        std::fs::write(&index_path, index.encode()?)?;
+        let store = Store::open(dir.path(), quick())?;
+        assert!(store.contains(&root), "the forged index still loads");
+        let err = store.read_blob(&root, &id).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+        let err = store.session(Some(root))?.blob(&id).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
+        let report = store.verify()?;
+        assert_eq!(report.problems.len(), 1, "{len}: {report:?}");
+    }
+
+    // `u64::MAX` is refused by the index itself, whether built or decoded.
+    let err = store_index::CommitIndex::new(u64::MAX, index.parent(), index.modules().to_vec())
+        .unwrap_err();
+    assert!(
+        matches!(err, store_index::IndexError::Invalid { .. }),
+        "{err}"
+    );
+    let mut forged = original.clone();
+    // The payload is postcard: the sequence number is its first field, a varint; u64::MAX takes
+    // ten bytes. Rebuild the record around the forged payload.
+    let payload = store_index::decode_raw(store_index::RecordKind::Index, &original)?;
+    let seq_len = payload
+        .iter()
+        .position(|b| b & 0x80 == 0)
+        .context("a varint")?
+        + 1;
+    let mut raw = vec![0xff; 9];
+    raw.push(0x01);
+    raw.extend_from_slice(&payload[seq_len..]);
+    forged.clone_from(&store_index::encode_raw(
+        store_index::RecordKind::Index,
+        &raw,
+    ));
+    let err = store_index::CommitIndex::decode(&forged).unwrap_err();
+    assert!(
+        matches!(err, store_index::IndexError::Corrupted { .. }),
+        "{err}"
+    );
+    std::fs::write(&index_path, &forged)?;
+    let store = Store::open(dir.path(), quick())?;
+    assert!(
+        !store.contains(&root),
+        "a commit numbered u64::MAX is not listed"
+    );
+    let report = store.verify()?;
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    let mut s = store.session(Some(base))?;
+    s.set_blob(&id, vec![7])?;
+    s.commit()?;
+    drop(store);
+    std::fs::write(&index_path, &original)?;
+
+    // An upper-case copy of a commit directory parses to the same root: it is not a commit.
+    let upper = dir.path().join(root.to_hex().to_uppercase());
+    std::fs::create_dir(&upper)?;
+    for sub in ["bytecode", "memory", "blob"] {
+        std::fs::create_dir(upper.join(sub))?;
+    }
+    let from = dir.path().join(root.to_hex());
+    for file in [
+        "index".to_owned(),
+        format!("blob/{id}"),
+        format!("blob/{id}.diff"),
+    ] {
+        std::fs::copy(from.join(&file), upper.join(&file))?;
+    }
+    std::fs::remove_dir_all(&from)?;
+    let store = Store::open(dir.path(), quick())?;
+    assert!(!store.contains(&root), "an upper-case name was listed");
+    assert_eq!(store.commits().len(), 2, "{:?}", store.commits());
+    assert!(store.verify()?.is_ok());
+    Ok(())
+}
+
 #[test]
 fn large_blobs_are_stored_as_patches_that_survive_deleting_the_base() -> Result<()> {
     let dir = tempfile::tempdir()?;
