@@ -127,7 +127,7 @@ fn forged_blob_lengths_sequence_numbers_and_names_are_errors() -> Result<()> {
     let id = ModuleId::of_wasm(&code);
     let mut blob: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 241) as u8).collect();
     let mut s = store.session(None)?;
-    s.deploy(id, &code, &[], blob.clone())?;
+    s.deploy(Bytecode::hash(&code[..]), Vec::new(), blob.clone())?;
     let base = s.commit()?;
     blob[10] ^= 1;
     let mut s = store.session(Some(base))?;
