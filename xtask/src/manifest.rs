@@ -288,6 +288,12 @@ pub(crate) fn workspace_dependencies(manifest: &str) -> Vec<(String, String)> {
 }
 
 #[cfg(test)]
+/// Whether a dependency specification (as [`workspace_dependencies`] gives it) names a `path`.
+pub(crate) fn has_path(spec: &str) -> bool {
+    string_field(spec, "path").is_some()
+}
+
+#[cfg(test)]
 /// Whether a dependency specification (as [`workspace_dependencies`] gives it) names a
 /// `path` without a `version`: cargo refuses to package a crate that depends on it.
 pub(crate) fn path_without_version(spec: &str) -> bool {

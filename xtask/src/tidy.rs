@@ -624,14 +624,27 @@ fn no_unused_workspace_dependencies() {
 #[test]
 fn internal_workspace_dependencies_carry_versions() {
     // Without a version next to the path, `cargo package` refuses the crates that depend on it.
+    // A crate kept off registries (`publish = false`, a test harness) is the opposite case: it
+    // may only be a dev-dependency, and only without a version does `cargo package` drop it from
+    // the packaged manifest instead of looking for it on the registry.
     let root_manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("root manifest");
-    let unversioned: Vec<String> = manifest::workspace_dependencies(&root_manifest)
+    let unpublished: Vec<String> = manifest::crates(&root())
+        .expect("crates")
         .into_iter()
-        .filter(|(_, spec)| manifest::path_without_version(spec))
+        .filter(|c| c.is_unpublished())
+        .map(|c| c.name)
+        .collect();
+    let wrong: Vec<String> = manifest::workspace_dependencies(&root_manifest)
+        .into_iter()
+        .filter(|(key, spec)| {
+            manifest::has_path(spec)
+                && manifest::path_without_version(spec) != unpublished.contains(key)
+        })
         .map(|(key, _)| key)
         .collect();
     assert!(
-        unversioned.is_empty(),
-        "workspace dependencies with a path and no version: {unversioned:?}"
+        wrong.is_empty(),
+        "internal workspace dependencies need a version next to their path, except crates marked \
+         publish = false, which must have none: {wrong:?}"
     );
 }
