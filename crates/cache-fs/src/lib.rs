@@ -964,8 +964,8 @@ impl FsCache {
         Ok(report)
     }
 
-    /// Fully verifies every entry of the folders of the engines this cache serves (trailer and sha256, plus the HMAC
-    /// tag in Authenticated mode), whatever the mode. Reports bad entries without removing
+    /// Fully verifies every entry of the folders of the engines this cache serves (trailer and
+    /// sha256, plus the HMAC tag in Authenticated mode), whatever the mode. Reports bad entries without removing
     /// them; it does not deserialize anything.
     pub fn verify_all(&self) -> Result<VerifyReport, CacheError> {
         let mut report = VerifyReport::default();
