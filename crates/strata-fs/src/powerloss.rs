@@ -555,13 +555,13 @@ impl Fs for PowerLossFs {
         Ok(())
     }
 
-    fn write_file(&self, path: &Path, data: &[u8], zeros: Zeros) -> io::Result<()> {
+    fn write_file(&self, path: &Path, data: &[u8], zeros: Zeros, mode: u32) -> io::Result<()> {
         self.clock.tick()?;
         let mut m = self.model.lock();
         let at = m.parent(path)?;
         let existed = path.exists();
         // A failed write may still leave a (partial) new file behind.
-        let result = self.inner.write_file(path, data, zeros);
+        let result = self.inner.write_file(path, data, zeros, mode);
         if at.is_some()
             && !existed
             && let Ok(meta) = std::fs::symlink_metadata(path)

@@ -8,6 +8,7 @@ mod crash;
 mod deletion;
 mod faults;
 mod format;
+mod mapped;
 mod model;
 mod power_loss;
 
