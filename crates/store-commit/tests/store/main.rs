@@ -38,6 +38,14 @@ fn write(mem: &MemoryHandle, at: usize, data: &[u8]) {
     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), mem.base().add(at), data.len()) }
 }
 
+/// Overwrites a file of a store as an outsider would: committed files are read-only (`0o444`),
+/// so it is made writable first (root needs no such step; other users do).
+fn overwrite(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::write(path, bytes)
+}
+
 fn read(mem: &MemoryHandle) -> Vec<u8> {
     // SAFETY: `[base, base + len)` is mapped readable and nothing writes it meanwhile.
     unsafe { std::slice::from_raw_parts(mem.base(), mem.len()).to_vec() }
