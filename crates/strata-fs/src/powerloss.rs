@@ -390,6 +390,11 @@ impl Model {
                 Some(first) => std::fs::hard_link(first, dest)?,
                 None => {
                     std::fs::write(dest, file.after(loss).as_slice())?;
+                    // The mode is set with the inode (at creation): a power cut keeps it.
+                    let now = self.volatile_path(0, &self.root, id);
+                    if let Some(meta) = now.and_then(|p| std::fs::symlink_metadata(p).ok()) {
+                        std::fs::set_permissions(dest, meta.permissions())?;
+                    }
                     placed.insert(id, dest.to_path_buf());
                 }
             },

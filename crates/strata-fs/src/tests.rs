@@ -235,7 +235,7 @@ mod testing {
             .unwrap();
         fs.sync_file(&p("c")).unwrap();
         fs.create_dir(&p("d")).unwrap();
-        fs.write_file(&p("d/x"), b"xx", Zeros::Write, 0o644)
+        fs.write_file(&p("d/x"), b"xx", Zeros::Write, 0o444)
             .unwrap();
         fs.sync_file(&p("d/x")).unwrap();
         fs.hard_link(&p("c"), &p("d/y")).unwrap();
@@ -272,6 +272,9 @@ mod testing {
         assert_eq!(std::fs::read(p("d/z")).unwrap(), b"zz");
         let ino = |n: &str| std::fs::metadata(p(n)).unwrap().ino();
         assert_eq!(ino("c"), ino("d/y"), "a hard link stays a hard link");
+        // A file's mode is set with its inode: a power cut keeps it.
+        let mode = |n: &str| std::fs::metadata(p(n)).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode("d/x"), mode("d/z")), (0o444, 0o644));
         // The layer starts over on the directory as it is now.
         fs.cut_at(u64::MAX);
         fs.rename(&p("c"), &p("g")).unwrap();
