@@ -432,6 +432,18 @@ pub fn delta_decode(data: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 // The store's files on disk.
 
+/// Overwrites a file of a store as an outsider would: committed files are read-only (`0o444`),
+/// so it is made writable first (root needs no such step; other users do).
+/// A missing file is created.
+fn overwrite(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .expect("make the file writable");
+    }
+    std::fs::write(path, bytes).expect("overwrite a store file");
+}
+
 fn quick_store() -> StoreConfig {
     StoreConfig {
         fsync: false,
@@ -595,7 +607,7 @@ pub fn store_files(data: &[u8]) {
         _ => {}
     }
     if mode < 4 {
-        std::fs::write(path, &bytes).expect("write the damaged file");
+        overwrite(path, &bytes);
     }
 
     let store = match Store::open(&dir, quick_store()) {
@@ -680,8 +692,7 @@ fn forge(commit: &Path, mode: u8, u: &mut Unstructured<'_>) -> Option<(Root, Pat
                 } else {
                     zstd::bulk::compress(&data, 1).expect("zstd compresses")
                 };
-                std::fs::write(commit.join(format!("blob/{id}.diff")), &patch)
-                    .expect("write the patch");
+                overwrite(&commit.join(format!("blob/{id}.diff")), &patch);
                 let delta = store_index::BlobDelta {
                     base_len: full.len() as u64,
                     base_hash: hash::blob(&full),
@@ -723,7 +734,7 @@ fn forge(commit: &Path, mode: u8, u: &mut Unstructured<'_>) -> Option<(Root, Pat
             return Some((root, upper));
         }
     };
-    std::fs::write(&index_path, forged).expect("write the forged index");
+    overwrite(&index_path, &forged);
     None
 }
 

@@ -1,6 +1,9 @@
 //! Load test: many threads run sessions, calls (some failing), commits and deletes on one VM at
 //! once, with pinned modules and a small LRU and file cache (cache pressure), for
-//! `STRATA_LOAD_SECONDS` (default 3). Afterwards every commit verifies and every surviving
+//! `STRATA_LOAD_SECONDS` (default 3). The mix includes hostile contracts: a loop rewriting one
+//! 64 KiB value (ends out of fuel), a loop writing distinct keys (ends at the key-value quota),
+//! and deploys of a module that grows a table (refused at deploy); each fails its call or
+//! deploy without a trace in the session. Afterwards every commit verifies and every surviving
 //! commit reads back the counters it was committed with; the report gives the operation counts,
 //! the peak RSS (VmHWM) and the open files and mappings before and after, which must return to
 //! within a small margin of where they started once the sessions are dropped.
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
 use sync::Mutex;
-use vm_host::{ModuleId, Root, Value, Vm, VmConfig, VmError};
+use vm_host::{ModuleError, ModuleId, Root, Value, Vm, VmConfig, VmError};
 
 use crate::crash_vm::{counter, stored};
 
@@ -35,6 +38,34 @@ mod sync {
 const CHILD: &str = "STRATA_LOAD_CHILD";
 const MODULES: usize = 8;
 const THREADS: usize = 4;
+/// The key-value quota of every module in the load VM.
+const KV_QUOTA: u64 = 256 << 10;
+/// The fuel of a hostile call: some 15 rewrites of 64 KiB, or the quota's worth of distinct keys.
+const HOSTILE_FUEL: u64 = 1_000_000;
+
+/// The hostile key-value loops of `hostile_kv.rs`, without its probe: `rewrite_forever` rewrites
+/// key "k" with 64 KiB until the fuel runs out, `distinct_forever` writes 1 KiB under ever new
+/// keys until the quota stops it.
+const HOSTILE_KV: &str = r#"(module
+  (import "env" "db_write" (func $w (param i32 i32 i32 i32)))
+  (memory 2)
+  (data (i32.const 0) "k")
+  (func (export "rewrite_forever")
+    (loop $l
+      (call $w (i32.const 0) (i32.const 1) (i32.const 65536) (i32.const 65536))
+      (br $l)))
+  (func (export "distinct_forever")
+    (loop $l
+      (i32.store (i32.const 16) (i32.add (i32.load (i32.const 16)) (i32.const 1)))
+      (call $w (i32.const 16) (i32.const 4) (i32.const 65536) (i32.const 1024))
+      (br $l))))"#;
+
+/// A module whose code grows its table by 50 M elements (389 MiB outside `memory_limit` when
+/// it could run): refused at deploy.
+const TABLE_GROW: &str = r#"(module (import "env" "db_remove" (func (param i32 i32)))
+  (memory 1)
+  (table $t 1 funcref)
+  (func (export "grow") (drop (table.grow $t (ref.null func) (i32.const 50000000)))))"#;
 
 /// Counts of open file descriptors and memory mappings of this process.
 fn fds_and_maps() -> (usize, usize) {
@@ -67,6 +98,10 @@ struct Counts {
     commits: AtomicU64,
     deletes: AtomicU64,
     deferred: AtomicU64,
+    /// Hostile calls (out of fuel or over the quota), each failed as expected.
+    hostile_calls: AtomicU64,
+    /// Deploys of the table-growing module, each refused.
+    refused_deploys: AtomicU64,
 }
 
 /// What each committed root holds: the counter of every module it has.
@@ -75,6 +110,9 @@ type Expected = Mutex<HashMap<Root, Vec<(ModuleId, i64)>>>;
 struct Shared {
     vm: Vm,
     modules: Vec<ModuleId>,
+    /// The hostile key-value module (deployed with the counters; its calls always fail).
+    hostile: ModuleId,
+    table_grow: Vec<u8>,
     expected: Expected,
     counts: Counts,
     stop: AtomicBool,
@@ -118,6 +156,28 @@ fn worker(shared: &Shared, seed: u64) -> Result<()> {
             s.call(&m, "add", &[Value::I64(n)])?;
             shared.counts.calls.fetch_add(1, Ordering::Relaxed);
         }
+        match next() % 10 {
+            0 => hostile_call(shared, &mut s, "rewrite_forever")?,
+            1 => hostile_call(shared, &mut s, "distinct_forever")?,
+            2 if next() % 2 == 0 => {
+                let err = s
+                    .deploy(&shared.table_grow)
+                    .expect_err("a module growing a table is refused");
+                ensure!(
+                    matches!(
+                        &err,
+                        VmError::InvalidModule(ModuleError::StatefulInstruction { instruction, .. })
+                            if *instruction == "table.grow"
+                    ),
+                    "{err:?}"
+                );
+                shared
+                    .counts
+                    .refused_deploys
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         if next() % 4 == 0 {
             continue; // dropped without a commit
         }
@@ -160,6 +220,28 @@ fn worker(shared: &Shared, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Runs a hostile loop of the hostile module with [`HOSTILE_FUEL`]: it must fail out of fuel
+/// (the rewrite loop) or over the quota (distinct keys) and leave the module's data empty.
+fn hostile_call(shared: &Shared, s: &mut vm_host::Session, function: &str) -> Result<()> {
+    s.set_fuel(HOSTILE_FUEL);
+    let err = s
+        .call(&shared.hostile, function, &[])
+        .expect_err("a hostile loop must fail");
+    s.set_fuel(VmConfig::for_tests().default_fuel);
+    let expected = match function {
+        "rewrite_forever" => matches!(err, VmError::OutOfFuel(f) if f == HOSTILE_FUEL),
+        _ => matches!(err, VmError::KvQuotaExceeded { quota, .. } if quota == KV_QUOTA),
+    };
+    ensure!(expected, "{function}: {err:?}");
+    ensure!(
+        s.kv_get(&shared.hostile, b"k")?.is_none()
+            && s.kv_get(&shared.hostile, &1u32.to_le_bytes())?.is_none(),
+        "{function} left a trace"
+    );
+    shared.counts.hostile_calls.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
 fn load_child() -> Result<()> {
     let seconds: f64 = std::env::var("STRATA_LOAD_SECONDS")
         .ok()
@@ -172,6 +254,7 @@ fn load_child() -> Result<()> {
         // come back from the file cache, itself limited to four, or are compiled again.
         lru_bytes: 32 << 10,
         fs_cache_bytes: Some(48 << 10),
+        max_kv_bytes: KV_QUOTA,
         ..VmConfig::for_tests()
     };
     let vm = Vm::open(dir.path(), config)?;
@@ -180,12 +263,15 @@ fn load_child() -> Result<()> {
     let modules: Vec<ModuleId> = (0..MODULES)
         .map(|i| Ok(s.deploy(&counter(1_000_000 + i as u64))?))
         .collect::<Result<_>>()?;
+    let hostile = s.deploy(&wat::parse_str(HOSTILE_KV)?)?;
     s.commit()?;
     vm.pin(&modules[0])?;
     vm.pin(&modules[1])?;
     let shared = Arc::new(Shared {
         vm: vm.clone(),
         modules,
+        hostile,
+        table_grow: wat::parse_str(TABLE_GROW)?,
         expected: Mutex::new(HashMap::new()),
         counts: Counts::default(),
         stop: AtomicBool::new(false),
@@ -249,11 +335,15 @@ fn load_child() -> Result<()> {
         load(&c.deletes),
         load(&c.deferred),
     );
+    let (hostile_calls, refused_deploys) = (load(&c.hostile_calls), load(&c.refused_deploys));
     println!(
         "load: {elapsed:.1} s, {THREADS} threads, {MODULES} modules (2 pinned, LRU 32 KiB, file cache 48 KiB)"
     );
     println!(
         "load: sessions {sessions}, calls {calls} (+{failed} failed on purpose), commits {commits_made}, deletes {deletes} (+{deferred} deferred)"
+    );
+    println!(
+        "load: hostile calls {hostile_calls} (out of fuel or over the quota), table-growing deploys refused {refused_deploys}"
     );
     println!(
         "load: {} commits left, {checked} read back, {} verified, {} artifacts verified; compiles {}, instantiations {}",
@@ -281,6 +371,7 @@ fn load_child() -> Result<()> {
         "load: mappings {maps0} at start, {maps1} after warm-up, {maps2} after the run, {maps3} after dropping the VM"
     );
     ensure!(commits_made > 0, "no commits");
+    ensure!(hostile_calls > 0, "no hostile calls");
     // Bounded memory: the second half of the run adds little to the first (a leak per operation
     // would double it). Loose, for noisy short runs.
     ensure!(

@@ -678,7 +678,7 @@ fn a_corrupt_committed_host_blob_is_a_corruption_not_a_host_failure() -> Result<
     let mut bytes = std::fs::read(&blob)?;
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
-    std::fs::write(&blob, &bytes)?;
+    crate::overwrite(&blob, &bytes)?;
     let err = call1(&vm, root, &module, "get", &[]).expect_err("a corrupt blob");
     let err = err.downcast::<VmError>()?;
     assert!(

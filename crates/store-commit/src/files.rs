@@ -37,6 +37,11 @@ const TMP_PREFIX: &str = ".tmp-";
 const DEL_PREFIX: &str = ".del-";
 /// The subdirectories of a commit directory, in creation order.
 const SUBDIRS: [&str; 3] = ["bytecode", "memory", "blob"];
+/// The permission bits of every file the store writes (committed files and the format marker):
+/// read-only, so that nothing, not even a later open by the store itself, can write or truncate
+/// a file a session may have mapped (the store's own writes go through the descriptor that
+/// created the file). The lock file is the one writable file.
+const READ_ONLY: u32 = 0o444;
 /// The most of a file [`StoreFiles::copy_file`] holds in memory at once.
 const COPY_CHUNK: usize = 16 * PAGE_SIZE;
 
@@ -185,7 +190,7 @@ impl StoreFiles {
             .map_err(|e| index_err(&marker, e))?;
         let tmp = dir.join(format!("{TMP_PREFIX}format"));
         fs.remove_all(&tmp).map_err(io_err("remove", &tmp))?;
-        fs.write_file(&tmp, &bytes, Zeros::Write)
+        fs.write_file(&tmp, &bytes, Zeros::Write, READ_ONLY)
             .map_err(io_err("write", &tmp))?;
         if self.fsync {
             fs.sync_file(&tmp).map_err(io_err("fsync", &tmp))?;
@@ -338,13 +343,13 @@ impl StoreFiles {
                     (bytes.into(), Zeros::Write)
                 }
             };
-            fs.write_file(&path, &data, zeros)
+            fs.write_file(&path, &data, zeros, READ_ONLY)
                 .map_err(io_err("write", &path))?;
             to_sync.push(path);
         }
         let path = tmp.join(INDEX);
         let bytes = index.encode().map_err(|e| index_err(&path, e))?;
-        fs.write_file(&path, &bytes, Zeros::Write)
+        fs.write_file(&path, &bytes, Zeros::Write, READ_ONLY)
             .map_err(io_err("write", &path))?;
         to_sync.push(path);
         if self.fsync {
@@ -358,13 +363,13 @@ impl StoreFiles {
         Ok(())
     }
 
-    /// Copies `from` into the new file `to`, a bounded chunk at a time; with [`Zeros::Holes`],
-    /// zero 64 KiB pages stay holes. Does not sync.
+    /// Copies `from` into the new read-only file `to`, a bounded chunk at a time; with
+    /// [`Zeros::Holes`], zero 64 KiB pages stay holes. Does not sync.
     fn copy_file(&self, from: &Path, to: &Path, zeros: Zeros) -> Result<(), StoreError> {
         let fs = &*self.fs;
         let src = fs.open_read(from).map_err(io_err("open", from))?;
         let len = fs.file_metadata(&src).map_err(io_err("stat", from))?.len();
-        let dst = fs.create_new(to, 0o644).map_err(io_err("create", to))?;
+        let dst = fs.create_new(to, READ_ONLY).map_err(io_err("create", to))?;
         let mut buf = vec![0; COPY_CHUNK];
         let (mut at, mut written) = (0, 0);
         while at < len {

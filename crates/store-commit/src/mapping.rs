@@ -268,8 +268,11 @@ impl ImageView {
         }
         // SAFETY: memmap2's contract is that the file is not modified or truncated while mapped.
         // Committed files are never written in place (the store replaces directories by rename
-        // and deletes whole commits only when no session is based on them), and the file is
-        // `len` bytes long, so no access within `len` faults past its end.
+        // and deletes whole commits only when no session is based on them; a removed file lives
+        // on while mapped) and are read-only on disk (`0o444`, so no other program of the node's
+        // user can open one for writing); the file is `len` bytes long, so no access within
+        // `len` faults past its end. A disk failing a page-in is outside this contract
+        // (docs/RELIABILITY.md, threat model).
         let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }.map_err(|source| {
             StoreError::Mapping {
                 op: "mmap image view",

@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,7 +84,9 @@ pub enum FaultMode {
 /// (say `EMLINK` on every [`hard_link`](Fs::hard_link): a file at its link limit). A failed
 /// operation fails before it reaches the inner file system, so it has no effect.
 ///
-/// The log holds each operation with its path; operations on an open file log an empty path.
+/// The log holds each operation with its path; an operation on an open file logs the path the
+/// kernel gives for that file (`/proc/self/fd/<n>`: where it is now, after renames), or an
+/// empty path where there is none.
 #[derive(Debug)]
 pub struct FaultFs {
     inner: Arc<dyn Fs>,
@@ -195,8 +198,13 @@ impl FaultFs {
         Ok(())
     }
 
-    fn check_file(&self, op: Op) -> io::Result<()> {
-        self.check(op, Path::new(""))
+    fn check_file(&self, op: Op, file: &File) -> io::Result<()> {
+        let path = if self.log_enabled.load(Ordering::SeqCst) {
+            std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap_or_default()
+        } else {
+            PathBuf::new()
+        };
+        self.check(op, &path)
     }
 }
 
@@ -217,9 +225,9 @@ impl Fs for FaultFs {
         self.check(Op::SyncDir, path)?;
         self.inner.sync_dir(path)
     }
-    fn write_file(&self, path: &Path, data: &[u8], zeros: Zeros) -> io::Result<()> {
+    fn write_file(&self, path: &Path, data: &[u8], zeros: Zeros, mode: u32) -> io::Result<()> {
         self.check(Op::WriteFile, path)?;
-        self.inner.write_file(path, data, zeros)
+        self.inner.write_file(path, data, zeros, mode)
     }
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
         self.check(Op::ReadFile, path)?;
@@ -266,39 +274,39 @@ impl Fs for FaultFs {
         self.inner.open_read(path)
     }
     fn open_for_mapping(&self, file: &File) -> io::Result<File> {
-        self.check_file(Op::OpenForMapping)?;
+        self.check_file(Op::OpenForMapping, file)?;
         self.inner.open_for_mapping(file)
     }
     fn file_metadata(&self, file: &File) -> io::Result<Metadata> {
-        self.check_file(Op::FileMetadata)?;
+        self.check_file(Op::FileMetadata, file)?;
         self.inner.file_metadata(file)
     }
     fn read(&self, file: &File, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-        self.check_file(Op::Read)?;
+        self.check_file(Op::Read, file)?;
         self.inner.read(file, buf, max)
     }
     fn read_at(&self, file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.check_file(Op::ReadAt)?;
+        self.check_file(Op::ReadAt, file)?;
         self.inner.read_at(file, buf, offset)
     }
     fn write(&self, file: &File, data: &[u8]) -> io::Result<()> {
-        self.check_file(Op::Write)?;
+        self.check_file(Op::Write, file)?;
         self.inner.write(file, data)
     }
     fn write_at(&self, file: &File, data: &[u8], offset: u64) -> io::Result<()> {
-        self.check_file(Op::WriteAt)?;
+        self.check_file(Op::WriteAt, file)?;
         self.inner.write_at(file, data, offset)
     }
     fn sync_data(&self, file: &File) -> io::Result<()> {
-        self.check_file(Op::SyncData)?;
+        self.check_file(Op::SyncData, file)?;
         self.inner.sync_data(file)
     }
     fn syncfs(&self, file: &File) -> io::Result<()> {
-        self.check_file(Op::Syncfs)?;
+        self.check_file(Op::Syncfs, file)?;
         self.inner.syncfs(file)
     }
     fn set_mtime(&self, file: &File, time: SystemTime) -> io::Result<()> {
-        self.check_file(Op::SetMtime)?;
+        self.check_file(Op::SetMtime, file)?;
         self.inner.set_mtime(file, time)
     }
 }
@@ -336,8 +344,8 @@ impl Fs for NoSyncFs {
     fn sync_dir(&self, _: &Path) -> io::Result<()> {
         Ok(())
     }
-    fn write_file(&self, path: &Path, data: &[u8], zeros: Zeros) -> io::Result<()> {
-        self.inner.write_file(path, data, zeros)
+    fn write_file(&self, path: &Path, data: &[u8], zeros: Zeros, mode: u32) -> io::Result<()> {
+        self.inner.write_file(path, data, zeros, mode)
     }
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
         self.inner.read_file(path)

@@ -24,7 +24,7 @@
 //! // A new directory whose name survives a power cut (its parent is synced).
 //! fs.create_dir_all_durable(&dir)?;
 //! let path = dir.join("a");
-//! fs.write_file(&path, b"hello", Zeros::Write)?;
+//! fs.write_file(&path, b"hello", Zeros::Write, 0o644)?;
 //! fs.sync_file(&path)?;
 //! fs.sync_dir(&dir)?;
 //! assert_eq!(fs.read_file(&path)?, b"hello");
@@ -72,6 +72,13 @@ pub enum Zeros {
 /// The file-system operations of Strata. Implementations must be thread-safe; wrappers (the test
 /// layers) forward every method to an inner [`Fs`].
 ///
+/// No method truncates a file or opens an existing one for writing, apart from
+/// [`lock`](Fs::lock), which opens its lock file without truncating it: bytes reach a file only
+/// through a file this trait created ([`write_file`](Fs::write_file), or
+/// [`create_new`](Fs::create_new) then [`write`](Fs::write)/[`write_at`](Fs::write_at)). So a
+/// file another part of the program maps, once written, changes only if someone outside Strata
+/// changes it.
+///
 /// The provided methods ([`create_dir_all_durable`](Fs::create_dir_all_durable), the marker
 /// files) are built from the others, so a wrapper sees (and may fail) each of their steps.
 pub trait Fs: Send + Sync + fmt::Debug {
@@ -89,9 +96,10 @@ pub trait Fs: Send + Sync + fmt::Debug {
 
     // Whole files by path.
 
-    /// Creates a new file (failing if `path` exists) holding `data`; `zeros` says whether zero
-    /// blocks may be left as holes. Does not sync.
-    fn write_file(&self, path: &Path, data: &[u8], zeros: Zeros) -> io::Result<()>;
+    /// Creates a new file (failing if `path` exists) with permission bits `mode` (before the
+    /// umask; `0o444` for a file nobody may write again, not even its creator through a new
+    /// open) holding `data`; `zeros` says whether zero blocks may be left as holes. Does not sync.
+    fn write_file(&self, path: &Path, data: &[u8], zeros: Zeros, mode: u32) -> io::Result<()>;
     /// Reads a whole file.
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Flushes a file's data and metadata to stable storage (`fsync`); its name is not (sync the

@@ -390,6 +390,11 @@ impl Model {
                 Some(first) => std::fs::hard_link(first, dest)?,
                 None => {
                     std::fs::write(dest, file.after(loss).as_slice())?;
+                    // The mode is set with the inode (at creation): a power cut keeps it.
+                    let now = self.volatile_path(0, &self.root, id);
+                    if let Some(meta) = now.and_then(|p| std::fs::symlink_metadata(p).ok()) {
+                        std::fs::set_permissions(dest, meta.permissions())?;
+                    }
                     placed.insert(id, dest.to_path_buf());
                 }
             },
@@ -555,13 +560,13 @@ impl Fs for PowerLossFs {
         Ok(())
     }
 
-    fn write_file(&self, path: &Path, data: &[u8], zeros: Zeros) -> io::Result<()> {
+    fn write_file(&self, path: &Path, data: &[u8], zeros: Zeros, mode: u32) -> io::Result<()> {
         self.clock.tick()?;
         let mut m = self.model.lock();
         let at = m.parent(path)?;
         let existed = path.exists();
         // A failed write may still leave a (partial) new file behind.
-        let result = self.inner.write_file(path, data, zeros);
+        let result = self.inner.write_file(path, data, zeros, mode);
         if at.is_some()
             && !existed
             && let Ok(meta) = std::fs::symlink_metadata(path)

@@ -32,8 +32,12 @@ impl Fs for RealFs {
         File::open(path)?.sync_all()
     }
 
-    fn write_file(&self, path: &Path, data: &[u8], zeros: Zeros) -> io::Result<()> {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    fn write_file(&self, path: &Path, data: &[u8], zeros: Zeros, mode: u32) -> io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)?;
         if zeros == Zeros::Write {
             return file.write_all(data);
         }

@@ -13,15 +13,29 @@ fn sparse_files_read_back_whole_and_new_files_are_exclusive() {
     data[5 * BLOCK + 9] = 2;
     for (name, zeros) in [("dense", Zeros::Write), ("sparse", Zeros::Holes)] {
         let path = tmp.path().join(name);
-        fs.write_file(&path, &data, zeros).unwrap();
+        fs.write_file(&path, &data, zeros, 0o644).unwrap();
         assert_eq!(fs.read_file(&path).unwrap(), data, "{name}");
-        let err = fs.write_file(&path, b"x", zeros).unwrap_err();
+        let err = fs.write_file(&path, b"x", zeros, 0o644).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
     }
     let all_zero = tmp.path().join("zeros");
-    fs.write_file(&all_zero, &[0; 3 * BLOCK], Zeros::Holes)
+    fs.write_file(&all_zero, &[0; 3 * BLOCK], Zeros::Holes, 0o644)
         .unwrap();
     assert_eq!(fs.read_file(&all_zero).unwrap(), vec![0; 3 * BLOCK]);
+}
+
+#[test]
+fn write_file_sets_the_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, zeros) in [("dense", Zeros::Write), ("sparse", Zeros::Holes)] {
+        let path = tmp.path().join(name);
+        RealFs
+            .write_file(&path, &[1; 2 * BLOCK], zeros, 0o444)
+            .unwrap();
+        let meta = RealFs.metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o444, "{name}");
+        assert_eq!(RealFs.read_file(&path).unwrap(), vec![1; 2 * BLOCK]);
+    }
 }
 
 #[test]
@@ -55,7 +69,9 @@ fn create_new_sets_the_mode_and_refuses_an_existing_file() {
 fn open_read_refuses_a_symlink_and_remove_all_a_missing_path_is_ok() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("t");
-    RealFs.write_file(&target, b"t", Zeros::Write).unwrap();
+    RealFs
+        .write_file(&target, b"t", Zeros::Write, 0o644)
+        .unwrap();
     let link = tmp.path().join("l");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let err = RealFs.open_read(&link).unwrap_err();
@@ -137,14 +153,14 @@ mod testing {
         let tmp = tempfile::tempdir().unwrap();
         let p = |n: &str| tmp.path().join(n);
         let fs = FaultFs::real();
-        fs.write_file(&p("a"), b"a", Zeros::Write).unwrap();
+        fs.write_file(&p("a"), b"a", Zeros::Write, 0o644).unwrap();
         fs.fail_every(Op::HardLink, EMLINK);
         for name in ["b", "c"] {
             let err = fs.hard_link(&p("a"), &p(name)).unwrap_err();
             assert_eq!(err.raw_os_error(), Some(EMLINK));
         }
         // Other operations go on.
-        fs.write_file(&p("d"), b"d", Zeros::Write).unwrap();
+        fs.write_file(&p("d"), b"d", Zeros::Write, 0o644).unwrap();
         fs.heal();
         fs.hard_link(&p("a"), &p("b")).unwrap();
         assert_eq!(
@@ -164,11 +180,11 @@ mod testing {
         let tmp = tempfile::tempdir().unwrap();
         let p = |n: &str| tmp.path().join(n);
         let fs = FaultFs::real();
-        fs.write_file(&p("a"), b"a", Zeros::Write).unwrap();
+        fs.write_file(&p("a"), b"a", Zeros::Write, 0o644).unwrap();
         fs.fail_after(Op::HardLink, 2, EMLINK);
         fs.hard_link(&p("a"), &p("b")).unwrap();
         // Other operations do not count.
-        fs.write_file(&p("d"), b"d", Zeros::Write).unwrap();
+        fs.write_file(&p("d"), b"d", Zeros::Write, 0o644).unwrap();
         fs.hard_link(&p("a"), &p("c")).unwrap();
         for name in ["e", "f"] {
             let err = fs.hard_link(&p("a"), &p(name)).unwrap_err();
@@ -213,11 +229,14 @@ mod testing {
         let fs = PowerLossFs::real(root);
         let p = |n: &str| root.join(n);
         // Synced file, unsynced entry: lost. Synced entry, unsynced file: empty.
-        fs.write_file(&p("b"), b"bbbb", Zeros::Holes).unwrap();
-        fs.write_file(&p("c"), b"cccc", Zeros::Write).unwrap();
+        fs.write_file(&p("b"), b"bbbb", Zeros::Holes, 0o644)
+            .unwrap();
+        fs.write_file(&p("c"), b"cccc", Zeros::Write, 0o644)
+            .unwrap();
         fs.sync_file(&p("c")).unwrap();
         fs.create_dir(&p("d")).unwrap();
-        fs.write_file(&p("d/x"), b"xx", Zeros::Write).unwrap();
+        fs.write_file(&p("d/x"), b"xx", Zeros::Write, 0o444)
+            .unwrap();
         fs.sync_file(&p("d/x")).unwrap();
         fs.hard_link(&p("c"), &p("d/y")).unwrap();
         fs.sync_dir(&p("d")).unwrap();
@@ -226,9 +245,11 @@ mod testing {
         fs.rename(&p("c"), &p("e")).unwrap();
         fs.remove_all(&p("old")).unwrap();
         fs.hard_link(&p("e"), &p("f")).unwrap();
-        fs.write_file(&p("a"), b"aaaa", Zeros::Write).unwrap();
+        fs.write_file(&p("a"), b"aaaa", Zeros::Write, 0o644)
+            .unwrap();
         fs.sync_file(&p("a")).unwrap();
-        fs.write_file(&p("d/z"), b"zz", Zeros::Write).unwrap();
+        fs.write_file(&p("d/z"), b"zz", Zeros::Write, 0o644)
+            .unwrap();
         fs.sync_file(&p("d/z")).unwrap();
         let before = fs.ops();
         fs.cut_at(before + 1);
@@ -251,6 +272,9 @@ mod testing {
         assert_eq!(std::fs::read(p("d/z")).unwrap(), b"zz");
         let ino = |n: &str| std::fs::metadata(p(n)).unwrap().ino();
         assert_eq!(ino("c"), ino("d/y"), "a hard link stays a hard link");
+        // A file's mode is set with its inode: a power cut keeps it.
+        let mode = |n: &str| std::fs::metadata(p(n)).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode("d/x"), mode("d/z")), (0o444, 0o644));
         // The layer starts over on the directory as it is now.
         fs.cut_at(u64::MAX);
         fs.rename(&p("c"), &p("g")).unwrap();
@@ -316,7 +340,7 @@ mod testing {
             let tmp = tempfile::tempdir().unwrap();
             let fs = PowerLossFs::real(tmp.path());
             let path = tmp.path().join("w");
-            fs.write_file(&path, b"hello", Zeros::Write).unwrap();
+            fs.write_file(&path, b"hello", Zeros::Write, 0o644).unwrap();
             fs.sync_dir(tmp.path()).unwrap();
             fs.power_cut(loss).unwrap();
             assert_eq!(std::fs::read(&path).unwrap(), want, "{loss:?}");
@@ -358,8 +382,10 @@ mod testing {
         let clock = Clock::new();
         let fx = PowerLossFs::new(Arc::new(NoSyncFs::real()), &x, clock.clone());
         let fy = PowerLossFs::new(Arc::new(RealFs), &y, clock.clone());
-        fx.write_file(&x.join("a"), b"a", Zeros::Write).unwrap();
-        fy.write_file(&y.join("b"), b"b", Zeros::Write).unwrap();
+        fx.write_file(&x.join("a"), b"a", Zeros::Write, 0o644)
+            .unwrap();
+        fy.write_file(&y.join("b"), b"b", Zeros::Write, 0o644)
+            .unwrap();
         assert_eq!((clock.ops(), fx.ops(), fy.ops()), (2, 2, 2));
         clock.cut_at(3);
         fx.sync_dir(&x).unwrap();

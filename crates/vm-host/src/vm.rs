@@ -641,7 +641,7 @@ impl Vm {
         let write = || -> std::io::Result<()> {
             // A leftover of an interrupted save is replaced.
             fs.remove_all(&tmp)?;
-            fs.write_file(&tmp, text.as_bytes(), Zeros::Write)?;
+            fs.write_file(&tmp, text.as_bytes(), Zeros::Write, 0o644)?;
             if self.inner.config.fsync {
                 fs.sync_file(&tmp)?;
             }

@@ -2,6 +2,7 @@
 //! one clear line on stderr with a non-zero exit for every kind of bad input, the options, the
 //! JSON output, `prune`, `stats` and the logs.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -616,6 +617,8 @@ fn failed_pins_are_reported_and_unpin_repairs_them() {
         .join(&counter);
     let mut bytes = std::fs::read(&bytecode).expect("read");
     bytes[10] ^= 1;
+    // Committed files are read-only: an outsider makes it writable first.
+    std::fs::set_permissions(&bytecode, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     std::fs::write(&bytecode, bytes).expect("write");
     std::fs::remove_dir_all(dir.join("cache")).expect("remove the cache");
     let pins = dir.join("pins");

@@ -209,7 +209,7 @@ fn fault_injection_at_every_operation_of_a_delete() -> Result<()> {
 
 /// Writes a history of `rounds` commits on top of three deployed modules, each commit changing
 /// one module's memory (so the other files are linked from the base): the roots, oldest first.
-fn linked_history(store: &Store, rounds: usize) -> Result<(Vec<Root>, ModuleId)> {
+pub(crate) fn linked_history(store: &Store, rounds: usize) -> Result<(Vec<Root>, ModuleId)> {
     let codes = [wasm(1), wasm(2), wasm(3)];
     let ids = [0, 1, 2].map(|i| ModuleId::of_wasm(&codes[i]));
     let mut s = store.session(None)?;

@@ -2,7 +2,7 @@
 //! incompatible format is refused, unchanged files are hard links and deltas are bounded, reopening
 //! reads no memory file.
 
-use crate::{RES, quick, wasm, write};
+use crate::{RES, overwrite, quick, wasm, write};
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ fn corruption_is_detected_and_a_broken_commit_can_be_rewritten() -> Result<()> {
     let image = base_dir.join("memory").join(id.to_hex());
     let mut bytes = std::fs::read(&image)?;
     bytes[5] ^= 1;
-    std::fs::write(&image, &bytes)?;
+    overwrite(&image, &bytes)?;
     let store = Store::open(dir.path(), quick())?;
     let report = store.verify()?;
     assert_eq!(
@@ -41,21 +41,21 @@ fn corruption_is_detected_and_a_broken_commit_can_be_rewritten() -> Result<()> {
         "{report:?}"
     );
     bytes[5] ^= 1;
-    std::fs::write(&image, &bytes)?;
+    overwrite(&image, &bytes)?;
     // A truncated image is refused at open of the memory, not mapped (no SIGBUS).
-    std::fs::write(&image, &bytes[..PAGE_SIZE])?;
+    overwrite(&image, &bytes[..PAGE_SIZE])?;
     let mut s = store.session(Some(base))?;
     let err = s.memory(&id, RES).unwrap_err();
     assert!(matches!(err, StoreError::Corrupted { .. }), "{err}");
     drop(s);
-    std::fs::write(&image, &bytes)?;
+    overwrite(&image, &bytes)?;
     drop(store);
     // A damaged index: the commit is not listed, verify names it, committing it again repairs it.
     let index = commit.join("index");
     let mut bytes = std::fs::read(&index)?;
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
-    std::fs::write(&index, &bytes)?;
+    overwrite(&index, &bytes)?;
     let store = Store::open(dir.path(), quick())?;
     assert!(!store.contains(&root));
     let report = store.verify()?;
@@ -96,7 +96,7 @@ fn a_forged_delta_page_count_is_an_error() -> Result<()> {
             .clone()
             .with_memory(entry.memory().clone().with_delta(delta));
         let index = store_index::CommitIndex::new(index.seq(), index.parent(), vec![entry])?;
-        std::fs::write(&index_path, index.encode()?)?;
+        overwrite(&index_path, &index.encode()?)?;
         let store = Store::open(dir.path(), quick())?;
         assert!(store.contains(&root), "the forged index still loads");
         let err = store.read_memory(&root, &id).unwrap_err();
@@ -108,7 +108,7 @@ fn a_forged_delta_page_count_is_an_error() -> Result<()> {
         let report = store.verify()?;
         assert_eq!(report.problems.len(), 1, "{report:?}");
     }
-    std::fs::write(&index_path, &original)?;
+    overwrite(&index_path, &original)?;
     let store = Store::open(dir.path(), quick())?;
     assert_eq!(store.read_memory(&root, &id)?[5000], 2);
     assert!(store.verify()?.is_ok());
@@ -142,7 +142,7 @@ fn forged_blob_lengths_sequence_numbers_and_names_are_errors() -> Result<()> {
     for len in [blob.len() as u64 + 1, 1 << 40, 1 << 46, u64::MAX] {
         let forged = entry.clone().with_blob(entry.blob_hash(), len, Some(delta));
         let index = store_index::CommitIndex::new(index.seq(), index.parent(), vec![forged])?;
-        std::fs::write(&index_path, index.encode()?)?;
+        overwrite(&index_path, &index.encode()?)?;
         let store = Store::open(dir.path(), quick())?;
         assert!(store.contains(&root), "the forged index still loads");
         let err = store.read_blob(&root, &id).unwrap_err();
@@ -181,7 +181,7 @@ fn forged_blob_lengths_sequence_numbers_and_names_are_errors() -> Result<()> {
         matches!(err, store_index::IndexError::Corrupted { .. }),
         "{err}"
     );
-    std::fs::write(&index_path, &forged)?;
+    overwrite(&index_path, &forged)?;
     let store = Store::open(dir.path(), quick())?;
     assert!(
         !store.contains(&root),
@@ -193,7 +193,7 @@ fn forged_blob_lengths_sequence_numbers_and_names_are_errors() -> Result<()> {
     s.set_blob(&id, vec![7])?;
     s.commit()?;
     drop(store);
-    std::fs::write(&index_path, &original)?;
+    overwrite(&index_path, &original)?;
 
     // An upper-case copy of a commit directory parses to the same root: it is not a commit.
     let upper = dir.path().join(root.to_hex().to_uppercase());
@@ -275,7 +275,7 @@ fn incompatible_format_is_refused() -> Result<()> {
     let marker = dir.path().join("FORMAT");
     let mut bytes = std::fs::read(&marker)?;
     bytes[8..12].copy_from_slice(&99u32.to_le_bytes());
-    std::fs::write(&marker, bytes)?;
+    overwrite(&marker, &bytes)?;
     let err = Store::open(dir.path(), quick()).unwrap_err();
     assert!(matches!(err, StoreError::Incompatible { .. }), "{err}");
     assert!(err.to_string().contains("cannot be read"), "{err}");

@@ -8,6 +8,7 @@ mod crash;
 mod deletion;
 mod faults;
 mod format;
+mod mapped;
 mod model;
 mod power_loss;
 
@@ -35,6 +36,14 @@ fn write(mem: &MemoryHandle, at: usize, data: &[u8]) {
     assert!(at + data.len() <= mem.len());
     // SAFETY: the range is inside the memory's length and nothing else uses it meanwhile.
     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), mem.base().add(at), data.len()) }
+}
+
+/// Overwrites a file of a store as an outsider would: committed files are read-only (`0o444`),
+/// so it is made writable first (root needs no such step; other users do).
+fn overwrite(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::write(path, bytes)
 }
 
 fn read(mem: &MemoryHandle) -> Vec<u8> {
