@@ -36,12 +36,14 @@
 //!   exactly those bytes are checked, and those same bytes are deserialized. Nothing
 //!   unverified reaches wasmtime's `unsafe` deserializer, and there is no window in which the
 //!   file can be swapped between check and use. Guards against corruption, truncation and
-//!   swapped files; not against someone who writes sha256-consistent forgeries.
+//!   swapped files: it detects damage, not forgery (anyone who can write the folder can
+//!   write a file with a consistent sha256).
 //! - `Authenticated { key }`: as `Verified`, plus an HMAC-SHA256 tag over the trailer (which
 //!   holds the artifact's sha256). The key comes from the caller and is never written to the
 //!   cache directory; it defends against an attacker who can write the directory.
 //! - `Trusted`: the trailer is checked (cheap), then the file is mapped by wasmtime without
-//!   hashing. For directories only the node can write.
+//!   hashing. For directories only the node can write; made only by the `unsafe`
+//!   [`Verification::trusted`], whose caller asserts that.
 //!
 //! Any bad file (truncated, corrupt, tampered, swapped, foreign engine, wrong tag) is a miss:
 //! it is removed, counted as `rejected`, and the caller recompiles. Writes go to a uniquely
@@ -131,27 +133,62 @@ const READ_CHUNK: usize = if cfg!(test) { 4096 } else { 1 << 20 };
 const STALE_TEMP_AGE: Duration = Duration::from_secs(15 * 60);
 
 /// How much a load checks before handing a file to wasmtime's `unsafe` deserializer.
+///
+/// What each mode defends against:
+/// - [`Verified`](Verification::Verified) detects damage (corruption, truncation, swapped or
+///   foreign files), not forgery: anyone who can write the cache folder can write a file with
+///   a consistent sha256, and it is then deserialized as native code.
+/// - [`Authenticated`](Verification::Authenticated) also detects forgery by anyone without the
+///   key.
+/// - [`Trusted`](Verification::Trusted) detects trailer damage only; it can only be had
+///   through the `unsafe` [`Verification::trusted`].
 #[derive(Clone, Default, PartialEq, Eq)]
 pub enum Verification {
     /// Check the trailer only (magic, version, engine, key, length), then map the file without
-    /// hashing it. For cache directories that only the node can write.
-    Trusted,
+    /// hashing it. Made only by the `unsafe` [`Verification::trusted`]: the field is a token no
+    /// one outside this crate can build.
+    Trusted(TrustAsserted),
     /// Read the file once, check the trailer and the sha256 of the artifact bytes, and
-    /// deserialize exactly the bytes that were checked.
+    /// deserialize exactly the bytes that were checked. Detects damage, not forgery: a writer
+    /// of the cache folder can recompute a sha256.
     #[default]
     Verified,
-    /// As `Verified`, plus an HMAC-SHA256 tag with a secret `key` kept outside the cache
-    /// directory. Files without a valid tag for this key are rejected.
+    /// As `Verified`, plus a tag with a secret `key` kept outside the cache directory. Files
+    /// without a valid tag for this key are rejected, so a writer of the cache folder who does
+    /// not have the key cannot forge one.
     Authenticated {
-        /// The HMAC secret. Must not be empty.
+        /// The secret. Must not be empty.
         key: Vec<u8>,
     },
+}
+
+/// The proof, carried by [`Verification::Trusted`], that someone called the `unsafe`
+/// [`Verification::trusted`]. It cannot be built outside this crate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustAsserted(());
+
+impl Verification {
+    /// The Trusted mode: a load checks the trailer (magic, version, engine, key, length) and
+    /// maps the file with `Module::deserialize_open_file`, without hashing a byte of the
+    /// artifact.
+    ///
+    /// # Safety
+    ///
+    /// The caller asserts that every file in the cache directory that a load may open was
+    /// written by an [`FsCache::save`] of this build (or is damaged only in ways the trailer
+    /// check catches), that no one else can write the directory or its files, and that no file
+    /// is modified in place while a module loaded from it lives. Wasmtime then runs the mapped
+    /// bytes as native code: a forged or bit-flipped artifact is undefined behaviour, not a
+    /// miss.
+    pub unsafe fn trusted() -> Verification {
+        Verification::Trusted(TrustAsserted(()))
+    }
 }
 
 impl std::fmt::Debug for Verification {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Verification::Trusted => f.write_str("Trusted"),
+            Verification::Trusted(_) => f.write_str("Trusted"),
             Verification::Verified => f.write_str("Verified"),
             // Never print the secret.
             Verification::Authenticated { .. } => f.write_str("Authenticated { key: <redacted> }"),
@@ -713,7 +750,7 @@ impl FsCache {
         }
         let len = meta.len();
         let module = match &self.config.mode {
-            Verification::Trusted => {
+            Verification::Trusted(_) => {
                 let mut t = [0u8; TRAILER_LEN];
                 let Some(at) = len.checked_sub(TRAILER_LEN as u64) else {
                     return self.reject(
@@ -738,8 +775,8 @@ impl FsCache {
                     .fs
                     .open_for_mapping(&file)
                     .map_err(|e| CacheError::io(&path, e))?;
-                // SAFETY: Trusted mode is the operator's statement that only this node writes
-                // the cache folder, so the file is an unmodified output of `Module::serialize`
+                // SAFETY: Trusted mode is made only by the `unsafe` `Verification::trusted`,
+                // whose caller asserted that only this node writes the cache folder, so the file is an unmodified output of `Module::serialize`
                 // followed by our trailer (wasmtime ignores bytes after its ELF image). The
                 // trailer check above rules out truncated files, files of other keys and of
                 // other engines. Files are only ever replaced by rename, never modified in
