@@ -751,6 +751,7 @@ fn cache_fixture() -> &'static CacheFixture {
                 mode,
                 max_bytes: None,
                 fsync: false,
+                ..FsCacheConfig::default()
             };
             FsCache::open(&dir, &engine, config).expect("open the fuzz cache")
         };

@@ -69,6 +69,7 @@ fn fs_cache(dir: &Path, engine: &Engine, mode: Verification) -> FsCache {
         mode,
         max_bytes: None,
         fsync: false,
+        ..FsCacheConfig::default()
     };
     FsCache::open(dir, engine, config).expect("open fs cache")
 }

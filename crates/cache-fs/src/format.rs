@@ -80,6 +80,13 @@ pub enum Reject {
     Wasmtime(Refusal),
     /// Not a regular file.
     NotAFile,
+    /// The artifact is larger than the configured limit (`FsCacheConfig::max_artifact_bytes`).
+    TooLarge {
+        /// The artifact's size, from the file's size.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
 }
 
 impl std::fmt::Display for Reject {
@@ -93,6 +100,10 @@ impl std::fmt::Display for Reject {
             Reject::Unauthenticated => f.write_str("hmac tag missing or wrong"),
             Reject::Wasmtime(why) => write!(f, "wasmtime refused the artifact: {why}"),
             Reject::NotAFile => f.write_str("not a regular file"),
+            Reject::TooLarge { bytes, max } => write!(
+                f,
+                "artifact of {bytes} bytes is over the limit of {max} bytes (max_artifact_bytes)"
+            ),
         }
     }
 }

@@ -71,7 +71,11 @@
 //! let wat = r#"(module (func (export "answer") (result i32) i32.const 42))"#;
 //! let key = CacheKey::new(&engine, wat.as_bytes());
 //!
-//! let config = FsCacheConfig { mode: Verification::Verified, max_bytes: Some(64 << 20), fsync: true };
+//! let config = FsCacheConfig {
+//!     mode: Verification::Verified,
+//!     max_bytes: Some(64 << 20),
+//!     ..FsCacheConfig::default()
+//! };
 //! let cache = FsCache::open(dir.path(), &engine, config.clone())?;
 //! cache.save(&key, &Module::new(&engine, wat)?)?;
 //!
@@ -122,9 +126,6 @@ use wasmtime::{Engine, Module};
 const EXTENSION: &str = "cwasm";
 /// The prefix of temp files; they never end in `.cwasm`.
 const TEMP_PREFIX: &str = ".tmp-";
-/// Files above this size are refused without being read: no real artifact comes close (the
-/// 14 MB esbuild module compiles to 31 MB), and a planted huge file must not exhaust memory.
-const MAX_FILE_BYTES: u64 = 4 << 30;
 /// Verified reads hash the file in chunks of this size, each while it is still in cache.
 /// (Small in unit tests, so that their small artifacts span several chunks.)
 const READ_CHUNK: usize = if cfg!(test) { 4096 } else { 1 << 20 };
@@ -207,7 +208,16 @@ pub struct FsCacheConfig {
     /// fsync each file before its rename and the folder after it. Default: `true`. Turning it
     /// off trades durability across power loss (not atomicity) for write speed.
     pub fsync: bool,
+    /// The largest artifact a load reads or a save writes, in bytes (the file is this plus the
+    /// trailer). A larger file is rejected from its size alone, before anything is read or
+    /// allocated, so a planted (possibly sparse) huge file cannot exhaust memory; a larger
+    /// module is not saved (counted as `rejected`). Default 512 MiB: the largest real artifact
+    /// seen (esbuild's 14 MB module) is 31 MB.
+    pub max_artifact_bytes: u64,
 }
+
+/// The default of [`FsCacheConfig::max_artifact_bytes`].
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 512 << 20;
 
 impl Default for FsCacheConfig {
     fn default() -> Self {
@@ -215,6 +225,7 @@ impl Default for FsCacheConfig {
             mode: Verification::Verified,
             max_bytes: None,
             fsync: true,
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
         }
     }
 }
@@ -645,7 +656,36 @@ impl FsCache {
         Ok(None)
     }
 
-    /// Reads and fully verifies one file (trailer, sha256, HMAC in Authenticated mode).
+    /// Checks a file's size against [`FsCacheConfig::max_artifact_bytes`] and reads its
+    /// trailer (`pread`), before anything else is read or allocated.
+    fn read_trailer(
+        &self,
+        path: &Path,
+        file: &File,
+        len: u64,
+    ) -> Result<Result<[u8; TRAILER_LEN], Reject>, CacheError> {
+        let Some(artifact_len) = len.checked_sub(TRAILER_LEN as u64) else {
+            return Ok(Err(Reject::BadTrailer("file shorter than a trailer")));
+        };
+        if artifact_len > self.config.max_artifact_bytes {
+            return Ok(Err(Reject::TooLarge {
+                bytes: artifact_len,
+                max: self.config.max_artifact_bytes,
+            }));
+        }
+        let mut t = [0u8; TRAILER_LEN];
+        match self.fs.read_at(file, &mut t, artifact_len) {
+            Ok(()) => Ok(Ok(t)),
+            // Shrunk since the fstat: truncated.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Ok(Err(Reject::BadArtifact("file shrank while read")))
+            }
+            Err(e) => Err(CacheError::io(path, e)),
+        }
+    }
+
+    /// Reads and fully verifies one file: first its size and trailer (with the HMAC tag in
+    /// Authenticated mode), then the artifact it announces, hashed while read.
     fn read_verified(
         &self,
         path: &Path,
@@ -653,9 +693,20 @@ impl FsCache {
         len: u64,
         key: &CacheKey,
     ) -> Result<Result<Vec<u8>, Reject>, CacheError> {
-        let capacity = match usize::try_from(len) {
-            Ok(n) if len <= MAX_FILE_BYTES => n,
-            _ => return Ok(Err(Reject::BadArtifact("file larger than any artifact"))),
+        let t = match self.read_trailer(path, file, len)? {
+            Ok(t) => t,
+            Err(why) => return Ok(Err(why)),
+        };
+        let trailer = match format::check_trailer(&t, len, &key.engine(), key, self.hmac.as_ref()) {
+            Ok(trailer) => trailer,
+            Err(why) => return Ok(Err(why)),
+        };
+        // At most `max_artifact_bytes`: checked by `read_trailer`, and the trailer's length
+        // equals the file's.
+        let Ok(capacity) = usize::try_from(trailer.artifact_len) else {
+            return Ok(Err(Reject::BadArtifact(
+                "file larger than the address space",
+            )));
         };
         let mut bytes = Vec::new();
         if bytes.try_reserve_exact(capacity).is_err() {
@@ -663,22 +714,17 @@ impl FsCache {
                 "file too large to read into memory",
             )));
         }
-        // One pass over the file: read a chunk into `bytes`, then hash that chunk of `bytes`
-        // while it is still in the CPU cache. The digest covers exactly the bytes kept.
-        let artifact_len = capacity.saturating_sub(TRAILER_LEN);
+        // One pass over the artifact: read a chunk into `bytes`, then hash that chunk of
+        // `bytes` while it is still in the CPU cache. The digest covers exactly the bytes kept.
         let mut hasher = Sha256::new();
-        let mut hashed = 0;
         loop {
             let max = (capacity - bytes.len()).min(READ_CHUNK);
+            let start = bytes.len();
             let read = self
                 .fs
                 .read(file, &mut bytes, max)
                 .map_err(|e| CacheError::io(path, e))?;
-            let end = bytes.len().min(artifact_len);
-            if end > hashed {
-                hasher.update(&bytes[hashed..end]);
-                hashed = end;
-            }
+            hasher.update(&bytes[start..]);
             if read == 0 || bytes.len() == capacity {
                 break;
             }
@@ -687,22 +733,10 @@ impl FsCache {
             return Ok(Err(Reject::BadArtifact("file shrank while read")));
         }
         let digest: [u8; 32] = hasher.finalize().into();
-        Ok(
-            match format::check_bytes_with_digest(
-                &bytes,
-                &digest,
-                &key.engine(),
-                key,
-                self.hmac.as_ref(),
-            ) {
-                Ok(artifact) => {
-                    let artifact_len = artifact.len();
-                    bytes.truncate(artifact_len);
-                    Ok(bytes)
-                }
-                Err(why) => Err(why),
-            },
-        )
+        if digest != trailer.artifact_sha256 {
+            return Ok(Err(Reject::BadArtifact("sha256 mismatch")));
+        }
+        Ok(Ok(bytes))
     }
 
     /// Bumps a file's last use (its mtime, so other processes and the next open see it too).
@@ -751,23 +785,10 @@ impl FsCache {
         let len = meta.len();
         let module = match &self.config.mode {
             Verification::Trusted(_) => {
-                let mut t = [0u8; TRAILER_LEN];
-                let Some(at) = len.checked_sub(TRAILER_LEN as u64) else {
-                    return self.reject(
-                        &path,
-                        &file,
-                        Reject::BadTrailer("file shorter than a trailer"),
-                    );
+                let t = match self.read_trailer(&path, &file, len)? {
+                    Ok(t) => t,
+                    Err(why) => return self.reject(&path, &file, why),
                 };
-                match self.fs.read_at(&file, &mut t, at) {
-                    Ok(()) => {}
-                    // Shrunk since the fstat: truncated.
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        let why = Reject::BadArtifact("file shrank while read");
-                        return self.reject(&path, &file, why);
-                    }
-                    Err(e) => return Err(CacheError::io(&path, e)),
-                }
                 if let Err(why) = format::check_trailer(&t, len, &key.engine(), key, None) {
                     return self.reject(&path, &file, why);
                 }
@@ -776,8 +797,8 @@ impl FsCache {
                     .open_for_mapping(&file)
                     .map_err(|e| CacheError::io(&path, e))?;
                 // SAFETY: Trusted mode is made only by the `unsafe` `Verification::trusted`,
-                // whose caller asserted that only this node writes the cache folder, so the file is an unmodified output of `Module::serialize`
-                // followed by our trailer (wasmtime ignores bytes after its ELF image). The
+                // whose caller asserted that only this node writes the cache folder, so the
+                // file is an unmodified output of `Module::serialize` followed by our trailer (wasmtime ignores bytes after its ELF image). The
                 // trailer check above rules out truncated files, files of other keys and of
                 // other engines. Files are only ever replaced by rename, never modified in
                 // place, so the mapping stays valid for the module's lifetime.
@@ -875,7 +896,9 @@ impl FsCache {
         }
         let artifact = module.serialize()?;
         let file_len = artifact.len() as u64 + TRAILER_LEN as u64;
-        if self.config.max_bytes.is_some_and(|max| file_len > max) {
+        if self.config.max_bytes.is_some_and(|max| file_len > max)
+            || artifact.len() as u64 > self.config.max_artifact_bytes
+        {
             self.counters.rejected.incr();
             tracing::debug!(
                 bytes = file_len,

@@ -290,6 +290,7 @@ impl Vm {
             mode: config.fs_verification.clone(),
             max_bytes: config.fs_cache_bytes,
             fsync: config.fsync,
+            ..FsCacheConfig::default()
         };
         let cache_dir = dir.join("cache");
         let engines = std::slice::from_ref(&engine);
