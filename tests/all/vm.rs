@@ -511,6 +511,71 @@ fn open_existing_refuses_a_missing_vm_and_creates_nothing() -> Result<()> {
     Ok(())
 }
 
+/// The VM's cache key: made with the directory (32 bytes, mode 0600, beside the cache folder),
+/// reused by every later open, never made by `open_existing`, which refuses a VM without one
+/// unless it is told another mode.
+#[test]
+fn the_cache_key_is_made_with_the_directory_and_only_there() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let key_path = dir.path().join("cache.key");
+    let counter = {
+        let vm = open(dir.path())?;
+        let (counter, root) = vm.deploy(&wasm(COUNTER))?;
+        call1(&vm, root, &counter, "get", &[])?;
+        counter
+    };
+    let meta = std::fs::metadata(&key_path)?;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), 32);
+    let key = std::fs::read(&key_path)?;
+    assert_ne!(key, vec![0u8; 32]);
+
+    // A second open reuses the key: the artifacts the first one signed are hits.
+    let vm = open(dir.path())?;
+    assert_eq!(std::fs::read(&key_path)?, key);
+    call1(&vm, vm.latest().expect("a commit"), &counter, "get", &[])?;
+    let stats = vm.stats();
+    assert_eq!(stats.compiles, 0, "{:?}", stats.layers);
+    assert_eq!(stats.layers.last().expect("file layer").rejected, 0);
+    assert!(vm.verify()?.is_ok());
+    drop(vm);
+
+    // `open_existing` reads the key and makes none.
+    let vm = Vm::open_existing(dir.path(), VmConfig::for_tests())?;
+    assert!(vm.verify()?.is_ok());
+    drop(vm);
+    std::fs::remove_file(&key_path)?;
+    let before = tree(dir.path())?;
+    match Vm::open_existing(dir.path(), VmConfig::for_tests()) {
+        Err(VmError::CacheKey { path, reason }) => {
+            assert_eq!(path, key_path);
+            assert!(reason.contains("missing"), "{reason}");
+        }
+        other => panic!("expected a missing key, got {:?}", other.map(|_| ())),
+    }
+    let verified = VmConfig {
+        fs_verification: vm_host::Verification::Verified.into(),
+        ..VmConfig::for_tests()
+    };
+    assert!(Vm::open_existing(dir.path(), verified)?.verify()?.is_ok());
+    assert_eq!(tree(dir.path())?, before, "open_existing created something");
+
+    // A short key file is refused, not used.
+    std::fs::write(&key_path, b"short")?;
+    assert!(matches!(
+        Vm::open(dir.path(), VmConfig::for_tests()),
+        Err(VmError::CacheKey { .. })
+    ));
+    // `Vm::open` makes a new key for a directory without one; the old artifacts are misses.
+    std::fs::remove_file(&key_path)?;
+    let vm = open(dir.path())?;
+    assert_ne!(std::fs::read(&key_path)?, key);
+    call1(&vm, vm.latest().expect("a commit"), &counter, "get", &[])?;
+    assert_eq!(vm.stats().compiles, 1);
+    Ok(())
+}
+
 /// Every path under `dir`, recursively, sorted.
 fn tree(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::new();
