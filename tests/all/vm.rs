@@ -409,6 +409,77 @@ fn tampered_cache_files_are_never_executed() -> Result<()> {
     Ok(())
 }
 
+/// Replaces the cache file of `victim` with the artifact of `donor`, under a trailer for the
+/// victim's key whose sha256 and digest are consistent: what anyone who can write the cache
+/// folder (and not read the key) can do, with the crate's own format functions. No tag.
+fn forge_cache_file(dir: &Path, victim: &ModuleId, donor: &ModuleId) -> Result<()> {
+    use cache_fs::fuzzing::{artifact_digest, encode};
+    let mut forged = 0;
+    for folder in std::fs::read_dir(dir.join("cache"))? {
+        let folder = folder?.path();
+        for file in std::fs::read_dir(&folder)? {
+            let name = file?.file_name().into_string().expect("utf-8 name");
+            let Some(rest) = name.strip_prefix(&victim.to_hex()) else {
+                continue;
+            };
+            let donor_file = folder.join(format!("{}{rest}", donor.to_hex()));
+            let bytes = std::fs::read(&donor_file)?;
+            let artifact = &bytes[..bytes.len() - cache_fs::TRAILER_LEN];
+            let stem = name.trim_end_matches(".cwasm");
+            let key = cache_core::CacheKey::parse(stem)?;
+            let trailer = encode(
+                &key,
+                artifact.len() as u64,
+                &artifact_digest(artifact),
+                None,
+            );
+            std::fs::write(folder.join(&name), [artifact, &trailer[..]].concat())?;
+            forged += 1;
+        }
+    }
+    assert_eq!(forged, 1, "one cache file of the victim");
+    Ok(())
+}
+
+/// A cache file forged with a consistent sha256 (another module's code under this module's
+/// key) is executed in Verified mode, which detects damage, not forgery, and refused in the
+/// default Authenticated mode: a miss, counted as rejected, and a recompile.
+#[test]
+fn a_forged_cache_file_runs_in_verified_mode_and_is_refused_by_default() -> Result<()> {
+    let answer = |n: i32| {
+        wasm(&format!(
+            r#"(module (func (export "answer") (result i32) i32.const {n}))"#
+        ))
+    };
+    let verified = VmConfig {
+        fs_verification: vm_host::Verification::Verified.into(),
+        ..VmConfig::for_tests()
+    };
+    for (config, forged_runs) in [(verified, true), (VmConfig::for_tests(), false)] {
+        let what = format!("{:?}", config.fs_verification);
+        let dir = tempfile::tempdir()?;
+        let (victim, donor) = {
+            let vm = Vm::open(dir.path(), config.clone())?;
+            (vm.deploy(&answer(1))?.0, vm.deploy(&answer(2))?.0)
+        };
+        forge_cache_file(dir.path(), &victim, &donor)?;
+
+        let vm = Vm::open(dir.path(), config)?;
+        let got = call1(&vm, vm.latest().expect("a commit"), &victim, "answer", &[])?;
+        let stats = vm.stats();
+        let fs = stats.layers.last().expect("file layer");
+        if forged_runs {
+            assert_eq!(got, Value::I32(2), "{what}: the forged code ran");
+            assert_eq!((stats.compiles, fs.rejected), (0, 0), "{what}");
+        } else {
+            assert_eq!(got, Value::I32(1), "{what}: the forgery was refused");
+            assert_eq!((stats.compiles, fs.rejected), (1, 1), "{what}");
+            assert_eq!(fs.misses, 1, "{what}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn restart_loads_from_the_file_cache_and_keeps_pins() -> Result<()> {
     let dir = tempfile::tempdir()?;
