@@ -413,7 +413,7 @@ fn tampered_cache_files_are_never_executed() -> Result<()> {
 /// victim's key whose sha256 and digest are consistent: what anyone who can write the cache
 /// folder (and not read the key) can do, with the crate's own format functions. No tag.
 fn forge_cache_file(dir: &Path, victim: &ModuleId, donor: &ModuleId) -> Result<()> {
-    use cache_fs::fuzzing::{artifact_digest, encode};
+    use cache_fs::fuzzing::encode;
     let mut forged = 0;
     for folder in std::fs::read_dir(dir.join("cache"))? {
         let folder = folder?.path();
@@ -427,12 +427,7 @@ fn forge_cache_file(dir: &Path, victim: &ModuleId, donor: &ModuleId) -> Result<(
             let artifact = &bytes[..bytes.len() - cache_fs::TRAILER_LEN];
             let stem = name.trim_end_matches(".cwasm");
             let key = cache_core::CacheKey::parse(stem)?;
-            let trailer = encode(
-                &key,
-                artifact.len() as u64,
-                &artifact_digest(artifact),
-                None,
-            );
+            let trailer = encode(&key, artifact, None);
             std::fs::write(folder.join(&name), [artifact, &trailer[..]].concat())?;
             forged += 1;
         }

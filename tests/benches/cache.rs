@@ -219,6 +219,8 @@ fn bench_vs_floor(c: &mut Criterion, engine: &Engine, name: &str, fx: &Fixture) 
     group.bench_function("fs_verified_hit", |b| {
         b.iter(|| Fixture::hit(&fx.verified, &key))
     });
+    // The VM's default mode (keyed BLAKE3 tags): `cargo xtask bench` checks it against
+    // `fs_trusted_hit`.
     group.bench_function("fs_authenticated_hit", |b| {
         b.iter(|| Fixture::hit(&fx.authenticated, &key))
     });

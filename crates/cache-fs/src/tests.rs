@@ -188,7 +188,13 @@ fn flipped_byte_in_code_is_a_miss_when_verified() {
         bytes[offset] ^= 0xFF;
         fs::write(&path, &bytes).unwrap();
         assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
-        assert!(cache.last_rejection().unwrap().contains("sha256"));
+        // Authenticated checks the artifact's keyed BLAKE3 tag in place of its sha256.
+        let why = cache.last_rejection().unwrap();
+        let want = match mode {
+            Verification::Authenticated { .. } => "authentication tag",
+            _ => "sha256",
+        };
+        assert!(why.contains(want), "{mode:?}: {why}");
     }
 }
 
@@ -243,7 +249,12 @@ fn wrong_hmac_key_and_unauthenticated_files_are_misses() {
         key: b"key two".to_vec(),
     });
     assert_rejected_then_recovers(&fx, &reader, &key, WAT, 42);
-    assert!(reader.last_rejection().unwrap().contains("hmac"));
+    assert!(
+        reader
+            .last_rejection()
+            .unwrap()
+            .contains("authentication tag")
+    );
 
     // A file written without a key (by a Verified cache, or by an attacker who recomputed the
     // sha256) is refused by an authenticated reader.
