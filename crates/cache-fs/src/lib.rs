@@ -161,7 +161,8 @@ pub enum Verification {
     /// without a valid tag for this key are rejected, so a writer of the cache folder who does
     /// not have the key cannot forge one.
     Authenticated {
-        /// The secret. Must not be empty.
+        /// The secret the tag keys are derived from (`blake3::derive_key`). Must not be empty;
+        /// 32 random bytes are enough.
         key: Vec<u8>,
     },
 }
@@ -1043,8 +1044,8 @@ impl FsCache {
         Ok(report)
     }
 
-    /// Fully verifies every entry of this engine's folder (trailer and sha256, plus the HMAC
-    /// tag in Authenticated mode), whatever the mode. Reports bad entries without removing
+    /// Fully verifies every entry of this engine's folder, whatever the mode: the trailer and
+    /// the artifact's sha256, or in Authenticated mode the trailer's and the artifact's tags. Reports bad entries without removing
     /// them; it does not deserialize anything.
     pub fn verify_all(&self) -> Result<VerifyReport, CacheError> {
         let mut report = VerifyReport::default();

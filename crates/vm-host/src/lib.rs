@@ -11,6 +11,9 @@
 //!
 //! Modules load through pinned -> LRU -> file cache -> compile; the stored bytecode is checked
 //! against its id before it is compiled, and concurrent loads of one module compile it once.
+//! By default the file cache is Authenticated under the VM's own key (`<dir>/cache.key`, made
+//! with the directory; [`CacheVerification`]), so a writer of the cache folder cannot plant
+//! native code.
 //!
 //! The host ABI (import module `env`) gives each module a key-value store committed with it:
 //! `db_read(key_ptr, key_len, val_ptr, val_cap) -> i32`, `db_write(key_ptr, key_len, val_ptr,
