@@ -762,6 +762,7 @@ fn cache_fixture() -> &'static CacheFixture {
                 mode,
                 max_bytes: None,
                 fsync: false,
+                ..FsCacheConfig::default()
             };
             FsCache::open(&dir, &engine, config).expect("open the fuzz cache")
         };
@@ -814,7 +815,7 @@ pub fn cache_file(data: &[u8]) {
             bytes.truncate(n);
         }
         2 | 3 => {
-            // Mostly the trailer: the last 192 bytes.
+            // Mostly the trailer: its last TRAILER_LEN bytes.
             let tail = u.int_in_range(0..=3u8).unwrap_or(0) != 0;
             // Bounded: an exhausted `Unstructured` keeps returning defaults.
             for _ in 0..64 {
@@ -857,10 +858,10 @@ pub fn cache_file(data: &[u8]) {
 
 /// The file cache's trailer codec (`cache_fs::fuzzing`): `check_trailer` and `check_bytes` on
 /// arbitrary bytes never panic; a file made by `encode` from an arbitrary artifact passes, with
-/// and without an HMAC key, and any single changed byte of it is refused.
+/// and without an authentication key, and any single changed byte of it is refused.
 pub fn cache_trailer(data: &[u8]) {
     use cache_core::EngineFingerprint;
-    use cache_fs::fuzzing::{artifact_digest, check_bytes, check_trailer, encode, hmac_key};
+    use cache_fs::fuzzing::{auth_key, check_bytes, check_trailer, encode};
     let engine = EngineFingerprint::from_bytes([7; 32]);
     let key = CacheKey::from_parts(
         WasmHash::of(b"wasm"),
@@ -869,7 +870,7 @@ pub fn cache_trailer(data: &[u8]) {
         Tier::Cranelift,
         engine,
     );
-    let hmac = hmac_key(b"fuzz key");
+    let hmac = auth_key(b"fuzz key");
     let mut u = Unstructured::new(data);
     let with_hmac: bool = u.arbitrary().unwrap_or(false);
     let hmac = if with_hmac { hmac.as_ref() } else { None };
@@ -890,12 +891,7 @@ pub fn cache_trailer(data: &[u8]) {
 
     // A valid file around an arbitrary artifact.
     let artifact = rest;
-    let trailer = encode(
-        &key,
-        artifact.len() as u64,
-        &artifact_digest(artifact),
-        hmac,
-    );
+    let trailer = encode(&key, artifact, hmac);
     let file = [artifact, &trailer[..]].concat();
     assert_eq!(check_bytes(&file, &engine, &key, hmac).ok(), Some(artifact));
     if !file.is_empty() {

@@ -409,6 +409,72 @@ fn tampered_cache_files_are_never_executed() -> Result<()> {
     Ok(())
 }
 
+/// Replaces the cache file of `victim` with the artifact of `donor`, under a trailer for the
+/// victim's key whose sha256 and digest are consistent: what anyone who can write the cache
+/// folder (and not read the key) can do, with the crate's own format functions. No tag.
+fn forge_cache_file(dir: &Path, victim: &ModuleId, donor: &ModuleId) -> Result<()> {
+    use cache_fs::fuzzing::encode;
+    let mut forged = 0;
+    for folder in std::fs::read_dir(dir.join("cache"))? {
+        let folder = folder?.path();
+        for file in std::fs::read_dir(&folder)? {
+            let name = file?.file_name().into_string().expect("utf-8 name");
+            let Some(rest) = name.strip_prefix(&victim.to_hex()) else {
+                continue;
+            };
+            let donor_file = folder.join(format!("{}{rest}", donor.to_hex()));
+            let bytes = std::fs::read(&donor_file)?;
+            let artifact = &bytes[..bytes.len() - cache_fs::TRAILER_LEN];
+            let stem = name.trim_end_matches(".cwasm");
+            let key = cache_core::CacheKey::parse(stem)?;
+            let trailer = encode(&key, artifact, None);
+            std::fs::write(folder.join(&name), [artifact, &trailer[..]].concat())?;
+            forged += 1;
+        }
+    }
+    assert_eq!(forged, 1, "one cache file of the victim");
+    Ok(())
+}
+
+/// A cache file forged with a consistent sha256 (another module's code under this module's
+/// key) is executed in Verified mode, which detects damage, not forgery, and refused in the
+/// default Authenticated mode: a miss, counted as rejected, and a recompile.
+#[test]
+fn a_forged_cache_file_runs_in_verified_mode_and_is_refused_by_default() -> Result<()> {
+    let answer = |n: i32| {
+        wasm(&format!(
+            r#"(module (func (export "answer") (result i32) i32.const {n}))"#
+        ))
+    };
+    let verified = VmConfig {
+        fs_verification: vm_host::Verification::Verified.into(),
+        ..VmConfig::for_tests()
+    };
+    for (config, forged_runs) in [(verified, true), (VmConfig::for_tests(), false)] {
+        let what = format!("{:?}", config.fs_verification);
+        let dir = tempfile::tempdir()?;
+        let (victim, donor) = {
+            let vm = Vm::open(dir.path(), config.clone())?;
+            (vm.deploy(&answer(1))?.0, vm.deploy(&answer(2))?.0)
+        };
+        forge_cache_file(dir.path(), &victim, &donor)?;
+
+        let vm = Vm::open(dir.path(), config)?;
+        let got = call1(&vm, vm.latest().expect("a commit"), &victim, "answer", &[])?;
+        let stats = vm.stats();
+        let fs = stats.layers.last().expect("file layer");
+        if forged_runs {
+            assert_eq!(got, Value::I32(2), "{what}: the forged code ran");
+            assert_eq!((stats.compiles, fs.rejected), (0, 0), "{what}");
+        } else {
+            assert_eq!(got, Value::I32(1), "{what}: the forgery was refused");
+            assert_eq!((stats.compiles, fs.rejected), (1, 1), "{what}");
+            assert_eq!(fs.misses, 1, "{what}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn restart_loads_from_the_file_cache_and_keeps_pins() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -508,6 +574,71 @@ fn open_existing_refuses_a_missing_vm_and_creates_nothing() -> Result<()> {
     let vm = Vm::open_existing(dir.path(), VmConfig::for_tests())?;
     assert_eq!(vm.commits().len(), 1);
     assert_eq!(vm.commits()[0].modules, vec![counter]);
+    Ok(())
+}
+
+/// The VM's cache key: made with the directory (32 bytes, mode 0600, beside the cache folder),
+/// reused by every later open, never made by `open_existing`, which refuses a VM without one
+/// unless it is told another mode.
+#[test]
+fn the_cache_key_is_made_with_the_directory_and_only_there() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let key_path = dir.path().join("cache.key");
+    let counter = {
+        let vm = open(dir.path())?;
+        let (counter, root) = vm.deploy(&wasm(COUNTER))?;
+        call1(&vm, root, &counter, "get", &[])?;
+        counter
+    };
+    let meta = std::fs::metadata(&key_path)?;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), 32);
+    let key = std::fs::read(&key_path)?;
+    assert_ne!(key, vec![0u8; 32]);
+
+    // A second open reuses the key: the artifacts the first one signed are hits.
+    let vm = open(dir.path())?;
+    assert_eq!(std::fs::read(&key_path)?, key);
+    call1(&vm, vm.latest().expect("a commit"), &counter, "get", &[])?;
+    let stats = vm.stats();
+    assert_eq!(stats.compiles, 0, "{:?}", stats.layers);
+    assert_eq!(stats.layers.last().expect("file layer").rejected, 0);
+    assert!(vm.verify()?.is_ok());
+    drop(vm);
+
+    // `open_existing` reads the key and makes none.
+    let vm = Vm::open_existing(dir.path(), VmConfig::for_tests())?;
+    assert!(vm.verify()?.is_ok());
+    drop(vm);
+    std::fs::remove_file(&key_path)?;
+    let before = tree(dir.path())?;
+    match Vm::open_existing(dir.path(), VmConfig::for_tests()) {
+        Err(VmError::CacheKey { path, reason }) => {
+            assert_eq!(path, key_path);
+            assert!(reason.contains("missing"), "{reason}");
+        }
+        other => panic!("expected a missing key, got {:?}", other.map(|_| ())),
+    }
+    let verified = VmConfig {
+        fs_verification: vm_host::Verification::Verified.into(),
+        ..VmConfig::for_tests()
+    };
+    assert!(Vm::open_existing(dir.path(), verified)?.verify()?.is_ok());
+    assert_eq!(tree(dir.path())?, before, "open_existing created something");
+
+    // A short key file is refused, not used.
+    std::fs::write(&key_path, b"short")?;
+    assert!(matches!(
+        Vm::open(dir.path(), VmConfig::for_tests()),
+        Err(VmError::CacheKey { .. })
+    ));
+    // `Vm::open` makes a new key for a directory without one; the old artifacts are misses.
+    std::fs::remove_file(&key_path)?;
+    let vm = open(dir.path())?;
+    assert_ne!(std::fs::read(&key_path)?, key);
+    call1(&vm, vm.latest().expect("a commit"), &counter, "get", &[])?;
+    assert_eq!(vm.stats().compiles, 1);
     Ok(())
 }
 

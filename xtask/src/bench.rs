@@ -200,6 +200,13 @@ pub(crate) const TARGETS: &[Target] = &[
         max: 1.3,
     },
     Target::Ratio {
+        what: "default (Authenticated) FS hit of hackatom within 3x of a Trusted hit",
+        group: "cache/hackatom/vs_floor",
+        function: "fs_authenticated_hit",
+        per: "fs_trusted_hit",
+        max: 3.0,
+    },
+    Target::Ratio {
         what: "Verified FS hit at least 100x faster than compiling sql.js",
         group: "cache/sqljs/vs_compile",
         function: "fs_verified_hit",

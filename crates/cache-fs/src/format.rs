@@ -2,46 +2,79 @@
 //!
 //! ```text
 //! file    = artifact || trailer                      (artifact: Module::serialize output)
-//! trailer = 192 bytes, little-endian:
+//! trailer = 224 bytes, little-endian:
 //!   0..32    engine fingerprint
 //!   32..64   key digest (sha256 of the whole CacheKey's byte encoding)
 //!   64..72   artifact length (u64)
 //!   72..104  artifact sha256
-//!   104..108 flags (u32; bit 0: HMAC tag present)
+//!   104..108 flags (u32; bit 0: tags present)
 //!   108..112 reserved, zero
-//!   112..144 HMAC-SHA256(key, "strata-cache-fs-v1\0" || trailer[0..112]), or zeroes
-//!   144..176 sha256(trailer[0..144] || trailer[176..192])  (trailer digest)
-//!   176..180 format version (u32)
-//!   180..184 trailer length (u32, 192)
-//!   184..192 magic "STRTCWSM"
+//!   112..144 artifact tag: keyed BLAKE3 of the artifact, or zeroes
+//!   144..176 trailer tag: keyed BLAKE3 of trailer[0..144], or zeroes
+//!   176..208 sha256(trailer[0..176] || trailer[208..224])  (trailer digest)
+//!   208..212 format version (u32)
+//!   212..216 trailer length (u32, 224)
+//!   216..224 magic "STRTCWSM"
 //! ```
+//!
+//! The two tags use two keys derived from the caller's secret with BLAKE3's key derivation
+//! (`blake3::derive_key`, one context string each). The trailer tag lets an Authenticated load
+//! check the trailer (and so the length it reads) before it reads the artifact; the artifact
+//! tag is then checked over the bytes read, in the same pass, without a sha256.
 //!
 //! The metadata is a trailer rather than a header so that the file, as a whole, is still a
 //! loadable wasmtime artifact: wasmtime's ELF reader ignores bytes after the ELF image, so the
 //! Trusted mode maps the file with `Module::deserialize_open_file` without copying it.
 
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use cache_core::{CacheKey, EngineFingerprint};
 
 /// The on-disk format version; also part of the folder name, so other versions are never
 /// opened.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The trailer's length in bytes.
-pub const TRAILER_LEN: usize = 192;
+pub const TRAILER_LEN: usize = 224;
 /// The trailer's magic number (its last 8 bytes).
 pub const MAGIC: [u8; 8] = *b"STRTCWSM";
-/// Domain separation of the HMAC input.
-const HMAC_CONTEXT: &[u8] = b"strata-cache-fs-v1\0";
-const FLAG_HMAC: u32 = 1;
+/// BLAKE3 key derivation contexts of the two tags' keys.
+const ARTIFACT_TAG_CONTEXT: &str = "strata cache-fs v3 artifact tag";
+const TRAILER_TAG_CONTEXT: &str = "strata cache-fs v3 trailer tag";
+const FLAG_TAGS: u32 = 1;
 
-/// A keyed HMAC-SHA256, ready to be cloned per use.
-pub type HmacSha256 = Hmac<Sha256>;
+/// The keys of the Authenticated mode's tags, derived from the caller's secret.
+#[derive(Clone)]
+pub struct AuthKey {
+    artifact: [u8; 32],
+    trailer: [u8; 32],
+}
 
-/// Keys an HMAC; `None` if the key is unusable (HMAC accepts any length, so in practice never).
-pub fn hmac_key(key: &[u8]) -> Option<HmacSha256> {
-    <HmacSha256 as Mac>::new_from_slice(key).ok()
+impl std::fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthKey(<redacted>)")
+    }
+}
+
+impl AuthKey {
+    /// A keyed BLAKE3 hasher of artifact bytes; its output is the artifact tag.
+    pub fn artifact_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.artifact)
+    }
+
+    fn trailer_tag(&self, t: &[u8; TRAILER_LEN]) -> blake3::Hash {
+        blake3::keyed_hash(&self.trailer, &t[0..144])
+    }
+}
+
+/// Derives the tag keys from a secret; `None` for an empty secret.
+pub fn auth_key(secret: &[u8]) -> Option<AuthKey> {
+    if secret.is_empty() {
+        return None;
+    }
+    Some(AuthKey {
+        artifact: blake3::derive_key(ARTIFACT_TAG_CONTEXT, secret),
+        trailer: blake3::derive_key(TRAILER_TAG_CONTEXT, secret),
+    })
 }
 
 /// The decoded, self-consistent fields of a trailer.
@@ -55,10 +88,10 @@ pub struct Trailer {
     pub artifact_len: u64,
     /// The sha256 of the artifact.
     pub artifact_sha256: [u8; 32],
-    /// Flags; bit 0: an HMAC tag is present.
+    /// Flags; bit 0: the tags are present.
     pub flags: u32,
-    /// The HMAC tag, or zeroes.
-    pub tag: [u8; 32],
+    /// The keyed BLAKE3 of the artifact, or zeroes.
+    pub artifact_tag: [u8; 32],
 }
 
 /// Why a file is not a valid entry. Every variant makes the file a miss.
@@ -74,12 +107,19 @@ pub enum Reject {
     WrongKey,
     /// The artifact's length or sha256 does not match the trailer.
     BadArtifact(&'static str),
-    /// HMAC tag missing or wrong.
+    /// An authentication tag (of the trailer or of the artifact) missing or wrong.
     Unauthenticated,
     /// Wasmtime refused the (verified or trusted) artifact.
     Wasmtime(Refusal),
     /// Not a regular file.
     NotAFile,
+    /// The artifact is larger than the configured limit (`FsCacheConfig::max_artifact_bytes`).
+    TooLarge {
+        /// The artifact's size, from the file's size.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
 }
 
 impl std::fmt::Display for Reject {
@@ -90,9 +130,13 @@ impl std::fmt::Display for Reject {
             Reject::Engine => f.write_str("written by another engine configuration"),
             Reject::WrongKey => f.write_str("key digest does not match the file name"),
             Reject::BadArtifact(why) => write!(f, "bad artifact: {why}"),
-            Reject::Unauthenticated => f.write_str("hmac tag missing or wrong"),
+            Reject::Unauthenticated => f.write_str("authentication tag missing or wrong"),
             Reject::Wasmtime(why) => write!(f, "wasmtime refused the artifact: {why}"),
             Reject::NotAFile => f.write_str("not a regular file"),
+            Reject::TooLarge { bytes, max } => write!(
+                f,
+                "artifact of {bytes} bytes is over the limit of {max} bytes (max_artifact_bytes)"
+            ),
         }
     }
 }
@@ -137,16 +181,9 @@ impl std::fmt::Display for Refusal {
 
 fn trailer_digest(t: &[u8; TRAILER_LEN]) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(&t[0..144]);
-    h.update(&t[176..192]);
+    h.update(&t[0..176]);
+    h.update(&t[208..224]);
     h.finalize().into()
-}
-
-fn hmac_tag(key: &HmacSha256, t: &[u8; TRAILER_LEN]) -> HmacSha256 {
-    let mut mac = key.clone();
-    mac.update(HMAC_CONTEXT);
-    mac.update(&t[0..112]);
-    mac
 }
 
 /// The sha256 of an artifact.
@@ -154,29 +191,40 @@ pub fn artifact_digest(artifact: &[u8]) -> [u8; 32] {
     Sha256::digest(artifact).into()
 }
 
-/// Builds the trailer of `artifact` (whose sha256 is `digest`) for `key`.
-pub fn encode(
+/// Builds the trailer of `artifact` for `key`, with its tags if `auth` is given.
+pub fn encode(key: &CacheKey, artifact: &[u8], auth: Option<&AuthKey>) -> [u8; TRAILER_LEN] {
+    let tag = auth.map(|k| {
+        let mut hasher = k.artifact_hasher();
+        hasher.update(artifact);
+        (k, *hasher.finalize().as_bytes())
+    });
+    encode_fields(key, artifact.len() as u64, &artifact_digest(artifact), tag)
+}
+
+/// Builds a trailer from its fields: `tag` is the tag key and the artifact's tag.
+fn encode_fields(
     key: &CacheKey,
     artifact_len: u64,
     digest: &[u8; 32],
-    hmac_key: Option<&HmacSha256>,
+    tag: Option<(&AuthKey, [u8; 32])>,
 ) -> [u8; TRAILER_LEN] {
     let mut t = [0u8; TRAILER_LEN];
     t[0..32].copy_from_slice(key.engine().as_bytes());
     t[32..64].copy_from_slice(&key.digest());
     t[64..72].copy_from_slice(&artifact_len.to_le_bytes());
     t[72..104].copy_from_slice(digest);
-    let flags = if hmac_key.is_some() { FLAG_HMAC } else { 0 };
+    let flags = if tag.is_some() { FLAG_TAGS } else { 0 };
     t[104..108].copy_from_slice(&flags.to_le_bytes());
-    t[176..180].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    t[180..184].copy_from_slice(&(TRAILER_LEN as u32).to_le_bytes());
-    t[184..192].copy_from_slice(&MAGIC);
-    if let Some(k) = hmac_key {
-        let tag = hmac_tag(k, &t).finalize().into_bytes();
-        t[112..144].copy_from_slice(&tag);
+    t[208..212].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    t[212..216].copy_from_slice(&(TRAILER_LEN as u32).to_le_bytes());
+    t[216..224].copy_from_slice(&MAGIC);
+    if let Some((k, artifact_tag)) = tag {
+        t[112..144].copy_from_slice(&artifact_tag);
+        let trailer_tag = k.trailer_tag(&t);
+        t[144..176].copy_from_slice(trailer_tag.as_bytes());
     }
     let digest = trailer_digest(&t);
-    t[144..176].copy_from_slice(&digest);
+    t[176..208].copy_from_slice(&digest);
     t
 }
 
@@ -187,26 +235,26 @@ fn array<const N: usize>(s: &[u8]) -> [u8; N] {
 }
 
 /// Decodes and checks a trailer against the file it ends and the key it is looked up under.
-/// Checks everything but the artifact's digest: `file_len` is the whole file's length,
-/// `hmac_key` is `Some` in Authenticated mode.
+/// Checks everything but the artifact's digest or tag: `file_len` is the whole file's length,
+/// `auth` is `Some` in Authenticated mode (then the trailer's own tag is checked).
 pub fn check_trailer(
     t: &[u8; TRAILER_LEN],
     file_len: u64,
     engine: &EngineFingerprint,
     key: &CacheKey,
-    hmac_key: Option<&HmacSha256>,
+    auth: Option<&AuthKey>,
 ) -> Result<Trailer, Reject> {
-    if t[184..192] != MAGIC {
+    if t[216..224] != MAGIC {
         return Err(Reject::BadTrailer("wrong magic"));
     }
-    let version = u32::from_le_bytes(array(&t[176..180]));
+    let version = u32::from_le_bytes(array(&t[208..212]));
     if version != FORMAT_VERSION {
         return Err(Reject::Version(version));
     }
-    if u32::from_le_bytes(array(&t[180..184])) as usize != TRAILER_LEN {
+    if u32::from_le_bytes(array(&t[212..216])) as usize != TRAILER_LEN {
         return Err(Reject::BadTrailer("wrong trailer length"));
     }
-    if trailer_digest(t) != t[144..176] {
+    if trailer_digest(t) != t[176..208] {
         return Err(Reject::BadTrailer("trailer digest mismatch"));
     }
     let trailer = Trailer {
@@ -215,9 +263,9 @@ pub fn check_trailer(
         artifact_len: u64::from_le_bytes(array(&t[64..72])),
         artifact_sha256: array(&t[72..104]),
         flags: u32::from_le_bytes(array(&t[104..108])),
-        tag: array(&t[112..144]),
+        artifact_tag: array(&t[112..144]),
     };
-    if trailer.flags & !FLAG_HMAC != 0 || t[108..112] != [0; 4] {
+    if trailer.flags & !FLAG_TAGS != 0 || t[108..112] != [0; 4] {
         return Err(Reject::BadTrailer("unknown flags"));
     }
     if trailer.engine != *engine.as_bytes() {
@@ -229,16 +277,47 @@ pub fn check_trailer(
     if Some(trailer.artifact_len) != file_len.checked_sub(TRAILER_LEN as u64) {
         return Err(Reject::BadArtifact("length mismatch"));
     }
-    if let Some(k) = hmac_key {
-        if trailer.flags & FLAG_HMAC == 0 {
+    if let Some(k) = auth {
+        // `blake3::Hash` compares in constant time.
+        if trailer.flags & FLAG_TAGS == 0 || k.trailer_tag(t) != array::<32>(&t[144..176]) {
             return Err(Reject::Unauthenticated);
         }
-        // Constant-time comparison.
-        hmac_tag(k, t)
-            .verify_slice(&trailer.tag)
-            .map_err(|_| Reject::Unauthenticated)?;
     }
     Ok(trailer)
+}
+
+/// Checks the artifact against a checked trailer: its keyed BLAKE3 against the artifact tag
+/// in Authenticated mode (`auth`), its sha256 otherwise.
+pub fn check_artifact(
+    trailer: &Trailer,
+    artifact: &[u8],
+    auth: Option<&AuthKey>,
+) -> Result<(), Reject> {
+    match auth {
+        Some(k) => {
+            let mut hasher = k.artifact_hasher();
+            hasher.update(artifact);
+            check_artifact_tag(trailer, hasher.finalize())
+        }
+        None => check_artifact_sha256(trailer, &artifact_digest(artifact)),
+    }
+}
+
+/// Compares an artifact's keyed BLAKE3 (computed by the caller) with the trailer's tag, in
+/// constant time.
+pub fn check_artifact_tag(trailer: &Trailer, tag: blake3::Hash) -> Result<(), Reject> {
+    if tag != trailer.artifact_tag {
+        return Err(Reject::Unauthenticated);
+    }
+    Ok(())
+}
+
+/// Compares an artifact's sha256 (computed by the caller) with the trailer's.
+pub fn check_artifact_sha256(trailer: &Trailer, digest: &[u8; 32]) -> Result<(), Reject> {
+    if *digest != trailer.artifact_sha256 {
+        return Err(Reject::BadArtifact("sha256 mismatch"));
+    }
+    Ok(())
 }
 
 /// Checks a whole file's bytes (artifact and trailer) read into memory; returns the artifact.
@@ -246,21 +325,7 @@ pub fn check_bytes<'a>(
     bytes: &'a [u8],
     engine: &EngineFingerprint,
     key: &CacheKey,
-    hmac_key: Option<&HmacSha256>,
-) -> Result<&'a [u8], Reject> {
-    let split = bytes.len().saturating_sub(TRAILER_LEN);
-    let digest = artifact_digest(&bytes[..split]);
-    check_bytes_with_digest(bytes, &digest, engine, key, hmac_key)
-}
-
-/// As [`check_bytes`], with `digest` the sha256 of `bytes[..bytes.len() - TRAILER_LEN]`
-/// already computed by the caller (while reading, over the very bytes in `bytes`).
-pub fn check_bytes_with_digest<'a>(
-    bytes: &'a [u8],
-    digest: &[u8; 32],
-    engine: &EngineFingerprint,
-    key: &CacheKey,
-    hmac_key: Option<&HmacSha256>,
+    auth: Option<&AuthKey>,
 ) -> Result<&'a [u8], Reject> {
     let Some(split) = bytes.len().checked_sub(TRAILER_LEN) else {
         return Err(Reject::BadTrailer("file shorter than a trailer"));
@@ -269,10 +334,8 @@ pub fn check_bytes_with_digest<'a>(
     let t: &[u8; TRAILER_LEN] = t
         .try_into()
         .map_err(|_| Reject::BadTrailer("file shorter than a trailer"))?;
-    let trailer = check_trailer(t, bytes.len() as u64, engine, key, hmac_key)?;
-    if *digest != trailer.artifact_sha256 {
-        return Err(Reject::BadArtifact("sha256 mismatch"));
-    }
+    let trailer = check_trailer(t, bytes.len() as u64, engine, key, auth)?;
+    check_artifact(&trailer, artifact, auth)?;
     Ok(artifact)
 }
 
@@ -295,14 +358,9 @@ mod tests {
         )
     }
 
-    fn file(key: &CacheKey, artifact: &[u8], hmac: Option<&[u8]>) -> Vec<u8> {
-        let hmac = hmac.map(|k| hmac_key(k).unwrap());
-        let t = encode(
-            key,
-            artifact.len() as u64,
-            &artifact_digest(artifact),
-            hmac.as_ref(),
-        );
+    fn file(key: &CacheKey, artifact: &[u8], secret: Option<&[u8]>) -> Vec<u8> {
+        let auth = secret.map(|k| auth_key(k).unwrap());
+        let t = encode(key, artifact, auth.as_ref());
         [artifact, &t[..]].concat()
     }
 
@@ -310,18 +368,18 @@ mod tests {
     fn round_trip_and_every_flipped_byte_is_caught() {
         let (engine, key) = key();
         let artifact = b"not really an elf file, but bytes".to_vec();
-        for hmac in [None, Some(&b"secret"[..])] {
-            let bytes = file(&key, &artifact, hmac);
-            let hmac = hmac.map(|k| hmac_key(k).unwrap());
-            let hmac = hmac.as_ref();
-            assert_eq!(check_bytes(&bytes, &engine, &key, hmac).unwrap(), artifact);
+        for auth in [None, Some(&b"secret"[..])] {
+            let bytes = file(&key, &artifact, auth);
+            let auth = auth.map(|k| auth_key(k).unwrap());
+            let auth = auth.as_ref();
+            assert_eq!(check_bytes(&bytes, &engine, &key, auth).unwrap(), artifact);
             for i in 0..bytes.len() {
                 let mut bad = bytes.clone();
                 bad[i] ^= 0x01;
                 assert!(
-                    check_bytes(&bad, &engine, &key, hmac).is_err(),
-                    "flip at {i} not caught (hmac: {})",
-                    hmac.is_some()
+                    check_bytes(&bad, &engine, &key, auth).is_err(),
+                    "flip at {i} not caught (tags: {})",
+                    auth.is_some()
                 );
             }
         }
@@ -346,17 +404,12 @@ mod tests {
     fn no_input_of_any_length_panics_or_passes() {
         let (engine, key) = key();
         let other_engine = EngineFingerprint::from_bytes([9; 32]);
-        let secret = hmac_key(b"k").unwrap();
+        let secret = auth_key(b"k").unwrap();
         let artifact = garbage(1, 100);
-        for hmac in [None, Some(&secret)] {
-            let t = encode(
-                &key,
-                artifact.len() as u64,
-                &artifact_digest(&artifact),
-                hmac,
-            );
+        for auth in [None, Some(&secret)] {
+            let t = encode(&key, &artifact, auth);
             let valid = [&artifact[..], &t[..]].concat();
-            assert_eq!(check_bytes(&valid, &engine, &key, hmac), Ok(&artifact[..]));
+            assert_eq!(check_bytes(&valid, &engine, &key, auth), Ok(&artifact[..]));
             for len in 0..=300usize {
                 let mut inputs = vec![
                     garbage(len as u64 + 7, len),
@@ -380,16 +433,14 @@ mod tests {
                 inputs.push(deep);
                 for bytes in &inputs {
                     for engine in [&engine, &other_engine] {
-                        let got = check_bytes(bytes, engine, &key, hmac);
+                        let got = check_bytes(bytes, engine, &key, auth);
                         let ok = bytes == &valid && engine == &key.engine();
                         assert_eq!(got.is_ok(), ok, "len {len}: {got:?}");
-                        let digest = artifact_digest(bytes);
-                        let _ = check_bytes_with_digest(bytes, &digest, engine, &key, hmac);
                     }
                     if let Some(tail) = bytes.len().checked_sub(TRAILER_LEN) {
                         let t: &[u8; TRAILER_LEN] = bytes[tail..].try_into().unwrap();
-                        for file_len in [0, 1, 191, 192, len as u64, u64::MAX] {
-                            let got = check_trailer(t, file_len, &engine, &key, hmac);
+                        for file_len in [0, 1, 223, 224, len as u64, u64::MAX] {
+                            let got = check_trailer(t, file_len, &engine, &key, auth);
                             if got.is_ok() {
                                 assert_eq!(t, &valid[valid.len() - TRAILER_LEN..]);
                                 assert_eq!(file_len, valid.len() as u64);
@@ -400,16 +451,16 @@ mod tests {
             }
             // Extreme lengths in an otherwise valid trailer.
             for artifact_len in [0, 1, u64::MAX - 191, u64::MAX] {
-                let t = encode(&key, artifact_len, &[0; 32], hmac);
-                for file_len in [0, 192, u64::MAX] {
-                    let _ = check_trailer(&t, file_len, &engine, &key, hmac);
+                let t = encode_fields(&key, artifact_len, &[0; 32], auth.map(|k| (k, [0; 32])));
+                for file_len in [0, 224, u64::MAX] {
+                    let _ = check_trailer(&t, file_len, &engine, &key, auth);
                 }
             }
         }
     }
 
     #[test]
-    fn wrong_key_engine_version_and_hmac() {
+    fn wrong_key_engine_version_and_tag() {
         let (engine, key) = key();
         let bytes = file(&key, b"artifact", Some(b"k1"));
         let other = CacheKey::from_parts(
@@ -429,13 +480,13 @@ mod tests {
             Err(Reject::Engine)
         );
         assert_eq!(
-            check_bytes(&bytes, &engine, &key, hmac_key(b"k2").as_ref()),
+            check_bytes(&bytes, &engine, &key, auth_key(b"k2").as_ref()),
             Err(Reject::Unauthenticated)
         );
         // A file without a tag is refused in Authenticated mode.
         let plain = file(&key, b"artifact", None);
         assert_eq!(
-            check_bytes(&plain, &engine, &key, hmac_key(b"k1").as_ref()),
+            check_bytes(&plain, &engine, &key, auth_key(b"k1").as_ref()),
             Err(Reject::Unauthenticated)
         );
         // Truncated.
@@ -449,9 +500,9 @@ mod tests {
         ));
         // Another version, with a valid digest.
         let mut t: [u8; TRAILER_LEN] = bytes[bytes.len() - TRAILER_LEN..].try_into().unwrap();
-        t[176..180].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        t[208..212].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         let d = trailer_digest(&t);
-        t[144..176].copy_from_slice(&d);
+        t[176..208].copy_from_slice(&d);
         let len = bytes.len() as u64;
         assert_eq!(
             check_trailer(&t, len, &engine, &key, None),

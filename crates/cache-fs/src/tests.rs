@@ -56,6 +56,7 @@ impl Fixture {
             mode,
             max_bytes: None,
             fsync: false,
+            ..FsCacheConfig::default()
         })
     }
 
@@ -73,9 +74,17 @@ impl Fixture {
     }
 }
 
+/// The Trusted mode, for tests.
+fn trusted() -> Verification {
+    // SAFETY: the tests' cache folders are private temp dirs, written only by the tests' own
+    // saves; a test damages a file under Trusted only in ways the trailer check catches
+    // (header, length, swap, engine), or only reads it without deserializing (`verify_all`).
+    unsafe { Verification::trusted() }
+}
+
 fn modes() -> Vec<Verification> {
     vec![
-        Verification::Trusted,
+        trusted(),
         Verification::Verified,
         Verification::Authenticated {
             key: b"a secret kept elsewhere".to_vec(),
@@ -179,7 +188,13 @@ fn flipped_byte_in_code_is_a_miss_when_verified() {
         bytes[offset] ^= 0xFF;
         fs::write(&path, &bytes).unwrap();
         assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
-        assert!(cache.last_rejection().unwrap().contains("sha256"));
+        // Authenticated checks the artifact's keyed BLAKE3 tag in place of its sha256.
+        let why = cache.last_rejection().unwrap();
+        let want = match mode {
+            Verification::Authenticated { .. } => "authentication tag",
+            _ => "sha256",
+        };
+        assert!(why.contains(want), "{mode:?}: {why}");
     }
 }
 
@@ -234,7 +249,12 @@ fn wrong_hmac_key_and_unauthenticated_files_are_misses() {
         key: b"key two".to_vec(),
     });
     assert_rejected_then_recovers(&fx, &reader, &key, WAT, 42);
-    assert!(reader.last_rejection().unwrap().contains("hmac"));
+    assert!(
+        reader
+            .last_rejection()
+            .unwrap()
+            .contains("authentication tag")
+    );
 
     // A file written without a key (by a Verified cache, or by an attacker who recomputed the
     // sha256) is refused by an authenticated reader.
@@ -303,6 +323,7 @@ fn other_engine_config_never_sees_the_file() {
                 mode,
                 max_bytes: None,
                 fsync: false,
+                ..FsCacheConfig::default()
             },
         )
         .unwrap();
@@ -361,6 +382,7 @@ fn byte_limit_evicts_least_recently_used_files() {
         mode: Verification::Verified,
         max_bytes: Some(max),
         fsync: false,
+        ..FsCacheConfig::default()
     });
     let keys: Vec<_> = (0..3).map(|i| fx.save(&cache, &wat_n(i))).collect();
     assert_eq!(cache.stats()[0].evictions, 0);
@@ -398,6 +420,7 @@ fn byte_limit_evicts_least_recently_used_files() {
         mode: Verification::Verified,
         max_bytes: Some(100),
         fsync: false,
+        ..FsCacheConfig::default()
     });
     let key = fx.save(&tiny, WAT);
     assert!(!tiny.path_of(&key).exists());
@@ -415,6 +438,7 @@ fn byte_limit_counts_files_of_other_processes() {
         mode: Verification::Verified,
         max_bytes: Some(max),
         fsync: false,
+        ..FsCacheConfig::default()
     });
     // Another process (no limit of its own) fills the folder behind our back.
     for i in 1..6 {
@@ -578,10 +602,55 @@ fn the_byte_limit_covers_the_folders_of_all_engines() {
     assert!(s.evictions >= 1 && s.bytes <= one * 2 + one / 2, "{s:?}");
 }
 
+/// A file larger than `max_artifact_bytes` is rejected from its size alone: a planted sparse
+/// file of 1 GiB (with a valid-looking trailer position) is never read or allocated.
+#[test]
+fn a_file_over_the_artifact_limit_is_rejected_before_it_is_read() {
+    let fx = Fixture::new();
+    let key = CacheKey::new(&fx.engine, WAT.as_bytes());
+    for mode in modes() {
+        let config = FsCacheConfig {
+            mode: mode.clone(),
+            max_artifact_bytes: 1 << 20,
+            fsync: false,
+            ..FsCacheConfig::default()
+        };
+        let (fault, cache) = open_faulty(fx.dir.path(), &fx.engine, config.clone());
+        // A sparse 1 GiB file: the size of a huge artifact, no blocks on disk.
+        let path = cache.path_of(&key);
+        let file = fs::File::create(&path).unwrap();
+        file.set_len(1 << 30).unwrap();
+        drop(file);
+        fault.take_log();
+        assert!(cache.load(&key).unwrap().is_none(), "{mode:?}");
+        let ops = fault.take_ops();
+        assert!(
+            !ops.contains(&Op::Read) && !ops.contains(&Op::ReadAt),
+            "{mode:?} read the file: {ops:?}"
+        );
+        assert_eq!(cache.stats()[0].rejected, 1, "{mode:?}");
+        let why = cache.last_rejection().unwrap();
+        assert!(why.contains("over the limit of 1048576 bytes"), "{why}");
+        assert!(!path.exists(), "{mode:?}: the planted file is removed");
+        let report = cache.verify_all().unwrap();
+        assert_eq!(report.bad.len(), 0);
+
+        // A module larger than the limit is not saved.
+        let tiny = FsCacheConfig {
+            max_artifact_bytes: 100,
+            ..config
+        };
+        let tiny = FsCache::open(fx.dir.path(), &fx.engine, tiny).unwrap();
+        fx.save(&tiny, WAT);
+        assert!(!tiny.path_of(&key).exists());
+        assert_eq!(tiny.stats()[0].rejected, 1);
+    }
+}
+
 #[test]
 fn verify_all_reports_bad_files_without_touching_them() {
     let fx = Fixture::new();
-    let cache = fx.open(Verification::Trusted);
+    let cache = fx.open(trusted());
     let good = fx.save(&cache, &wat_n(1));
     let bad = fx.save(&cache, &wat_n(2));
     let path = cache.path_of(&bad);
@@ -661,11 +730,13 @@ fn configs(mode: Verification) -> [FsCacheConfig; 2] {
             mode: mode.clone(),
             max_bytes: None,
             fsync: true,
+            ..FsCacheConfig::default()
         },
         FsCacheConfig {
             mode,
             max_bytes: Some(1 << 30),
             fsync: true,
+            ..FsCacheConfig::default()
         },
     ]
 }
@@ -718,12 +789,12 @@ fn operations_of_a_save_and_of_a_load() {
     };
     assert_eq!(ops_of(no_fsync, save), [CreateNew, Write, Write, Rename]);
 
-    // A load: Verified reads the file in READ_CHUNK pieces (4 KiB in unit tests, 1 MiB
-    // otherwise); Trusted reads the trailer and maps. A limit adds the mtime bump of a hit.
+    // A load: Verified reads the trailer, then the artifact in READ_CHUNK pieces (4 KiB in
+    // unit tests, 1 MiB otherwise); Trusted reads the trailer and maps. A limit adds the mtime bump of a hit.
     for (config, hit_tail) in [(unlimited, vec![]), (limited, vec![SetMtime])] {
         let fx = Fixture::new();
         let key = CacheKey::new(&fx.engine, WAT.as_bytes());
-        for mode in [Verification::Verified, Verification::Trusted] {
+        for mode in [Verification::Verified, trusted()] {
             let config = FsCacheConfig {
                 mode: mode.clone(),
                 ..config.clone()
@@ -733,7 +804,7 @@ fn operations_of_a_save_and_of_a_load() {
             fault.take_log();
             assert!(cache.load(&key).unwrap().is_some());
             let log = fault.take_ops();
-            if mode == Verification::Trusted {
+            if matches!(mode, Verification::Trusted(_)) {
                 let want = [
                     &[OpenRead, FileMetadata, ReadAt, OpenForMapping][..],
                     &hit_tail,
@@ -741,8 +812,10 @@ fn operations_of_a_save_and_of_a_load() {
                 .concat();
                 assert_eq!(log, want);
             } else {
-                let reads = file_len.div_ceil(READ_CHUNK as u64) as usize;
-                let want = [&[OpenRead, FileMetadata][..], &vec![Read; reads], &hit_tail].concat();
+                let artifact_len = file_len - TRAILER_LEN as u64;
+                let reads = artifact_len.div_ceil(READ_CHUNK as u64) as usize;
+                let head = [OpenRead, FileMetadata, ReadAt];
+                let want = [&head[..], &vec![Read; reads], &hit_tail].concat();
                 assert_eq!(log, want, "{file_len} bytes");
             }
         }
@@ -925,13 +998,14 @@ fn power_loss_at_every_operation_leaves_misses_or_the_saved_modules() {
     });
     let file_len = (modules[0].1.serialize().unwrap().len() + TRAILER_LEN) as u64;
     let (mut cuts, mut rejected) = (0, 0);
-    for mode in [Verification::Trusted, Verification::Verified] {
+    for mode in [trusted(), Verification::Verified] {
         for fsync in [true, false] {
             let config = FsCacheConfig {
                 mode: mode.clone(),
                 // Room for one file: saving B evicts A.
                 max_bytes: Some(file_len * 3 / 2),
                 fsync,
+                ..FsCacheConfig::default()
             };
             let dir = tempfile::tempdir().unwrap();
             let (_, ops, saved) = power_scenario(dir.path(), &engine, &config, u64::MAX, &modules);

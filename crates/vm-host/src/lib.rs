@@ -11,6 +11,9 @@
 //!
 //! Modules load through pinned -> LRU -> file cache -> compile; the stored bytecode is checked
 //! against its id before it is compiled, and concurrent loads of one module compile it once.
+//! By default the file cache is Authenticated under the VM's own key (`<dir>/cache.key`, made
+//! with the directory; [`CacheVerification`]), so a writer of the cache folder cannot plant
+//! native code.
 //!
 //! The host ABI (import module `env`) gives each module a key-value store committed with it:
 //! `db_read(key_ptr, key_len, val_ptr, val_cap) -> i32`, `db_write(key_ptr, key_len, val_ptr,
@@ -71,8 +74,9 @@ pub use vm::{CacheFolderStats, DiskStats, FailedPin, VerifyOutcome, Vm, VmFiles,
 pub struct VmConfig {
     /// Capacity of the in-memory LRU layer, in bytes of compiled artifact.
     pub lru_bytes: u64,
-    /// How the file cache checks an artifact before deserializing it.
-    pub fs_verification: Verification,
+    /// How the file cache checks an artifact before deserializing it. Default:
+    /// [`CacheVerification::VmKey`], Authenticated under the VM's own key.
+    pub fs_verification: CacheVerification,
     /// Byte limit of the file cache directory; `None` for no limit.
     pub fs_cache_bytes: Option<u64>,
     /// Whether the store and the file cache fsync what they write (turn off only for tests).
@@ -104,7 +108,7 @@ impl Default for VmConfig {
     fn default() -> Self {
         VmConfig {
             lru_bytes: 512 << 20,
-            fs_verification: Verification::Verified,
+            fs_verification: CacheVerification::VmKey,
             fs_cache_bytes: Some(4 << 30),
             fsync: true,
             default_fuel: 1_000_000_000,
@@ -116,6 +120,32 @@ impl Default for VmConfig {
             max_kv_bytes: 64 << 20,
             host_costs: HostCosts::default(),
         }
+    }
+}
+
+/// How a [`Vm`]'s file cache checks a compiled artifact before wasmtime deserializes it as
+/// native code.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CacheVerification {
+    /// [`Verification::Authenticated`] under the VM's own key: 32 random bytes in
+    /// `<dir>/cache.key` (mode 0600, beside the `cache` folder, not in it), made durably when
+    /// [`Vm::open`] finds none. [`Vm::open_existing`] never makes one: a VM directory without
+    /// it (made before keys existed, or whose key was deleted) is refused with
+    /// [`VmError::CacheKey`] rather than read with a weaker check; open it once with
+    /// [`Vm::open`], or name a mode with [`CacheVerification::Mode`]. A writer of the cache
+    /// folder who cannot read the key cannot forge an artifact.
+    #[default]
+    VmKey,
+    /// Exactly this mode: [`Verification::Authenticated`] with a key of the caller's (which
+    /// takes precedence over the VM's own key; `vmhost --hmac-key-file`),
+    /// [`Verification::Verified`] (detects damage, not forgery) or the `unsafe`
+    /// [`Verification::trusted`].
+    Mode(Verification),
+}
+
+impl From<Verification> for CacheVerification {
+    fn from(mode: Verification) -> Self {
+        CacheVerification::Mode(mode)
     }
 }
 
@@ -263,6 +293,15 @@ pub enum VmError {
         /// The error.
         #[source]
         source: std::io::Error,
+    },
+    /// The VM's cache key (`<dir>/cache.key`, [`CacheVerification::VmKey`]) is missing from an
+    /// existing VM directory, or is not a usable key.
+    #[error("cache key {}: {reason}", path.display())]
+    CacheKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// An error from wasmtime outside a call (engine setup, linking, instantiation).
     #[error("wasmtime: {0}")]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cache_core::LayerStats;
-use cache_fs::{FsCache, FsCacheConfig, PruneReport};
+use cache_fs::{FsCache, FsCacheConfig, PruneReport, Verification};
 use cache_lru::LruCache;
 use parking_lot::Mutex;
 use store_commit::{CommitInfo, Deletion, Store, StoreConfig};
@@ -19,7 +19,16 @@ use crate::host::{self, HostState};
 use crate::loader::Loader;
 use crate::memory::{GUARD, RESERVATION, StoreMemoryCreator};
 use crate::session::Session;
-use crate::{VmConfig, VmError};
+use crate::{CacheVerification, VmConfig, VmError};
+
+/// The VM's cache key file, in the VM directory (beside the `cache` folder, never in it).
+const CACHE_KEY: &str = "cache.key";
+/// Where a new key is written before its rename to [`CACHE_KEY`].
+const CACHE_KEY_TEMP: &str = "cache.key.tmp";
+/// The length of a key the VM makes.
+const KEY_BYTES: usize = 32;
+/// The longest key file read (a key is 32 bytes; anything much longer is not a key file).
+const MAX_KEY_FILE_BYTES: u64 = 4096;
 
 /// A contract VM over one directory. Cheap to clone; share it between threads.
 #[derive(Clone)]
@@ -167,6 +176,65 @@ enum Folders {
     Existing,
 }
 
+/// The VM's own cache key: read from `<dir>/cache.key`, or, when `Vm::open` finds none, made
+/// (32 bytes from the OS's random source) and written durably with mode 0600: a temp file,
+/// fsync, rename, fsync of the directory. Called with the store's lock held, so two processes
+/// never race to make it. `open_existing` never makes one.
+fn cache_key(fs: &dyn Fs, dir: &Path, folders: Folders) -> Result<Vec<u8>, VmError> {
+    let path = dir.join(CACHE_KEY);
+    let bad = |reason| VmError::CacheKey {
+        path: path.clone(),
+        reason,
+    };
+    match fs.open_read(&path) {
+        Ok(file) => {
+            let meta = fs.file_metadata(&file).map_err(io(&path))?;
+            if !meta.is_file() {
+                return Err(bad("not a regular file"));
+            }
+            if meta.len() > MAX_KEY_FILE_BYTES {
+                return Err(bad("too long for a key file"));
+            }
+            let limit = MAX_KEY_FILE_BYTES as usize;
+            let mut key = Vec::new();
+            // Reads to the end of the file or one byte past the limit.
+            fs.read(&file, &mut key, limit + 1).map_err(io(&path))?;
+            if key.len() > limit {
+                return Err(bad("too long for a key file"));
+            }
+            if key.len() < KEY_BYTES {
+                return Err(bad("shorter than 32 bytes"));
+            }
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && folders == Folders::Create => {
+            let mut key = vec![0u8; KEY_BYTES];
+            getrandom::fill(&mut key).map_err(|e| {
+                io(&path)(std::io::Error::other(format!(
+                    "no random bytes for a key: {e}"
+                )))
+            })?;
+            let temp = dir.join(CACHE_KEY_TEMP);
+            // A leftover of an interrupted open is replaced.
+            fs.remove_all(&temp).map_err(io(&temp))?;
+            let file = fs.create_new(&temp, 0o600).map_err(io(&temp))?;
+            fs.write(&file, &key).map_err(io(&temp))?;
+            // Always durable, whatever `fsync` says: a key made once per VM must not be lost
+            // while the cache files it signed survive.
+            fs.sync_data(&file).map_err(io(&temp))?;
+            drop(file);
+            fs.rename(&temp, &path).map_err(io(&path))?;
+            fs.sync_dir(dir).map_err(io(dir))?;
+            tracing::info!(path = %path.display(), "made the cache key");
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(bad(
+            "missing from this existing VM directory (opening it to write, e.g. vmhost deploy, makes one)",
+        )),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
     move |source| VmError::Io {
         path: path.to_path_buf(),
@@ -286,10 +354,17 @@ impl Vm {
                 .collect()
         };
 
+        let mode = match &config.fs_verification {
+            CacheVerification::Mode(mode) => mode.clone(),
+            CacheVerification::VmKey => Verification::Authenticated {
+                key: cache_key(disk.as_ref(), dir, folders)?,
+            },
+        };
         let cache_config = FsCacheConfig {
-            mode: config.fs_verification.clone(),
+            mode,
             max_bytes: config.fs_cache_bytes,
             fsync: config.fsync,
+            ..FsCacheConfig::default()
         };
         let cache_dir = dir.join("cache");
         let engines = std::slice::from_ref(&engine);

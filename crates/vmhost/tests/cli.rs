@@ -447,10 +447,6 @@ fn authenticated_mode_needs_a_long_enough_key_file() {
     };
 
     fails(
-        &vmhost(vm, &["--verification", "authenticated", "deploy", COUNTER]),
-        "needs --hmac-key-file",
-    );
-    fails(
         &auth(short.to_str().expect("utf-8"), &["deploy", COUNTER]),
         "at least 32",
     );
@@ -463,7 +459,17 @@ fn authenticated_mode_needs_a_long_enough_key_file() {
         "cannot read hmac key file",
     );
     fails(
-        &vmhost(vm, &["--hmac-key-file", key_arg, "deploy", COUNTER]),
+        &vmhost(
+            vm,
+            &[
+                "--verification",
+                "verified",
+                "--hmac-key-file",
+                key_arg,
+                "deploy",
+                COUNTER,
+            ],
+        ),
         "only with --verification authenticated",
     );
     assert!(
