@@ -318,52 +318,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             module,
             function,
             args,
-        } => {
-            let module = module_id(module)?;
-            let base = base.as_deref().map(root).transpose()?;
-            let vm = open(&cli, Create::Never)?;
-            let base = match base {
-                Some(base) => Some(base),
-                None => Some(vm.latest().context("the store has no commits yet")?),
-            };
-            let mut session = vm.session(base)?;
-            let (params, _) = session.signature(&module, function)?;
-            let values = parse_args(&params, args)?;
-            let results = session.call(&module, function, &values)?;
-            let shown: Vec<String> = results.iter().map(ToString::to_string).collect();
-            println!("{}", shown.join(" "));
-            if *commit {
-                println!("root {}", session.commit()?);
-            }
-        }
-        Command::Commits { json } => {
-            let vm = open(&cli, Create::Never)?;
-            let commits = vm.commits();
-            if *json {
-                let list: Vec<_> = commits
-                    .iter()
-                    .map(|c| {
-                        json!({
-                            "root": c.root.to_hex(),
-                            "parent": c.parent.map(|p| p.to_hex()),
-                            "seq": c.seq,
-                            "modules": c.modules.iter().map(|m| m.to_hex()).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                println!("{}", json!({ "commits": list }));
-            } else {
-                for commit in commits {
-                    let parent = commit.parent.map_or_else(|| "-".to_owned(), |p| p.to_hex());
-                    println!(
-                        "{} parent {} modules {}",
-                        commit.root,
-                        parent,
-                        commit.modules.len()
-                    );
-                }
-            }
-        }
+        } => call(&cli, base.as_deref(), *commit, module, function, args)?,
+        Command::Commits { json } => print_commits(&open(&cli, Create::Never)?, *json),
         Command::Delete { root: text } => {
             let root = root(text)?;
             let vm = open(&cli, Create::Never)?;
@@ -375,125 +331,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Verify { json } => {
-            let vm = open(&cli, Create::Never)?;
-            let outcome = vm.verify()?;
-            if *json {
-                println!(
-                    "{}",
-                    json!({
-                        "ok": outcome.is_ok(),
-                        "commits": outcome.commits,
-                        "artifacts": outcome.artifacts,
-                        "problems": outcome.problems,
-                    })
-                );
-            } else {
-                for problem in &outcome.problems {
-                    println!("problem: {problem}");
-                }
-                println!(
-                    "checked {} commit(s) and {} cached artifact(s): {}",
-                    outcome.commits,
-                    outcome.artifacts,
-                    if outcome.is_ok() { "ok" } else { "NOT OK" }
-                );
-            }
-            if !outcome.is_ok() {
+            if !print_verify(&open(&cli, Create::Never)?, *json)? {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Stats { json } => {
-            let vm = open(&cli, Create::Never)?;
-            let stats = vm.disk_stats()?;
-            if *json {
-                let cache: Vec<_> = stats
-                    .cache
-                    .iter()
-                    .map(|f| {
-                        json!({
-                            "folder": f.name,
-                            "in_use": f.in_use,
-                            "entries": f.entries,
-                            "bytes": f.bytes,
-                        })
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    json!({
-                        "dir": vm.dir().display().to_string(),
-                        "store": {
-                            "bytes": stats.store_bytes,
-                            "apparent_bytes": stats.store_apparent_bytes,
-                            "files": stats.store_files,
-                        },
-                        "commits": stats.commits,
-                        "cache": cache,
-                        "pins": stats.pins.iter().map(|p| p.to_hex()).collect::<Vec<_>>(),
-                        "failed_pins": stats.failed_pins.iter().map(|f| json!({
-                            "id": f.id.map(|id| id.to_hex()),
-                            "line": f.line,
-                            "reason": f.reason,
-                        })).collect::<Vec<_>>(),
-                    })
-                );
-            } else {
-                println!(
-                    "store {} bytes on disk ({} bytes apparent) in {} file(s)",
-                    stats.store_bytes, stats.store_apparent_bytes, stats.store_files
-                );
-                println!("commits {}", stats.commits);
-                for folder in &stats.cache {
-                    println!(
-                        "cache {} ({}) entries {} bytes {}",
-                        folder.name,
-                        if folder.in_use {
-                            "in use"
-                        } else {
-                            "other engine"
-                        },
-                        folder.entries,
-                        folder.bytes
-                    );
-                }
-                println!("pins {}", stats.pins.len());
-                for pin in &stats.pins {
-                    println!("pin {pin}");
-                }
-                for failed in &stats.failed_pins {
-                    println!("failed pin: {failed}");
-                }
-            }
-        }
-        Command::Prune { json } => {
-            let vm = open(&cli, Create::Never)?;
-            let report = vm.prune()?;
-            if *json {
-                let folders: Vec<String> = report
-                    .removed_folders
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect();
-                println!(
-                    "{}",
-                    json!({
-                        "removed_folders": folders,
-                        "removed_files": report.removed_files,
-                        "removed_bytes": report.removed_bytes,
-                    })
-                );
-            } else {
-                for folder in &report.removed_folders {
-                    println!("removed {}", folder.display());
-                }
-                println!(
-                    "freed {} bytes: {} cache folder(s), {} file(s)",
-                    report.removed_bytes,
-                    report.removed_folders.len(),
-                    report.removed_files
-                );
-            }
-        }
+        Command::Stats { json } => print_stats(&open(&cli, Create::Never)?, *json)?,
+        Command::Prune { json } => print_prune(&open(&cli, Create::Never)?, *json)?,
         Command::Pin { module } => {
             let id = module_id(module)?;
             let vm = open(&cli, Create::Never)?;
@@ -509,29 +352,213 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{id} was not pinned");
             }
         }
-        Command::Precompile { paths } => {
-            let modules = paths
-                .iter()
-                .map(|p| read_module(p))
-                .collect::<Result<Vec<_>>>()?;
-            let vm = open(&cli, Create::IfMissing)?;
-            let bar = indicatif::ProgressBar::new(modules.len() as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            for (path, wasm) in paths.iter().zip(&modules) {
-                bar.set_message(path.display().to_string());
-                let id = vm
-                    .precompile(wasm)
-                    .with_context(|| format!("cannot precompile {}", path.display()))?;
-                bar.suspend(|| println!("{id} {}", path.display()));
-                bar.inc(1);
-            }
-            bar.finish_with_message("done");
-        }
+        Command::Precompile { paths } => precompile(&cli, paths)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vmhost call`: one call on `base` (default: the newest commit), committed with `commit`.
+fn call(
+    cli: &Cli,
+    base: Option<&str>,
+    commit: bool,
+    module: &str,
+    function: &str,
+    args: &[String],
+) -> Result<()> {
+    let module = module_id(module)?;
+    let base = base.map(root).transpose()?;
+    let vm = open(cli, Create::Never)?;
+    let base = match base {
+        Some(base) => Some(base),
+        None => Some(vm.latest().context("the store has no commits yet")?),
+    };
+    let mut session = vm.session(base)?;
+    let (params, _) = session.signature(&module, function)?;
+    let values = parse_args(&params, args)?;
+    let results = session.call(&module, function, &values)?;
+    let shown: Vec<String> = results.iter().map(ToString::to_string).collect();
+    println!("{}", shown.join(" "));
+    if commit {
+        println!("root {}", session.commit()?);
+    }
+    Ok(())
+}
+
+/// `vmhost commits`: one line per commit, or one JSON document.
+fn print_commits(vm: &Vm, json: bool) {
+    let commits = vm.commits();
+    if json {
+        let list: Vec<_> = commits
+            .iter()
+            .map(|c| {
+                json!({
+                    "root": c.root.to_hex(),
+                    "parent": c.parent.map(|p| p.to_hex()),
+                    "seq": c.seq,
+                    "modules": c.modules.iter().map(|m| m.to_hex()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", json!({ "commits": list }));
+    } else {
+        for commit in commits {
+            let parent = commit.parent.map_or_else(|| "-".to_owned(), |p| p.to_hex());
+            println!(
+                "{} parent {} modules {}",
+                commit.root,
+                parent,
+                commit.modules.len()
+            );
+        }
+    }
+}
+
+/// `vmhost verify`: the problems and a summary line, or one JSON document; whether all is sound.
+fn print_verify(vm: &Vm, json: bool) -> Result<bool> {
+    let outcome = vm.verify()?;
+    if json {
+        println!(
+            "{}",
+            json!({
+                "ok": outcome.is_ok(),
+                "commits": outcome.commits,
+                "artifacts": outcome.artifacts,
+                "problems": outcome.problems,
+            })
+        );
+    } else {
+        for problem in &outcome.problems {
+            println!("problem: {problem}");
+        }
+        println!(
+            "checked {} commit(s) and {} cached artifact(s): {}",
+            outcome.commits,
+            outcome.artifacts,
+            if outcome.is_ok() { "ok" } else { "NOT OK" }
+        );
+    }
+    Ok(outcome.is_ok())
+}
+
+/// `vmhost stats`: what the VM directory holds on disk, as text or one JSON document.
+fn print_stats(vm: &Vm, json: bool) -> Result<()> {
+    let stats = vm.disk_stats()?;
+    if json {
+        let cache: Vec<_> = stats
+            .cache
+            .iter()
+            .map(|f| {
+                json!({
+                    "folder": f.name,
+                    "in_use": f.in_use,
+                    "entries": f.entries,
+                    "bytes": f.bytes,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "dir": vm.dir().display().to_string(),
+                "store": {
+                    "bytes": stats.store_bytes,
+                    "apparent_bytes": stats.store_apparent_bytes,
+                    "files": stats.store_files,
+                },
+                "commits": stats.commits,
+                "cache": cache,
+                "pins": stats.pins.iter().map(|p| p.to_hex()).collect::<Vec<_>>(),
+                "failed_pins": stats.failed_pins.iter().map(|f| json!({
+                    "id": f.id.map(|id| id.to_hex()),
+                    "line": f.line,
+                    "reason": f.reason,
+                })).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        println!(
+            "store {} bytes on disk ({} bytes apparent) in {} file(s)",
+            stats.store_bytes, stats.store_apparent_bytes, stats.store_files
+        );
+        println!("commits {}", stats.commits);
+        for folder in &stats.cache {
+            println!(
+                "cache {} ({}) entries {} bytes {}",
+                folder.name,
+                if folder.in_use {
+                    "in use"
+                } else {
+                    "other engine"
+                },
+                folder.entries,
+                folder.bytes
+            );
+        }
+        println!("pins {}", stats.pins.len());
+        for pin in &stats.pins {
+            println!("pin {pin}");
+        }
+        for failed in &stats.failed_pins {
+            println!("failed pin: {failed}");
+        }
+    }
+    Ok(())
+}
+
+/// `vmhost prune`: removes other engines' cache folders and reports what it freed.
+fn print_prune(vm: &Vm, json: bool) -> Result<()> {
+    let report = vm.prune()?;
+    if json {
+        let folders: Vec<String> = report
+            .removed_folders
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "removed_folders": folders,
+                "removed_files": report.removed_files,
+                "removed_bytes": report.removed_bytes,
+            })
+        );
+    } else {
+        for folder in &report.removed_folders {
+            println!("removed {}", folder.display());
+        }
+        println!(
+            "freed {} bytes: {} cache folder(s), {} file(s)",
+            report.removed_bytes,
+            report.removed_folders.len(),
+            report.removed_files
+        );
+    }
+    Ok(())
+}
+
+/// `vmhost precompile`: compiles each file into the caches, with a progress bar.
+fn precompile(cli: &Cli, paths: &[PathBuf]) -> Result<()> {
+    let modules = paths
+        .iter()
+        .map(|p| read_module(p))
+        .collect::<Result<Vec<_>>>()?;
+    let vm = open(cli, Create::IfMissing)?;
+    let bar = indicatif::ProgressBar::new(modules.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    for (path, wasm) in paths.iter().zip(&modules) {
+        bar.set_message(path.display().to_string());
+        let id = vm
+            .precompile(wasm)
+            .with_context(|| format!("cannot precompile {}", path.display()))?;
+        bar.suspend(|| println!("{id} {}", path.display()));
+        bar.inc(1);
+    }
+    bar.finish_with_message("done");
+    Ok(())
 }
