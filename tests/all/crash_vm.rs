@@ -229,10 +229,7 @@ fn crash_vm_sigkill_during_deploy_call_commit() -> Result<()> {
         let seed = std::env::var("STRATA_CRASH_SEED")?.parse()?;
         return child(Path::new(&dir), seed);
     }
-    let rounds: u64 = std::env::var("STRATA_CRASH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(10);
+    let rounds = strata_harness::crash_rounds(10);
     let dir = tempfile::tempdir()?;
     let name = strata_harness::test_name!(crash_vm_sigkill_during_deploy_call_commit);
     // Every commit reported and not deleted since, with its values.

@@ -234,22 +234,6 @@ fn host_call_that_cannot_pay_runs_out_of_fuel_and_leaves_no_trace() -> Result<()
 
 const CHILD: &str = "STRATA_HOSTILE_KV_CHILD";
 
-/// A field of /proc/self/status in KiB (VmHWM: peak RSS; VmRSS: current).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 /// In the child: the loops (one 64 KiB value rewritten with 200,000 fuel, which held
 /// 2 GiB before the fix; distinct keys until the quota) with the default costs; prints the
 /// growth of the peak RSS.
@@ -260,7 +244,7 @@ fn rss_child() -> Result<()> {
         ..config()
     };
     let (vm, m, root) = setup(dir.path(), config)?;
-    let base = status_kib("VmRSS:");
+    let base = strata_harness::status_kib("VmRSS:");
     let mut s = vm.session(Some(root))?;
     s.set_fuel(200_000);
     let rewrite = s.call(&m, "rewrite_plain", &[]);
@@ -273,7 +257,7 @@ fn rss_child() -> Result<()> {
     );
     println!(
         "hostile_kv: peak RSS grew by {} MiB",
-        status_kib("VmHWM:").saturating_sub(base) / 1024
+        strata_harness::status_kib("VmHWM:").saturating_sub(base) / 1024
     );
     Ok(())
 }

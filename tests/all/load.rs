@@ -74,22 +74,6 @@ fn fds_and_maps() -> (usize, usize) {
     (fds, maps)
 }
 
-/// A field of /proc/self/status in KiB (VmHWM: peak RSS; VmRSS: current).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 #[derive(Default)]
 struct Counts {
     sessions: AtomicU64,
@@ -292,7 +276,7 @@ fn load_child() -> Result<()> {
     for tenth in 1..=10 {
         let until = Duration::from_secs_f64(seconds * f64::from(tenth) / 10.0);
         std::thread::sleep(until.saturating_sub(start.elapsed()));
-        rss.push(status_kib("VmRSS:") / 1024);
+        rss.push(strata_harness::status_kib("VmRSS:") / 1024);
     }
     shared.stop.store(true, Ordering::Relaxed);
     for h in handles {
@@ -361,8 +345,8 @@ fn load_child() -> Result<()> {
     let (fds3, maps3) = fds_and_maps();
     println!(
         "load: peak RSS {} MiB (VmHWM), RSS now {} MiB; RSS at each tenth of the run (MiB): {rss:?}",
-        status_kib("VmHWM:") / 1024,
-        status_kib("VmRSS:") / 1024
+        strata_harness::status_kib("VmHWM:") / 1024,
+        strata_harness::status_kib("VmRSS:") / 1024
     );
     println!(
         "load: open fds {fds0} at start, {fds1} after warm-up, {fds2} after the run, {fds3} after dropping the VM"

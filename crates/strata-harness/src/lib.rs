@@ -158,6 +158,32 @@ impl Child {
     }
 }
 
+/// The number of kill rounds a crash test runs: `STRATA_CRASH_ROUNDS` (set by
+/// `cargo xtask crash --rounds N`), else `default`.
+pub fn crash_rounds(default: u64) -> u64 {
+    std::env::var("STRATA_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A field of this process's `/proc/self/status` in KiB (`"VmHWM:"`: peak resident memory,
+/// `"VmRSS:"`: resident memory now); 0 where the file or the field is missing.
+pub fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

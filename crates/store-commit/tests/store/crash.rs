@@ -72,10 +72,7 @@ fn sigkill_at_random_moments() -> Result<()> {
         let seed = std::env::var("STRATA_CRASH_SEED")?.parse()?;
         return crash_child(Path::new(&dir), seed);
     }
-    let rounds: u64 = std::env::var("STRATA_CRASH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(20);
+    let rounds = strata_harness::crash_rounds(20);
     let dir = tempfile::tempdir()?;
     let name = strata_harness::test_name!(sigkill_at_random_moments);
     let mut live: HashSet<Root> = HashSet::new();
