@@ -55,7 +55,7 @@ pub enum CacheError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// A cache was configured with unusable settings (for example an empty HMAC key).
+    /// A cache was configured with unusable settings (for example an empty authentication key).
     #[error("invalid cache configuration: {0}")]
     Config(#[source] ConfigError),
 }
@@ -85,12 +85,9 @@ pub enum ConfigError {
     /// A cache was opened for no engine at all.
     #[error("a cache needs at least one engine")]
     NoEngine,
-    /// Authenticated mode with an empty HMAC key.
+    /// Authenticated mode with an empty secret (the key its BLAKE3 tag keys are derived from).
     #[error("empty hmac key")]
     EmptyHmacKey,
-    /// The HMAC implementation refused the key.
-    #[error("unusable hmac key")]
-    UnusableHmacKey,
 }
 
 impl CacheError {

@@ -463,9 +463,7 @@ impl FsCache {
             return Err(CacheError::Config(ConfigError::NoEngine));
         }
         let auth = match &config.mode {
-            Verification::Authenticated { key } if key.is_empty() => {
-                return Err(CacheError::Config(ConfigError::EmptyHmacKey));
-            }
+            // `auth_key` refuses only an empty secret.
             Verification::Authenticated { key } => {
                 Some(format::auth_key(key).ok_or(CacheError::Config(ConfigError::EmptyHmacKey))?)
             }
@@ -689,8 +687,9 @@ impl FsCache {
         }
     }
 
-    /// Reads and fully verifies one file: first its size and trailer (with the HMAC tag in
-    /// Authenticated mode), then the artifact it announces, hashed while read.
+    /// Reads and fully verifies one file: first its size and trailer (with the trailer tag in
+    /// Authenticated mode), then the artifact it announces, hashed while read (sha256, or the
+    /// keyed BLAKE3 artifact tag in Authenticated mode).
     fn read_verified(
         &self,
         path: &Path,
@@ -819,8 +818,8 @@ impl FsCache {
                     .map_err(|e| CacheError::io(&path, e))?;
                 // SAFETY: Trusted mode is made only by the `unsafe` `Verification::trusted`,
                 // whose caller asserted that only this node writes the cache folder, so the
-                // file is an unmodified output of `Module::serialize` followed by our trailer (wasmtime ignores bytes after its ELF image). The
-                // trailer check above rules out truncated files, files of other keys and of
+                // file is an unmodified output of `Module::serialize` followed by our trailer
+                // (wasmtime ignores bytes after its ELF image). The trailer check above rules out truncated files, files of other keys and of
                 // other engines. Files are only ever replaced by rename, never modified in
                 // place, so the mapping stays valid for the module's lifetime.
                 unsafe { Module::deserialize_open_file(engine, mapped) }
@@ -830,13 +829,13 @@ impl FsCache {
                     Ok(artifact) => artifact,
                     Err(why) => return self.reject(&path, &file, why),
                 };
-                // SAFETY: `artifact` is exactly the bytes whose sha256 matches a trailer naming
-                // this key and this engine fingerprint, so they are what a `FsCache::save` of
-                // this engine configuration wrote from `Module::serialize`, bit for bit. In
-                // Authenticated mode the trailer also carries a valid HMAC tag under the
-                // caller's key, so no one without the key can forge them; Verified mode
-                // assumes nobody writes sha256-consistent forgeries into the folder (it guards
-                // against corruption, truncation and swaps). The bytes are in our own memory,
+                // SAFETY: `artifact` is exactly the bytes whose sha256 (Verified) or keyed
+                // BLAKE3 tag (Authenticated) matches a trailer naming this key and this engine
+                // fingerprint, so they are what a `FsCache::save` of this engine configuration
+                // wrote from `Module::serialize`, bit for bit. In Authenticated mode both tags
+                // are keyed by the caller's secret, so no one without it can forge them;
+                // Verified mode assumes nobody writes sha256-consistent forgeries into the
+                // folder (it guards against corruption, truncation and swaps). The bytes are in our own memory,
                 // so they cannot change between the check and this call.
                 unsafe { Module::deserialize(engine, &artifact) }
             }
