@@ -17,7 +17,7 @@ use cache_core::{
 use cache_fs::FsCache;
 use cache_lru::LruCache;
 use cache_pinned::PinnedCache;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use store_index::ModuleId;
 use wasmtime::{Engine, InstancePre, Linker, Module};
 
@@ -56,6 +56,9 @@ pub(crate) struct Loader {
     chain: Chain,
     /// One lock per module being compiled, holding the module once compiled: the single flight.
     inflight: Mutex<HashMap<CacheKey, Arc<Mutex<Option<Module>>>>>,
+    /// The shape (memory, mutable globals) of each runtime form loaded so far, read once from
+    /// its compiled module's exports: a key names one runtime form, so the shape never changes.
+    shapes: RwLock<HashMap<CacheKey, Arc<Shape>>>,
     pub(crate) compiles: AtomicU64,
 }
 
@@ -86,6 +89,7 @@ impl Loader {
             fs,
             chain,
             inflight: Mutex::new(HashMap::new()),
+            shapes: RwLock::new(HashMap::new()),
             compiles: AtomicU64::new(0),
         }
     }
@@ -123,14 +127,22 @@ impl Loader {
             Some(module) => module,
             None => self.compile_once(id, &key, source, compiles_before)?,
         };
-        let shape = rewrite::runtime_shape(&module)?;
+        let known = self.shapes.read().get(&key).cloned();
+        let shape = match known {
+            Some(shape) => shape,
+            None => {
+                let shape = Arc::new(rewrite::runtime_shape(&module)?);
+                self.shapes.write().insert(key, shape.clone());
+                shape
+            }
+        };
         let pre = self
             .linker
             .instantiate_pre(&module)
             .map_err(VmError::wasmtime)?;
         Ok(Loaded {
             key,
-            shape: Arc::new(shape),
+            shape,
             module,
             pre,
         })
