@@ -246,12 +246,15 @@ impl StoreFiles {
             listed.push(Listed { root, path, index });
         }
         // The renames are durable before anything inside is removed: a crash never leaves a
-        // commit directory half removed under its own name.
-        for doomed in &doomed {
-            self.remove_unlinked(doomed)?;
-        }
-        if cleaned {
+        // commit directory half removed under its own name. One sync covers every rename and the
+        // leftovers removed above; what a crash leaves of a removal below is a leftover too.
+        if cleaned || !doomed.is_empty() {
             self.sync_store_dir()?;
+        }
+        for doomed in &doomed {
+            self.fs
+                .remove_all(doomed)
+                .map_err(io_err("remove", doomed))?;
         }
         Ok(listed)
     }
