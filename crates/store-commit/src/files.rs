@@ -179,11 +179,15 @@ impl StoreFiles {
     fn check_marker(&self) -> Result<(), StoreError> {
         let (fs, dir) = (&self.fs, &self.dir);
         let marker = dir.join(MARKER);
-        if fs.exists(&marker).map_err(io_err("stat", &marker))? {
-            let bytes = fs.read_file(&marker).map_err(io_err("read", &marker))?;
-            decode_record::<StoreMarker>(RecordKind::Store, &bytes)
-                .map_err(|e| index_err(&marker, e))?;
-            return Ok(());
+        // One read, no separate existence check: a missing marker is a new store.
+        match fs.read_file(&marker) {
+            Ok(bytes) => {
+                decode_record::<StoreMarker>(RecordKind::Store, &bytes)
+                    .map_err(|e| index_err(&marker, e))?;
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("read", &marker)(e)),
         }
         let created_by = format!("store-commit {}", env!("CARGO_PKG_VERSION"));
         let bytes = encode_record(RecordKind::Store, &StoreMarker { created_by })
@@ -242,12 +246,15 @@ impl StoreFiles {
             listed.push(Listed { root, path, index });
         }
         // The renames are durable before anything inside is removed: a crash never leaves a
-        // commit directory half removed under its own name.
-        for doomed in &doomed {
-            self.remove_unlinked(doomed)?;
-        }
-        if cleaned {
+        // commit directory half removed under its own name. One sync covers every rename and the
+        // leftovers removed above; what a crash leaves of a removal below is a leftover too.
+        if cleaned || !doomed.is_empty() {
             self.sync_store_dir()?;
+        }
+        for doomed in &doomed {
+            self.fs
+                .remove_all(doomed)
+                .map_err(io_err("remove", doomed))?;
         }
         Ok(listed)
     }

@@ -262,12 +262,18 @@ fn plan_blob<'a>(
     m: &'a ModState,
     files: &mut Files<'_, 'a>,
 ) -> Result<(Digest, u64, Option<BlobDelta>), StoreError> {
-    let changed = match (&m.blob, m.blob_dirty, &m.base) {
-        (Some(b), true, Some(base)) if base.blob_hash() == hash::blob(b) => None,
-        (Some(b), true, _) => Some(b),
+    // A set blob equal to the base's is linked; its hash is computed once.
+    let changed = match (&m.blob, m.blob_dirty) {
+        (Some(b), true) => {
+            let h = hash::blob(b);
+            match &m.base {
+                Some(base) if base.blob_hash() == h => None,
+                _ => Some((b, h)),
+            }
+        }
         _ => None,
     };
-    let Some(blob) = changed else {
+    let Some((blob, blob_hash)) = changed else {
         let base = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
             reason: "module without blob".into(),
         })?;
@@ -277,7 +283,6 @@ fn plan_blob<'a>(
         }
         return Ok((base.blob_hash(), base.blob_len(), base.blob_delta()));
     };
-    let blob_hash = hash::blob(blob);
     if let (Some(base), Some(dir), true) = (&m.base, base_dir, blob.len() >= config.blob_diff_min) {
         let full = base
             .blob_delta()

@@ -24,7 +24,6 @@ pub struct Session {
     id: u64,
     base: Option<Root>,
     modules: BTreeMap<ModuleId, ModState>,
-    next_checkpoint: u64,
 }
 
 /// A module of a session (read by the planner).
@@ -115,7 +114,6 @@ impl Session {
             id,
             base,
             modules,
-            next_checkpoint: 0,
         }
     }
 
@@ -291,7 +289,6 @@ impl Session {
     /// Saves the current state of blobs, module set and opened memories. Costs the pages written
     /// since the memories were opened (they are copied), not the memory size.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, StoreError> {
-        self.next_checkpoint += 1;
         let mut memories = HashMap::new();
         let mut blobs = HashMap::new();
         for (id, m) in &self.modules {
