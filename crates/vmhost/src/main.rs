@@ -21,7 +21,8 @@ use vm_host::{
     CacheVerification, Deletion, ModuleId, Root, Verification, Vm, VmConfig, parse_args,
 };
 
-/// The shortest HMAC key `--hmac-key-file` accepts: the output size of HMAC-SHA256.
+/// The shortest key `--hmac-key-file` accepts: 32 bytes, the key size of the keyed BLAKE3 tags
+/// (the option keeps its name from the HMAC-SHA256 tags of cache format 2).
 const MIN_KEY_BYTES: usize = 32;
 
 /// A WebAssembly contract VM over a layered module cache and a copy-on-write commit store.
