@@ -841,6 +841,12 @@ pub fn cache_file(data: &[u8]) {
         }
     }
     let path = cache.path_of(&f.key);
+    // A saved file is read-only: replace it, as a writer of the folder can.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("remove the cache file: {e}"),
+    }
     std::fs::write(&path, &bytes).expect("plant the cache file");
     match cache.load(&f.key) {
         Ok(Some(module)) => {

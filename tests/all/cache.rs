@@ -208,6 +208,13 @@ enum Damage {
     WrongHmacKey,
 }
 
+/// Writes `bytes` in place of a saved file, which is read-only: remove, then write anew.
+fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::remove_file(path)?;
+    std::fs::write(path, bytes)?;
+    Ok(())
+}
+
 fn damage(how: Damage, dir: &Path, engine: &Engine, fs: &FsCache, key: &CacheKey) -> Result<()> {
     let path = fs.path_of(key);
     let mut bytes = std::fs::read(&path)?;
@@ -215,19 +222,19 @@ fn damage(how: Damage, dir: &Path, engine: &Engine, fs: &FsCache, key: &CacheKey
         Damage::FlipHeader => {
             let at = bytes.len() - TRAILER_LEN + 70; // artifact length field
             bytes[at] ^= 0x01;
-            std::fs::write(&path, &bytes)?;
+            replace(&path, &bytes)?;
         }
         Damage::FlipCode => {
             let at = bytes.len() / 3;
             bytes[at] ^= 0xFF;
-            std::fs::write(&path, &bytes)?;
+            replace(&path, &bytes)?;
         }
-        Damage::Truncate => std::fs::write(&path, &bytes[..bytes.len() - 500])?,
+        Damage::Truncate => replace(&path, &bytes[..bytes.len() - 500])?,
         Damage::SwapWithOther => {
             let other = wat(555, 0);
             let other_key = CacheKey::new(engine, other.as_bytes());
             fs.save(&other_key, &Module::new(engine, &other)?)?;
-            std::fs::copy(fs.path_of(&other_key), &path)?;
+            replace(&path, &std::fs::read(fs.path_of(&other_key))?)?;
         }
         Damage::OtherEngineFile => {
             // The same wasm compiled with other settings, planted under this engine's name.
@@ -238,7 +245,7 @@ fn damage(how: Damage, dir: &Path, engine: &Engine, fs: &FsCache, key: &CacheKey
             let source = wat(3, 0);
             let other_key = CacheKey::new(&other_engine, source.as_bytes());
             other_fs.save(&other_key, &Module::new(&other_engine, &source)?)?;
-            std::fs::copy(other_fs.path_of(&other_key), &path)?;
+            replace(&path, &std::fs::read(other_fs.path_of(&other_key))?)?;
         }
         Damage::WrongHmacKey => {
             let writer = FsCache::open(

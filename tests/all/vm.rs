@@ -387,6 +387,8 @@ fn tampered_cache_files_are_never_executed() -> Result<()> {
             let at = bytes.len() / 3;
             bytes[at] ^= 0xff;
             bytes[at + 1] ^= 0x55;
+            // Saved files are read-only: replace, as a writer of the folder can.
+            std::fs::remove_file(&path)?;
             std::fs::write(&path, bytes)?;
             tampered += 1;
         }
@@ -428,7 +430,9 @@ fn forge_cache_file(dir: &Path, victim: &ModuleId, donor: &ModuleId) -> Result<(
             let stem = name.trim_end_matches(".cwasm");
             let key = cache_core::CacheKey::parse(stem)?;
             let trailer = encode(&key, artifact, None);
-            std::fs::write(folder.join(&name), [artifact, &trailer[..]].concat())?;
+            let victim = folder.join(&name);
+            std::fs::remove_file(&victim)?;
+            std::fs::write(&victim, [artifact, &trailer[..]].concat())?;
             forged += 1;
         }
     }

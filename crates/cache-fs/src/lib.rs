@@ -40,10 +40,14 @@
 //!   swapped files: it detects damage, not forgery (anyone who can write the folder can
 //!   write a file with a consistent sha256).
 //! - `Authenticated { key }`: the trailer's own tag is checked before the artifact is read,
-//!   then the artifact's keyed BLAKE3 tag over the bytes read (in place of their sha256: one
-//!   pass, 2.2-2.6x faster than sha256 or HMAC-SHA256 here). The tag keys are derived from the
-//!   caller's secret, which is never written to the cache directory; it defends against an
-//!   attacker who can write the directory.
+//!   then the artifact's keyed BLAKE3 tag (in place of its sha256: one pass, 2.2-2.6x faster
+//!   than sha256 or HMAC-SHA256 here). The tag keys are derived from the caller's secret, which
+//!   is never written to the cache directory; it defends against an attacker who can write the
+//!   directory but cannot read the key. A file that only its owner, this process's user, can
+//!   change (no write bit for group or others; every saved file is created read-only) is
+//!   hashed where it lies and the same open file is mapped by wasmtime, with no copy: only
+//!   that user or root, who can read the key anyway, could change it between check and use.
+//!   Any other file is read into memory and checked there, as in Verified mode.
 //! - `Trusted`: the trailer is checked (cheap), then the file is mapped by wasmtime without
 //!   hashing. For directories only the node can write; made only by the `unsafe`
 //!   [`Verification::trusted`], whose caller asserts that.
@@ -122,7 +126,7 @@ use format::{AuthKey, Refusal, Reject};
 pub use format::{FORMAT_VERSION, MAGIC, TRAILER_LEN};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use strata_fs::{File, Fs, RealFs};
+use strata_fs::{File, Fs, Metadata, RealFs};
 use wasmtime::{Engine, Module};
 
 /// The extension of cache entries.
@@ -132,6 +136,10 @@ const TEMP_PREFIX: &str = ".tmp-";
 /// Verified reads hash the file in chunks of this size, each while it is still in cache.
 /// (Small in unit tests, so that their small artifacts span several chunks.)
 const READ_CHUNK: usize = if cfg!(test) { 4096 } else { 1 << 20 };
+/// The permission bits of cache files: read-only for everyone. Saves write through the
+/// descriptor that created the file and replace files by rename, so no one ever needs to write a
+/// saved file; and whatever the umask, a saved file qualifies for Authenticated loads in place.
+const CACHE_FILE_MODE: u32 = 0o444;
 /// Temp files older than this are leftovers of a crashed writer and are removed at open (as are
 /// those whose writing process has exited, see `writer_is_gone`).
 const STALE_TEMP_AGE: Duration = Duration::from_secs(15 * 60);
@@ -159,7 +167,8 @@ pub enum Verification {
     Verified,
     /// As `Verified`, plus a tag with a secret `key` kept outside the cache directory. Files
     /// without a valid tag for this key are rejected, so a writer of the cache folder who does
-    /// not have the key cannot forge one.
+    /// not have the key cannot forge one. A file only its owner (this process's user) can
+    /// write is checked where it lies and then mapped, without a copy; see the crate docs.
     Authenticated {
         /// The secret the tag keys are derived from (`blake3::derive_key`). Must not be empty;
         /// 32 random bytes are enough.
@@ -234,9 +243,6 @@ impl Default for FsCacheConfig {
     }
 }
 
-/// Alias of [`FsCacheConfig`].
-pub type FsConfig = FsCacheConfig;
-
 /// What [`FsCache::prune`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PruneReport {
@@ -295,6 +301,8 @@ pub struct FsCache {
     /// The tag keys of Authenticated mode.
     auth: Option<AuthKey>,
     counters: StatCounters,
+    /// Authenticated loads checked in place and mapped (see [`FsCache::loads_in_place`]).
+    in_place: AtomicU64,
     /// File path -> size and last use, over the folders of all engines, for stats and the
     /// byte limit. Rebuilt from the folders at open and before each eviction, since other
     /// processes share them.
@@ -379,6 +387,14 @@ fn create_folder(fs: &dyn Fs, folder: &Path, fsync: bool) -> Result<(), CacheErr
         fs.create_dir_all(folder)
     }
     .map_err(|e| CacheError::io(folder, e))
+}
+
+/// Whether only the file's owner, this process's effective user, may change the file: it grants
+/// no write permission to group or others. With POSIX ACLs the group bits are the ACL mask, so
+/// no named entry grants a write either. (Privileged processes bypass this; they can read the
+/// key too.)
+fn only_owner_can_write(meta: &Metadata) -> bool {
+    meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & 0o022 == 0
 }
 
 fn is_not_found(e: &std::io::Error) -> bool {
@@ -491,6 +507,7 @@ impl FsCache {
             config,
             auth,
             counters: StatCounters::default(),
+            in_place: AtomicU64::new(0),
             index: Mutex::new(HashMap::new()),
             last_rejection: Mutex::new(None),
             fs,
@@ -530,6 +547,13 @@ impl FsCache {
     /// The fingerprint of the (first) engine given to `open`.
     pub fn fingerprint(&self) -> EngineFingerprint {
         self.engines[0].fingerprint
+    }
+
+    /// How many Authenticated loads checked their file where it lies and mapped it, rather than
+    /// reading it into memory first: those whose file belonged to this process's user and
+    /// granted no write permission to group or others (see the crate docs).
+    pub fn loads_in_place(&self) -> u64 {
+        self.in_place.load(Ordering::Relaxed)
     }
 
     /// Why the most recently rejected file was rejected (path and reason), if any was.
@@ -759,6 +783,53 @@ impl FsCache {
         Ok(Ok(bytes))
     }
 
+    /// Authenticates one file where it lies: its size and trailer tag, then the keyed BLAKE3 tag
+    /// of its artifact, hashed through a read-only mapping of the open file. On success returns
+    /// the file to hand to wasmtime: a duplicate descriptor of the same inode.
+    ///
+    /// Only for a file that [`only_owner_can_write`]: a mapping of a file that shrinks under it
+    /// raises `SIGBUS`, and only this user (who never truncates a cache file) or root could
+    /// shrink it.
+    fn authenticate_in_place(
+        &self,
+        auth: &AuthKey,
+        path: &Path,
+        file: &File,
+        len: u64,
+        key: &CacheKey,
+    ) -> Result<Result<File, Reject>, CacheError> {
+        let t = match self.read_trailer(path, file, len)? {
+            Ok(t) => t,
+            Err(why) => return Ok(Err(why)),
+        };
+        let trailer = match format::check_trailer(&t, len, &key.engine(), key, Some(auth)) {
+            Ok(trailer) => trailer,
+            Err(why) => return Ok(Err(why)),
+        };
+        let mapped = self
+            .fs
+            .open_for_mapping(file)
+            .map_err(|e| CacheError::io(path, e))?;
+        let mut hasher = auth.artifact_hasher();
+        if trailer.artifact_len > 0 {
+            // At most `max_artifact_bytes`, checked by `read_trailer`.
+            let Ok(artifact_len) = usize::try_from(trailer.artifact_len) else {
+                return Ok(Err(Reject::BadArtifact(
+                    "file larger than the address space",
+                )));
+            };
+            // SAFETY: memmap2's contract is that the mapped range is not truncated or modified
+            // while mapped. The caller checked `only_owner_can_write`: only this user or root
+            // can change the inode, and this user's code never truncates or writes a saved
+            // cache file (saves replace files by rename). The length was checked against the
+            // file's size by `check_trailer`. The mapping is read-only and dropped below.
+            let map = unsafe { memmap2::MmapOptions::new().len(artifact_len).map(&mapped) }
+                .map_err(|e| CacheError::io(path, e))?;
+            hasher.update(&map);
+        }
+        Ok(format::check_artifact_tag(&trailer, hasher.finalize()).map(|()| mapped))
+    }
+
     /// Bumps a file's last use (its mtime, so other processes and the next open see it too).
     fn touch(&self, path: &Path, file: &File) {
         if self.config.max_bytes.is_none() {
@@ -803,6 +874,9 @@ impl FsCache {
             return self.reject(&path, &file, Reject::NotAFile);
         }
         let len = meta.len();
+        // Authenticated mode checks a file that only its owner, this user, can change where it
+        // lies, then maps it; any other file is read into memory first.
+        let in_place = self.auth.as_ref().filter(|_| only_owner_can_write(&meta));
         let module = match &self.config.mode {
             Verification::Trusted(_) => {
                 let t = match self.read_trailer(&path, &file, len)? {
@@ -824,21 +898,41 @@ impl FsCache {
                 // place, so the mapping stays valid for the module's lifetime.
                 unsafe { Module::deserialize_open_file(engine, mapped) }
             }
-            Verification::Verified | Verification::Authenticated { .. } => {
-                let artifact = match self.read_verified(&path, &file, len, key)? {
-                    Ok(artifact) => artifact,
-                    Err(why) => return self.reject(&path, &file, why),
-                };
-                // SAFETY: `artifact` is exactly the bytes whose sha256 (Verified) or keyed
-                // BLAKE3 tag (Authenticated) matches a trailer naming this key and this engine
-                // fingerprint, so they are what a `FsCache::save` of this engine configuration
-                // wrote from `Module::serialize`, bit for bit. In Authenticated mode both tags
-                // are keyed by the caller's secret, so no one without it can forge them;
-                // Verified mode assumes nobody writes sha256-consistent forgeries into the
-                // folder (it guards against corruption, truncation and swaps). The bytes are in our own memory,
-                // so they cannot change between the check and this call.
-                unsafe { Module::deserialize(engine, &artifact) }
-            }
+            Verification::Verified | Verification::Authenticated { .. } => match in_place {
+                Some(auth) => {
+                    let mapped = match self.authenticate_in_place(auth, &path, &file, len, key)? {
+                        Ok(mapped) => mapped,
+                        Err(why) => return self.reject(&path, &file, why),
+                    };
+                    self.in_place.fetch_add(1, Ordering::Relaxed);
+                    // SAFETY: the open file's trailer tag and the keyed BLAKE3 tag of its artifact
+                    // bytes were just checked under the caller's secret, so the file is what a
+                    // `FsCache::save` of this engine configuration wrote, bit for bit (wasmtime
+                    // ignores the trailer after its ELF image). `authenticate_in_place` hashed and
+                    // returns a duplicate descriptor: the same inode, not the path. `only_owner_can_write` held: the inode belongs to this
+                    // process's user and grants no write to group or others (nor to any ACL entry,
+                    // whose mask is the group bits), so only this user or a privileged process can
+                    // change it; both can read the key and are outside the threat model (see the
+                    // crate docs). Our own saves never modify a file in place (they rename), so the
+                    // checked bytes stay the mapped bytes for the module's lifetime.
+                    unsafe { Module::deserialize_open_file(engine, mapped) }
+                }
+                None => {
+                    let artifact = match self.read_verified(&path, &file, len, key)? {
+                        Ok(artifact) => artifact,
+                        Err(why) => return self.reject(&path, &file, why),
+                    };
+                    // SAFETY: `artifact` is exactly the bytes whose sha256 (Verified) or keyed
+                    // BLAKE3 tag (Authenticated) matches a trailer naming this key and this engine
+                    // fingerprint, so they are what a `FsCache::save` of this engine configuration
+                    // wrote from `Module::serialize`, bit for bit. In Authenticated mode both tags
+                    // are keyed by the caller's secret, so no one without it can forge them;
+                    // Verified mode assumes nobody writes sha256-consistent forgeries into the
+                    // folder (it guards against corruption, truncation and swaps). The bytes are in our own memory,
+                    // so they cannot change between the check and this call.
+                    unsafe { Module::deserialize(engine, &artifact) }
+                }
+            },
         };
         match module {
             Ok(module) => {
@@ -873,7 +967,7 @@ impl FsCache {
         let result = (|| {
             let file = self
                 .fs
-                .create_new(&temp_path, 0o666)
+                .create_new(&temp_path, CACHE_FILE_MODE)
                 .map_err(|e| CacheError::io(&temp_path, e))?;
             created = true;
             self.fs

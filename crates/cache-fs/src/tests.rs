@@ -34,6 +34,17 @@ fn wasmtime_accepts_bytes_after_the_artifact() {
     assert_eq!(answer(&engine, &loaded), 42);
 }
 
+/// Replaces a saved file's bytes, as a damaging writer would: saved files are read-only
+/// (`CACHE_FILE_MODE`), so the test removes the file and writes a new one in its place.
+fn overwrite(path: &Path, bytes: &[u8]) {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("{}: {e}", path.display()),
+    }
+    fs::write(path, bytes).unwrap();
+}
+
 fn wat_n(n: i32) -> String {
     format!(r#"(module (func (export "answer") (result i32) i32.const {n}))"#)
 }
@@ -164,7 +175,7 @@ fn flipped_byte_in_trailer_is_a_miss_in_every_mode() {
         let mut bytes = fs::read(&path).unwrap();
         let at = bytes.len() - TRAILER_LEN + 40; // inside the key digest
         bytes[at] ^= 0x80;
-        fs::write(&path, &bytes).unwrap();
+        overwrite(&path, &bytes);
         assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
     }
 }
@@ -186,7 +197,7 @@ fn flipped_byte_in_code_is_a_miss_when_verified() {
             .position(|w| w == text)
             .expect("text section in the artifact");
         bytes[offset] ^= 0xFF;
-        fs::write(&path, &bytes).unwrap();
+        overwrite(&path, &bytes);
         assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
         // Authenticated checks the artifact's keyed BLAKE3 tag in place of its sha256.
         let why = cache.last_rejection().unwrap();
@@ -199,6 +210,47 @@ fn flipped_byte_in_code_is_a_miss_when_verified() {
 }
 
 #[test]
+fn authenticated_loads_map_files_only_their_owner_can_write_and_copy_the_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new();
+    let cache = fx.open(Verification::Authenticated {
+        key: b"a secret kept elsewhere".to_vec(),
+    });
+    let key = fx.save(&cache, WAT);
+    let path = cache.path_of(&key);
+    let mode = fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o444, "saved files are read-only: {mode:o}");
+    let module = cache.load(&key).unwrap().expect("hit");
+    assert_eq!(answer(&fx.engine, &module), 42);
+    assert_eq!(cache.loads_in_place(), 1);
+
+    // A file others may write could change after its check: it is read into memory and
+    // checked there instead, with the same result.
+    for mode in [0o666, 0o646, 0o464] {
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        let module = cache.load(&key).unwrap().expect("hit");
+        assert_eq!(answer(&fx.engine, &module), 42);
+        assert_eq!(cache.loads_in_place(), 1, "{mode:o}");
+    }
+    // ... and a forged artifact is refused on that path too.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[100] ^= 0x01;
+    overwrite(&path, &bytes);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+    assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
+    assert!(
+        cache
+            .last_rejection()
+            .unwrap()
+            .contains("authentication tag"),
+        "{:?}",
+        cache.last_rejection()
+    );
+    // The recompiled file is the owner's own again: mapped in place.
+    assert_eq!(cache.loads_in_place(), 2);
+}
+
+#[test]
 fn truncated_file_is_a_miss_in_every_mode() {
     for mode in modes() {
         for cut in [1usize, TRAILER_LEN, 1000] {
@@ -207,14 +259,14 @@ fn truncated_file_is_a_miss_in_every_mode() {
             let key = fx.save(&cache, WAT);
             let path = cache.path_of(&key);
             let bytes = fs::read(&path).unwrap();
-            fs::write(&path, &bytes[..bytes.len().saturating_sub(cut)]).unwrap();
+            overwrite(&path, &bytes[..bytes.len().saturating_sub(cut)]);
             assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
         }
         // Empty file.
         let fx = Fixture::new();
         let cache = fx.open(mode.clone());
         let key = fx.save(&cache, WAT);
-        fs::write(cache.path_of(&key), b"").unwrap();
+        overwrite(&cache.path_of(&key), b"");
         assert_rejected_then_recovers(&fx, &cache, &key, WAT, 42);
     }
 }
@@ -656,7 +708,7 @@ fn verify_all_reports_bad_files_without_touching_them() {
     let path = cache.path_of(&bad);
     let mut bytes = fs::read(&path).unwrap();
     bytes[100] ^= 1;
-    fs::write(&path, &bytes).unwrap();
+    overwrite(&path, &bytes);
     fs::write(cache.engine_dir().join("nonsense.cwasm"), b"x").unwrap();
 
     let report = cache.verify_all().unwrap();
@@ -790,11 +842,16 @@ fn operations_of_a_save_and_of_a_load() {
     assert_eq!(ops_of(no_fsync, save), [CreateNew, Write, Write, Rename]);
 
     // A load: Verified reads the trailer, then the artifact in READ_CHUNK pieces (4 KiB in
-    // unit tests, 1 MiB otherwise); Trusted reads the trailer and maps. A limit adds the mtime bump of a hit.
+    // unit tests, 1 MiB otherwise); Trusted reads the trailer and maps; Authenticated (of a
+    // file only its owner can write) reads the trailer, then maps the file to hash it and
+    // hands that same mapping descriptor to wasmtime. A limit adds the mtime bump of a hit.
     for (config, hit_tail) in [(unlimited, vec![]), (limited, vec![SetMtime])] {
         let fx = Fixture::new();
         let key = CacheKey::new(&fx.engine, WAT.as_bytes());
-        for mode in [Verification::Verified, trusted()] {
+        let authenticated = Verification::Authenticated {
+            key: b"a secret kept elsewhere".to_vec(),
+        };
+        for mode in [Verification::Verified, trusted(), authenticated] {
             let config = FsCacheConfig {
                 mode: mode.clone(),
                 ..config.clone()
@@ -804,6 +861,7 @@ fn operations_of_a_save_and_of_a_load() {
             fault.take_log();
             assert!(cache.load(&key).unwrap().is_some());
             let log = fault.take_ops();
+            let artifact_len = file_len - TRAILER_LEN as u64;
             if matches!(mode, Verification::Trusted(_)) {
                 let want = [
                     &[OpenRead, FileMetadata, ReadAt, OpenForMapping][..],
@@ -811,8 +869,15 @@ fn operations_of_a_save_and_of_a_load() {
                 ]
                 .concat();
                 assert_eq!(log, want);
+            } else if matches!(mode, Verification::Authenticated { .. }) {
+                // In place: the trailer, then one mapping to hash and to hand to wasmtime.
+                let want = [
+                    &[OpenRead, FileMetadata, ReadAt, OpenForMapping][..],
+                    &hit_tail,
+                ]
+                .concat();
+                assert_eq!(log, want);
             } else {
-                let artifact_len = file_len - TRAILER_LEN as u64;
                 let reads = artifact_len.div_ceil(READ_CHUNK as u64) as usize;
                 let head = [OpenRead, FileMetadata, ReadAt];
                 let want = [&head[..], &vec![Read; reads], &hit_tail].concat();
