@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use crate::{Result, cargo, root};
+use crate::{Result, cargo, plot, root};
 
 /// The packages that hold benchmarks.
 const BENCH_PACKAGES: &[&str] = &["strata-tests", "store-commit", "vm-host"];
@@ -25,27 +25,63 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         return write_report(&target, &extra, SystemTime::UNIX_EPOCH);
     }
     let started = SystemTime::now();
-    let _ = std::fs::remove_dir_all(&extra);
+    let filter: Vec<&str> = args.iter().map(String::as_str).collect();
+    // A full run reports only what it measured (a benchmark removed since is gone from the
+    // report); a filtered run re-measures some groups and keeps the others' last results.
+    let since = if filter.is_empty() {
+        let _ = std::fs::remove_dir_all(&extra);
+        started
+    } else {
+        SystemTime::UNIX_EPOCH
+    };
     let mut cargo_args = vec!["bench", "--locked"];
     for package in BENCH_PACKAGES {
         cargo_args.extend(["-p", package]);
     }
-    let filter: Vec<&str> = args.iter().map(String::as_str).collect();
     if !filter.is_empty() {
         cargo_args.push("--");
         cargo_args.extend(filter);
     }
     cargo(&cargo_args, &[])?;
-    write_report(&target, &extra, started)
+    write_report(&target, &extra, since)
 }
 
-fn write_report(target: &Path, extra: &Path, started: SystemTime) -> Result<()> {
-    let results = collect(&target.join("criterion"), started)?;
-    let report = render(&results, extra);
+fn write_report(target: &Path, extra: &Path, since: SystemTime) -> Result<()> {
+    let results = one_run_per_group(collect(&target.join("criterion"), since)?);
+    let plots_dir = root().join("docs/plots");
+    let plots = plot::write_all(&results, &plots_dir)?;
+    let report = render(&results, extra, &plots);
     let out = root().join("docs/BENCHMARKS.md");
     std::fs::write(&out, report).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-    eprintln!("wrote {} ({} benchmarks)", out.display(), results.len());
+    eprintln!(
+        "wrote {} ({} benchmarks, {} plots)",
+        out.display(),
+        results.len(),
+        plots.len()
+    );
     Ok(())
+}
+
+/// Results older than this before the newest of their group belong to another run.
+const ONE_RUN: Duration = Duration::from_secs(3600);
+
+/// Keeps, per group, only the results of the group's latest run (within [`ONE_RUN`] of its
+/// newest result), so that every ratio compares two medians of one run even when runs with
+/// filters re-measured only part of a group.
+pub(crate) fn one_run_per_group(mut all: Vec<Measured>) -> Vec<Measured> {
+    let mut newest: BTreeMap<String, SystemTime> = BTreeMap::new();
+    for m in &all {
+        let t = newest.entry(m.group.clone()).or_insert(m.measured_at);
+        *t = (*t).max(m.measured_at);
+    }
+    all.retain(|m| {
+        let group_newest = newest[&m.group];
+        group_newest
+            .duration_since(m.measured_at)
+            .is_ok_and(|age| age <= ONE_RUN)
+            || m.measured_at >= group_newest
+    });
+    all
 }
 
 fn target_dir() -> PathBuf {
@@ -62,6 +98,8 @@ pub(crate) struct Measured {
     pub(crate) parameter: String,
     /// Median time of one iteration, in nanoseconds.
     pub(crate) median_ns: f64,
+    /// When criterion wrote the result.
+    pub(crate) measured_at: SystemTime,
 }
 
 fn collect(criterion: &Path, since: SystemTime) -> Result<Vec<Measured>> {
@@ -81,10 +119,10 @@ fn collect(criterion: &Path, since: SystemTime) -> Result<Vec<Measured>> {
             if !in_new || path.file_name().is_none_or(|n| n != "benchmark.json") {
                 continue;
             }
-            let fresh = std::fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .is_ok_and(|modified| modified >= since);
-            if !fresh {
+            let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
+                continue;
+            };
+            if modified < since {
                 continue;
             }
             let read = |p: &Path| {
@@ -92,7 +130,8 @@ fn collect(criterion: &Path, since: SystemTime) -> Result<Vec<Measured>> {
             };
             let meta = read(&path)?;
             let estimates = read(&path.with_file_name("estimates.json"))?;
-            if let Some(measured) = parse(&meta, &estimates) {
+            if let Some(mut measured) = parse(&meta, &estimates) {
+                measured.measured_at = modified;
                 found.push(measured);
             }
         }
@@ -125,6 +164,7 @@ pub(crate) fn parse(meta: &str, estimates: &str) -> Option<Measured> {
         function,
         parameter,
         median_ns: number.parse().ok()?,
+        measured_at: SystemTime::UNIX_EPOCH,
     })
 }
 
@@ -255,6 +295,29 @@ fn find<'a>(results: &'a [Measured], group: &str, name: &str) -> Option<&'a Meas
         .find(|m| m.group == group && m.function == function && m.parameter == parameter)
 }
 
+/// `YYYY-MM-DD HH:MM UTC` of a time (the civil calendar from days since 1970, Howard
+/// Hinnant's algorithm), without a date crate in xtask.
+pub(crate) fn utc_minute(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
 fn render_targets(results: &[Measured], out: &mut String) {
     out.push_str(
         "\n## Targets\n\n| target | group | measured | limit | |\n|---|---|---|---|---|\n",
@@ -302,7 +365,11 @@ fn render_targets(results: &[Measured], out: &mut String) {
     }
 }
 
-pub(crate) fn render(results: &[Measured], extra: &Path) -> String {
+pub(crate) fn render(
+    results: &[Measured],
+    extra: &Path,
+    plots: &BTreeMap<String, String>,
+) -> String {
     let mut out = String::from(
         "# Benchmarks\n\nWritten by `cargo xtask bench`; do not edit by hand. Each group's baseline is \
          the benchmark whose name starts with `baseline`, measured in the same run; the ratio is \
@@ -315,9 +382,15 @@ pub(crate) fn render(results: &[Measured], extra: &Path) -> String {
         groups.entry(&m.group).or_default().push(m);
     }
     for (group, members) in groups {
+        let when = members
+            .iter()
+            .map(|m| m.measured_at)
+            .max()
+            .map(utc_minute)
+            .unwrap_or_default();
         let _ = write!(
             out,
-            "\n## {group}\n\n| benchmark | parameter | median | ratio to baseline |\n|---|---|---|---|\n"
+            "\n## {group}\n\nMeasured {when}.\n\n| benchmark | parameter | median | ratio to baseline |\n|---|---|---|---|\n"
         );
         for m in members {
             let ratio = match baseline(results, m) {
@@ -343,6 +416,12 @@ pub(crate) fn render(results: &[Measured], extra: &Path) -> String {
                 },
                 format_ns(m.median_ns),
                 ratio
+            );
+        }
+        if let Some(file) = plots.get(group) {
+            let _ = write!(
+                out,
+                "\n![{group}: median time against the parameter](plots/{file})\n"
             );
         }
     }
@@ -386,6 +465,7 @@ mod tests {
             function: f.into(),
             parameter: p.into(),
             median_ns: ns,
+            measured_at: SystemTime::UNIX_EPOCH,
         };
         let all = vec![
             m("baseline_naive", "1", 10.0),
@@ -393,7 +473,7 @@ mod tests {
             m("commit", "16", 50.0),
         ];
         assert_eq!(baseline(&all, &all[2]).map(|b| b.median_ns), Some(100.0));
-        let report = render(&all, Path::new("/nonexistent"));
+        let report = render(&all, Path::new("/nonexistent"), &BTreeMap::new());
         assert!(
             report.contains("| commit | 16 | 50.0 ns | 0.500 |"),
             "{report}"
@@ -409,6 +489,7 @@ mod tests {
             function: f.into(),
             parameter: String::new(),
             median_ns: ns,
+            measured_at: SystemTime::UNIX_EPOCH,
         };
         let all = vec![
             m("cache/a/vs_compile", "pinned_hit", 50.0),

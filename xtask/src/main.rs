@@ -15,6 +15,7 @@
 
 mod bench;
 mod manifest;
+mod plot;
 mod reliability;
 #[cfg(test)]
 mod tidy;
@@ -53,7 +54,8 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   ci                 fmt check, clippy -D warnings, all tests, rustdoc -D warnings
-  bench [FILTER]     criterion benchmarks; writes docs/BENCHMARKS.md
+  bench [FILTER]     criterion benchmarks; writes docs/BENCHMARKS.md and docs/plots/*.svg
+                     (with a FILTER: re-measures matching groups, keeps the others)
   bench --report     rewrite docs/BENCHMARKS.md from the results in target/criterion
   crash [--rounds N] SIGKILL crash rounds against the commit store (default 1000)
   fuzz --seconds N [--sanitizer S] [TARGET...]  cargo-fuzz each target for N seconds

@@ -893,9 +893,10 @@ impl FsCache {
                 // SAFETY: Trusted mode is made only by the `unsafe` `Verification::trusted`,
                 // whose caller asserted that only this node writes the cache folder, so the
                 // file is an unmodified output of `Module::serialize` followed by our trailer
-                // (wasmtime ignores bytes after its ELF image). The trailer check above rules out truncated files, files of other keys and of
-                // other engines. Files are only ever replaced by rename, never modified in
-                // place, so the mapping stays valid for the module's lifetime.
+                // (wasmtime ignores bytes after its ELF image). The trailer check above rules
+                // out truncated files, files of other keys and of other engines. Files are
+                // only ever replaced by rename, never modified in place, so the mapping stays
+                // valid for the module's lifetime.
                 unsafe { Module::deserialize_open_file(engine, mapped) }
             }
             Verification::Verified | Verification::Authenticated { .. } => match in_place {
@@ -905,16 +906,12 @@ impl FsCache {
                         Err(why) => return self.reject(&path, &file, why),
                     };
                     self.in_place.fetch_add(1, Ordering::Relaxed);
-                    // SAFETY: the open file's trailer tag and the keyed BLAKE3 tag of its artifact
-                    // bytes were just checked under the caller's secret, so the file is what a
-                    // `FsCache::save` of this engine configuration wrote, bit for bit (wasmtime
-                    // ignores the trailer after its ELF image). `authenticate_in_place` hashed and
-                    // returns a duplicate descriptor: the same inode, not the path. `only_owner_can_write` held: the inode belongs to this
-                    // process's user and grants no write to group or others (nor to any ACL entry,
-                    // whose mask is the group bits), so only this user or a privileged process can
-                    // change it; both can read the key and are outside the threat model (see the
-                    // crate docs). Our own saves never modify a file in place (they rename), so the
-                    // checked bytes stay the mapped bytes for the module's lifetime.
+                    // SAFETY: the trailer and artifact tags of this inode (`mapped` duplicates
+                    // the descriptor) were just checked under the caller's secret, so it holds
+                    // what a `FsCache::save` of this engine wrote, bit for bit. Only its owner,
+                    // this user, or root can change it (`only_owner_can_write`); both can read
+                    // the key, and our saves only ever rename, so the checked bytes stay the
+                    // mapped bytes for the module's lifetime.
                     unsafe { Module::deserialize_open_file(engine, mapped) }
                 }
                 None => {
