@@ -232,7 +232,10 @@ impl Breaker {
     }
 
     fn is_open(&self) -> bool {
-        self.state.lock().1.is_some_and(|until| Instant::now() < until)
+        self.state
+            .lock()
+            .1
+            .is_some_and(|until| Instant::now() < until)
     }
 
     fn success(&self) {
@@ -247,7 +250,10 @@ impl Breaker {
             let now = Instant::now();
             if !state.1.is_some_and(|until| now < until) {
                 self.trips.incr();
-                tracing::warn!(cooldown_ms = self.cooldown.as_millis() as u64, "redis circuit open");
+                tracing::warn!(
+                    cooldown_ms = self.cooldown.as_millis() as u64,
+                    "redis circuit open"
+                );
             }
             state.1 = Some(now + self.cooldown);
         }
@@ -295,7 +301,9 @@ impl Shared {
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let con = self.client.get_connection_with_timeout(self.connect_timeout)?;
+        let con = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)?;
         con.set_read_timeout(Some(self.io_timeout))?;
         con.set_write_timeout(Some(self.io_timeout))?;
         Ok(con)
@@ -349,18 +357,20 @@ impl Shared {
         }
         let entry = self.entry_key(key);
         let limit = self.max_artifact_bytes + envelope::HEADER_LEN as u64;
-        // Atomically the length and at most `limit` bytes: a value over the limit is refused
-        // without being downloaded, and never allocated for.
+        // The length first: a value over the limit is refused without being downloaded. Then
+        // at most `limit` bytes, whatever the value became in between (a value replaced in
+        // between fails its checks like any other bad entry).
         let got = self.call(|con| {
-            redis::pipe()
-                .atomic()
-                .cmd("STRLEN")
-                .arg(&entry)
-                .cmd("GETRANGE")
+            let len: u64 = redis::cmd("STRLEN").arg(&entry).query(con)?;
+            if len == 0 || len > limit {
+                return Ok((len, Vec::new()));
+            }
+            let value: Vec<u8> = redis::cmd("GETRANGE")
                 .arg(&entry)
                 .arg(0)
-                .arg(limit.saturating_sub(1))
-                .query::<(u64, Vec<u8>)>(con)
+                .arg(limit - 1)
+                .query(con)?;
+            Ok((len, value))
         });
         let (len, value) = match got {
             Ok(found) => found,
@@ -438,20 +448,9 @@ impl Shared {
                 Err(_) => (artifact.clone(), false),
             },
         };
-        let value = envelope::seal(
-            &self.tag_key,
-            key,
-            artifact.len() as u64,
-            &payload,
-            zstd,
-        );
+        let value = envelope::seal(&self.tag_key, key, artifact.len() as u64, &payload, zstd);
         let entry = self.entry_key(key);
-        let sent = self.call(|con| {
-            redis::cmd("SET")
-                .arg(&entry)
-                .arg(&value)
-                .query::<()>(con)
-        });
+        let sent = self.call(|con| redis::cmd("SET").arg(&entry).arg(&value).query::<()>(con));
         if sent.is_ok() {
             self.counters.inserts.incr();
             self.remote.uploads.incr();
@@ -518,16 +517,22 @@ impl RedisCache {
             return Err(RedisCacheError::ShortMacKey(config.mac_key.len()));
         }
         if config.upload_queue == 0 {
-            return Err(RedisCacheError::Setting("the upload queue needs room for one upload"));
+            return Err(RedisCacheError::Setting(
+                "the upload queue needs room for one upload",
+            ));
         }
         if config.breaker_failures == 0 {
-            return Err(RedisCacheError::Setting("the breaker needs at least one failure"));
+            return Err(RedisCacheError::Setting(
+                "the breaker needs at least one failure",
+            ));
         }
         if config.connect_timeout.is_zero() || config.io_timeout.is_zero() {
             return Err(RedisCacheError::Setting("timeouts must be above zero"));
         }
         if config.lease_ttl < Duration::from_millis(30) {
-            return Err(RedisCacheError::Setting("the lease ttl must be at least 30 ms"));
+            return Err(RedisCacheError::Setting(
+                "the lease ttl must be at least 30 ms",
+            ));
         }
         let client = redis::Client::open(url).map_err(RedisCacheError::Url)?;
         let shared = Arc::new(Shared {
@@ -734,7 +739,10 @@ impl CompileLease for RedisCache {
         let token = format!(
             "{}:{}",
             std::process::id(),
-            random.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            random
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         );
         let ttl_ms = shared.lease_ttl.as_millis() as u64;
         let set = shared.call(|con| {
@@ -862,8 +870,8 @@ mod tests {
             err.to_string(),
             "the redis mac key must have at least 16 bytes, got 8"
         );
-        let err = RedisCache::open("http://x/", &engine, RedisConfig::new(vec![1; 32]))
-            .unwrap_err();
+        let err =
+            RedisCache::open("http://x/", &engine, RedisConfig::new(vec![1; 32])).unwrap_err();
         assert!(matches!(err, RedisCacheError::Url(_)), "{err}");
         let mut config = RedisConfig::new(vec![1; 32]);
         config.upload_queue = 0;
