@@ -79,8 +79,8 @@ pub struct RedisConfig {
     /// header is refused from its length, before it is downloaded. Default 64 MiB (twice the
     /// largest real artifact measured, esbuild's 31 MB).
     pub max_artifact_bytes: u64,
-    /// How artifacts are stored. Default [`Compression::None`] (measured: see the crate's
-    /// section of docs/ARCHITECTURE.md).
+    /// How artifacts are stored. Default [`Compression::None`]: on a fast link zstd costs more
+    /// than it saves (measured in docs/SCALE-OUT.md).
     pub compression: Compression,
     /// Consecutive failed calls after which the circuit opens. Default 3.
     pub breaker_failures: u32,

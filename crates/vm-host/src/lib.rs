@@ -9,7 +9,9 @@
 //! instantiating a module over a 1 GiB memory copies nothing, and restored memory and globals are
 //! exactly as committed. A call that fails (trap, out of fuel, host error) leaves no trace.
 //!
-//! Modules load through pinned -> LRU -> file cache -> compile; the stored bytecode is checked
+//! Modules load through pinned -> LRU -> file cache -> compile (with [`VmConfig::remote`], a
+//! Redis server shared by a fleet sits below the file cache, and a fleet-wide lease lets one
+//! node compile while the others wait for its artifact); the stored bytecode is checked
 //! against its id before it is compiled, and concurrent loads of one module compile it once.
 //! By default the file cache is Authenticated under the VM's own key (`<dir>/cache.key`, made
 //! with the directory; [`CacheVerification`]), so a writer of the cache folder cannot plant
