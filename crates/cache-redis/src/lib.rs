@@ -248,7 +248,7 @@ impl Breaker {
         state.0 = state.0.saturating_add(1);
         if state.0 >= self.threshold {
             let now = Instant::now();
-            if !state.1.is_some_and(|until| now < until) {
+            if state.1.is_none_or(|until| now >= until) {
                 self.trips.incr();
                 tracing::warn!(
                     cooldown_ms = self.cooldown.as_millis() as u64,
