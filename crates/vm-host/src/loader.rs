@@ -156,8 +156,9 @@ impl Loader {
         )
     }
 
-    /// Uploads `loaded` to the remote layer unless it holds the key already (or cannot be
-    /// asked); returns whether an upload was queued.
+    /// Hands `loaded` to the remote layer for upload unless it holds the key already (or
+    /// cannot be asked); returns whether it was handed over (the layer may still drop it when
+    /// its queue is full, counted in `uploads_dropped`).
     pub(crate) fn publish(&self, loaded: &Loaded) -> bool {
         let Some(remote) = &self.remote else {
             return false;

@@ -63,7 +63,8 @@ struct Cli {
     /// The largest linear memory a module may grow to.
     #[arg(long, global = true, value_name = "SIZE", default_value_t = Size(VmConfig::default().memory_limit as u64))]
     memory_limit: Size,
-    /// A Redis server shared by the fleet, below the file cache (redis://[:password@]host:port[/db]):
+    /// A Redis server shared by the fleet, below the file cache (redis://HOST:PORT/DB, with
+    /// :PASSWORD@ before HOST when the server asks for one):
     /// a module compiled by one node is loaded by the others, and a module is compiled by one
     /// node at a time (a lease in Redis). Redis down or slow is a miss, never an error. Needs
     /// --remote-key-file.

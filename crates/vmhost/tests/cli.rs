@@ -874,3 +874,38 @@ fn remote_cache_options_need_a_key_file_and_create_none() {
     let remote = &json(&out)["remote"];
     assert!(remote["error"].is_string(), "{remote}");
 }
+
+#[test]
+fn precompile_remote_warms_the_fleet_from_a_local_cache() {
+    let server = strata_harness::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("fleet.key");
+    std::fs::write(&key, [3u8; 32]).expect("key");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let remote = |vm: &Path, args: &[&str]| {
+        let mut c = command(vm);
+        c.env("RUST_LOG", "vm_host=info,vmhost=info");
+        c.args(["--remote-cache", server.url(), "--remote-key-file"])
+            .arg(&key);
+        c.args(args).output().expect("vmhost runs")
+    };
+    // Compiled into a's file cache only, then pushed to Redis from there: no compile.
+    stdout(&vmhost(&a, &["precompile", BANK]));
+    let out = remote(&a, &["precompile", "--remote", BANK]);
+    stdout(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("compiles=0") && log.contains("uploads=1"),
+        "{log}"
+    );
+    let stats = json(&remote(&a, &["stats", "--json"]));
+    assert_eq!(stats["remote"]["entries"], 1, "{stats}");
+    // Another node loads it from Redis.
+    let out = remote(&b, &["precompile", BANK]);
+    stdout(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("compiles=0") && log.contains("uploads=0"),
+        "{log}"
+    );
+}
