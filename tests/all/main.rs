@@ -9,6 +9,7 @@ mod load;
 mod pins;
 mod power_vm;
 mod reliability;
+mod remote;
 mod tables;
 mod vm;
 

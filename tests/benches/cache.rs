@@ -8,6 +8,11 @@
 //! `cache/<module>/vs_floor` (baseline: `Module::deserialize_file` of the plain artifact).
 //! Every iteration drops the module it loaded, as a host does between uses.
 //!
+//! The remote layer (`redis_hit`, `redis_zstd_hit`: cache-redis on a `redis-server` the
+//! benchmark starts on 127.0.0.1, loopback) is measured in both groups: against compiling, and
+//! against the default-mode (Authenticated) FS hit. With `STRATA_BENCH_LARGE=1`, esbuild also
+//! gets a `vs_compile` group of its own (compile and Redis hit only: 14 s per compile).
+//!
 //! The corpus is read from `$STRATA_CORPUS`, else `../shared/corpus` next to the workspace.
 
 use std::hint::black_box;
@@ -19,8 +24,10 @@ use cache_core::{CacheKey, ModuleCache, ModuleCacheExt};
 use cache_fs::{FsCache, FsCacheConfig, Verification};
 use cache_lru::LruCache;
 use cache_pinned::PinnedCache;
+use cache_redis::{Compression, RedisCache, RedisConfig};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sha2::{Digest, Sha256};
+use strata_harness::RedisServer;
 use wasmtime::{Cache, CacheConfig, Config, Engine, Module};
 
 /// The corpus modules measured: (name, file, large). A large module (esbuild: 14 s per compile
@@ -52,6 +59,8 @@ struct Fixture {
     trusted: FsCache,
     verified: FsCache,
     authenticated: FsCache,
+    redis: RedisCache,
+    redis_zstd: RedisCache,
     builtin_engine: Engine,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -74,8 +83,28 @@ fn fs_cache(dir: &Path, engine: &Engine, mode: Verification) -> FsCache {
     FsCache::open(dir, engine, config).expect("open fs cache")
 }
 
+/// A remote layer on `server` under its own prefix, holding `module`.
+fn redis_cache(
+    server: &RedisServer,
+    engine: &Engine,
+    prefix: &str,
+    compression: Compression,
+    key: &CacheKey,
+    module: &Module,
+) -> RedisCache {
+    let mut config = RedisConfig::new(b"bench secret of the fleet, 32 bytes or more".to_vec());
+    config.prefix = format!("bench:{prefix}:");
+    config.compression = compression;
+    config.io_timeout = Duration::from_secs(10);
+    let cache = RedisCache::open(server.url(), engine, config).expect("open redis cache");
+    cache.save(key, module).expect("queue upload");
+    assert!(cache.flush(Duration::from_secs(60)), "upload");
+    assert_eq!(cache.remote_stats().uploads, 1, "uploaded");
+    cache
+}
+
 impl Fixture {
-    fn new(engine: &Engine, wasm: Vec<u8>) -> Self {
+    fn new(engine: &Engine, wasm: Vec<u8>, server: &RedisServer) -> Self {
         let key = CacheKey::new(engine, &wasm);
         let module = Module::new(engine, &wasm).expect("corpus module compiles");
         let artifact = module.serialize().expect("serialize");
@@ -109,6 +138,9 @@ impl Fixture {
         for fs in [&trusted, &verified, &authenticated] {
             fs.save(&key, &module).expect("fs save");
         }
+        let redis = redis_cache(server, engine, "plain", Compression::None, &key, &module);
+        let zstd = Compression::Zstd { level: 3 };
+        let redis_zstd = redis_cache(server, engine, "zstd", zstd, &key, &module);
 
         // Wasmtime's own cache, in its own temp directory, warmed with one compile.
         let builtin_dir = tempfile::tempdir().expect("tempdir");
@@ -131,6 +163,8 @@ impl Fixture {
             trusted,
             verified,
             authenticated,
+            redis,
+            redis_zstd,
             builtin_engine,
             _dirs: dirs,
         }
@@ -145,6 +179,7 @@ fn bench_cache(c: &mut Criterion) {
     let engine = Engine::default();
     let dir = corpus_dir();
     let large = std::env::var_os("STRATA_BENCH_LARGE").is_some_and(|v| v == "1");
+    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     for &(name, file, is_large) in MODULES {
         if is_large && !large {
             continue;
@@ -153,18 +188,34 @@ fn bench_cache(c: &mut Criterion) {
             eprintln!("skipping {name}: {} not found", dir.join(file).display());
             continue;
         };
-        let fx = Fixture::new(&engine, wasm);
+        let fx = Fixture::new(&engine, wasm, &server);
 
-        if !is_large {
+        if is_large {
+            bench_large_vs_compile(c, &engine, name, &fx);
+        } else {
             bench_vs_compile(c, &engine, name, &fx);
         }
         bench_vs_floor(c, &engine, name, &fx);
 
-        // Every FS load above must have been a verified hit, never a silent recompile.
-        for fs in [&fx.trusted, &fx.verified, &fx.authenticated] {
-            let s = &fs.stats()[0];
+        // Every FS and Redis load above must have been a verified hit, never a silent
+        // recompile.
+        for cache in [
+            &fx.trusted as &dyn ModuleCache,
+            &fx.verified,
+            &fx.authenticated,
+            &fx.redis,
+            &fx.redis_zstd,
+        ] {
+            let s = &cache.stats()[0];
             assert_eq!((s.misses, s.rejected), (0, 0), "{s:?}");
         }
+        let bytes = |r: &RedisCache| r.remote_stats().upload_bytes;
+        eprintln!(
+            "{name}: artifact {} bytes, in Redis {} bytes plain, {} bytes zstd level 3",
+            fx.artifact.len(),
+            bytes(&fx.redis),
+            bytes(&fx.redis_zstd)
+        );
     }
 }
 
@@ -185,9 +236,25 @@ fn bench_vs_compile(c: &mut Criterion, engine: &Engine, name: &str, fx: &Fixture
     group.bench_function("fs_verified_hit", |b| {
         b.iter(|| Fixture::hit(&fx.verified, &key))
     });
+    group.bench_function("redis_hit", |b| b.iter(|| Fixture::hit(&fx.redis, &key)));
     group.bench_function("wasmtime_cache_hit", |b| {
         b.iter(|| Module::new(&fx.builtin_engine, black_box(&fx.wasm)).expect("cached"))
     });
+    group.finish();
+}
+
+/// A large module's Redis hit against its compile (ten compiles of 14 s: only with
+/// `STRATA_BENCH_LARGE=1`).
+fn bench_large_vs_compile(c: &mut Criterion, engine: &Engine, name: &str, fx: &Fixture) {
+    let key = fx.key;
+    let mut group = c.benchmark_group(format!("cache/{name}/vs_compile"));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(1));
+    group.measurement_time(Duration::from_secs(1));
+    group.bench_function("baseline_compile", |b| {
+        b.iter(|| Module::new(engine, black_box(&fx.wasm)).expect("compile"))
+    });
+    group.bench_function("redis_hit", |b| b.iter(|| Fixture::hit(&fx.redis, &key)));
     group.finish();
 }
 
@@ -223,6 +290,11 @@ fn bench_vs_floor(c: &mut Criterion, engine: &Engine, name: &str, fx: &Fixture) 
     // `fs_trusted_hit`.
     group.bench_function("fs_authenticated_hit", |b| {
         b.iter(|| Fixture::hit(&fx.authenticated, &key))
+    });
+    // The remote layer on loopback (keyed BLAKE3 like the FS default), plain and zstd.
+    group.bench_function("redis_hit", |b| b.iter(|| Fixture::hit(&fx.redis, &key)));
+    group.bench_function("redis_zstd_hit", |b| {
+        b.iter(|| Fixture::hit(&fx.redis_zstd, &key))
     });
     group.bench_function("wasmtime_cache_hit", |b| {
         b.iter(|| Module::new(&fx.builtin_engine, black_box(&fx.wasm)).expect("cached"))

@@ -280,6 +280,42 @@ pub(crate) const TARGETS: &[Target] = &[
         per: "after_commits/1",
         max: 1.5,
     },
+    // Issue 15: the Redis layer (cache-redis), on loopback.
+    Target::Ratio {
+        what: "Redis hit of sql.js at least 50x faster than compiling it",
+        group: "cache/sqljs/vs_compile",
+        function: "redis_hit",
+        per: "baseline_compile",
+        max: 0.02,
+    },
+    Target::Ratio {
+        what: "Redis hit of esbuild at least 100x faster than compiling it (STRATA_BENCH_LARGE=1)",
+        group: "cache/esbuild/vs_compile",
+        function: "redis_hit",
+        per: "baseline_compile",
+        max: 0.01,
+    },
+    Target::Ratio {
+        what: "Redis hit of sql.js within 3x of a default-mode (Authenticated) FS hit",
+        group: "cache/sqljs/vs_floor",
+        function: "redis_hit",
+        per: "fs_authenticated_hit",
+        max: 3.0,
+    },
+    Target::Ratio {
+        what: "Redis hit of hackatom within 3x of a default-mode (Authenticated) FS hit",
+        group: "cache/hackatom/vs_floor",
+        function: "redis_hit",
+        per: "fs_authenticated_hit",
+        max: 3.0,
+    },
+    Target::Ratio {
+        what: "Redis hit of esbuild against a default-mode FS hit (reported; the issue sets no limit, 3x shown)",
+        group: "cache/esbuild/vs_floor",
+        function: "redis_hit",
+        per: "fs_authenticated_hit",
+        max: 3.0,
+    },
 ];
 
 fn group_matches(pattern: &str, group: &str) -> bool {

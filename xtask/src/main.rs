@@ -2,7 +2,8 @@
 //!
 //! Kept free of dependencies (as rust-analyzer's xtask is) so it builds in seconds:
 //! - `ci`: everything CI checks: fmt, clippy, tests (with the tidy test and the short reliability
-//!   runs), rustdoc with warnings denied;
+//!   runs), rustdoc with warnings denied; first it installs `redis-server` if it is missing (the
+//!   remote cache tests start their own), or fails with the command to run when not root;
 //! - `bench`: runs the criterion benchmarks and writes their summary to `docs/BENCHMARKS.md`;
 //! - `crash [--rounds N]`: the crash harness of the commit store with N kill rounds;
 //! - `fuzz --seconds N [TARGET...]`, `load --seconds N`: the long reliability runs (see
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   ci                 fmt check, clippy -D warnings, all tests, rustdoc -D warnings
+                     (installs redis-server first if missing, when run as root)
   bench [FILTER]     criterion benchmarks; writes docs/BENCHMARKS.md and docs/plots/*.svg
                      (with a FILTER: re-measures matching groups, keeps the others)
   bench --report     rewrite docs/BENCHMARKS.md from the results in target/criterion
@@ -72,6 +74,50 @@ pub(crate) fn root() -> PathBuf {
         .parent()
         .expect("xtask sits inside the workspace")
         .to_path_buf()
+}
+
+/// Whether `name` is an executable file in a folder of `PATH`.
+fn on_path(name: &str) -> bool {
+    env::var_os("PATH").is_some_and(|path| {
+        env::split_paths(&path).any(|dir| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(dir.join(name))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// The remote cache layer's tests start their own `redis-server` (and fail without one, never
+/// skip): install it from the distribution's packages when it is missing and we are root, else
+/// fail with the one command to run.
+fn ensure_redis_server() -> Result<()> {
+    if env::var_os("STRATA_REDIS_SERVER").is_some() || on_path("redis-server") {
+        return Ok(());
+    }
+    let install = "apt-get update && apt-get install -y redis-server";
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if uid != "0" {
+        return Err(format!(
+            "redis-server is missing (the remote cache tests run one): run `sudo sh -c '{install}'`"
+        ));
+    }
+    eprintln!("xtask ci: redis-server is missing; installing it");
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(cmd)
+    };
+    apt(&["update"])?;
+    apt(&["install", "-y", "redis-server"])?;
+    if on_path("redis-server") {
+        Ok(())
+    } else {
+        Err(format!("`{install}` did not install redis-server"))
+    }
 }
 
 /// Runs `cargo` with `args` in the workspace root, failing on a non-zero exit.
@@ -99,6 +145,7 @@ fn run(mut cmd: Command) -> Result<()> {
 }
 
 fn ci() -> Result<()> {
+    ensure_redis_server()?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
     cargo(
         &[

@@ -131,6 +131,7 @@ fn allowed(krate: &str) -> &'static [&'static str] {
         "cache-core" => &["wasmtime"],
         "cache-pinned" | "cache-lru" => &["cache-core", "wasmtime"],
         "cache-fs" => &["cache-core", "strata-fs", "wasmtime"],
+        "cache-redis" => &["cache-core", "wasmtime"],
         "strata-fs" | "store-index" => &[],
         "store-commit" => &["store-index", "strata-fs"],
         "vm-host" => &[
@@ -138,6 +139,7 @@ fn allowed(krate: &str) -> &'static [&'static str] {
             "cache-pinned",
             "cache-lru",
             "cache-fs",
+            "cache-redis",
             "store-index",
             "store-commit",
             "strata-fs",

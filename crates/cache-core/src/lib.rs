@@ -75,6 +75,7 @@
 mod error;
 mod fallback;
 mod key;
+mod lease;
 mod stats;
 
 use std::sync::Arc;
@@ -82,6 +83,7 @@ use std::sync::Arc;
 pub use error::{CacheError, ConfigError, HexError};
 pub use fallback::{FallbackCache, ModuleCacheExt};
 pub use key::{Abi, CacheKey, EngineFingerprint, Form, Tier, WASMTIME_VERSION, WasmHash};
+pub use lease::{CompileLease, Lease, LeaseAttempt};
 pub use stats::{Counter, LayerStats, StatCounters};
 
 use wasmtime::Module;

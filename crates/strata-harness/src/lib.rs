@@ -8,6 +8,10 @@
 //!
 //! The harness depends on nothing of Strata, so store-commit's tests use it without wasmtime.
 //!
+//! [`RedisServer`] starts a `redis-server` of a test's own (127.0.0.1, a free port, no
+//! persistence), pauses, stops and restarts it, and kills it when dropped; the remote cache
+//! layer's tests and benchmarks use it.
+//!
 //! # Example
 //!
 //! ```
@@ -32,6 +36,10 @@
 //! ```
 
 #![deny(missing_docs)]
+
+mod redis;
+
+pub use redis::RedisServer;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -61,6 +69,18 @@ pub enum HarnessError {
     /// The thread reading the child's output panicked.
     #[error("the thread reading the child's output panicked")]
     Reader,
+    /// The Redis server binary is not installed.
+    #[error(
+        "{binary} not found: install it with `{}` (cargo xtask ci does when run as root)",
+        redis::INSTALL
+    )]
+    RedisMissing {
+        /// The binary looked for.
+        binary: String,
+    },
+    /// The Redis server did not answer `PING` within 10 s of starting.
+    #[error("redis-server did not start")]
+    RedisNotReady,
 }
 
 /// The name `--exact` needs for test function `test` of the module at `module_path` (as

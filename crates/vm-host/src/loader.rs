@@ -1,5 +1,6 @@
-//! Loads runtime modules through pinned -> LRU -> file cache -> compile, one compile per module
-//! however many threads ask at once.
+//! Loads runtime modules through pinned -> LRU -> file cache -> remote (optional) -> compile,
+//! one compile per module however many threads ask at once, and, with a remote layer, however
+//! many nodes of the fleet ask at once (a [`CompileLease`]).
 //!
 //! The cache key of a module is computed from its id alone (module id, runtime form of
 //! [`rewrite::REWRITE_VERSION`], the Strata ABI, Cranelift, the runtime engine's fingerprint),
@@ -10,13 +11,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use cache_core::{
-    Abi, CacheKey, EngineFingerprint, FallbackCache, ModuleCache, ModuleCacheExt, Tier, WasmHash,
+    Abi, CacheKey, CompileLease, EngineFingerprint, FallbackCache, LeaseAttempt, ModuleCache,
+    ModuleCacheExt, Tier, WasmHash,
 };
 use cache_fs::FsCache;
 use cache_lru::LruCache;
 use cache_pinned::PinnedCache;
+use cache_redis::RedisCache;
 use parking_lot::{Mutex, RwLock};
 use store_index::ModuleId;
 use wasmtime::{Engine, InstancePre, Linker, Module};
@@ -45,14 +49,27 @@ pub(crate) enum Source<'a> {
     Checked { wasm: &'a [u8], shape: &'a Shape },
 }
 
-type Chain = FallbackCache<Arc<PinnedCache>, FallbackCache<LruCache, Arc<FsCache>>>;
+/// pinned -> LRU -> below, where below is the file cache, or the file cache then the remote
+/// layer (a remote hit is promoted into the file cache, then into the LRU).
+type Chain = FallbackCache<Arc<PinnedCache>, FallbackCache<Arc<LruCache>, Box<dyn ModuleCache>>>;
+
+/// The remote layer and how long a load waits for another node's compile.
+pub(crate) struct Remote {
+    pub(crate) cache: Arc<RedisCache>,
+    pub(crate) max_lease_wait: Duration,
+}
+
+/// The longest pause between two looks for another node's artifact.
+const MAX_POLL: Duration = Duration::from_millis(200);
 
 pub(crate) struct Loader {
     engine: Engine,
     fingerprint: EngineFingerprint,
     linker: Linker<HostState>,
     pinned: Arc<PinnedCache>,
+    lru: Arc<LruCache>,
     fs: Arc<FsCache>,
+    remote: Option<Remote>,
     chain: Chain,
     /// One lock per module being compiled, holding the module once compiled: the single flight.
     inflight: Mutex<HashMap<CacheKey, Arc<Mutex<Option<Module>>>>>,
@@ -60,6 +77,10 @@ pub(crate) struct Loader {
     /// its compiled module's exports: a key names one runtime form, so the shape never changes.
     shapes: RwLock<HashMap<CacheKey, Arc<Shape>>>,
     pub(crate) compiles: AtomicU64,
+    /// Loads that waited for another node holding the compile lease.
+    pub(crate) lease_waits: AtomicU64,
+    /// Of those, the loads that got the other node's artifact.
+    pub(crate) lease_wait_hits: AtomicU64,
 }
 
 /// Checks that `wasm` is the bytecode of `id`.
@@ -77,21 +98,37 @@ impl Loader {
         linker: Linker<HostState>,
         lru: LruCache,
         fs: FsCache,
+        remote: Option<Remote>,
     ) -> Self {
         let fs = Arc::new(fs);
+        let lru = Arc::new(lru);
         let pinned = Arc::new(PinnedCache::new());
-        let chain = pinned.clone().with_fallback(lru.with_fallback(fs.clone()));
+        let below: Box<dyn ModuleCache> = match &remote {
+            Some(remote) => Box::new(fs.clone().with_fallback(remote.cache.clone())),
+            None => Box::new(fs.clone()),
+        };
+        let chain = pinned
+            .clone()
+            .with_fallback(lru.clone().with_fallback(below));
         Loader {
             fingerprint: EngineFingerprint::of(&engine),
             engine,
             linker,
             pinned,
+            lru,
             fs,
+            remote,
             chain,
             inflight: Mutex::new(HashMap::new()),
             shapes: RwLock::new(HashMap::new()),
             compiles: AtomicU64::new(0),
+            lease_waits: AtomicU64::new(0),
+            lease_wait_hits: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn remote(&self) -> Option<&RedisCache> {
+        self.remote.as_ref().map(|r| &*r.cache)
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -117,6 +154,19 @@ impl Loader {
             Tier::Cranelift,
             self.fingerprint,
         )
+    }
+
+    /// Hands `loaded` to the remote layer for upload unless it holds the key already (or
+    /// cannot be asked); returns whether it was handed over (the layer may still drop it when
+    /// its queue is full, counted in `uploads_dropped`).
+    pub(crate) fn publish(&self, loaded: &Loaded) -> bool {
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        if remote.cache.contains(&loaded.key) != Some(false) {
+            return false;
+        }
+        remote.cache.save(&loaded.key, &loaded.module).is_ok()
     }
 
     /// Loads the runtime form of `id` from the caches, compiling it from `source` on a miss.
@@ -174,7 +224,7 @@ impl Loader {
         };
         let result = match again {
             Some(module) => Ok(module),
-            None => self.compile(id, key, source),
+            None => self.compile_in_fleet(id, key, source),
         };
         if let Ok(module) = &result {
             *slot = Some(module.clone());
@@ -185,6 +235,67 @@ impl Loader {
             inflight.remove(key);
         }
         result
+    }
+
+    /// Compiles under the fleet's lease when there is a remote layer: one node compiles and
+    /// publishes, the others wait for its artifact (polling with backoff) until the lease ends,
+    /// then take it themselves. A lease store that cannot be asked, or a wait past
+    /// `max_lease_wait`, means compiling here: leases only save work.
+    fn compile_in_fleet(
+        &self,
+        id: &ModuleId,
+        key: &CacheKey,
+        source: Source<'_>,
+    ) -> Result<Module, VmError> {
+        let Some(remote) = &self.remote else {
+            return self.compile(id, key, source);
+        };
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        let mut waited = false;
+        loop {
+            match remote.cache.try_acquire(key) {
+                LeaseAttempt::Won(lease) => {
+                    // Taken after another holder let go: its artifact may be there now.
+                    if waited && let Some(module) = self.fleet_artifact(remote, key) {
+                        lease.release();
+                        return Ok(module);
+                    }
+                    let result = self.compile(id, key, source);
+                    // After the upload `compile` queued: a waiting node that sees the lease
+                    // gone finds the artifact.
+                    lease.release();
+                    return result;
+                }
+                LeaseAttempt::Held => {
+                    if !waited {
+                        waited = true;
+                        self.lease_waits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let left = remote.max_lease_wait.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        tracing::warn!(module = %id, "gave up waiting for the fleet's compile");
+                        return self.compile(id, key, source);
+                    }
+                    std::thread::sleep(pause.min(left));
+                    pause = (pause * 2).min(MAX_POLL);
+                    if let Some(module) = self.fleet_artifact(remote, key) {
+                        self.lease_wait_hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(module);
+                    }
+                }
+                _ => return self.compile(id, key, source),
+            }
+        }
+    }
+
+    /// Another node's artifact from the remote layer, promoted as a chain hit would be.
+    fn fleet_artifact(&self, remote: &Remote, key: &CacheKey) -> Option<Module> {
+        let module = remote.cache.load(key).ok().flatten()?;
+        // A layer that cannot take it costs a later load, never this one.
+        let _ = self.fs.save(key, &module);
+        let _ = self.lru.save(key, &module);
+        Some(module)
     }
 
     fn compile(

@@ -16,10 +16,11 @@ use strata_fs::{Fs, RealFs, Zeros};
 use wasmtime::{Config, Engine, Linker, StoreLimitsBuilder};
 
 use crate::host::{self, HostState};
-use crate::loader::Loader;
+use crate::loader::{Loader, Remote};
 use crate::memory::{GUARD, RESERVATION, StoreMemoryCreator};
 use crate::session::Session;
 use crate::{CacheVerification, VmConfig, VmError};
+use cache_redis::{Held, RedisCache, RemoteStats};
 
 /// The VM's cache key file, in the VM directory (beside the `cache` folder, never in it).
 const CACHE_KEY: &str = "cache.key";
@@ -90,10 +91,16 @@ impl std::fmt::Display for FailedPin {
 /// Counters of a [`Vm`] since it was opened.
 #[derive(Debug, Clone, Default)]
 pub struct VmStats {
-    /// The cache layers, top first: pinned, LRU, file.
+    /// The cache layers, top first: pinned, LRU, file, and the remote layer if there is one.
     pub layers: Vec<LayerStats>,
     /// Modules compiled because no cache layer had them.
     pub compiles: u64,
+    /// The remote layer's own counters (uploads, failures, breaker, leases), if there is one.
+    pub remote: Option<RemoteStats>,
+    /// Loads that waited for another node of the fleet compiling the module (lease held).
+    pub lease_waits: u64,
+    /// Of those, the loads that got the other node's artifact instead of compiling.
+    pub lease_wait_hits: u64,
     /// Module instantiations.
     pub instantiations: u64,
     /// Successful calls.
@@ -376,7 +383,23 @@ impl Vm {
                 FsCache::open_without_creating(&cache_dir, engines, cache_config, disk.clone())
             }
         }?;
-        let loader = Loader::new(engine, runtime_linker, LruCache::new(config.lru_bytes), fs);
+        let remote = match &config.remote {
+            Some(remote) => Some(Remote {
+                cache: Arc::new(
+                    RedisCache::open(&remote.url, &engine, remote.config.clone())
+                        .map_err(VmError::RemoteCache)?,
+                ),
+                max_lease_wait: remote.max_lease_wait,
+            }),
+            None => None,
+        };
+        let loader = Loader::new(
+            engine,
+            runtime_linker,
+            LruCache::new(config.lru_bytes),
+            fs,
+            remote,
+        );
         let vm = Vm {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -533,6 +556,37 @@ impl Vm {
         Ok(id)
     }
 
+    /// [`Vm::precompile`], then uploads the artifact to the remote layer unless it has it:
+    /// warms the fleet even with modules this node had cached. Returns the id and whether an
+    /// upload was queued (see [`Vm::flush_remote`]). Without a remote layer, only precompiles.
+    pub fn precompile_for_fleet(&self, wasm: &[u8]) -> Result<(ModuleId, bool), VmError> {
+        let shape = crate::rewrite::shape(wasm)?;
+        self.check_imports(&shape)?;
+        let id = ModuleId::of_wasm(wasm);
+        let source = crate::loader::Source::Checked {
+            wasm,
+            shape: &shape,
+        };
+        let loaded = self.inner.loader.load(&id, source)?;
+        Ok((id, self.inner.loader.publish(&loaded)))
+    }
+
+    /// Waits up to `timeout` for the remote layer's queued uploads; whether they are done
+    /// (true without a remote layer).
+    pub fn flush_remote(&self, timeout: std::time::Duration) -> bool {
+        self.inner
+            .loader
+            .remote()
+            .is_none_or(|remote| remote.flush(timeout))
+    }
+
+    /// What the remote layer's server holds for this VM's engine (scanning at most `max_keys`
+    /// keys); `None` without a remote layer.
+    pub fn remote_held(&self, max_keys: u64) -> Option<Result<Held, VmError>> {
+        let remote = self.inner.loader.remote()?;
+        Some(remote.held(max_keys).map_err(VmError::RemoteCache))
+    }
+
     pub(crate) fn check_imports(&self, shape: &crate::rewrite::Shape) -> Result<(), VmError> {
         match shape
             .imports
@@ -581,6 +635,9 @@ impl Vm {
         VmStats {
             layers: inner.loader.stats(),
             compiles: inner.loader.compiles.load(Ordering::Relaxed),
+            remote: inner.loader.remote().map(RedisCache::remote_stats),
+            lease_waits: inner.loader.lease_waits.load(Ordering::Relaxed),
+            lease_wait_hits: inner.loader.lease_wait_hits.load(Ordering::Relaxed),
             instantiations: inner.instantiations.load(Ordering::Relaxed),
             calls: inner.calls.load(Ordering::Relaxed),
             commits: inner.commits.load(Ordering::Relaxed),

@@ -18,7 +18,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use size::{Limit, Size};
 use vm_host::{
-    CacheVerification, Deletion, ModuleId, Root, Verification, Vm, VmConfig, parse_args,
+    CacheVerification, Compression, Deletion, ModuleId, RemoteCache, Root, Verification, Vm,
+    VmConfig, parse_args,
 };
 
 /// The shortest key `--hmac-key-file` accepts: 32 bytes, the key size of the keyed BLAKE3 tags
@@ -62,6 +63,35 @@ struct Cli {
     /// The largest linear memory a module may grow to.
     #[arg(long, global = true, value_name = "SIZE", default_value_t = Size(VmConfig::default().memory_limit as u64))]
     memory_limit: Size,
+    /// A Redis server shared by the fleet, below the file cache (redis://HOST:PORT/DB, with
+    /// :PASSWORD@ before HOST when the server asks for one):
+    /// a module compiled by one node is loaded by the others, and a module is compiled by one
+    /// node at a time (a lease in Redis). Redis down or slow is a miss, never an error. Needs
+    /// --remote-key-file.
+    #[arg(long, global = true, value_name = "URL", env = "VMHOST_REMOTE_CACHE")]
+    remote_cache: Option<String>,
+    /// The fleet's key for the remote cache's tags: a file of at least 32 bytes, the same on
+    /// every node, never stored in Redis (whoever holds it can make every node run native
+    /// code). Read, never created.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "VMHOST_REMOTE_KEY_FILE"
+    )]
+    remote_key_file: Option<PathBuf>,
+    /// Timeout of each remote cache read or write, in milliseconds (a connect waits at most
+    /// 250 ms, or this if shorter).
+    #[arg(long, global = true, value_name = "MS", default_value_t = 1000)]
+    remote_timeout_ms: u64,
+    /// Time to live of a compile lease, in milliseconds: how long the fleet waits for a node
+    /// that died while compiling. The holder renews it while it compiles.
+    #[arg(long, global = true, value_name = "MS", default_value_t = 10_000)]
+    remote_lease_ttl_ms: u64,
+    /// Store artifacts in Redis compressed with zstd at this level (1-19): a third of the bytes
+    /// for a decompression at every hit; pays on a slow link, not on a fast one.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    remote_zstd: Option<i32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -150,8 +180,12 @@ enum Command {
         /// The module id.
         module: String,
     },
-    /// Compile modules into the file cache.
+    /// Compile modules into the file cache (and the remote cache, with --remote-cache).
     Precompile {
+        /// Also upload to the remote cache the modules this node had cached and the remote
+        /// cache lacks, and wait for the uploads: warms the fleet. Needs --remote-cache.
+        #[arg(long)]
+        remote: bool,
         /// .wasm or .wat files.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -285,8 +319,43 @@ fn config(cli: &Cli) -> Result<VmConfig> {
         fs_cache_bytes: cli.cache_bytes.0,
         default_fuel: cli.fuel,
         memory_limit,
+        remote: remote(cli)?,
         ..VmConfig::default()
     })
+}
+
+/// The remote layer from `--remote-cache` and its options.
+fn remote(cli: &Cli) -> Result<Option<RemoteCache>> {
+    let (url, key_file) = match (&cli.remote_cache, &cli.remote_key_file) {
+        (None, None) => return Ok(None),
+        (Some(url), Some(path)) => (url, path),
+        (Some(_), None) => bail!("--remote-cache needs --remote-key-file (the fleet's key)"),
+        (None, Some(_)) => bail!("--remote-key-file is used only with --remote-cache"),
+    };
+    let key = std::fs::read(key_file)
+        .with_context(|| format!("cannot read remote key file {}", key_file.display()))?;
+    if key.len() < MIN_KEY_BYTES {
+        bail!(
+            "remote key file {} holds {} byte(s); a key needs at least {MIN_KEY_BYTES}",
+            key_file.display(),
+            key.len()
+        );
+    }
+    if cli.remote_timeout_ms == 0 {
+        bail!("--remote-timeout-ms must be above 0");
+    }
+    let mut remote = RemoteCache::new(url.clone(), key);
+    let timeout = std::time::Duration::from_millis(cli.remote_timeout_ms);
+    remote.config.io_timeout = timeout;
+    remote.config.connect_timeout = remote.config.connect_timeout.min(timeout);
+    remote.config.lease_ttl = std::time::Duration::from_millis(cli.remote_lease_ttl_ms);
+    if let Some(level) = cli.remote_zstd {
+        if !(1..=19).contains(&level) {
+            bail!("--remote-zstd takes a level from 1 to 19, got {level}");
+        }
+        remote.config.compression = Compression::Zstd { level };
+    }
+    Ok(Some(remote))
 }
 
 fn open(cli: &Cli, create: Create) -> Result<Vm> {
@@ -353,7 +422,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{id} was not pinned");
             }
         }
-        Command::Precompile { paths } => precompile(&cli, paths)?,
+        Command::Precompile { remote, paths } => precompile(&cli, *remote, paths)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -442,9 +511,14 @@ fn print_verify(vm: &Vm, json: bool) -> Result<bool> {
     Ok(outcome.is_ok())
 }
 
-/// `vmhost stats`: what the VM directory holds on disk, as text or one JSON document.
+/// The most keys `stats` scans in the remote cache.
+const REMOTE_SCAN_KEYS: u64 = 1_000_000;
+
+/// `vmhost stats`: what the VM directory holds on disk (and the remote cache for this engine),
+/// as text or one JSON document.
 fn print_stats(vm: &Vm, json: bool) -> Result<()> {
     let stats = vm.disk_stats()?;
+    let remote = vm.remote_held(REMOTE_SCAN_KEYS);
     if json {
         let cache: Vec<_> = stats
             .cache
@@ -475,6 +549,14 @@ fn print_stats(vm: &Vm, json: bool) -> Result<()> {
                     "line": f.line,
                     "reason": f.reason,
                 })).collect::<Vec<_>>(),
+                "remote": remote.as_ref().map(|held| match held {
+                    Ok(held) => json!({
+                        "entries": held.entries,
+                        "bytes": held.bytes,
+                        "truncated": held.truncated,
+                    }),
+                    Err(e) => json!({ "error": e.to_string() }),
+                }),
             })
         );
     } else {
@@ -502,6 +584,20 @@ fn print_stats(vm: &Vm, json: bool) -> Result<()> {
         }
         for failed in &stats.failed_pins {
             println!("failed pin: {failed}");
+        }
+        match remote {
+            Some(Ok(held)) => println!(
+                "remote entries {} bytes {}{}",
+                held.entries,
+                held.bytes,
+                if held.truncated {
+                    " (scan truncated)"
+                } else {
+                    ""
+                }
+            ),
+            Some(Err(e)) => println!("remote unavailable: {e}"),
+            None => {}
         }
     }
     Ok(())
@@ -538,8 +634,14 @@ fn print_prune(vm: &Vm, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// How long `precompile` waits for its uploads to the remote cache.
+const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// `vmhost precompile`: compiles each file into the caches, with a progress bar.
-fn precompile(cli: &Cli, paths: &[PathBuf]) -> Result<()> {
+fn precompile(cli: &Cli, remote: bool, paths: &[PathBuf]) -> Result<()> {
+    if remote && cli.remote_cache.is_none() {
+        bail!("precompile --remote needs --remote-cache");
+    }
     let modules = paths
         .iter()
         .map(|p| read_module(p))
@@ -554,12 +656,33 @@ fn precompile(cli: &Cli, paths: &[PathBuf]) -> Result<()> {
     );
     for (path, wasm) in paths.iter().zip(&modules) {
         bar.set_message(path.display().to_string());
-        let id = vm
-            .precompile(wasm)
-            .with_context(|| format!("cannot precompile {}", path.display()))?;
+        let id = if remote {
+            vm.precompile_for_fleet(wasm).map(|(id, _)| id)
+        } else {
+            vm.precompile(wasm)
+        }
+        .with_context(|| format!("cannot precompile {}", path.display()))?;
         bar.suspend(|| println!("{id} {}", path.display()));
         bar.inc(1);
     }
     bar.finish_with_message("done");
+    if !vm.flush_remote(UPLOAD_WAIT) {
+        bail!("the uploads to the remote cache did not finish within {UPLOAD_WAIT:?}");
+    }
+    let stats = vm.stats();
+    tracing::info!(
+        compiles = stats.compiles,
+        lease_waits = stats.lease_waits,
+        lease_wait_hits = stats.lease_wait_hits,
+        "precompiled"
+    );
+    if let Some(remote) = &stats.remote {
+        tracing::info!(
+            uploads = remote.uploads,
+            failures = remote.failures,
+            breaker_trips = remote.breaker_trips,
+            "remote cache"
+        );
+    }
     Ok(())
 }

@@ -681,3 +681,235 @@ fn failed_pins_are_reported_and_unpin_repairs_them() {
     assert!(!text.contains("pins:"), "{text}");
     assert!(text.contains("store:"), "{text}");
 }
+
+/// The fleet: several `vmhost` processes, each on its own directory, sharing one Redis server
+/// (a `redis-server` of the test's own; a missing one fails the test).
+mod fleet {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use strata_harness::RedisServer;
+
+    use super::stdout;
+
+    /// A new module that takes a few seconds to compile (long enough to kill its compiler
+    /// mid-way): `functions` functions of `ops` arithmetic steps each, made unique by `seed`.
+    fn slow_module(dir: &Path, seed: u64) -> PathBuf {
+        let mut wat = String::from("(module (memory (export \"memory\") 1)\n");
+        for f in 0..600u64 {
+            wat.push_str(&format!(
+                "(func (export \"f{f}\") (param i64) (result i64) (local.get 0)"
+            ));
+            for op in 0..500u64 {
+                let k = (f * 500 + op).wrapping_mul(2_654_435_761) % 1_000_003 + seed;
+                wat.push_str(&format!(
+                    " (i64.const {k}) (i64.add) (i64.const {}) (i64.mul) (local.get 0) (i64.xor)",
+                    op + 3
+                ));
+            }
+            wat.push_str(")\n");
+        }
+        wat.push(')');
+        let path = dir.join(format!("slow-{seed}.wasm"));
+        std::fs::write(&path, wat::parse_str(&wat).expect("valid wat")).expect("write module");
+        path
+    }
+
+    struct Fleet {
+        server: RedisServer,
+        root: tempfile::TempDir,
+        key: PathBuf,
+    }
+
+    impl Fleet {
+        fn new() -> Fleet {
+            let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+            let root = tempfile::tempdir().expect("temp dir");
+            let key = root.path().join("fleet.key");
+            std::fs::write(&key, [7u8; 32]).expect("key file");
+            Fleet { server, root, key }
+        }
+
+        /// `vmhost precompile` on node `n`'s directory, logging its compiles.
+        fn precompile(&self, n: usize, module: &Path, lease_ttl_ms: u64) -> Child {
+            Command::new(env!("CARGO_BIN_EXE_vmhost"))
+                .env("RUST_LOG", "vm_host=info,vmhost=info")
+                .arg("--dir")
+                .arg(self.root.path().join(format!("node{n}")))
+                .arg("--no-fsync")
+                .args(["--remote-cache", self.server.url()])
+                .arg("--remote-key-file")
+                .arg(&self.key)
+                .args(["--remote-lease-ttl-ms", &lease_ttl_ms.to_string()])
+                .arg("precompile")
+                .arg(module)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("vmhost starts")
+        }
+    }
+
+    /// Compiles logged by a finished `vmhost` (the loader's "compiled" events).
+    fn compiles(out: &std::process::Output) -> usize {
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.contains("compiled") && !l.contains("precompiled"))
+            .count()
+    }
+
+    #[test]
+    fn four_nodes_compile_a_new_module_once_across_the_fleet() {
+        let fleet = Fleet::new();
+        let module = slow_module(fleet.root.path(), 1);
+        let nodes: Vec<Child> = (0..4)
+            .map(|n| fleet.precompile(n, &module, 10_000))
+            .collect();
+        let outs: Vec<_> = nodes
+            .into_iter()
+            .map(|c| c.wait_with_output().expect("vmhost ends"))
+            .collect();
+        let ids: Vec<String> = outs.iter().map(stdout).collect();
+        assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+        let total: usize = outs.iter().map(compiles).sum();
+        let logs: Vec<_> = outs
+            .iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr))
+            .collect();
+        assert_eq!(total, 1, "compiled once across the fleet: {logs:#?}");
+    }
+
+    #[test]
+    fn a_killed_lease_holder_only_delays_the_fleet() {
+        let fleet = Fleet::new();
+        let module = slow_module(fleet.root.path(), 2);
+        let ttl = Duration::from_millis(1500);
+        let mut nodes: Vec<Child> = (0..4)
+            .map(|n| fleet.precompile(n, &module, ttl.as_millis() as u64))
+            .collect();
+        let mut con = redis::Client::open(fleet.server.url())
+            .and_then(|c| c.get_connection())
+            .expect("raw client");
+        // The lease's value leads with its holder's pid.
+        let started = Instant::now();
+        let holder = loop {
+            let leases: Vec<String> = redis::cmd("KEYS")
+                .arg("strata:v1:lease:*")
+                .query(&mut con)
+                .expect("KEYS");
+            if let Some(lease) = leases.first() {
+                let token: Option<String> =
+                    redis::cmd("GET").arg(lease).query(&mut con).expect("GET");
+                if let Some(pid) = token.and_then(|t| t.split(':').next()?.parse::<u32>().ok()) {
+                    break pid;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no lease taken"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let at = nodes
+            .iter()
+            .position(|c| c.id() == holder)
+            .expect("the holder is one of the nodes");
+        let mut killed = nodes.remove(at);
+        killed.kill().expect("SIGKILL");
+        let killed_at = Instant::now();
+        let status = killed.wait().expect("wait");
+        assert!(!status.success());
+        let outs: Vec<_> = nodes
+            .into_iter()
+            .map(|c| c.wait_with_output().expect("vmhost ends"))
+            .collect();
+        for out in &outs {
+            stdout(out); // each survivor finished
+        }
+        let total: usize = outs.iter().map(compiles).sum();
+        assert_eq!(total, 1, "one survivor compiled, after the lease expired");
+        // After the ttl at worst, plus one compile: a bound, not a speed.
+        assert!(killed_at.elapsed() < Duration::from_secs(120));
+    }
+}
+
+#[test]
+fn remote_cache_options_need_a_key_file_and_create_none() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let vm = dir.path().join("vm");
+    let key = dir.path().join("short.key");
+    std::fs::write(&key, b"short").expect("key");
+    let missing = dir.path().join("missing.key");
+    let url = "redis://127.0.0.1:1/";
+    let args = ["--remote-cache", url, "precompile", COUNTER];
+    fails(
+        &vmhost(&vm, &args),
+        "--remote-cache needs --remote-key-file",
+    );
+    let with_key = |k: &Path| {
+        let mut c = command(&vm);
+        c.args(["--remote-cache", url, "--remote-key-file"]).arg(k);
+        c.args(["precompile", COUNTER])
+            .output()
+            .expect("vmhost runs")
+    };
+    fails(&with_key(&key), "a key needs at least 32");
+    fails(&with_key(&missing), "cannot read remote key file");
+    assert!(!missing.exists() && !vm.exists(), "nothing created");
+    fails(
+        &vmhost(&vm, &["precompile", "--remote", COUNTER]),
+        "precompile --remote needs --remote-cache",
+    );
+    // An unreachable server is a miss: the module compiles, and stats say so.
+    std::fs::write(&key, [1u8; 32]).expect("key");
+    let out = with_key(&key);
+    assert!(is_hex64(
+        stdout(&out).split_whitespace().next().unwrap_or("")
+    ));
+    let mut stats = command(&vm);
+    stats
+        .args(["--remote-cache", url, "--remote-key-file"])
+        .arg(&key);
+    let out = stats
+        .args(["stats", "--json"])
+        .output()
+        .expect("vmhost runs");
+    let remote = &json(&out)["remote"];
+    assert!(remote["error"].is_string(), "{remote}");
+}
+
+#[test]
+fn precompile_remote_warms_the_fleet_from_a_local_cache() {
+    let server = strata_harness::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("fleet.key");
+    std::fs::write(&key, [3u8; 32]).expect("key");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let remote = |vm: &Path, args: &[&str]| {
+        let mut c = command(vm);
+        c.env("RUST_LOG", "vm_host=info,vmhost=info");
+        c.args(["--remote-cache", server.url(), "--remote-key-file"])
+            .arg(&key);
+        c.args(args).output().expect("vmhost runs")
+    };
+    // Compiled into a's file cache only, then pushed to Redis from there: no compile.
+    stdout(&vmhost(&a, &["precompile", BANK]));
+    let out = remote(&a, &["precompile", "--remote", BANK]);
+    stdout(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("compiles=0") && log.contains("uploads=1"),
+        "{log}"
+    );
+    let stats = json(&remote(&a, &["stats", "--json"]));
+    assert_eq!(stats["remote"]["entries"], 1, "{stats}");
+    // Another node loads it from Redis.
+    let out = remote(&b, &["precompile", BANK]);
+    stdout(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("compiles=0") && log.contains("uploads=0"),
+        "{log}"
+    );
+}
