@@ -1,9 +1,10 @@
-//! Criterion benchmarks of the VM host: instantiate + call from each cache layer, session open +
-//! call + commit over small and large memories, calls per second on one core, and the time per
-//! unit of fuel of plain wasm loops and host-function loops (`host_costs`).
+//! Criterion benchmarks of the VM host: instantiate + call from each cache layer, the call path
+//! split into its parts next to plain wasmtime (`call_path`), session open + call + commit over
+//! small and large memories, calls per second on one core, and the time per unit of fuel of
+//! plain wasm loops and host-function loops (`host_costs`).
 //!
-//! The corpus (sql.js) is read from `$STRATA_CORPUS`, else `../shared/corpus`; its imports are
-//! defined as trapping host functions, as an embedder would define its own ABI.
+//! The corpus (sql.js, hackatom) is read from `$STRATA_CORPUS`, else `../shared/corpus`; its
+//! imports are defined as trapping host functions, as an embedder would define its own ABI.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -88,6 +89,152 @@ fn vm_for(dir: &std::path::Path, config: VmConfig, wasm: &[u8]) -> Vm {
         Ok(())
     })
     .expect("vm opens")
+}
+
+/// Opens a VM whose host defines every import of `wasm`, `db_*` included, as functions that
+/// trap: they shadow vm-host's own (CosmWasm's `db_read` has another signature).
+fn vm_shadowing(dir: &std::path::Path, config: VmConfig, wasm: &[u8]) -> Vm {
+    let imports = imports(wasm);
+    Vm::open_with_host(dir, config, move |linker: &mut Linker<HostState>| {
+        linker.allow_shadowing(true);
+        define_stubs(linker, &imports)
+    })
+    .expect("vm opens")
+}
+
+fn define_stubs<T: 'static>(
+    linker: &mut Linker<T>,
+    imports: &[(String, String, Vec<ValType>, Vec<ValType>)],
+) -> Result<(), VmError> {
+    for (module, name, params, results) in imports {
+        let ty = FuncType::new(linker.engine(), params.clone(), results.clone());
+        linker
+            .func_new(module, name, ty, |_, _, _| {
+                Err(wasmtime::format_err!(
+                    "import not provided by the benchmark host"
+                ))
+            })
+            .map_err(VmError::from)?;
+    }
+    Ok(())
+}
+
+/// Plain wasmtime on the same module: the default on-demand allocator with copy-on-write
+/// memory init, fuel on as in the VM, every import a stub; one `InstancePre` made up front.
+struct Plain {
+    engine: wasmtime::Engine,
+    pre: wasmtime::InstancePre<()>,
+}
+
+impl Plain {
+    fn new(wasm: &[u8]) -> Plain {
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        let engine = wasmtime::Engine::new(&config).expect("engine");
+        let module = wasmtime::Module::new(&engine, wasm).expect("compiles");
+        let mut linker = Linker::new(&engine);
+        define_stubs(&mut linker, &imports(wasm)).expect("stubs");
+        let pre = linker.instantiate_pre(&module).expect("instantiate_pre");
+        Plain { engine, pre }
+    }
+
+    /// A new store, instantiate, one call of `function` (no parameters), drop.
+    fn instantiate_call(&self, function: &str) {
+        let mut store = wasmtime::Store::new(&self.engine, ());
+        store.set_fuel(1_000_000_000).expect("fuel");
+        let instance = self.pre.instantiate(&mut store).expect("instantiates");
+        let func = instance.get_func(&mut store, function).expect("export");
+        let mut results = vec![wasmtime::Val::I32(0); func.ty(&store).results().len()];
+        func.call(&mut store, &[], &mut results).expect("call");
+    }
+}
+
+/// The path of a transaction split into its parts, for `counter` (`get`) and CosmWasm's
+/// hackatom (`interface_version_8`, every import a stub), next to plain wasmtime making the same
+/// call (`baseline_wasmtime`). Each `split_*` is a prefix of the path, so the parts are the
+/// differences: `1_session` (store session open + drop), `2_restore` (+ the module's host
+/// state read and decoded), `3_load` (+ module load from the pinned layer and `InstancePre`),
+/// `4_instantiate` (+ memory open, restore, instantiate), then the whole path (`pinned`, `lru`:
+/// + the call). `memory_open` is the store alone (session, memory mapped into a 4 GiB + 32 MiB
+/// reservation, drop) and `drop` the end of a live session.
+fn call_path(c: &mut Criterion) {
+    let mut subjects = vec![(
+        "counter",
+        wat::parse_str(COUNTER).expect("counter.wat"),
+        "get",
+    )];
+    if let Some(wasm) = corpus("cosmwasm-hackatom.wasm") {
+        subjects.push(("hackatom", wasm, "interface_version_8"));
+    }
+    for (label, wasm, function) in subjects {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let vm = vm_shadowing(dir.path(), VmConfig::for_tests(), &wasm);
+        let (module, root) = vm.deploy(&wasm).expect("deploys");
+        let plain = Plain::new(&wasm);
+        let run = |vm: &Vm| {
+            let mut s = vm.session(Some(root)).expect("session");
+            s.call(&module, function, &[]).expect("call");
+        };
+        let mut group = c.benchmark_group(format!("call_path/{label}"));
+        group
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        group.bench_function("baseline_wasmtime", |b| {
+            b.iter(|| plain.instantiate_call(function))
+        });
+        run(&vm);
+        group.bench_function("lru", |b| b.iter(|| run(&vm)));
+        vm.pin(&module).expect("pin");
+        group.bench_function("pinned", |b| b.iter(|| run(&vm)));
+        group.bench_function("split_1_session", |b| {
+            b.iter(|| vm.session(Some(root)).expect("session"))
+        });
+        group.bench_function("split_2_restore", |b| {
+            b.iter(|| {
+                let mut s = vm.session(Some(root)).expect("session");
+                s.kv_get(&module, b"-").expect("kv_get");
+                s
+            })
+        });
+        group.bench_function("split_3_load", |b| {
+            b.iter(|| {
+                let mut s = vm.session(Some(root)).expect("session");
+                s.signature(&module, function).expect("signature");
+                s
+            })
+        });
+        group.bench_function("split_4_instantiate", |b| {
+            b.iter(|| {
+                let mut s = vm.session(Some(root)).expect("session");
+                s.read_memory(&module, 0, 0).expect("instantiate");
+                s
+            })
+        });
+        group.bench_function("drop", |b| {
+            b.iter_batched(
+                || {
+                    let mut s = vm.session(Some(root)).expect("session");
+                    s.call(&module, function, &[]).expect("call");
+                    s
+                },
+                drop,
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        drop(vm);
+        let store = store_commit::Store::open(
+            &dir.path().join("store"),
+            store_commit::StoreConfig::default(),
+        )
+        .expect("store");
+        group.bench_function("memory_open", |b| {
+            b.iter(|| {
+                let mut s = store.session(Some(root)).expect("session");
+                s.memory(&module, (4 << 30) + (32 << 20)).expect("memory");
+            })
+        });
+        group.finish();
+    }
 }
 
 /// An exported `() -> i32` function of `module` that returns without trapping.
@@ -354,5 +501,5 @@ fn host_costs(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layers, sessions, throughput, host_costs);
+criterion_group!(benches, layers, call_path, sessions, throughput, host_costs);
 criterion_main!(benches);
