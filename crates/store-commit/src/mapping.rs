@@ -12,6 +12,8 @@ use rustix::mm::{self, Advice, MapFlags, MprotectFlags, ProtFlags};
 use store_index::PAGE_SIZE;
 
 use crate::StoreError;
+use crate::pool::{Prepared, ReservationPool};
+use store_index::{ModuleId, Root};
 
 /// The operating-system page: the granularity of dirty tracking and of deltas.
 pub const OS_PAGE: usize = 4096;
@@ -36,37 +38,41 @@ pub(crate) struct Mapping {
     /// Bytes at the start backed by the image file (MAP_PRIVATE); never changes.
     file_len: usize,
     grow: Mutex<()>,
+    /// Where the reservation came from and goes back to.
+    pool: Arc<ReservationPool>,
+    /// The committed memory it opened, for the pool to keep it mapped.
+    prepared: Option<Prepared>,
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `base..base+mapped` was mapped by `Mapping::new` and is owned by this value; the last
-        // handle is gone, so nothing refers into it any more.
-        let _ = unsafe { mm::munmap(self.base as *mut c_void, self.mapped) };
+        // Everything past the larger of the length and the image is PROT_NONE and never held a page.
+        let used = self.len().max(self.file_len.div_ceil(OS_PAGE) * OS_PAGE);
+        // SAFETY: `base..base+mapped` was taken from the pool by `Mapping::new` with this size and is
+        // owned by this value; the last handle is gone, so nothing refers into it any more.
+        unsafe { self.pool.give(self.base, self.mapped, used, self.prepared) };
     }
 }
 
 impl Mapping {
-    /// Reserves `reservation` bytes, maps the first `file_len` bytes of `file` privately over the start
-    /// and makes `[file_len, len)` anonymous read-write memory.
+    /// Takes a reservation of `reservation` bytes from `pool`, maps the first `file_len` bytes of
+    /// `file` privately over the start and makes `[file_len, len)` anonymous read-write memory.
+    /// `tag` names the committed memory `file` holds: a reservation that mapped it before comes
+    /// back from the pool ready, with no system call.
     pub(crate) fn new(
         file: Option<&File>,
         file_len: usize,
         len: usize,
         reservation: usize,
+        pool: &Arc<ReservationPool>,
+        tag: Option<(Root, ModuleId)>,
     ) -> Result<Mapping, StoreError> {
         debug_assert!(file_len <= len && len <= reservation);
         let mapped = reservation.max(1).div_ceil(OS_PAGE) * OS_PAGE;
-        // SAFETY: a fresh anonymous mapping at an address the kernel chooses aliases nothing.
-        let base = unsafe {
-            mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                mapped,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )
-        }
-        .map_err(|e| map_err("mmap reservation", e))?;
+        let prepared = tag.map(|tag| Prepared { tag, file_len, len });
+        let (base, ready) = pool.take(mapped, prepared)?;
+        let base = base as *mut c_void;
+        // From here on, dropping `mapping` returns the reservation (reset) to the pool.
         let mapping = Mapping {
             base: base as usize,
             reservation,
@@ -74,13 +80,18 @@ impl Mapping {
             len: AtomicUsize::new(len),
             file_len,
             grow: Mutex::new(()),
+            pool: pool.clone(),
+            prepared,
         };
+        if ready {
+            return Ok(mapping);
+        }
         if file_len > 0 {
             let file = file.ok_or_else(|| StoreError::InvalidInput {
                 reason: "image mapping without a file".into(),
             })?;
-            // SAFETY: the range lies inside our own fresh reservation (MAP_FIXED replaces only it); the
-            // caller checked the file is at least `file_len` long, so no access can fault past its end.
+            // SAFETY: the range lies inside our own reservation, which nothing else refers into
+            // (MAP_FIXED replaces only it); the caller checked the file is at least `file_len` long, so no access can fault past its end.
             unsafe {
                 mm::mmap(
                     base,
@@ -475,7 +486,16 @@ mod tests {
     fn written_pages_are_found_and_reads_are_not() {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&vec![1u8; PAGE_SIZE]).unwrap();
-        let mapping = Mapping::new(Some(&file), PAGE_SIZE, 2 * PAGE_SIZE, 4 * PAGE_SIZE).unwrap();
+        let pool = Arc::new(ReservationPool::new(1));
+        let mapping = Mapping::new(
+            Some(&file),
+            PAGE_SIZE,
+            2 * PAGE_SIZE,
+            4 * PAGE_SIZE,
+            &pool,
+            None,
+        )
+        .unwrap();
         // SAFETY: inside the length; nothing else uses the mapping.
         unsafe {
             mapping.write(OS_PAGE, &[2]);
@@ -510,5 +530,123 @@ mod tests {
         mapping.grow_to(3 * PAGE_SIZE).unwrap();
         mapping.truncate_or_grow(2 * PAGE_SIZE).unwrap();
         assert_eq!(mapping.len(), 2 * PAGE_SIZE);
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use std::io::Write;
+
+    fn image(byte: u8) -> std::fs::File {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&vec![byte; PAGE_SIZE]).unwrap();
+        file
+    }
+
+    #[test]
+    fn pooled_reservations_come_back_clean_and_stay_within_the_bound() {
+        let pool = Arc::new(ReservationPool::new(2));
+        let reservation = 64 * PAGE_SIZE;
+        let (one, two) = (image(1), image(2));
+        let first = Mapping::new(
+            Some(&one),
+            PAGE_SIZE,
+            2 * PAGE_SIZE,
+            reservation,
+            &pool,
+            None,
+        )
+        .unwrap();
+        // SAFETY: inside the length; nothing else uses the mapping.
+        unsafe {
+            first.write(0, &[9]);
+            first.write(PAGE_SIZE + 5, &[9]);
+        }
+        first.grow_to(4 * PAGE_SIZE).unwrap();
+        // SAFETY: inside the (grown) length.
+        unsafe { first.write(3 * PAGE_SIZE, &[9]) };
+        let base = first.base;
+        drop(first);
+        assert_eq!(pool.idle(), 1);
+        // The same slot, another image: nothing of the first memory shows through.
+        let second = Mapping::new(
+            Some(&two),
+            PAGE_SIZE,
+            2 * PAGE_SIZE,
+            reservation,
+            &pool,
+            None,
+        )
+        .unwrap();
+        assert_eq!(second.base, base, "the idle reservation is reused");
+        assert_eq!(pool.idle(), 0);
+        // SAFETY: inside the length.
+        unsafe {
+            assert_eq!(second.bytes(0, 1), &[2]);
+            assert!(second.bytes(PAGE_SIZE, PAGE_SIZE).iter().all(|b| *b == 0));
+        }
+        assert!(
+            second.written_pages().is_empty(),
+            "a reused slot has no written page"
+        );
+        second.grow_to(4 * PAGE_SIZE).unwrap();
+        // SAFETY: inside the (grown) length.
+        assert_eq!(unsafe { second.bytes(3 * PAGE_SIZE, 1) }, &[0]);
+        // More mappings than the bound: only `max_idle` reservations stay when they close.
+        let many: Vec<Mapping> = (0..5)
+            .map(|_| Mapping::new(None, 0, PAGE_SIZE, reservation, &pool, None).unwrap())
+            .collect();
+        drop(many);
+        drop(second);
+        assert_eq!(pool.idle(), 2);
+    }
+
+    #[test]
+    fn a_reservation_that_held_a_committed_memory_comes_back_ready_and_clean() {
+        let pool = Arc::new(ReservationPool::new(2));
+        let reservation = 64 * PAGE_SIZE;
+        let file = image(7);
+        let root = Root::from_hex(&"1".repeat(64)).unwrap();
+        let tag = Some((root, ModuleId::of_wasm(b"m")));
+        let open = || {
+            Mapping::new(
+                Some(&file),
+                PAGE_SIZE,
+                2 * PAGE_SIZE,
+                reservation,
+                &pool,
+                tag,
+            )
+            .unwrap()
+        };
+        let first = open();
+        // SAFETY: inside the length; nothing else uses the mapping.
+        unsafe {
+            first.write(3, &[1]);
+            first.write(PAGE_SIZE + 3, &[1]);
+        }
+        first.grow_to(3 * PAGE_SIZE).unwrap();
+        // SAFETY: inside the (grown) length.
+        unsafe { first.write(2 * PAGE_SIZE, &[1]) };
+        let base = first.base;
+        drop(first);
+        assert_eq!(pool.prepared(), 1);
+        let second = open();
+        assert_eq!(second.base, base);
+        assert_eq!(second.len(), 2 * PAGE_SIZE);
+        // SAFETY: inside the length.
+        unsafe {
+            assert_eq!(second.bytes(0, 4), &[7; 4], "the image reads through again");
+            assert_eq!(second.bytes(PAGE_SIZE + 3, 1), &[0]);
+        }
+        assert!(second.written_pages().is_empty());
+        second.grow_to(3 * PAGE_SIZE).unwrap();
+        // SAFETY: inside the (grown) length.
+        assert_eq!(unsafe { second.bytes(2 * PAGE_SIZE, 1) }, &[0]);
+        drop(second);
+        // Deleting the commit unmaps its image from the idle slots.
+        pool.forget(&root);
+        assert_eq!((pool.prepared(), pool.idle()), (0, 1));
     }
 }

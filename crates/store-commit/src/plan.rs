@@ -322,12 +322,9 @@ fn changed_pages(open: &OpenMemory, base: &MemoryEntry) -> Result<Vec<u32>, Stor
         let same = if let Some(d) = open.delta.get(p) {
             d == now
         } else if at < image_len {
-            let image = open
-                .image
-                .as_ref()
-                .ok_or_else(|| StoreError::InvalidInput {
-                    reason: "memory without image".into(),
-                })?;
+            let image = open.image()?.ok_or_else(|| StoreError::InvalidInput {
+                reason: "memory without image".into(),
+            })?;
             image.bytes(at, OS_PAGE) == now
         } else {
             store_index::is_zero(now)

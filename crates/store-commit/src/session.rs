@@ -4,14 +4,16 @@
 //! [`CommitDir`]. It knows no file name and no store internals.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use store_index::{Bytecode, CommitIndex, ModuleEntry, ModuleId, PAGE_SIZE, Root};
+use strata_fs::File;
 
 use crate::delta::DeltaPages;
 use crate::files::CommitDir;
 use crate::mapping::{ImageView, Mapping, MemoryHandle, OS_PAGE};
+use crate::warm::WarmMemory;
 use crate::{Missing, Store, StoreError, plan};
 
 /// A mutable view of one commit (or of the empty state) that ends with at most one commit.
@@ -51,10 +53,27 @@ pub(crate) struct OpenMemory {
     pub(crate) handle: MemoryHandle,
     /// Length at open (the base length).
     pub(crate) base_len: usize,
-    /// The image, to compare written pages with.
-    pub(crate) image: Option<ImageView>,
+    /// The image file and its length, when the memory has a base image.
+    image: Option<(Arc<File>, usize)>,
+    /// The read-only view of the image, to compare written pages with: mapped at the first
+    /// comparison, not at open (most sessions never compare).
+    view: OnceLock<Option<ImageView>>,
     /// The pages written at open (the base delta, or the genesis pages of a new module).
-    pub(crate) delta: DeltaPages,
+    pub(crate) delta: Arc<DeltaPages>,
+}
+
+impl OpenMemory {
+    /// The image as it was committed; `None` without one.
+    pub(crate) fn image(&self) -> Result<Option<&ImageView>, StoreError> {
+        if let Some(view) = self.view.get() {
+            return Ok(view.as_ref());
+        }
+        let view = match &self.image {
+            Some((file, len)) => ImageView::new(file, *len)?,
+            None => None,
+        };
+        Ok(self.view.get_or_init(|| view).as_ref())
+    }
 }
 
 /// A point a session can [`rollback`](Session::rollback) to. Only valid for the session that made it.
@@ -204,7 +223,8 @@ impl Session {
     }
 
     /// A module's blob: the one set in this session, else the base commit's (read and checked
-    /// against its hash on every call; the host keeps its own copy while it runs).
+    /// against its hash once, then kept across sessions within `StoreConfig::warm_bytes`; the
+    /// host keeps its own copy while it runs).
     pub fn blob(&self, id: &ModuleId) -> Result<Vec<u8>, StoreError> {
         let m = self.module(id)?;
         if let Some(b) = &m.blob {
@@ -213,7 +233,17 @@ impl Session {
         let entry = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
             reason: "module has neither blob nor base".into(),
         })?;
-        self.base_dir()?.blob(entry)
+        let root = self.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
+            reason: "no base commit".into(),
+        })?;
+        if let Some(blob) = self.store.warm().blob(root, id) {
+            return Ok(blob.as_ref().clone());
+        }
+        let blob = self.base_dir()?.blob(entry)?;
+        self.store
+            .warm()
+            .keep_blob(root, id, Arc::new(blob.clone()));
+        Ok(blob)
     }
 
     /// Replaces a module's blob.
@@ -239,7 +269,7 @@ impl Session {
         let open = if let Some(d) = &m.deployed {
             let len = d.genesis.len();
             check_reservation(len, reservation)?;
-            let mapping = Mapping::new(None, 0, len, reservation)?;
+            let mapping = Mapping::new(None, 0, len, reservation, self.store.pool(), None)?;
             // The genesis pages play the part of a delta over an empty image.
             let mut patched = DeltaPages::default();
             for (i, page) in d.genesis.chunks_exact(OS_PAGE).enumerate() {
@@ -254,7 +284,8 @@ impl Session {
                 handle: MemoryHandle(Arc::new(mapping)),
                 base_len: len,
                 image: None,
-                delta: patched,
+                view: OnceLock::new(),
+                delta: Arc::new(patched),
             }
         } else {
             let entry = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
@@ -266,19 +297,39 @@ impl Session {
             let len = usize::try_from(entry.memory().len()).map_err(|_| too_big())?;
             let image_len = usize::try_from(entry.memory().image().len).map_err(|_| too_big())?;
             check_reservation(len, reservation)?;
-            let dir = self.base_dir()?;
-            let file = dir.open_image(entry)?;
-            let delta = dir.delta(entry)?;
-            let mapping = Mapping::new(Some(&file), image_len, len, reservation)?;
-            for (i, page) in delta.iter() {
+            let root = self.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
+                reason: "no base commit".into(),
+            })?;
+            let warm = match self.store.warm().memory(root, id) {
+                Some(warm) => warm,
+                None => {
+                    let dir = self.base_dir()?;
+                    let warm = Arc::new(WarmMemory {
+                        image: Arc::new(dir.open_image(entry)?),
+                        delta: Arc::new(dir.delta(entry)?),
+                    });
+                    self.store.warm().keep_memory(root, id, warm.clone());
+                    warm
+                }
+            };
+            let mapping = Mapping::new(
+                Some(&warm.image),
+                image_len,
+                len,
+                reservation,
+                self.store.pool(),
+                Some((*root, *id)),
+            )?;
+            for (i, page) in warm.delta.iter() {
                 // SAFETY: page indices were checked against the length; the mapping is fresh.
                 unsafe { mapping.write(i as usize * OS_PAGE, page) };
             }
             OpenMemory {
                 handle: MemoryHandle(Arc::new(mapping)),
                 base_len: len,
-                image: ImageView::new(&file, image_len)?,
-                delta,
+                image: Some((warm.image.clone(), image_len)),
+                view: OnceLock::new(),
+                delta: warm.delta.clone(),
             }
         };
         let handle = open.handle.clone();

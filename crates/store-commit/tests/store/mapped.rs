@@ -151,3 +151,74 @@ fn committed_files_are_read_only_on_disk() -> Result<()> {
     );
     Ok(())
 }
+
+/// Files under `dir` this process holds open (`/proc/self/fd`), deleted ones included.
+fn open_files_under(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter(|target| target.starts_with(dir))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Sessions keep what they read of a commit's module (the image file open, the delta, the blob)
+/// for the next session, within `open_images` memories: a session over a warm commit opens and
+/// reads no file, the store never holds more image files open than the bound, and deleting a
+/// commit closes its files.
+#[test]
+fn warm_commits_are_read_once_within_the_open_file_bound() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fs = Arc::new(FaultFs::new(Arc::new(NoSyncFs::real())));
+    let config = StoreConfig {
+        open_images: 2,
+        ..quick()
+    };
+    let store = Store::open_with_fs(dir.path(), config, fs.clone())?;
+    let code = store_commit::Bytecode::hash(crate::wasm(1).as_slice());
+    let id = code.id();
+    let mut s = store.session(None)?;
+    s.deploy(
+        code,
+        vec![1u8; 2 * store_commit::PAGE_SIZE],
+        b"blob".to_vec(),
+    )?;
+    let mut roots = vec![s.commit()?];
+    for i in 0..3u8 {
+        let mut s = store.session(roots.last().copied())?;
+        write(&s.memory(&id, RES)?, 4096 * usize::from(i), &[i + 2]);
+        s.set_blob(&id, vec![i; 10])?;
+        roots.push(s.commit()?);
+    }
+    let open_session = |root| -> Result<u64> {
+        let before = fs.ops();
+        let mut s = store.session(Some(root))?;
+        let memory = s.memory(&id, RES)?;
+        s.blob(&id)?;
+        drop((memory, s));
+        Ok(fs.ops() - before)
+    };
+    assert!(open_session(roots[1])? > 0, "a cold commit is read");
+    assert_eq!(open_session(roots[1])?, 0, "a warm one is not");
+    let lock = open_files_under(&dir.path().join("LOCK"));
+    for root in &roots {
+        open_session(*root)?;
+        assert!(
+            open_files_under(dir.path()) - lock <= 2,
+            "at most open_images files"
+        );
+    }
+    let last = *roots.last().expect("commits");
+    assert_eq!(open_session(last)?, 0);
+    assert_eq!(open_files_under(&dir.path().join(last.to_hex())), 1);
+    let before = open_files_under(dir.path());
+    assert_eq!(store.delete(&last)?, Deletion::Deleted);
+    assert_eq!(
+        open_files_under(dir.path()),
+        before - 1,
+        "its image is closed"
+    );
+    Ok(())
+}
