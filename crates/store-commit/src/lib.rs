@@ -241,12 +241,14 @@ pub struct StoreConfig {
     /// zstd level of deltas (default 1: commits are latency-bound; higher levels save little on
     /// memory pages).
     pub zstd_level: i32,
-    /// Most idle address-space reservations kept for the next memory to open (default 32; each
-    /// is address space only, 4 GiB + 32 MiB for a wasm memory, no RAM). More are unmapped.
+    /// Most idle address-space reservations kept for the next memory to open (default 16; each
+    /// is address space only, 4 GiB + 32 MiB for a wasm memory, no RAM, and at most three
+    /// mappings). A reservation that held a committed memory keeps its image mapped (clean), so
+    /// the next session on that commit and module opens it without a system call; deleting the
+    /// commit unmaps it. More are unmapped.
     pub pooled_reservations: usize,
-    /// Most (commit, module) memories kept warm across sessions, each holding its image file
-    /// open (default 256: the bound on the file descriptors the store keeps).
-    pub open_images: usize,
+    /// Most (commit, module) memory deltas kept decoded across sessions (default 1024).
+    pub warm_memories: usize,
     /// Bytes of deltas and blobs kept decoded and checked across sessions (default 64 MiB); a
     /// delta or blob over a quarter of this is read again by every session.
     pub warm_bytes: usize,
@@ -260,8 +262,8 @@ impl Default for StoreConfig {
             max_delta_bytes: 64 << 20,
             blob_diff_min: 64 << 10,
             zstd_level: 1,
-            pooled_reservations: 32,
-            open_images: 256,
+            pooled_reservations: 16,
+            warm_memories: 1024,
             warm_bytes: 64 << 20,
         }
     }

@@ -56,11 +56,11 @@ impl Drop for Mapping {
 
 impl Mapping {
     /// Takes a reservation of `reservation` bytes from `pool`, maps the first `file_len` bytes of
-    /// `file` privately over the start and makes `[file_len, len)` anonymous read-write memory.
-    /// `tag` names the committed memory `file` holds: a reservation that mapped it before comes
-    /// back from the pool ready, with no system call.
+    /// the file `image` opens privately over the start and makes `[file_len, len)` anonymous
+    /// read-write memory. `tag` names the committed memory the file holds: a reservation that
+    /// mapped it before comes back from the pool ready, with no system call and no file opened.
     pub(crate) fn new(
-        file: Option<&File>,
+        image: Option<&mut dyn FnMut() -> Result<File, StoreError>>,
         file_len: usize,
         len: usize,
         reservation: usize,
@@ -87,9 +87,9 @@ impl Mapping {
             return Ok(mapping);
         }
         if file_len > 0 {
-            let file = file.ok_or_else(|| StoreError::InvalidInput {
+            let file = image.ok_or_else(|| StoreError::InvalidInput {
                 reason: "image mapping without a file".into(),
-            })?;
+            })?()?;
             // SAFETY: the range lies inside our own reservation, which nothing else refers into
             // (MAP_FIXED replaces only it); the caller checked the file is at least `file_len` long, so no access can fault past its end.
             unsafe {
@@ -98,7 +98,7 @@ impl Mapping {
                     file_len,
                     ProtFlags::READ | ProtFlags::WRITE,
                     MapFlags::PRIVATE | MapFlags::FIXED,
-                    file,
+                    &file,
                     0,
                 )
             }
@@ -488,7 +488,7 @@ mod tests {
         file.write_all(&vec![1u8; PAGE_SIZE]).unwrap();
         let pool = Arc::new(ReservationPool::new(1));
         let mapping = Mapping::new(
-            Some(&file),
+            Some(&mut || Ok(file.try_clone().unwrap())),
             PAGE_SIZE,
             2 * PAGE_SIZE,
             4 * PAGE_SIZE,
@@ -550,7 +550,7 @@ mod pool_tests {
         let reservation = 64 * PAGE_SIZE;
         let (one, two) = (image(1), image(2));
         let first = Mapping::new(
-            Some(&one),
+            Some(&mut || Ok(one.try_clone().unwrap())),
             PAGE_SIZE,
             2 * PAGE_SIZE,
             reservation,
@@ -571,7 +571,7 @@ mod pool_tests {
         assert_eq!(pool.idle(), 1);
         // The same slot, another image: nothing of the first memory shows through.
         let second = Mapping::new(
-            Some(&two),
+            Some(&mut || Ok(two.try_clone().unwrap())),
             PAGE_SIZE,
             2 * PAGE_SIZE,
             reservation,
@@ -611,7 +611,7 @@ mod pool_tests {
         let tag = Some((root, ModuleId::of_wasm(b"m")));
         let open = || {
             Mapping::new(
-                Some(&file),
+                Some(&mut || Ok(file.try_clone().unwrap())),
                 PAGE_SIZE,
                 2 * PAGE_SIZE,
                 reservation,

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use store_index::{Bytecode, CommitIndex, ModuleEntry, ModuleId, PAGE_SIZE, Root};
-use strata_fs::File;
 
 use crate::delta::DeltaPages;
 use crate::files::CommitDir;
@@ -53,9 +52,7 @@ pub(crate) struct OpenMemory {
     pub(crate) handle: MemoryHandle,
     /// Length at open (the base length).
     pub(crate) base_len: usize,
-    /// The image file and its length, when the memory has a base image.
-    image: Option<(Arc<File>, usize)>,
-    /// The read-only view of the image, to compare written pages with: mapped at the first
+    /// The read-only view of the base image, to compare written pages with: mapped at the first
     /// comparison, not at open (most sessions never compare).
     view: OnceLock<Option<ImageView>>,
     /// The pages written at open (the base delta, or the genesis pages of a new module).
@@ -63,14 +60,19 @@ pub(crate) struct OpenMemory {
 }
 
 impl OpenMemory {
-    /// The image as it was committed; `None` without one.
-    pub(crate) fn image(&self) -> Result<Option<&ImageView>, StoreError> {
+    /// The base image as committed (`entry` in `dir`); `None` when it is empty.
+    pub(crate) fn image(
+        &self,
+        dir: &CommitDir<'_>,
+        entry: &ModuleEntry,
+    ) -> Result<Option<&ImageView>, StoreError> {
         if let Some(view) = self.view.get() {
             return Ok(view.as_ref());
         }
-        let view = match &self.image {
-            Some((file, len)) => ImageView::new(file, *len)?,
-            None => None,
+        let len = entry.memory().image().len as usize;
+        let view = match len {
+            0 => None,
+            _ => ImageView::new(&dir.open_image(entry)?, len)?,
         };
         Ok(self.view.get_or_init(|| view).as_ref())
     }
@@ -283,7 +285,6 @@ impl Session {
             OpenMemory {
                 handle: MemoryHandle(Arc::new(mapping)),
                 base_len: len,
-                image: None,
                 view: OnceLock::new(),
                 delta: Arc::new(patched),
             }
@@ -300,36 +301,33 @@ impl Session {
             let root = self.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
                 reason: "no base commit".into(),
             })?;
-            let warm = match self.store.warm().memory(root, id) {
-                Some(warm) => warm,
+            let delta = match self.store.warm().memory(root, id) {
+                Some(delta) => delta,
                 None => {
-                    let dir = self.base_dir()?;
-                    let warm = Arc::new(WarmMemory {
-                        image: Arc::new(dir.open_image(entry)?),
-                        delta: Arc::new(dir.delta(entry)?),
-                    });
-                    self.store.warm().keep_memory(root, id, warm.clone());
-                    warm
+                    let delta: Arc<WarmMemory> = Arc::new(self.base_dir()?.delta(entry)?);
+                    self.store.warm().keep_memory(root, id, delta.clone());
+                    delta
                 }
             };
+            // Opened only when no pooled reservation maps this image already.
+            let mut image = || self.base_dir()?.open_image(entry);
             let mapping = Mapping::new(
-                Some(&warm.image),
+                Some(&mut image),
                 image_len,
                 len,
                 reservation,
                 self.store.pool(),
                 Some((*root, *id)),
             )?;
-            for (i, page) in warm.delta.iter() {
+            for (i, page) in delta.iter() {
                 // SAFETY: page indices were checked against the length; the mapping is fresh.
                 unsafe { mapping.write(i as usize * OS_PAGE, page) };
             }
             OpenMemory {
                 handle: MemoryHandle(Arc::new(mapping)),
                 base_len: len,
-                image: Some((warm.image.clone(), image_len)),
                 view: OnceLock::new(),
-                delta: warm.delta.clone(),
+                delta,
             }
         };
         let handle = open.handle.clone();

@@ -102,7 +102,7 @@ impl Store {
                 poisoned: AtomicBool::new(false),
                 registry: Mutex::new(registry),
                 pool: Arc::new(ReservationPool::new(config.pooled_reservations)),
-                warm: Warm::new(config.open_images, config.warm_bytes),
+                warm: Warm::new(config.warm_memories, config.warm_bytes),
                 config,
             }),
         })

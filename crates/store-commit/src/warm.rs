@@ -1,11 +1,12 @@
-//! What sessions read of a commit's module, kept across sessions: the image file open (no path
-//! walk, no `stat` at the next open), its delta decoded, its blob checked. Committed files never
-//! change (read-only, replaced only by whole directories), and a commit's content is named by its
-//! root, so an entry is valid as long as its commit exists; deleting the commit drops its entries.
+//! What sessions read of a commit's module, kept across sessions: its delta decoded, its blob
+//! checked. (Its image stays mapped in the reservation pool instead, which holds no file open.)
+//! Committed files never change (read-only, replaced only by whole directories), and a commit's
+//! content is named by its root, so an entry is valid as long as its commit exists; deleting the
+//! commit drops its entries.
 //!
-//! Bounded: at most `StoreConfig::open_images` memories (hence open files) and
-//! `StoreConfig::warm_bytes` bytes of deltas and blobs; anything larger than a quarter of the
-//! byte bound is never kept. A full cache drops an arbitrary entry (`HashMap` order).
+//! Bounded: at most `StoreConfig::warm_memories` deltas and `StoreConfig::warm_bytes` bytes of
+//! deltas and blobs; anything larger than a quarter of the byte bound is never kept. A full cache
+//! drops an arbitrary entry (`HashMap` order).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -13,18 +14,11 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use store_index::{ModuleId, Root};
-use strata_fs::File;
 
 use crate::delta::DeltaPages;
 
-/// A module's memory as a commit holds it.
-#[derive(Debug)]
-pub(crate) struct WarmMemory {
-    /// The image file, its length checked against the index.
-    pub(crate) image: Arc<File>,
-    /// The delta pages, checked and decoded.
-    pub(crate) delta: Arc<DeltaPages>,
-}
+/// A module's memory delta as a commit holds it, checked and decoded.
+pub(crate) type WarmMemory = DeltaPages;
 
 /// A map bounded by entries and by a weight.
 #[derive(Debug)]
@@ -87,10 +81,10 @@ pub(crate) struct Warm {
 }
 
 impl Warm {
-    pub(crate) fn new(open_images: usize, warm_bytes: usize) -> Warm {
+    pub(crate) fn new(warm_memories: usize, warm_bytes: usize) -> Warm {
         // The byte bound is shared: half for deltas, half for blobs.
         Warm {
-            memories: Mutex::new(Bounded::new(open_images, warm_bytes / 2)),
+            memories: Mutex::new(Bounded::new(warm_memories, warm_bytes / 2)),
             blobs: Mutex::new(Bounded::new(usize::MAX, warm_bytes / 2)),
         }
     }
@@ -100,7 +94,7 @@ impl Warm {
     }
 
     pub(crate) fn keep_memory(&self, root: &Root, id: &ModuleId, memory: Arc<WarmMemory>) {
-        let weight = memory.delta.data.len() + memory.delta.indices.len() * 4;
+        let weight = memory.data.len() + memory.indices.len() * 4;
         self.memories.lock().insert((*root, *id), memory, weight);
     }
 

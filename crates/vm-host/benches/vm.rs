@@ -6,12 +6,13 @@
 //! The corpus (sql.js, hackatom) is read from `$STRATA_CORPUS`, else `../shared/corpus`; its
 //! imports are defined as trapping host functions, as an embedder would define its own ABI.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use vm_host::{HostState, ModuleId, Root, Value, Vm, VmConfig, VmError};
-use wasmtime::{FuncType, Linker, ValType};
+use wasmtime::{FuncType, Instance, Linker, ValType};
 
 const COUNTER: &str = include_str!("../contracts/counter.wat");
 
@@ -372,19 +373,125 @@ fn sessions(c: &mut Criterion) {
     group.finish();
 }
 
+/// Writes 1 KiB of key-value data under one of 1024 keys (its argument) per call.
+const KV_1KIB: &str = r#"(module
+  (import "env" "db_write" (func $w (param i32 i32 i32 i32)))
+  (memory 1)
+  (func (export "put") (param i32)
+    (i32.store (i32.const 16) (i32.and (local.get 0) (i32.const 1023)))
+    (call $w (i32.const 16) (i32.const 4) (i32.const 1024) (i32.const 1024))))"#;
+
+/// Plain wasmtime's host for the same calls: `db_read` and `db_write` over a `BTreeMap`.
+fn plain_kv_instance(wasm: &[u8]) -> (wasmtime::Store<BTreeMap<Vec<u8>, Vec<u8>>>, Instance) {
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(true);
+    let engine = wasmtime::Engine::new(&config).expect("engine");
+    let module = wasmtime::Module::new(&engine, wasm).expect("compiles");
+    let mut linker = Linker::<BTreeMap<Vec<u8>, Vec<u8>>>::new(&engine);
+    fn memory(caller: &mut wasmtime::Caller<'_, BTreeMap<Vec<u8>, Vec<u8>>>) -> wasmtime::Memory {
+        caller
+            .get_export("memory")
+            .and_then(|e| e.into_memory())
+            .expect("memory export")
+    }
+    linker
+        .func_wrap(
+            "env",
+            "db_write",
+            |mut caller: wasmtime::Caller<'_, BTreeMap<Vec<u8>, Vec<u8>>>,
+             k: u32,
+             kl: u32,
+             v: u32,
+             vl: u32| {
+                let mem = memory(&mut caller);
+                let (data, map) = mem.data_and_store_mut(&mut caller);
+                let key = data[k as usize..(k + kl) as usize].to_vec();
+                let value = data[v as usize..(v + vl) as usize].to_vec();
+                map.insert(key, value);
+            },
+        )
+        .expect("db_write");
+    linker
+        .func_wrap(
+            "env",
+            "db_read",
+            |mut caller: wasmtime::Caller<'_, BTreeMap<Vec<u8>, Vec<u8>>>,
+             k: u32,
+             kl: u32,
+             v: u32,
+             cap: u32|
+             -> i32 {
+                let mem = memory(&mut caller);
+                let (data, map) = mem.data_and_store_mut(&mut caller);
+                let key = &data[k as usize..(k + kl) as usize];
+                match map.get(key).cloned() {
+                    Some(value) if value.len() <= cap as usize => {
+                        data[v as usize..v as usize + value.len()].copy_from_slice(&value);
+                        value.len() as i32
+                    }
+                    _ => -1,
+                }
+            },
+        )
+        .expect("db_read");
+    let mut store = wasmtime::Store::new(&engine, BTreeMap::new());
+    store.set_fuel(u64::MAX / 2).expect("fuel");
+    let instance = linker
+        .instantiate(&mut store, &module)
+        .expect("instantiates");
+    (store, instance)
+}
+
+/// Calls per second in one session on one core: counter's `get` (read-only) and `increment`
+/// (writes a memory page, a global and a key), a call writing 1 KiB of key-value data, and plain
+/// wasmtime making the same calls in one instance whose host copies values into a `BTreeMap`.
 fn throughput(c: &mut Criterion) {
-    let wasm = wat::parse_str(COUNTER).expect("counter.wat");
+    let counter = wat::parse_str(COUNTER).expect("counter.wat");
+    // `memory` exported for the plain host, as counter does.
+    let kv = wat::parse_str(KV_1KIB.replace("(memory 1)", "(memory (export \"memory\") 1)"))
+        .expect("kv");
     let dir = tempfile::tempdir().expect("temp dir");
     let vm = Vm::open(dir.path(), VmConfig::for_tests()).expect("vm");
-    let (module, root) = vm.deploy(&wasm).expect("deploy");
+    let (module, _) = vm.deploy(&counter).expect("deploy");
+    let (kv_module, root) = vm.deploy(&kv).expect("deploy");
     let mut group = c.benchmark_group("calls_in_one_session");
     let mut s = vm.session(Some(root)).expect("session");
     s.call(&module, "get", &[]).expect("warm");
-    group.bench_function("baseline_get", |b| {
+    let (mut plain, instance) = plain_kv_instance(&counter);
+    let get = instance
+        .get_typed_func::<(), i64>(&mut plain, "get")
+        .expect("get");
+    let increment = instance
+        .get_typed_func::<(), i64>(&mut plain, "increment")
+        .expect("increment");
+    group.bench_function("baseline_wasmtime_get", |b| {
+        b.iter(|| get.call(&mut plain, ()).expect("call"))
+    });
+    group.bench_function("wasmtime_increment", |b| {
+        b.iter(|| increment.call(&mut plain, ()).expect("call"))
+    });
+    group.bench_function("get", |b| {
         b.iter(|| s.call(&module, "get", &[]).expect("call"))
     });
     group.bench_function("increment", |b| {
         b.iter(|| s.call(&module, "increment", &[]).expect("call"))
+    });
+    let (mut plain, instance) = plain_kv_instance(&kv);
+    let put = instance
+        .get_typed_func::<i32, ()>(&mut plain, "put")
+        .expect("put");
+    let mut n = 0;
+    group.bench_function("wasmtime_write_1KiB", |b| {
+        b.iter(|| {
+            n += 1;
+            put.call(&mut plain, n).expect("call")
+        })
+    });
+    group.bench_function("write_1KiB", |b| {
+        b.iter(|| {
+            n += 1;
+            s.call(&kv_module, "put", &[Value::I32(n)]).expect("call")
+        })
     });
     group.finish();
 }
