@@ -240,6 +240,33 @@ pub(crate) const TARGETS: &[Target] = &[
         per: "after_commits/1",
         max: 1.5,
     },
+    // Issue 13: the call path at the floor.
+    Target::Under {
+        what: "session + instantiate + one call from pinned under 15 µs",
+        group: "call_path/*",
+        function: "pinned",
+        max_ns: 15e3,
+    },
+    Target::Under {
+        what: "session + instantiate + one call from the LRU under 15 µs",
+        group: "call_path/*",
+        function: "lru",
+        max_ns: 15e3,
+    },
+    Target::Ratio {
+        what: "session + instantiate + one call from pinned no slower than plain wasmtime",
+        group: "call_path/*",
+        function: "pinned",
+        per: "baseline_wasmtime",
+        max: 1.0,
+    },
+    Target::Ratio {
+        what: "read-only call in one session within 3x of plain wasmtime",
+        group: "calls_in_one_session",
+        function: "get",
+        per: "baseline_wasmtime_get",
+        max: 3.0,
+    },
 ];
 
 fn group_matches(pattern: &str, group: &str) -> bool {
