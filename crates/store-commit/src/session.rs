@@ -25,6 +25,8 @@ pub struct Session {
     id: u64,
     base: Option<Root>,
     modules: BTreeMap<ModuleId, ModState>,
+    /// Counts call checkpoints and rollbacks: only the latest call checkpoint can be rolled back to.
+    generation: u64,
 }
 
 /// A module of a session (read by the planner).
@@ -57,6 +59,9 @@ pub(crate) struct OpenMemory {
     view: OnceLock<Option<ImageView>>,
     /// The pages written at open (the base delta, or the genesis pages of a new module).
     pub(crate) delta: Arc<DeltaPages>,
+    /// With write tracking (`Session::call_checkpoint`): the content, as of the latest
+    /// checkpoint, of every page written since open. A page not in it held its base content then.
+    shadow: Option<HashMap<u32, Box<[u8]>>>,
 }
 
 impl OpenMemory {
@@ -82,16 +87,31 @@ impl OpenMemory {
 #[derive(Debug)]
 pub struct Checkpoint {
     session: u64,
+    /// `Some` for a [`Session::call_checkpoint`]: the session's generation when it was taken.
+    generation: Option<u64>,
     modules: Vec<ModuleId>,
     /// Per module: the blob if loaded or set, and whether it changed.
     blobs: HashMap<ModuleId, BlobState>,
-    memories: HashMap<ModuleId, (usize, DeltaPages)>,
+    memories: HashMap<ModuleId, (usize, Saved)>,
+    /// Bytes of memory pages copied to take it.
+    saved: usize,
+}
+
+/// How a checkpoint saved a memory.
+#[derive(Debug)]
+enum Saved {
+    /// Every page that differed from the base then.
+    Pages(DeltaPages),
+    /// In the memory's shadow, kept up to date by write tracking.
+    Tracked,
 }
 
 impl Checkpoint {
-    /// Bytes of memory pages this checkpoint holds.
+    /// Bytes of memory pages copied to take this checkpoint: every page written since the
+    /// memories opened for [`Session::checkpoint`], the pages written since the previous
+    /// checkpoint for [`Session::call_checkpoint`] with write tracking.
     pub fn saved_bytes(&self) -> usize {
-        self.memories.values().map(|(_, d)| d.data.len()).sum()
+        self.saved
     }
 }
 
@@ -135,6 +155,7 @@ impl Session {
             id,
             base,
             modules,
+            generation: 0,
         }
     }
 
@@ -287,6 +308,7 @@ impl Session {
                 base_len: len,
                 view: OnceLock::new(),
                 delta: Arc::new(patched),
+                shadow: None,
             }
         } else {
             let entry = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
@@ -328,6 +350,7 @@ impl Session {
                 base_len: len,
                 view: OnceLock::new(),
                 delta,
+                shadow: None,
             }
         };
         let handle = open.handle.clone();
@@ -343,24 +366,61 @@ impl Session {
         for (id, m) in &self.modules {
             blobs.insert(*id, (m.blob.clone(), m.blob_dirty));
             let Some(open) = &m.memory else { continue };
-            let mapping = &open.handle.0;
-            let mut saved = DeltaPages::default();
-            for p in mapping.written_pages() {
-                // SAFETY: the page is inside the length; per the handle contract no wasm runs now.
-                let now = unsafe { mapping.bytes(p as usize * OS_PAGE, OS_PAGE) };
-                if open.delta.get(p) == Some(now) {
-                    continue;
-                }
-                saved.indices.push(p);
-                saved.data.extend_from_slice(now);
-            }
-            memories.insert(*id, (mapping.len(), saved));
+            let saved = changed_since_open(open);
+            memories.insert(*id, (open.handle.len(), Saved::Pages(saved)));
         }
+        let saved = memories
+            .values()
+            .map(|(_, s)| match s {
+                Saved::Pages(d) => d.data.len(),
+                Saved::Tracked => 0,
+            })
+            .sum();
         Ok(Checkpoint {
             session: self.id,
+            generation: None,
             modules: self.modules.keys().copied().collect(),
             blobs,
             memories,
+            saved,
+        })
+    }
+
+    /// A checkpoint for one call: like [`checkpoint`](Self::checkpoint), but it can be rolled
+    /// back to only while it is the session's latest call checkpoint (a later call checkpoint
+    /// or any rollback ends that), and with write tracking (userfaultfd asynchronous
+    /// write-protection and `PAGEMAP_SCAN`, Linux 6.7+) it costs the pages written since the
+    /// previous call checkpoint, not every page written since the memories opened: a long
+    /// session that dirtied a large memory pays per call only for what its calls write. Without
+    /// tracking it copies what [`checkpoint`](Self::checkpoint) copies.
+    pub fn call_checkpoint(&mut self) -> Result<Checkpoint, StoreError> {
+        self.generation += 1;
+        let mut memories = HashMap::new();
+        let mut blobs = HashMap::new();
+        let mut saved = 0;
+        for (id, m) in self.modules.iter_mut() {
+            blobs.insert(*id, (m.blob.clone(), m.blob_dirty));
+            let Some(open) = &mut m.memory else { continue };
+            let len = open.handle.len();
+            match save_written(open)? {
+                Some(bytes) => {
+                    saved += bytes;
+                    memories.insert(*id, (len, Saved::Tracked));
+                }
+                None => {
+                    let pages = changed_since_open(open);
+                    saved += pages.data.len();
+                    memories.insert(*id, (len, Saved::Pages(pages)));
+                }
+            }
+        }
+        Ok(Checkpoint {
+            session: self.id,
+            generation: Some(self.generation),
+            modules: self.modules.keys().copied().collect(),
+            blobs,
+            memories,
+            saved,
         })
     }
 
@@ -372,19 +432,36 @@ impl Session {
                 reason: "checkpoint belongs to another session".into(),
             });
         }
+        if checkpoint.generation.is_some_and(|g| g != self.generation) {
+            return Err(StoreError::InvalidInput {
+                reason: "a call checkpoint can be rolled back to only while it is the latest"
+                    .into(),
+            });
+        }
+        // A rollback changes memories behind the shadows' backs: no older call checkpoint
+        // stays valid (the one rolled back to does: its shadows are unchanged).
+        if checkpoint.generation.is_none() {
+            self.generation += 1;
+        }
         self.modules.retain(|id, _| checkpoint.modules.contains(id));
         for (id, m) in self.modules.iter_mut() {
             if let Some((blob, dirty)) = checkpoint.blobs.get(id) {
                 m.blob = blob.clone();
                 m.blob_dirty = *dirty;
             }
-            let Some(open) = &m.memory else { continue };
+            let Some(open) = &mut m.memory else { continue };
             let empty = DeltaPages::default();
-            let (len, saved) = match checkpoint.memories.get(id) {
-                Some((len, saved)) => (*len, saved),
-                None => (open.base_len, &empty),
-            };
-            restore(open, len, saved)?;
+            match checkpoint.memories.get(id) {
+                Some((len, Saved::Tracked)) => restore_tracked(open, *len)?,
+                Some((len, Saved::Pages(saved))) => {
+                    restore(open, *len, saved)?;
+                    open.shadow = None;
+                }
+                None => {
+                    restore(open, open.base_len, &empty)?;
+                    open.shadow = None;
+                }
+            }
         }
         Ok(())
     }
@@ -397,6 +474,78 @@ impl Session {
         let plan = plan::plan(base.as_ref(), self.store.config(), &self.modules)?;
         self.store.write_commit(self.base, plan)
     }
+}
+
+/// Every page written since `open` that differs from its base delta page (the pages a full
+/// checkpoint saves).
+fn changed_since_open(open: &OpenMemory) -> DeltaPages {
+    let mapping = &open.handle.0;
+    let mut saved = DeltaPages::default();
+    for p in mapping.written_pages() {
+        // SAFETY: the page is inside the length; per the handle contract no wasm runs now.
+        let now = unsafe { mapping.bytes(p as usize * OS_PAGE, OS_PAGE) };
+        if open.delta.get(p) == Some(now) {
+            continue;
+        }
+        saved.indices.push(p);
+        saved.data.extend_from_slice(now);
+    }
+    saved
+}
+
+/// Brings `open`'s shadow up to date with write tracking: copies the pages written since the
+/// last scan (the first time, since open). Returns the bytes copied, `None` without tracking.
+fn save_written(open: &mut OpenMemory) -> Result<Option<usize>, StoreError> {
+    let mapping = &open.handle.0;
+    let (shadow, written) = match &mut open.shadow {
+        Some(shadow) => (shadow, mapping.written_since_scan()?),
+        None => {
+            // Protect first, then copy: a page written after `track` is seen by the next scan.
+            if !mapping.track()? {
+                return Ok(None);
+            }
+            let written = mapping.written_pages();
+            (open.shadow.insert(HashMap::new()), written)
+        }
+    };
+    for &p in &written {
+        // SAFETY: the page is inside the length; per the handle contract no wasm runs now.
+        let now = unsafe { mapping.bytes(p as usize * OS_PAGE, OS_PAGE) };
+        shadow.insert(p, now.into());
+    }
+    Ok(Some(written.len() * OS_PAGE))
+}
+
+/// Puts a tracked memory back to its latest call checkpoint: length `len`, and every page
+/// written since from the shadow, else from its base. Costs the pages written since.
+fn restore_tracked(open: &mut OpenMemory, len: usize) -> Result<(), StoreError> {
+    let mapping = &open.handle.0;
+    let shadow = open
+        .shadow
+        .as_ref()
+        .ok_or_else(|| StoreError::InvalidInput {
+            reason: "memory was not tracked at the checkpoint".into(),
+        })?;
+    let written = mapping.written_since_scan()?;
+    mapping.truncate_or_grow(len)?;
+    let pages = (len / OS_PAGE) as u32;
+    for p in written.into_iter().filter(|p| *p < pages) {
+        let at = p as usize * OS_PAGE;
+        match shadow.get(&p) {
+            // SAFETY: the page is inside the length; per the handle contract no wasm runs now.
+            Some(data) => unsafe { mapping.write(at, data) },
+            None => {
+                mapping.discard(at, OS_PAGE)?;
+                if let Some(base) = open.delta.get(p) {
+                    // SAFETY: as above.
+                    unsafe { mapping.write(at, base) };
+                }
+            }
+        }
+    }
+    // The restores wrote pages back to what the shadow holds: not news for the next scan.
+    mapping.written_since_scan()?;
+    Ok(())
 }
 
 fn check_reservation(len: usize, reservation: usize) -> Result<(), StoreError> {

@@ -202,7 +202,7 @@ impl Session {
     ) -> Result<Vec<Value>, VmError> {
         self.ensure_live(module)?;
         let fuel = self.fuel.unwrap_or(self.vm.inner.config.default_fuel);
-        let checkpoint = self.inner.checkpoint()?;
+        let checkpoint = self.inner.call_checkpoint()?;
         let Some(Slot::Live(live)) = self.modules.get_mut(module) else {
             unreachable!("ensure_live made the module live");
         };
