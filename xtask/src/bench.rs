@@ -267,6 +267,13 @@ pub(crate) const TARGETS: &[Target] = &[
         per: "baseline_wasmtime_get",
         max: 3.0,
     },
+    Target::Ratio {
+        what: "1000 one-page calls in a dirty 256 MiB memory within 12x of 100 (linear)",
+        group: "calls_after_dirtying_256MiB",
+        function: "calls/1000",
+        per: "baseline_calls/100",
+        max: 12.0,
+    },
 ];
 
 fn group_matches(pattern: &str, group: &str) -> bool {

@@ -508,7 +508,6 @@ mod uffd {
 
     const UFFD_API: u64 = 0xAA;
     const UFFD_USER_MODE_ONLY: u32 = 1;
-    const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
     const FEATURE_WP_ASYNC: u64 = 1 << 15;
     const REGISTER_MODE_WP: u64 = 1 << 1;
     const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
@@ -554,7 +553,11 @@ mod uffd {
             )
         }
         .ok()?;
-        let want = FEATURE_WP_ASYNC | FEATURE_WP_UNPOPULATED;
+        // Not `WP_UNPOPULATED`: protecting would then fill the page tables of the whole length
+        // with markers. Without it a write to a page never mapped is still seen (its new entry
+        // carries no protection); reads of the image may be reported once as writes, which only
+        // costs a copy.
+        let want = FEATURE_WP_ASYNC;
         let mut api = Api {
             api: UFFD_API,
             features: want,

@@ -410,7 +410,19 @@ impl Session {
                 None => {
                     let pages = changed_since_open(open);
                     saved += pages.data.len();
-                    memories.insert(*id, (len, Saved::Pages(pages)));
+                    if pages.len() > TRACK_AFTER_PAGES && open.handle.0.track()? {
+                        // From now on only what each call writes: the shadow starts as these
+                        // pages (nothing was written between the copy and the protection).
+                        open.shadow = Some(
+                            pages
+                                .iter()
+                                .map(|(p, data)| (p, Box::<[u8]>::from(data)))
+                                .collect(),
+                        );
+                        memories.insert(*id, (len, Saved::Tracked));
+                    } else {
+                        memories.insert(*id, (len, Saved::Pages(pages)));
+                    }
                 }
             }
         }
@@ -493,21 +505,18 @@ fn changed_since_open(open: &OpenMemory) -> DeltaPages {
     saved
 }
 
-/// Brings `open`'s shadow up to date with write tracking: copies the pages written since the
-/// last scan (the first time, since open). Returns the bytes copied, `None` without tracking.
+/// A memory is tracked once a call checkpoint would copy more pages than this: below it, the
+/// copy is cheaper than setting tracking up (a short session never pays for it).
+const TRACK_AFTER_PAGES: usize = 64;
+
+/// Brings a tracked memory's shadow up to date: copies the pages written since the last scan.
+/// Returns the bytes copied, `None` when the memory is not tracked.
 fn save_written(open: &mut OpenMemory) -> Result<Option<usize>, StoreError> {
     let mapping = &open.handle.0;
-    let (shadow, written) = match &mut open.shadow {
-        Some(shadow) => (shadow, mapping.written_since_scan()?),
-        None => {
-            // Protect first, then copy: a page written after `track` is seen by the next scan.
-            if !mapping.track()? {
-                return Ok(None);
-            }
-            let written = mapping.written_pages();
-            (open.shadow.insert(HashMap::new()), written)
-        }
+    let Some(shadow) = &mut open.shadow else {
+        return Ok(None);
     };
+    let written = mapping.written_since_scan()?;
     for &p in &written {
         // SAFETY: the page is inside the length; per the handle contract no wasm runs now.
         let now = unsafe { mapping.bytes(p as usize * OS_PAGE, OS_PAGE) };

@@ -496,6 +496,46 @@ fn throughput(c: &mut Criterion) {
     group.finish();
 }
 
+/// `dirty` writes one byte in every 4 KiB page of its 256 MiB memory; `touch` one byte in page
+/// `n` (mod 65536).
+const DIRTY_256MIB: &str = r#"(module
+  (memory 4096)
+  (func (export "dirty") (local i32)
+    (loop $l
+      (i32.store8 (local.get 0) (i32.const 1))
+      (local.set 0 (i32.add (local.get 0) (i32.const 4096)))
+      (br_if $l (i32.lt_u (local.get 0) (i32.const 268435456)))))
+  (func (export "touch") (param i32)
+    (i32.store8 (i32.shl (i32.and (local.get 0) (i32.const 65535)) (i32.const 12))
+                (local.get 0))))"#;
+
+/// 100 and 1000 calls in one session, each writing one page of a 256 MiB memory the session
+/// has already dirtied: with checkpoints in O(pages the call writes), linear in the calls.
+fn calls_after_dirtying(c: &mut Criterion) {
+    let wasm = wat::parse_str(DIRTY_256MIB).expect("dirty");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let vm = Vm::open(dir.path(), VmConfig::for_tests()).expect("vm");
+    let (module, root) = vm.deploy(&wasm).expect("deploy");
+    let mut s = vm.session(Some(root)).expect("session");
+    s.call(&module, "dirty", &[]).expect("dirty");
+    let mut group = c.benchmark_group("calls_after_dirtying_256MiB");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
+    let mut n = 0;
+    for (id, calls) in [("baseline_calls", 100), ("calls", 1000)] {
+        group.bench_function(BenchmarkId::new(id, calls), |b| {
+            b.iter(|| {
+                for _ in 0..calls {
+                    n += 1;
+                    s.call(&module, "touch", &[Value::I32(n)]).expect("touch");
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Plain loops (`copy`, `fill`, `arith`, `grow`) and host loops (`read`, `write`,
 /// `remove_missing`), each `(param i32)` passes (`grow`: until the memory limit). The value
 /// area starts at 64 KiB and holds the largest value (`VmConfig::max_value_bytes`, 1 MiB).
@@ -608,5 +648,13 @@ fn host_costs(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layers, call_path, sessions, throughput, host_costs);
+criterion_group!(
+    benches,
+    layers,
+    call_path,
+    sessions,
+    throughput,
+    calls_after_dirtying,
+    host_costs
+);
 criterion_main!(benches);
