@@ -429,7 +429,7 @@ fn scan(
     let file = pagemap().ok_or(rustix::io::Errno::NOSYS)?;
     let end = (base + pages * OS_PAGE) as u64;
     let mut start = base as u64;
-    let mut regions = [PageRegion::default(); 64];
+    let mut regions = [PageRegion::default(); 16];
     let mut out = Vec::new();
     while start < end {
         regions.fill(PageRegion::default());

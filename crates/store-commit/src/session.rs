@@ -3,7 +3,7 @@
 //! ([`crate::plan`]) and the plan to the store, and reads the base commit only through
 //! [`CommitDir`]. It knows no file name and no store internals.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -27,6 +27,9 @@ pub struct Session {
     modules: BTreeMap<ModuleId, ModState>,
     /// Counts call checkpoints and rollbacks: only the latest call checkpoint can be rolled back to.
     generation: u64,
+    /// Modules deployed, given a blob or a memory in this session (the others are as in the base,
+    /// so a checkpoint costs what the session touched, not the size of the state).
+    touched: BTreeSet<ModuleId>,
 }
 
 /// A module of a session (read by the planner).
@@ -89,8 +92,9 @@ pub struct Checkpoint {
     session: u64,
     /// `Some` for a [`Session::call_checkpoint`]: the session's generation when it was taken.
     generation: Option<u64>,
-    modules: Vec<ModuleId>,
-    /// Per module: the blob if loaded or set, and whether it changed.
+    /// The modules deployed in the session by then.
+    deployed: Vec<ModuleId>,
+    /// Per module with a blob set or deployed: the blob and whether it changed.
     blobs: HashMap<ModuleId, BlobState>,
     memories: HashMap<ModuleId, (usize, Saved)>,
     /// Bytes of memory pages copied to take it.
@@ -156,6 +160,7 @@ impl Session {
             base,
             modules,
             generation: 0,
+            touched: BTreeSet::new(),
         }
     }
 
@@ -229,6 +234,7 @@ impl Session {
                 memory: None,
             },
         );
+        self.touched.insert(id);
         Ok(())
     }
 
@@ -274,6 +280,7 @@ impl Session {
         let m = self.module_mut(id)?;
         m.blob = Some(Arc::new(blob));
         m.blob_dirty = true;
+        self.touched.insert(*id);
         Ok(())
     }
 
@@ -355,6 +362,7 @@ impl Session {
         };
         let handle = open.handle.clone();
         self.module_mut(id)?.memory = Some(open);
+        self.touched.insert(*id);
         Ok(handle)
     }
 
@@ -362,10 +370,11 @@ impl Session {
     /// since the memories were opened (they are copied), not the memory size.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, StoreError> {
         let mut memories = HashMap::new();
-        let mut blobs = HashMap::new();
-        for (id, m) in &self.modules {
-            blobs.insert(*id, (m.blob.clone(), m.blob_dirty));
-            let Some(open) = &m.memory else { continue };
+        let (deployed, blobs) = self.touched_state();
+        for id in &self.touched {
+            let Some(open) = self.modules.get(id).and_then(|m| m.memory.as_ref()) else {
+                continue;
+            };
             let saved = changed_since_open(open);
             memories.insert(*id, (open.handle.len(), Saved::Pages(saved)));
         }
@@ -379,7 +388,7 @@ impl Session {
         Ok(Checkpoint {
             session: self.id,
             generation: None,
-            modules: self.modules.keys().copied().collect(),
+            deployed,
             blobs,
             memories,
             saved,
@@ -396,11 +405,12 @@ impl Session {
     pub fn call_checkpoint(&mut self) -> Result<Checkpoint, StoreError> {
         self.generation += 1;
         let mut memories = HashMap::new();
-        let mut blobs = HashMap::new();
+        let (deployed, blobs) = self.touched_state();
         let mut saved = 0;
-        for (id, m) in self.modules.iter_mut() {
-            blobs.insert(*id, (m.blob.clone(), m.blob_dirty));
-            let Some(open) = &mut m.memory else { continue };
+        for id in &self.touched {
+            let Some(open) = self.modules.get_mut(id).and_then(|m| m.memory.as_mut()) else {
+                continue;
+            };
             let len = open.handle.len();
             match save_written(open)? {
                 Some(bytes) => {
@@ -429,7 +439,7 @@ impl Session {
         Ok(Checkpoint {
             session: self.id,
             generation: Some(self.generation),
-            modules: self.modules.keys().copied().collect(),
+            deployed,
             blobs,
             memories,
             saved,
@@ -455,12 +465,15 @@ impl Session {
         if checkpoint.generation.is_none() {
             self.generation += 1;
         }
-        self.modules.retain(|id, _| checkpoint.modules.contains(id));
-        for (id, m) in self.modules.iter_mut() {
-            if let Some((blob, dirty)) = checkpoint.blobs.get(id) {
-                m.blob = blob.clone();
-                m.blob_dirty = *dirty;
+        for id in &self.touched {
+            let Some(m) = self.modules.get_mut(id) else {
+                continue;
+            };
+            if m.deployed.is_some() && !checkpoint.deployed.contains(id) {
+                self.modules.remove(id);
+                continue;
             }
+            (m.blob, m.blob_dirty) = checkpoint.blobs.get(id).cloned().unwrap_or((None, false));
             let Some(open) = &mut m.memory else { continue };
             let empty = DeltaPages::default();
             match checkpoint.memories.get(id) {
@@ -476,6 +489,24 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// What a checkpoint keeps of the touched modules: those deployed, and the blobs set.
+    fn touched_state(&self) -> (Vec<ModuleId>, HashMap<ModuleId, BlobState>) {
+        let mut deployed = Vec::new();
+        let mut blobs = HashMap::new();
+        for id in &self.touched {
+            let Some(m) = self.modules.get(id) else {
+                continue;
+            };
+            if m.deployed.is_some() {
+                deployed.push(*id);
+            }
+            if m.blob.is_some() {
+                blobs.insert(*id, (m.blob.clone(), m.blob_dirty));
+            }
+        }
+        (deployed, blobs)
     }
 
     /// Writes the session as a new commit and returns its root. A state equal to an existing commit
