@@ -274,6 +274,13 @@ pub(crate) const TARGETS: &[Target] = &[
         per: "baseline_calls/100",
         max: 12.0,
     },
+    Target::Ratio {
+        what: "thread-local hit faster than pinned with 2 threads (else kept out of the chain)",
+        group: "thread_local/2_threads",
+        function: "thread_local_hit",
+        per: "baseline_pinned_hit",
+        max: 1.0,
+    },
 ];
 
 fn group_matches(pattern: &str, group: &str) -> bool {
