@@ -112,12 +112,6 @@ impl Warm {
         self.memories.lock().retain(|(r, _)| r != root);
         self.blobs.lock().retain(|(r, _)| r != root);
     }
-
-    /// Entries held now: (memories, blobs).
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> (usize, usize) {
-        (self.memories.lock().map.len(), self.blobs.lock().map.len())
-    }
 }
 
 #[cfg(test)]

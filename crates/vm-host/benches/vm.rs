@@ -155,9 +155,9 @@ impl Plain {
 /// call (`baseline_wasmtime`). Each `split_*` is a prefix of the path, so the parts are the
 /// differences: `1_session` (store session open + drop), `2_restore` (+ the module's host
 /// state read and decoded), `3_load` (+ module load from the pinned layer and `InstancePre`),
-/// `4_instantiate` (+ memory open, restore, instantiate), then the whole path (`pinned`, `lru`:
-/// + the call). `memory_open` is the store alone (session, memory mapped into a 4 GiB + 32 MiB
-/// reservation, drop) and `drop` the end of a live session.
+/// `4_instantiate` (+ memory open, restore, instantiate), then the whole path (`pinned`, `lru`,
+/// which add the call). `memory_open` is the store alone (session, memory mapped into a 4 GiB +
+/// 32 MiB reservation, drop) and `drop` the end of a live session.
 fn call_path(c: &mut Criterion) {
     let mut subjects = vec![(
         "counter",
@@ -381,8 +381,10 @@ const KV_1KIB: &str = r#"(module
     (i32.store (i32.const 16) (i32.and (local.get 0) (i32.const 1023)))
     (call $w (i32.const 16) (i32.const 4) (i32.const 1024) (i32.const 1024))))"#;
 
+type PlainKv = wasmtime::Store<BTreeMap<Vec<u8>, Vec<u8>>>;
+
 /// Plain wasmtime's host for the same calls: `db_read` and `db_write` over a `BTreeMap`.
-fn plain_kv_instance(wasm: &[u8]) -> (wasmtime::Store<BTreeMap<Vec<u8>, Vec<u8>>>, Instance) {
+fn plain_kv_instance(wasm: &[u8]) -> (PlainKv, Instance) {
     let mut config = wasmtime::Config::new();
     config.consume_fuel(true);
     let engine = wasmtime::Engine::new(&config).expect("engine");
