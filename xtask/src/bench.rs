@@ -281,6 +281,20 @@ pub(crate) const TARGETS: &[Target] = &[
         per: "baseline_pinned_hit",
         max: 1.0,
     },
+    Target::Ratio {
+        what: "durable 1-page commit within 2x of one write + fdatasync + rename + dir fsync",
+        group: "durable_commit_1_page",
+        function: "commit",
+        per: "baseline_floor",
+        max: 2.0,
+    },
+    Target::Ratio {
+        what: "durable 1-page commit with syncfs within 2x of the floor",
+        group: "durable_commit_1_page",
+        function: "commit_syncfs",
+        per: "baseline_floor",
+        max: 2.0,
+    },
 ];
 
 fn group_matches(pattern: &str, group: &str) -> bool {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use sha2::{Digest as _, Sha256};
-use store_commit::{Bytecode, MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
+use store_commit::{
+    Bytecode, MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig, SyncMode,
+};
 
 const MIB: usize = 1 << 20;
 const OS_PAGE: usize = 4096;
@@ -442,16 +444,25 @@ fn durable_commit(c: &mut Criterion) {
     });
     let (store, id, mut root) = store_with_memory(&dir.path().join("store"), MIB);
     drop(store);
-    let store = Store::open(&dir.path().join("store"), StoreConfig::default()).unwrap();
-    group.bench_function("commit", |b| {
-        b.iter(|| {
-            n += 1;
-            let mut s = store.session(Some(root)).unwrap();
-            let m = s.memory(&id, RESERVATION).unwrap();
-            write(&m, 5 * OS_PAGE, &n.to_le_bytes());
-            root = s.commit().unwrap();
-        })
-    });
+    for (name, sync) in [
+        ("commit", SyncMode::EachFile),
+        ("commit_syncfs", SyncMode::WholeFileSystem),
+    ] {
+        let config = StoreConfig {
+            sync,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(&dir.path().join("store"), config).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                n += 1;
+                let mut s = store.session(Some(root)).unwrap();
+                let m = s.memory(&id, RESERVATION).unwrap();
+                write(&m, 5 * OS_PAGE, &n.to_le_bytes());
+                root = s.commit().unwrap();
+            })
+        });
+    }
     group.finish();
 }
 

@@ -230,6 +230,9 @@ pub struct StoreConfig {
     /// Flush files and directories to stable storage at commit and delete (default `true`). Turn it
     /// off only for tests and benchmarks: without it a power loss can lose recent commits.
     pub fsync: bool,
+    /// How a commit's new files and directories are flushed, with `fsync` (default
+    /// [`SyncMode::EachFile`]).
+    pub sync: SyncMode,
     /// A memory whose cumulative delta would exceed `1/delta_ratio` of its length gets a new full
     /// image instead (default 8).
     pub delta_ratio: u32,
@@ -258,6 +261,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             fsync: true,
+            sync: SyncMode::EachFile,
             delta_ratio: 8,
             max_delta_bytes: 64 << 20,
             blob_diff_min: 64 << 10,
@@ -267,6 +271,21 @@ impl Default for StoreConfig {
             warm_bytes: 64 << 20,
         }
     }
+}
+
+/// How a commit makes its new files and directories durable before the rename that publishes
+/// it (which is then made durable by an fsync of the store directory either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncMode {
+    /// An fsync of every new file and directory of the commit, one after another (a 1-page
+    /// commit: about 7).
+    #[default]
+    EachFile,
+    /// One `syncfs` of the file system holding the store: every file and directory on it, so
+    /// one journal commit instead of one per file. For a store that owns its file system:
+    /// `syncfs` also flushes whatever else is dirty on it, which other tenants can make slow.
+    WholeFileSystem,
 }
 
 /// A commit as [`Store::commits`] lists it.

@@ -81,7 +81,7 @@ impl Store {
                 reason: "delta_ratio must be at least 1".into(),
             });
         }
-        let files = StoreFiles::open(dir, fs, config.fsync)?;
+        let files = StoreFiles::open(dir, fs, config.fsync, config.sync)?;
         let mut registry = Registry::default();
         for Listed { root, path, index } in files.scan()? {
             match index {
