@@ -420,7 +420,7 @@ impl Session {
                 None => {
                     let pages = changed_since_open(open);
                     saved += pages.data.len();
-                    if pages.len() > TRACK_AFTER_PAGES && open.handle.0.track()? {
+                    if pages.len() > track_after_pages() && open.handle.0.track()? {
                         // From now on only what each call writes: the shadow starts as these
                         // pages (nothing was written between the copy and the protection).
                         open.shadow = Some(
@@ -539,6 +539,22 @@ fn changed_since_open(open: &OpenMemory) -> DeltaPages {
 /// A memory is tracked once a call checkpoint would copy more pages than this: below it, the
 /// copy is cheaper than setting tracking up (a short session never pays for it).
 const TRACK_AFTER_PAGES: usize = 64;
+
+#[cfg(not(test))]
+fn track_after_pages() -> usize {
+    TRACK_AFTER_PAGES
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests track memories from their first written page.
+    pub(crate) static TRACK_AFTER: std::cell::Cell<usize> = const { std::cell::Cell::new(TRACK_AFTER_PAGES) };
+}
+
+#[cfg(test)]
+fn track_after_pages() -> usize {
+    TRACK_AFTER.with(|t| t.get())
+}
 
 /// Brings a tracked memory's shadow up to date: copies the pages written since the last scan.
 /// Returns the bytes copied, `None` when the memory is not tracked.

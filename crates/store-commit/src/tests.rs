@@ -166,3 +166,91 @@ fn call_checkpoints_without_write_tracking_copy_the_dirty_memory_and_roll_back_e
     let saved = small_calls_after_dirtying(dir.path(), false);
     assert!(saved.iter().all(|b| *b >= 16 << 20), "{saved:?}");
 }
+
+/// Random sessions of small calls against a model, with write tracking from the first written
+/// page and without it: writes (some of them restoring a page's base content), growth, full
+/// and call checkpoints, rollbacks (also to stale ones, refused), commits read back.
+#[test]
+fn call_checkpoints_match_a_model() {
+    crate::session::TRACK_AFTER.with(|t| t.set(0));
+    for tracking in [true, false] {
+        crate::mapping::set_tracking(tracking);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreConfig {
+                fsync: false,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        let code = b"\0asm\x01\0\0\0m".to_vec();
+        let id = ModuleId::of_wasm(&code);
+        let mut s = store.session(None).unwrap();
+        s.deploy(Bytecode::hash(&code[..]), vec![5; 2 * PAGE_SIZE], vec![])
+            .unwrap();
+        let mut root = s.commit().unwrap();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(tracking);
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _session in 0..20 {
+            let mut s = store.session(Some(root)).unwrap();
+            let m = s.memory(&id, 64 * PAGE_SIZE).unwrap();
+            // SAFETY: nothing else uses the memory.
+            let mut model = unsafe { std::slice::from_raw_parts(m.base(), m.len()) }.to_vec();
+            // The checkpoint to roll back to, its state, and whether it is a call checkpoint.
+            let mut saved: Option<(crate::Checkpoint, Vec<u8>, bool)> = None;
+            let mut stale: Option<crate::Checkpoint> = None;
+            for _op in 0..200 {
+                match next(10) {
+                    0..=4 => {
+                        let at = next(model.len() as u64) as usize;
+                        // Often the base content back (5 or 0), else something new.
+                        let byte = [5, 0, next(256) as u8][next(3) as usize];
+                        model[at] = byte;
+                        // SAFETY: inside the memory.
+                        unsafe { *m.base().add(at) = byte };
+                    }
+                    5 if m.len() < 8 * PAGE_SIZE => {
+                        m.grow_to(m.len() + PAGE_SIZE).unwrap();
+                        model.resize(m.len(), 0);
+                    }
+                    6 => {
+                        if let Some((c, _, true)) = saved.take() {
+                            stale = Some(c);
+                        }
+                        saved = Some((s.call_checkpoint().unwrap(), model.clone(), true));
+                    }
+                    7 => saved = Some((s.checkpoint().unwrap(), model.clone(), false)),
+                    8 => {
+                        if let Some((c, state, _)) = &saved {
+                            s.rollback(c).unwrap();
+                            model = state.clone();
+                            assert_eq!(m.len(), model.len());
+                        }
+                    }
+                    _ => {
+                        if let Some(c) = stale.take() {
+                            assert!(s.rollback(&c).is_err(), "a stale call checkpoint");
+                        }
+                    }
+                }
+                // SAFETY: nothing writes the memory meanwhile.
+                let now = unsafe { std::slice::from_raw_parts(m.base(), m.len()) };
+                assert!(
+                    now == model.as_slice(),
+                    "memory diverged (tracking {tracking})"
+                );
+            }
+            drop(m);
+            root = s.commit().unwrap();
+            assert!(store.read_memory(&root, &id).unwrap() == model);
+        }
+    }
+    crate::mapping::set_tracking(true);
+    crate::session::TRACK_AFTER.with(|t| t.set(64));
+}
