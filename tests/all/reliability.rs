@@ -378,3 +378,74 @@ fn hostile_calls_leave_a_reopened_vm_unchanged() -> Result<()> {
     ensure!(vm.verify()?.is_ok());
     Ok(())
 }
+
+/// Dirties its whole 16 MiB memory, then makes small writes; `read_then_trap` has the host
+/// write into guest memory (`db_read`, outside wasm) and then traps.
+const DIRTY_THEN_SMALL: &str = r#"(module
+  (import "env" "db_read" (func $r (param i32 i32 i32 i32) (result i32)))
+  (import "env" "db_write" (func $w (param i32 i32 i32 i32)))
+  (memory (export "memory") 256)
+  (data (i32.const 0) "k")
+  (func (export "dirty") (local i32)
+    (loop $l
+      (i32.store8 (i32.add (local.get 0) (i32.const 8)) (i32.const 1))
+      (local.set 0 (i32.add (local.get 0) (i32.const 4096)))
+      (br_if $l (i32.lt_u (local.get 0) (i32.const 16777216)))))
+  ;; Writes `i` at page i*7919 mod 4096, and stores bytes 8..16 of page 0 under "k".
+  (func (export "put") (param i32)
+    (i32.store8
+      (i32.add (i32.shl (i32.rem_u (i32.mul (local.get 0) (i32.const 7919)) (i32.const 4096))
+                        (i32.const 12))
+               (i32.const 16))
+      (local.get 0))
+    (i64.store (i32.const 8) (i64.extend_i32_u (local.get 0)))
+    (call $w (i32.const 0) (i32.const 1) (i32.const 8) (i32.const 8)))
+  ;; The host writes "k"'s value into page i*31 mod 4096; wasm writes another page; then a trap.
+  (func (export "read_then_trap") (param i32)
+    (drop (call $r (i32.const 0) (i32.const 1)
+      (i32.add (i32.shl (i32.rem_u (i32.mul (local.get 0) (i32.const 31)) (i32.const 4096))
+                        (i32.const 12))
+               (i32.const 100))
+      (i32.const 8)))
+    (i32.store8 (i32.const 4000) (i32.const 0xee))
+    unreachable))"#;
+
+/// A long session over a large dirty memory: failed calls (the host wrote into guest memory
+/// before the trap) leave no trace, and the state committed is the model's, with write
+/// tracking making each checkpoint cost only what the previous call wrote.
+#[test]
+fn failed_calls_after_dirtying_a_large_memory_leave_no_trace() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let large = VmConfig {
+        memory_limit: 32 << 20,
+        ..config()
+    };
+    let vm = Vm::open(dir.path(), large.clone())?;
+    let (module, root) = vm.deploy(&wasm(DIRTY_THEN_SMALL))?;
+    let mut s = vm.session(Some(root))?;
+    s.call(&module, "dirty", &[])?;
+    let mut model = s.read_memory(&module, 0, 16 << 20)?;
+    for i in 1..40i32 {
+        s.call(&module, "put", &[Value::I32(i)])?;
+        let page = (i as usize * 7919) % 4096;
+        model[page * 4096 + 16] = i as u8;
+        model[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+        let err = s
+            .call(&module, "read_then_trap", &[Value::I32(i)])
+            .expect_err("traps");
+        ensure!(matches!(err, VmError::Trap { .. }), "{err}");
+        if i % 8 == 0 {
+            ensure!(
+                s.read_memory(&module, 0, 16 << 20)? == model,
+                "diverged at {i}"
+            );
+        }
+    }
+    let root = s.commit()?;
+    drop(vm);
+    let vm = Vm::open(dir.path(), large)?;
+    let mut s = vm.session(Some(root))?;
+    ensure!(s.read_memory(&module, 0, 16 << 20)? == model);
+    ensure!(s.kv_get(&module, b"k")? == Some(39u64.to_le_bytes().to_vec()));
+    Ok(())
+}

@@ -302,5 +302,51 @@ fn bench_vs_floor(c: &mut Criterion, engine: &Engine, name: &str, fx: &Fixture) 
     group.finish();
 }
 
-criterion_group!(benches, bench_cache);
+/// The thread-local layer against the pinned layer: hits on the same key from 1 and 2 threads
+/// at once. One iteration is one hit on every thread (the time is wall-clock).
+fn bench_thread_local(c: &mut Criterion) {
+    let engine = Engine::default();
+    let wat = r#"(module (func (export "f") (result i32) i32.const 1))"#;
+    let key = CacheKey::new(&engine, wat.as_bytes());
+    let module = Module::new(&engine, wat).expect("compiles");
+    let pinned = PinnedCache::new();
+    pinned.pin(key, module.clone());
+    let local = cache_lru::ThreadLocalCache::new(64);
+    for threads in [1, 2] {
+        let mut group = c.benchmark_group(format!("thread_local/{threads}_threads"));
+        group.measurement_time(Duration::from_secs(3));
+        let layers: [(&str, &dyn ModuleCache); 2] = [
+            ("baseline_pinned_hit", &pinned),
+            ("thread_local_hit", &local),
+        ];
+        for (id, layer) in layers {
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    let start = std::sync::Barrier::new(threads);
+                    let elapsed = std::thread::scope(|s| {
+                        let handles: Vec<_> = (0..threads)
+                            .map(|_| {
+                                s.spawn(|| {
+                                    // Each thread fills its own map from the pinned layer.
+                                    local.save(&key, &module).expect("save");
+                                    start.wait();
+                                    let t = std::time::Instant::now();
+                                    for _ in 0..iters {
+                                        black_box(layer.load(&key).expect("load"));
+                                    }
+                                    t.elapsed()
+                                })
+                            })
+                            .collect();
+                        handles.into_iter().map(|h| h.join().expect("thread")).max()
+                    });
+                    elapsed.unwrap_or_default()
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_cache, bench_thread_local);
 criterion_main!(benches);

@@ -319,6 +319,61 @@ pub(crate) const TARGETS: &[Target] = &[
         per: "fs_authenticated_hit",
         max: 3.0,
     },
+    // Issue 13: the call path at the floor.
+    Target::Under {
+        what: "session + instantiate + one call from pinned under 15 µs",
+        group: "call_path/*",
+        function: "pinned",
+        max_ns: 15e3,
+    },
+    Target::Under {
+        what: "session + instantiate + one call from the LRU under 15 µs",
+        group: "call_path/*",
+        function: "lru",
+        max_ns: 15e3,
+    },
+    Target::Ratio {
+        what: "session + instantiate + one call from pinned no slower than plain wasmtime",
+        group: "call_path/*",
+        function: "pinned",
+        per: "baseline_wasmtime",
+        max: 1.0,
+    },
+    Target::Ratio {
+        what: "read-only call in one session within 3x of plain wasmtime",
+        group: "calls_in_one_session",
+        function: "get",
+        per: "baseline_wasmtime_get",
+        max: 3.0,
+    },
+    Target::Ratio {
+        what: "1000 one-page calls in a dirty 256 MiB memory within 12x of 100 (linear)",
+        group: "calls_after_dirtying_256MiB",
+        function: "calls/1000",
+        per: "baseline_calls/100",
+        max: 12.0,
+    },
+    Target::Ratio {
+        what: "thread-local hit faster than pinned with 2 threads (else kept out of the chain)",
+        group: "thread_local/2_threads",
+        function: "thread_local_hit",
+        per: "baseline_pinned_hit",
+        max: 1.0,
+    },
+    Target::Ratio {
+        what: "durable 1-page commit within 2x of one write + fdatasync + rename + dir fsync",
+        group: "durable_commit_1_page",
+        function: "commit",
+        per: "baseline_floor",
+        max: 2.0,
+    },
+    Target::Ratio {
+        what: "durable 1-page commit with syncfs within 2x of the floor",
+        group: "durable_commit_1_page",
+        function: "commit_syncfs",
+        per: "baseline_floor",
+        max: 2.0,
+    },
 ];
 
 fn group_matches(pattern: &str, group: &str) -> bool {

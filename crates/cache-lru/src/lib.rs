@@ -6,6 +6,9 @@
 //! Evictions made to respect the capacity are counted; replacements and explicit removals are
 //! not. A module larger than the whole capacity is not admitted (counted as `rejected`).
 //!
+//! [`ThreadLocalCache`] keeps modules in a map of each thread instead, bounded by entries per
+//! thread (measured against the pinned layer in `tests/benches/cache.rs`, `thread_local/*`).
+//!
 //! # Example
 //!
 //! ```
@@ -30,10 +33,13 @@
 
 #![deny(missing_docs)]
 
+mod local;
+
 use std::sync::Arc;
 
 pub use cache_core::CacheError;
 use cache_core::{CacheKey, LayerStats, ModuleCache, StatCounters, module_size};
+pub use local::ThreadLocalCache;
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use wasmtime::Module;

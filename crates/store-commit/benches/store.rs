@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use sha2::{Digest as _, Sha256};
-use store_commit::{Bytecode, MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
+use store_commit::{
+    Bytecode, MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig, SyncMode,
+};
 
 const MIB: usize = 1 << 20;
 const OS_PAGE: usize = 4096;
@@ -416,6 +418,54 @@ fn footprint() {
     }
 }
 
+/// A durable commit of one written page (fsync on) against the floor on the same disk: one
+/// 4 KiB file written, `fdatasync`, renamed, its directory fsynced.
+fn durable_commit(c: &mut Criterion) {
+    use std::io::Write as _;
+    let mut group = c.benchmark_group("durable_commit_1_page");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let floor = dir.path().join("floor");
+    std::fs::create_dir(&floor).unwrap();
+    let mut n = 0u64;
+    let page = noise(1);
+    group.bench_function("baseline_floor", |b| {
+        b.iter(|| {
+            n += 1;
+            let tmp = floor.join(format!("{n}.tmp"));
+            let mut file = std::fs::File::create(&tmp).unwrap();
+            file.write_all(&page).unwrap();
+            file.sync_data().unwrap();
+            std::fs::rename(&tmp, floor.join(n.to_string())).unwrap();
+            std::fs::File::open(&floor).unwrap().sync_all().unwrap();
+        })
+    });
+    let (store, id, mut root) = store_with_memory(&dir.path().join("store"), MIB);
+    drop(store);
+    for (name, sync) in [
+        ("commit", SyncMode::EachFile),
+        ("commit_syncfs", SyncMode::WholeFileSystem),
+    ] {
+        let config = StoreConfig {
+            sync,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(&dir.path().join("store"), config).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                n += 1;
+                let mut s = store.session(Some(root)).unwrap();
+                let m = s.memory(&id, RESERVATION).unwrap();
+                write(&m, 5 * OS_PAGE, &n.to_le_bytes());
+                root = s.commit().unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     footprint();
@@ -423,5 +473,6 @@ fn main() {
     commit(&mut c);
     restore(&mut c);
     blob(&mut c);
+    durable_commit(&mut c);
     c.final_summary();
 }

@@ -26,7 +26,7 @@ use strata_fs::{Fs, Zeros};
 
 use crate::delta::DeltaPages;
 use crate::plan::{Planned, Source};
-use crate::{Corruption, StoreError, blob, mapping};
+use crate::{Corruption, StoreError, SyncMode, blob, mapping};
 
 const LOCK: &str = "LOCK";
 const MARKER: &str = "FORMAT";
@@ -124,15 +124,21 @@ pub(crate) struct StoreFiles {
     dir: PathBuf,
     fs: Arc<dyn Fs>,
     fsync: bool,
+    sync: SyncMode,
     tmp_counter: AtomicU64,
-    /// Held for the life of the store: one `Store` per directory.
-    _lock: strata_fs::File,
+    /// Held for the life of the store: one `Store` per directory (and the file `syncfs` names).
+    lock: strata_fs::File,
 }
 
 impl StoreFiles {
     /// Creates the directory if missing (syncing each new entry into its parent), locks it, and
     /// checks (or writes) the format marker.
-    pub(crate) fn open(dir: &Path, fs: Arc<dyn Fs>, fsync: bool) -> Result<StoreFiles, StoreError> {
+    pub(crate) fn open(
+        dir: &Path,
+        fs: Arc<dyn Fs>,
+        fsync: bool,
+        sync: SyncMode,
+    ) -> Result<StoreFiles, StoreError> {
         // A new directory's entry is made durable in its parent: otherwise a power loss could lose
         // a new store directory, and with it every commit acknowledged in it.
         if fsync {
@@ -169,8 +175,9 @@ impl StoreFiles {
             dir: dir.to_path_buf(),
             fs,
             fsync,
+            sync,
             tmp_counter: AtomicU64::new(0),
-            _lock: lock,
+            lock,
         };
         files.check_marker()?;
         Ok(files)
@@ -359,12 +366,18 @@ impl StoreFiles {
         fs.write_file(&path, &bytes, Zeros::Write, READ_ONLY)
             .map_err(io_err("write", &path))?;
         to_sync.push(path);
-        if self.fsync {
-            for p in &to_sync {
-                fs.sync_file(p).map_err(io_err("fsync", p))?;
+        match (self.fsync, self.sync) {
+            (false, _) => {}
+            (true, SyncMode::WholeFileSystem) => {
+                fs.syncfs(&self.lock).map_err(io_err("syncfs", tmp))?;
             }
-            for d in dirs.iter().rev() {
-                fs.sync_dir(d).map_err(io_err("fsync", d))?;
+            (true, _) => {
+                for p in &to_sync {
+                    fs.sync_file(p).map_err(io_err("fsync", p))?;
+                }
+                for d in dirs.iter().rev() {
+                    fs.sync_dir(d).map_err(io_err("fsync", d))?;
+                }
             }
         }
         Ok(())

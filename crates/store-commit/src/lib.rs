@@ -71,10 +71,12 @@ mod delta;
 mod files;
 mod mapping;
 mod plan;
+mod pool;
 mod session;
 mod store;
 #[cfg(test)]
 mod tests;
+mod warm;
 
 use std::io;
 use std::path::PathBuf;
@@ -228,6 +230,9 @@ pub struct StoreConfig {
     /// Flush files and directories to stable storage at commit and delete (default `true`). Turn it
     /// off only for tests and benchmarks: without it a power loss can lose recent commits.
     pub fsync: bool,
+    /// How a commit's new files and directories are flushed, with `fsync` (default
+    /// [`SyncMode::EachFile`]).
+    pub sync: SyncMode,
     /// A memory whose cumulative delta would exceed `1/delta_ratio` of its length gets a new full
     /// image instead (default 8).
     pub delta_ratio: u32,
@@ -239,18 +244,48 @@ pub struct StoreConfig {
     /// zstd level of deltas (default 1: commits are latency-bound; higher levels save little on
     /// memory pages).
     pub zstd_level: i32,
+    /// Most idle address-space reservations kept for the next memory to open (default 16; each
+    /// is address space only, 4 GiB + 32 MiB for a wasm memory, no RAM, and at most three
+    /// mappings). A reservation that held a committed memory keeps its image mapped (clean), so
+    /// the next session on that commit and module opens it without a system call; deleting the
+    /// commit unmaps it. More are unmapped.
+    pub pooled_reservations: usize,
+    /// Most (commit, module) memory deltas kept decoded across sessions (default 1024).
+    pub warm_memories: usize,
+    /// Bytes of deltas and blobs kept decoded and checked across sessions (default 64 MiB); a
+    /// delta or blob over a quarter of this is read again by every session.
+    pub warm_bytes: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             fsync: true,
+            sync: SyncMode::EachFile,
             delta_ratio: 8,
             max_delta_bytes: 64 << 20,
             blob_diff_min: 64 << 10,
             zstd_level: 1,
+            pooled_reservations: 16,
+            warm_memories: 1024,
+            warm_bytes: 64 << 20,
         }
     }
+}
+
+/// How a commit makes its new files and directories durable before the rename that publishes
+/// it (which is then made durable by an fsync of the store directory either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncMode {
+    /// An fsync of every new file and directory of the commit, one after another (a 1-page
+    /// commit: about 7).
+    #[default]
+    EachFile,
+    /// One `syncfs` of the file system holding the store: every file and directory on it, so
+    /// one journal commit instead of one per file. For a store that owns its file system:
+    /// `syncfs` also flushes whatever else is dirty on it, which other tenants can make slow.
+    WholeFileSystem,
 }
 
 /// A commit as [`Store::commits`] lists it.

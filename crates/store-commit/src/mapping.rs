@@ -12,6 +12,8 @@ use rustix::mm::{self, Advice, MapFlags, MprotectFlags, ProtFlags};
 use store_index::PAGE_SIZE;
 
 use crate::StoreError;
+use crate::pool::{Prepared, ReservationPool};
+use store_index::{ModuleId, Root};
 
 /// The operating-system page: the granularity of dirty tracking and of deltas.
 pub const OS_PAGE: usize = 4096;
@@ -36,37 +38,43 @@ pub(crate) struct Mapping {
     /// Bytes at the start backed by the image file (MAP_PRIVATE); never changes.
     file_len: usize,
     grow: Mutex<()>,
+    /// Where the reservation came from and goes back to.
+    pool: Arc<ReservationPool>,
+    /// The committed memory it opened, for the pool to keep it mapped.
+    prepared: Option<Prepared>,
+    /// Whether the reservation is registered for write tracking ([`Mapping::track`]).
+    tracked: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `base..base+mapped` was mapped by `Mapping::new` and is owned by this value; the last
-        // handle is gone, so nothing refers into it any more.
-        let _ = unsafe { mm::munmap(self.base as *mut c_void, self.mapped) };
+        // Everything past the larger of the length and the image is PROT_NONE and never held a page.
+        let used = self.len().max(self.file_len.div_ceil(OS_PAGE) * OS_PAGE);
+        // SAFETY: `base..base+mapped` was taken from the pool by `Mapping::new` with this size and is
+        // owned by this value; the last handle is gone, so nothing refers into it any more.
+        unsafe { self.pool.give(self.base, self.mapped, used, self.prepared) };
     }
 }
 
 impl Mapping {
-    /// Reserves `reservation` bytes, maps the first `file_len` bytes of `file` privately over the start
-    /// and makes `[file_len, len)` anonymous read-write memory.
+    /// Takes a reservation of `reservation` bytes from `pool`, maps the first `file_len` bytes of
+    /// the file `image` opens privately over the start and makes `[file_len, len)` anonymous
+    /// read-write memory. `tag` names the committed memory the file holds: a reservation that
+    /// mapped it before comes back from the pool ready, with no system call and no file opened.
     pub(crate) fn new(
-        file: Option<&File>,
+        image: Option<&mut dyn FnMut() -> Result<File, StoreError>>,
         file_len: usize,
         len: usize,
         reservation: usize,
+        pool: &Arc<ReservationPool>,
+        tag: Option<(Root, ModuleId)>,
     ) -> Result<Mapping, StoreError> {
         debug_assert!(file_len <= len && len <= reservation);
         let mapped = reservation.max(1).div_ceil(OS_PAGE) * OS_PAGE;
-        // SAFETY: a fresh anonymous mapping at an address the kernel chooses aliases nothing.
-        let base = unsafe {
-            mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                mapped,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )
-        }
-        .map_err(|e| map_err("mmap reservation", e))?;
+        let prepared = tag.map(|tag| Prepared { tag, file_len, len });
+        let (base, ready) = pool.take(mapped, prepared)?;
+        let base = base as *mut c_void;
+        // From here on, dropping `mapping` returns the reservation (reset) to the pool.
         let mapping = Mapping {
             base: base as usize,
             reservation,
@@ -74,20 +82,26 @@ impl Mapping {
             len: AtomicUsize::new(len),
             file_len,
             grow: Mutex::new(()),
+            pool: pool.clone(),
+            prepared,
+            tracked: std::sync::atomic::AtomicBool::new(false),
         };
+        if ready {
+            return Ok(mapping);
+        }
         if file_len > 0 {
-            let file = file.ok_or_else(|| StoreError::InvalidInput {
+            let file = image.ok_or_else(|| StoreError::InvalidInput {
                 reason: "image mapping without a file".into(),
-            })?;
-            // SAFETY: the range lies inside our own fresh reservation (MAP_FIXED replaces only it); the
-            // caller checked the file is at least `file_len` long, so no access can fault past its end.
+            })?()?;
+            // SAFETY: the range lies inside our own reservation, which nothing else refers into
+            // (MAP_FIXED replaces only it); the caller checked the file is at least `file_len` long, so no access can fault past its end.
             unsafe {
                 mm::mmap(
                     base,
                     file_len,
                     ProtFlags::READ | ProtFlags::WRITE,
                     MapFlags::PRIVATE | MapFlags::FIXED,
-                    file,
+                    &file,
                     0,
                 )
             }
@@ -158,9 +172,49 @@ impl Mapping {
                 )
             }
             .map_err(|e| map_err("mmap decommit", e))?;
+            // The fresh mapping is not registered: register it, so growing back is tracked.
+            if self.tracked.load(Ordering::Acquire) {
+                uffd::register(self.base + new_len, len - new_len)
+                    .map_err(|e| map_err("userfaultfd register", e))?;
+            }
         }
         self.len.store(new_len, Ordering::Release);
         Ok(())
+    }
+
+    /// Starts write tracking: from now on [`written_since_scan`](Self::written_since_scan)
+    /// reports the pages written since the last scan (or this call). `false` when the kernel
+    /// lacks userfaultfd's asynchronous write-protection or `PAGEMAP_SCAN`, or tracking is off
+    /// on this thread; then nothing changed.
+    pub(crate) fn track(&self) -> Result<bool, StoreError> {
+        if !tracking_enabled() || !uffd::available() {
+            return Ok(false);
+        }
+        if !self.tracked.load(Ordering::Acquire) {
+            uffd::register(self.base, self.mapped)
+                .map_err(|e| map_err("userfaultfd register", e))?;
+            self.tracked.store(true, Ordering::Release);
+        }
+        uffd::write_protect(self.base, self.len())
+            .map_err(|e| map_err("userfaultfd write-protect", e))?;
+        Ok(true)
+    }
+
+    /// OS pages of `[0, len)` written since the last scan or [`track`](Self::track), write-protected
+    /// again by the same `PAGEMAP_SCAN` (atomically: a write after the scan is seen by the next).
+    /// Costs a walk of the page tables of the length and the pages found, not the memory size.
+    pub(crate) fn written_since_scan(&self) -> Result<Vec<u32>, StoreError> {
+        const PAGE_IS_WRITTEN: u64 = 1 << 1;
+        const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+        const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+        debug_assert!(self.tracked.load(Ordering::Acquire));
+        scan(
+            self.base,
+            self.len() / OS_PAGE,
+            PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            (0, PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN),
+        )
+        .map_err(|e| map_err("pagemap scan", e))
     }
 
     /// The bytes of `[offset, offset + len)`.
@@ -344,54 +398,231 @@ fn pagemap_scan(base: usize, pages: usize) -> Option<Vec<u32>> {
     if UNSUPPORTED.load(Ordering::Relaxed) {
         return None;
     }
-    let file = pagemap()?;
+    // Private pages: (present or swapped), not file-backed, not the shared zero page (read-only
+    // faults of anonymous memory map it; it always reads zero, which no base page can be
+    // mistaken for, see `Mapping::truncate_or_grow`).
+    let found = scan(
+        base,
+        pages,
+        0,
+        (
+            IS_FILE | IS_PFNZERO,
+            IS_FILE | IS_PFNZERO,
+            IS_PRESENT | IS_SWAPPED,
+            IS_PRESENT,
+        ),
+    );
+    if found.is_err() {
+        UNSUPPORTED.store(true, Ordering::Relaxed);
+    }
+    found.ok()
+}
+
+/// One `PAGEMAP_SCAN` of `[base, base + pages * 4096)` with `flags` and the categories
+/// `(inverted, mask, anyof, return)`: the OS pages matched, sorted.
+fn scan(
+    base: usize,
+    pages: usize,
+    flags: u64,
+    (inverted, mask, anyof, returned): (u64, u64, u64, u64),
+) -> Result<Vec<u32>, rustix::io::Errno> {
+    let file = pagemap().ok_or(rustix::io::Errno::NOSYS)?;
     let end = (base + pages * OS_PAGE) as u64;
     let mut start = base as u64;
-    let mut regions = vec![PageRegion::default(); 256];
+    let mut regions = [PageRegion::default(); 16];
     let mut out = Vec::new();
     while start < end {
         regions.fill(PageRegion::default());
-        // Private pages: (present or swapped), not file-backed, not the shared zero page (read-only
-        // faults of anonymous memory map it; it always reads zero, which no base page can be
-        // mistaken for, see `Mapping::truncate_or_grow`).
         let mut arg = PmScanArg {
             size: std::mem::size_of::<PmScanArg>() as u64,
-            flags: 0,
+            flags,
             start,
             end,
             walk_end: 0,
             vec: regions.as_mut_ptr() as u64,
             vec_len: regions.len() as u64,
             max_pages: 0,
-            category_inverted: IS_FILE | IS_PFNZERO,
-            category_mask: IS_FILE | IS_PFNZERO,
-            category_anyof_mask: IS_PRESENT | IS_SWAPPED,
-            return_mask: IS_PRESENT,
+            category_inverted: inverted,
+            category_mask: mask,
+            category_anyof_mask: anyof,
+            return_mask: returned,
         };
         // SAFETY: PAGEMAP_SCAN reads and writes a `pm_scan_arg` (laid out by `PmScanArg`) and
-        // writes at most `vec_len` `page_region`s to `vec`, which points to that many.
-        let result = unsafe {
+        // writes at most `vec_len` `page_region`s to `vec`, which points to that many. With
+        // `PM_SCAN_WP_MATCHING` it write-protects (asynchronously, see `uffd`) the pages it
+        // reports, which only changes what later scans report.
+        unsafe {
             rustix::ioctl::ioctl(
                 file,
                 rustix::ioctl::Updater::<PAGEMAP_SCAN, PmScanArg>::new(&mut arg),
             )
-        };
-        if result.is_err() {
-            UNSUPPORTED.store(true, Ordering::Relaxed);
-            return None;
-        }
+        }?;
         for r in regions.iter().take_while(|r| r.end > r.start) {
             let first = (r.start.max(start) - base as u64) / OS_PAGE as u64;
             let last = (r.end.min(end) - base as u64) / OS_PAGE as u64;
             out.extend(first as u32..last as u32);
         }
         if arg.walk_end <= start {
-            return None;
+            return Err(rustix::io::Errno::INVAL);
         }
         start = arg.walk_end;
     }
     out.dedup();
-    Some(out)
+    Ok(out)
+}
+
+// Whether `Mapping::track` may use userfaultfd on this thread; tests turn it off to check the
+// fallback (a checkpoint that copies every page written so far).
+thread_local! {
+    static TRACKING: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+fn tracking_enabled() -> bool {
+    TRACKING.with(|t| t.get())
+}
+
+/// Turns write tracking off (or on again) on this thread (tests of the fallback).
+#[cfg(test)]
+pub(crate) fn set_tracking(on: bool) {
+    TRACKING.with(|t| t.set(on));
+}
+
+/// Whether this kernel offers write tracking.
+#[cfg(test)]
+pub(crate) fn tracking_available() -> bool {
+    uffd::available()
+}
+
+/// Write tracking through userfaultfd's asynchronous write-protection (Linux 6.7+): a registered
+/// range's pages are write-protected; the first write to one (from wasm, or the host writing into
+/// guest memory) is resolved by the kernel itself, which only clears the page's protection (no
+/// fault reaches user space, no signal, no trap), and `PAGEMAP_SCAN` reports the unprotected
+/// ("written") pages and protects them again. Unlike soft-dirty bits (`clear_refs`), this is per
+/// range, so concurrent sessions do not disturb each other. One userfaultfd serves the process.
+mod uffd {
+    use std::os::fd::OwnedFd;
+    use std::sync::OnceLock;
+
+    use rustix::io::Errno;
+    use rustix::ioctl::{Updater, ioctl, opcode};
+
+    const UFFD_API: u64 = 0xAA;
+    const UFFD_USER_MODE_ONLY: u32 = 1;
+    const FEATURE_WP_ASYNC: u64 = 1 << 15;
+    const REGISTER_MODE_WP: u64 = 1 << 1;
+    const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+
+    #[repr(C)]
+    struct Api {
+        api: u64,
+        features: u64,
+        ioctls: u64,
+    }
+
+    #[repr(C)]
+    struct Range {
+        start: u64,
+        len: u64,
+    }
+
+    #[repr(C)]
+    struct Register {
+        range: Range,
+        mode: u64,
+        ioctls: u64,
+    }
+
+    #[repr(C)]
+    struct WriteProtect {
+        range: Range,
+        mode: u64,
+    }
+
+    const UFFDIO_API: rustix::ioctl::Opcode = opcode::read_write::<Api>(0xAA, 0x3F);
+    const UFFDIO_REGISTER: rustix::ioctl::Opcode = opcode::read_write::<Register>(0xAA, 0x00);
+    const UFFDIO_WRITEPROTECT: rustix::ioctl::Opcode =
+        opcode::read_write::<WriteProtect>(0xAA, 0x06);
+
+    fn open() -> Option<OwnedFd> {
+        use rustix::mm::UserfaultfdFlags as F;
+        // SAFETY: creating the descriptor has no effect on memory; it acts only on ranges we
+        // register, always within our own reservations, and only in write-protect mode.
+        let fd = unsafe {
+            rustix::mm::userfaultfd(
+                F::CLOEXEC | F::NONBLOCK | F::from_bits_retain(UFFD_USER_MODE_ONLY),
+            )
+        }
+        .ok()?;
+        // Not `WP_UNPOPULATED`: protecting would then fill the page tables of the whole length
+        // with markers. Without it a write to a page never mapped is still seen (its new entry
+        // carries no protection); reads of the image may be reported once as writes, which only
+        // costs a copy.
+        let want = FEATURE_WP_ASYNC;
+        let mut api = Api {
+            api: UFFD_API,
+            features: want,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_API reads and writes a `struct uffdio_api`, laid out by `Api`.
+        unsafe { ioctl(&fd, Updater::<UFFDIO_API, Api>::new(&mut api)) }.ok()?;
+        (api.features & want == want).then_some(fd)
+    }
+
+    fn fd() -> Option<&'static OwnedFd> {
+        static FD: OnceLock<Option<OwnedFd>> = OnceLock::new();
+        FD.get_or_init(|| {
+            if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+                open()
+            } else {
+                None
+            }
+        })
+        .as_ref()
+    }
+
+    pub(super) fn available() -> bool {
+        fd().is_some() && super::pagemap().is_some()
+    }
+
+    /// Registers `[start, start + len)` (whole mappings of ours) for write-protect tracking.
+    pub(super) fn register(start: usize, len: usize) -> Result<(), Errno> {
+        let fd = fd().ok_or(Errno::NOSYS)?;
+        let mut arg = Register {
+            range: Range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER reads and writes a `struct uffdio_register`; registering in
+        // asynchronous write-protect mode changes no content and makes no access fail.
+        unsafe { ioctl(fd, Updater::<UFFDIO_REGISTER, Register>::new(&mut arg)) }
+    }
+
+    /// Write-protects `[start, start + len)` of a registered range: all of it counts as not
+    /// written from now on.
+    pub(super) fn write_protect(start: usize, len: usize) -> Result<(), Errno> {
+        if len == 0 {
+            return Ok(());
+        }
+        let fd = fd().ok_or(Errno::NOSYS)?;
+        let mut arg = WriteProtect {
+            range: Range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: WRITEPROTECT_MODE_WP,
+        };
+        // SAFETY: UFFDIO_WRITEPROTECT reads and writes a `struct uffdio_writeprotect`; in
+        // asynchronous mode a protected page stays readable and writable.
+        unsafe {
+            ioctl(
+                fd,
+                Updater::<UFFDIO_WRITEPROTECT, WriteProtect>::new(&mut arg),
+            )
+        }
+    }
 }
 
 /// Pages of `[base, base + pages * 4096)` holding private data: present and not file-backed (bit 63
@@ -475,7 +706,16 @@ mod tests {
     fn written_pages_are_found_and_reads_are_not() {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&vec![1u8; PAGE_SIZE]).unwrap();
-        let mapping = Mapping::new(Some(&file), PAGE_SIZE, 2 * PAGE_SIZE, 4 * PAGE_SIZE).unwrap();
+        let pool = Arc::new(ReservationPool::new(1));
+        let mapping = Mapping::new(
+            Some(&mut || Ok(file.try_clone().unwrap())),
+            PAGE_SIZE,
+            2 * PAGE_SIZE,
+            4 * PAGE_SIZE,
+            &pool,
+            None,
+        )
+        .unwrap();
         // SAFETY: inside the length; nothing else uses the mapping.
         unsafe {
             mapping.write(OS_PAGE, &[2]);
@@ -510,5 +750,123 @@ mod tests {
         mapping.grow_to(3 * PAGE_SIZE).unwrap();
         mapping.truncate_or_grow(2 * PAGE_SIZE).unwrap();
         assert_eq!(mapping.len(), 2 * PAGE_SIZE);
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use std::io::Write;
+
+    fn image(byte: u8) -> std::fs::File {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&vec![byte; PAGE_SIZE]).unwrap();
+        file
+    }
+
+    #[test]
+    fn pooled_reservations_come_back_clean_and_stay_within_the_bound() {
+        let pool = Arc::new(ReservationPool::new(2));
+        let reservation = 64 * PAGE_SIZE;
+        let (one, two) = (image(1), image(2));
+        let first = Mapping::new(
+            Some(&mut || Ok(one.try_clone().unwrap())),
+            PAGE_SIZE,
+            2 * PAGE_SIZE,
+            reservation,
+            &pool,
+            None,
+        )
+        .unwrap();
+        // SAFETY: inside the length; nothing else uses the mapping.
+        unsafe {
+            first.write(0, &[9]);
+            first.write(PAGE_SIZE + 5, &[9]);
+        }
+        first.grow_to(4 * PAGE_SIZE).unwrap();
+        // SAFETY: inside the (grown) length.
+        unsafe { first.write(3 * PAGE_SIZE, &[9]) };
+        let base = first.base;
+        drop(first);
+        assert_eq!(pool.idle(), 1);
+        // The same slot, another image: nothing of the first memory shows through.
+        let second = Mapping::new(
+            Some(&mut || Ok(two.try_clone().unwrap())),
+            PAGE_SIZE,
+            2 * PAGE_SIZE,
+            reservation,
+            &pool,
+            None,
+        )
+        .unwrap();
+        assert_eq!(second.base, base, "the idle reservation is reused");
+        assert_eq!(pool.idle(), 0);
+        // SAFETY: inside the length.
+        unsafe {
+            assert_eq!(second.bytes(0, 1), &[2]);
+            assert!(second.bytes(PAGE_SIZE, PAGE_SIZE).iter().all(|b| *b == 0));
+        }
+        assert!(
+            second.written_pages().is_empty(),
+            "a reused slot has no written page"
+        );
+        second.grow_to(4 * PAGE_SIZE).unwrap();
+        // SAFETY: inside the (grown) length.
+        assert_eq!(unsafe { second.bytes(3 * PAGE_SIZE, 1) }, &[0]);
+        // More mappings than the bound: only `max_idle` reservations stay when they close.
+        let many: Vec<Mapping> = (0..5)
+            .map(|_| Mapping::new(None, 0, PAGE_SIZE, reservation, &pool, None).unwrap())
+            .collect();
+        drop(many);
+        drop(second);
+        assert_eq!(pool.idle(), 2);
+    }
+
+    #[test]
+    fn a_reservation_that_held_a_committed_memory_comes_back_ready_and_clean() {
+        let pool = Arc::new(ReservationPool::new(2));
+        let reservation = 64 * PAGE_SIZE;
+        let file = image(7);
+        let root = Root::from_hex(&"1".repeat(64)).unwrap();
+        let tag = Some((root, ModuleId::of_wasm(b"m")));
+        let open = || {
+            Mapping::new(
+                Some(&mut || Ok(file.try_clone().unwrap())),
+                PAGE_SIZE,
+                2 * PAGE_SIZE,
+                reservation,
+                &pool,
+                tag,
+            )
+            .unwrap()
+        };
+        let first = open();
+        // SAFETY: inside the length; nothing else uses the mapping.
+        unsafe {
+            first.write(3, &[1]);
+            first.write(PAGE_SIZE + 3, &[1]);
+        }
+        first.grow_to(3 * PAGE_SIZE).unwrap();
+        // SAFETY: inside the (grown) length.
+        unsafe { first.write(2 * PAGE_SIZE, &[1]) };
+        let base = first.base;
+        drop(first);
+        assert_eq!(pool.prepared(), 1);
+        let second = open();
+        assert_eq!(second.base, base);
+        assert_eq!(second.len(), 2 * PAGE_SIZE);
+        // SAFETY: inside the length.
+        unsafe {
+            assert_eq!(second.bytes(0, 4), &[7; 4], "the image reads through again");
+            assert_eq!(second.bytes(PAGE_SIZE + 3, 1), &[0]);
+        }
+        assert!(second.written_pages().is_empty());
+        second.grow_to(3 * PAGE_SIZE).unwrap();
+        // SAFETY: inside the (grown) length.
+        assert_eq!(unsafe { second.bytes(2 * PAGE_SIZE, 1) }, &[0]);
+        drop(second);
+        // Deleting the commit unmaps its image from the idle slots.
+        pool.forget(&root);
+        assert_eq!((pool.prepared(), pool.idle()), (0, 1));
     }
 }

@@ -173,7 +173,7 @@ fn plan_memory<'a>(
 ) -> Result<Option<MemoryEntry>, StoreError> {
     let mapping = &open.handle.0;
     let len = mapping.len();
-    let changed = changed_pages(open, base.memory())?;
+    let changed = changed_pages(open, base_dir, base)?;
     if changed.is_empty() && len == open.base_len {
         return Ok(None);
     }
@@ -311,9 +311,13 @@ fn plan_blob<'a>(
 }
 
 /// OS pages whose content differs from the base state, sorted.
-fn changed_pages(open: &OpenMemory, base: &MemoryEntry) -> Result<Vec<u32>, StoreError> {
+fn changed_pages(
+    open: &OpenMemory,
+    dir: &CommitDir<'_>,
+    entry: &ModuleEntry,
+) -> Result<Vec<u32>, StoreError> {
     let mapping = &open.handle.0;
-    let image_len = base.image().len as usize;
+    let image_len = entry.memory().image().len as usize;
     let mut out = Vec::new();
     for p in mapping.written_pages() {
         let at = p as usize * OS_PAGE;
@@ -323,8 +327,7 @@ fn changed_pages(open: &OpenMemory, base: &MemoryEntry) -> Result<Vec<u32>, Stor
             d == now
         } else if at < image_len {
             let image = open
-                .image
-                .as_ref()
+                .image(dir, entry)?
                 .ok_or_else(|| StoreError::InvalidInput {
                     reason: "memory without image".into(),
                 })?;

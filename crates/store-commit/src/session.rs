@@ -3,15 +3,16 @@
 //! ([`crate::plan`]) and the plan to the store, and reads the base commit only through
 //! [`CommitDir`]. It knows no file name and no store internals.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use store_index::{Bytecode, CommitIndex, ModuleEntry, ModuleId, PAGE_SIZE, Root};
 
 use crate::delta::DeltaPages;
 use crate::files::CommitDir;
 use crate::mapping::{ImageView, Mapping, MemoryHandle, OS_PAGE};
+use crate::warm::WarmMemory;
 use crate::{Missing, Store, StoreError, plan};
 
 /// A mutable view of one commit (or of the empty state) that ends with at most one commit.
@@ -24,6 +25,11 @@ pub struct Session {
     id: u64,
     base: Option<Root>,
     modules: BTreeMap<ModuleId, ModState>,
+    /// Counts call checkpoints and rollbacks: only the latest call checkpoint can be rolled back to.
+    generation: u64,
+    /// Modules deployed, given a blob or a memory in this session (the others are as in the base,
+    /// so a checkpoint costs what the session touched, not the size of the state).
+    touched: BTreeSet<ModuleId>,
 }
 
 /// A module of a session (read by the planner).
@@ -51,26 +57,65 @@ pub(crate) struct OpenMemory {
     pub(crate) handle: MemoryHandle,
     /// Length at open (the base length).
     pub(crate) base_len: usize,
-    /// The image, to compare written pages with.
-    pub(crate) image: Option<ImageView>,
+    /// The read-only view of the base image, to compare written pages with: mapped at the first
+    /// comparison, not at open (most sessions never compare).
+    view: OnceLock<Option<ImageView>>,
     /// The pages written at open (the base delta, or the genesis pages of a new module).
-    pub(crate) delta: DeltaPages,
+    pub(crate) delta: Arc<DeltaPages>,
+    /// With write tracking (`Session::call_checkpoint`): the content, as of the latest
+    /// checkpoint, of every page written since open. A page not in it held its base content then.
+    shadow: Option<HashMap<u32, Box<[u8]>>>,
+}
+
+impl OpenMemory {
+    /// The base image as committed (`entry` in `dir`); `None` when it is empty.
+    pub(crate) fn image(
+        &self,
+        dir: &CommitDir<'_>,
+        entry: &ModuleEntry,
+    ) -> Result<Option<&ImageView>, StoreError> {
+        if let Some(view) = self.view.get() {
+            return Ok(view.as_ref());
+        }
+        let len = entry.memory().image().len as usize;
+        let view = match len {
+            0 => None,
+            _ => ImageView::new(&dir.open_image(entry)?, len)?,
+        };
+        Ok(self.view.get_or_init(|| view).as_ref())
+    }
 }
 
 /// A point a session can [`rollback`](Session::rollback) to. Only valid for the session that made it.
 #[derive(Debug)]
 pub struct Checkpoint {
     session: u64,
-    modules: Vec<ModuleId>,
-    /// Per module: the blob if loaded or set, and whether it changed.
+    /// `Some` for a [`Session::call_checkpoint`]: the session's generation when it was taken.
+    generation: Option<u64>,
+    /// The modules deployed in the session by then.
+    deployed: Vec<ModuleId>,
+    /// Per module with a blob set or deployed: the blob and whether it changed.
     blobs: HashMap<ModuleId, BlobState>,
-    memories: HashMap<ModuleId, (usize, DeltaPages)>,
+    memories: HashMap<ModuleId, (usize, Saved)>,
+    /// Bytes of memory pages copied to take it.
+    saved: usize,
+}
+
+/// How a checkpoint saved a memory.
+#[derive(Debug)]
+enum Saved {
+    /// Every page that differed from the base then.
+    Pages(DeltaPages),
+    /// In the memory's shadow, kept up to date by write tracking.
+    Tracked,
 }
 
 impl Checkpoint {
-    /// Bytes of memory pages this checkpoint holds.
+    /// Bytes of memory pages copied to take this checkpoint: every page written since the
+    /// memories opened for [`Session::checkpoint`], the pages written since the previous
+    /// checkpoint for [`Session::call_checkpoint`] with write tracking.
     pub fn saved_bytes(&self) -> usize {
-        self.memories.values().map(|(_, d)| d.data.len()).sum()
+        self.saved
     }
 }
 
@@ -114,6 +159,8 @@ impl Session {
             id,
             base,
             modules,
+            generation: 0,
+            touched: BTreeSet::new(),
         }
     }
 
@@ -187,6 +234,7 @@ impl Session {
                 memory: None,
             },
         );
+        self.touched.insert(id);
         Ok(())
     }
 
@@ -204,7 +252,8 @@ impl Session {
     }
 
     /// A module's blob: the one set in this session, else the base commit's (read and checked
-    /// against its hash on every call; the host keeps its own copy while it runs).
+    /// against its hash once, then kept across sessions within `StoreConfig::warm_bytes`; the
+    /// host keeps its own copy while it runs).
     pub fn blob(&self, id: &ModuleId) -> Result<Vec<u8>, StoreError> {
         let m = self.module(id)?;
         if let Some(b) = &m.blob {
@@ -213,7 +262,17 @@ impl Session {
         let entry = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
             reason: "module has neither blob nor base".into(),
         })?;
-        self.base_dir()?.blob(entry)
+        let root = self.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
+            reason: "no base commit".into(),
+        })?;
+        if let Some(blob) = self.store.warm().blob(root, id) {
+            return Ok(blob.as_ref().clone());
+        }
+        let blob = self.base_dir()?.blob(entry)?;
+        self.store
+            .warm()
+            .keep_blob(root, id, Arc::new(blob.clone()));
+        Ok(blob)
     }
 
     /// Replaces a module's blob.
@@ -221,6 +280,7 @@ impl Session {
         let m = self.module_mut(id)?;
         m.blob = Some(Arc::new(blob));
         m.blob_dirty = true;
+        self.touched.insert(*id);
         Ok(())
     }
 
@@ -239,7 +299,7 @@ impl Session {
         let open = if let Some(d) = &m.deployed {
             let len = d.genesis.len();
             check_reservation(len, reservation)?;
-            let mapping = Mapping::new(None, 0, len, reservation)?;
+            let mapping = Mapping::new(None, 0, len, reservation, self.store.pool(), None)?;
             // The genesis pages play the part of a delta over an empty image.
             let mut patched = DeltaPages::default();
             for (i, page) in d.genesis.chunks_exact(OS_PAGE).enumerate() {
@@ -253,8 +313,9 @@ impl Session {
             OpenMemory {
                 handle: MemoryHandle(Arc::new(mapping)),
                 base_len: len,
-                image: None,
-                delta: patched,
+                view: OnceLock::new(),
+                delta: Arc::new(patched),
+                shadow: None,
             }
         } else {
             let entry = m.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
@@ -266,10 +327,27 @@ impl Session {
             let len = usize::try_from(entry.memory().len()).map_err(|_| too_big())?;
             let image_len = usize::try_from(entry.memory().image().len).map_err(|_| too_big())?;
             check_reservation(len, reservation)?;
-            let dir = self.base_dir()?;
-            let file = dir.open_image(entry)?;
-            let delta = dir.delta(entry)?;
-            let mapping = Mapping::new(Some(&file), image_len, len, reservation)?;
+            let root = self.base.as_ref().ok_or_else(|| StoreError::InvalidInput {
+                reason: "no base commit".into(),
+            })?;
+            let delta = match self.store.warm().memory(root, id) {
+                Some(delta) => delta,
+                None => {
+                    let delta: Arc<WarmMemory> = Arc::new(self.base_dir()?.delta(entry)?);
+                    self.store.warm().keep_memory(root, id, delta.clone());
+                    delta
+                }
+            };
+            // Opened only when no pooled reservation maps this image already.
+            let mut image = || self.base_dir()?.open_image(entry);
+            let mapping = Mapping::new(
+                Some(&mut image),
+                image_len,
+                len,
+                reservation,
+                self.store.pool(),
+                Some((*root, *id)),
+            )?;
             for (i, page) in delta.iter() {
                 // SAFETY: page indices were checked against the length; the mapping is fresh.
                 unsafe { mapping.write(i as usize * OS_PAGE, page) };
@@ -277,12 +355,14 @@ impl Session {
             OpenMemory {
                 handle: MemoryHandle(Arc::new(mapping)),
                 base_len: len,
-                image: ImageView::new(&file, image_len)?,
+                view: OnceLock::new(),
                 delta,
+                shadow: None,
             }
         };
         let handle = open.handle.clone();
         self.module_mut(id)?.memory = Some(open);
+        self.touched.insert(*id);
         Ok(handle)
     }
 
@@ -290,28 +370,79 @@ impl Session {
     /// since the memories were opened (they are copied), not the memory size.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, StoreError> {
         let mut memories = HashMap::new();
-        let mut blobs = HashMap::new();
-        for (id, m) in &self.modules {
-            blobs.insert(*id, (m.blob.clone(), m.blob_dirty));
-            let Some(open) = &m.memory else { continue };
-            let mapping = &open.handle.0;
-            let mut saved = DeltaPages::default();
-            for p in mapping.written_pages() {
-                // SAFETY: the page is inside the length; per the handle contract no wasm runs now.
-                let now = unsafe { mapping.bytes(p as usize * OS_PAGE, OS_PAGE) };
-                if open.delta.get(p) == Some(now) {
-                    continue;
+        let (deployed, blobs) = self.touched_state();
+        for id in &self.touched {
+            let Some(open) = self.modules.get(id).and_then(|m| m.memory.as_ref()) else {
+                continue;
+            };
+            let saved = changed_since_open(open);
+            memories.insert(*id, (open.handle.len(), Saved::Pages(saved)));
+        }
+        let saved = memories
+            .values()
+            .map(|(_, s)| match s {
+                Saved::Pages(d) => d.data.len(),
+                Saved::Tracked => 0,
+            })
+            .sum();
+        Ok(Checkpoint {
+            session: self.id,
+            generation: None,
+            deployed,
+            blobs,
+            memories,
+            saved,
+        })
+    }
+
+    /// A checkpoint for one call: like [`checkpoint`](Self::checkpoint), but it can be rolled
+    /// back to only while it is the session's latest call checkpoint (a later call checkpoint
+    /// or any rollback ends that), and with write tracking (userfaultfd asynchronous
+    /// write-protection and `PAGEMAP_SCAN`, Linux 6.7+) it costs the pages written since the
+    /// previous call checkpoint, not every page written since the memories opened: a long
+    /// session that dirtied a large memory pays per call only for what its calls write. Without
+    /// tracking it copies what [`checkpoint`](Self::checkpoint) copies.
+    pub fn call_checkpoint(&mut self) -> Result<Checkpoint, StoreError> {
+        self.generation += 1;
+        let mut memories = HashMap::new();
+        let (deployed, blobs) = self.touched_state();
+        let mut saved = 0;
+        for id in &self.touched {
+            let Some(open) = self.modules.get_mut(id).and_then(|m| m.memory.as_mut()) else {
+                continue;
+            };
+            let len = open.handle.len();
+            match save_written(open)? {
+                Some(bytes) => {
+                    saved += bytes;
+                    memories.insert(*id, (len, Saved::Tracked));
                 }
-                saved.indices.push(p);
-                saved.data.extend_from_slice(now);
+                None => {
+                    let pages = changed_since_open(open);
+                    saved += pages.data.len();
+                    if pages.len() > track_after_pages() && open.handle.0.track()? {
+                        // From now on only what each call writes: the shadow starts as these
+                        // pages (nothing was written between the copy and the protection).
+                        open.shadow = Some(
+                            pages
+                                .iter()
+                                .map(|(p, data)| (p, Box::<[u8]>::from(data)))
+                                .collect(),
+                        );
+                        memories.insert(*id, (len, Saved::Tracked));
+                    } else {
+                        memories.insert(*id, (len, Saved::Pages(pages)));
+                    }
+                }
             }
-            memories.insert(*id, (mapping.len(), saved));
         }
         Ok(Checkpoint {
             session: self.id,
-            modules: self.modules.keys().copied().collect(),
+            generation: Some(self.generation),
+            deployed,
             blobs,
             memories,
+            saved,
         })
     }
 
@@ -323,21 +454,59 @@ impl Session {
                 reason: "checkpoint belongs to another session".into(),
             });
         }
-        self.modules.retain(|id, _| checkpoint.modules.contains(id));
-        for (id, m) in self.modules.iter_mut() {
-            if let Some((blob, dirty)) = checkpoint.blobs.get(id) {
-                m.blob = blob.clone();
-                m.blob_dirty = *dirty;
-            }
-            let Some(open) = &m.memory else { continue };
-            let empty = DeltaPages::default();
-            let (len, saved) = match checkpoint.memories.get(id) {
-                Some((len, saved)) => (*len, saved),
-                None => (open.base_len, &empty),
+        if checkpoint.generation.is_some_and(|g| g != self.generation) {
+            return Err(StoreError::InvalidInput {
+                reason: "a call checkpoint can be rolled back to only while it is the latest"
+                    .into(),
+            });
+        }
+        // A rollback changes memories behind the shadows' backs: no older call checkpoint
+        // stays valid (the one rolled back to does: its shadows are unchanged).
+        if checkpoint.generation.is_none() {
+            self.generation += 1;
+        }
+        for id in &self.touched {
+            let Some(m) = self.modules.get_mut(id) else {
+                continue;
             };
-            restore(open, len, saved)?;
+            if m.deployed.is_some() && !checkpoint.deployed.contains(id) {
+                self.modules.remove(id);
+                continue;
+            }
+            (m.blob, m.blob_dirty) = checkpoint.blobs.get(id).cloned().unwrap_or((None, false));
+            let Some(open) = &mut m.memory else { continue };
+            let empty = DeltaPages::default();
+            match checkpoint.memories.get(id) {
+                Some((len, Saved::Tracked)) => restore_tracked(open, *len)?,
+                Some((len, Saved::Pages(saved))) => {
+                    restore(open, *len, saved)?;
+                    open.shadow = None;
+                }
+                None => {
+                    restore(open, open.base_len, &empty)?;
+                    open.shadow = None;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// What a checkpoint keeps of the touched modules: those deployed, and the blobs set.
+    fn touched_state(&self) -> (Vec<ModuleId>, HashMap<ModuleId, BlobState>) {
+        let mut deployed = Vec::new();
+        let mut blobs = HashMap::new();
+        for id in &self.touched {
+            let Some(m) = self.modules.get(id) else {
+                continue;
+            };
+            if m.deployed.is_some() {
+                deployed.push(*id);
+            }
+            if m.blob.is_some() {
+                blobs.insert(*id, (m.blob.clone(), m.blob_dirty));
+            }
+        }
+        (deployed, blobs)
     }
 
     /// Writes the session as a new commit and returns its root. A state equal to an existing commit
@@ -348,6 +517,91 @@ impl Session {
         let plan = plan::plan(base.as_ref(), self.store.config(), &self.modules)?;
         self.store.write_commit(self.base, plan)
     }
+}
+
+/// Every page written since `open` that differs from its base delta page (the pages a full
+/// checkpoint saves).
+fn changed_since_open(open: &OpenMemory) -> DeltaPages {
+    let mapping = &open.handle.0;
+    let mut saved = DeltaPages::default();
+    for p in mapping.written_pages() {
+        // SAFETY: the page is inside the length; per the handle contract no wasm runs now.
+        let now = unsafe { mapping.bytes(p as usize * OS_PAGE, OS_PAGE) };
+        if open.delta.get(p) == Some(now) {
+            continue;
+        }
+        saved.indices.push(p);
+        saved.data.extend_from_slice(now);
+    }
+    saved
+}
+
+/// A memory is tracked once a call checkpoint would copy more pages than this: below it, the
+/// copy is cheaper than setting tracking up (a short session never pays for it).
+const TRACK_AFTER_PAGES: usize = 64;
+
+#[cfg(not(test))]
+fn track_after_pages() -> usize {
+    TRACK_AFTER_PAGES
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests track memories from their first written page.
+    pub(crate) static TRACK_AFTER: std::cell::Cell<usize> = const { std::cell::Cell::new(TRACK_AFTER_PAGES) };
+}
+
+#[cfg(test)]
+fn track_after_pages() -> usize {
+    TRACK_AFTER.with(|t| t.get())
+}
+
+/// Brings a tracked memory's shadow up to date: copies the pages written since the last scan.
+/// Returns the bytes copied, `None` when the memory is not tracked.
+fn save_written(open: &mut OpenMemory) -> Result<Option<usize>, StoreError> {
+    let mapping = &open.handle.0;
+    let Some(shadow) = &mut open.shadow else {
+        return Ok(None);
+    };
+    let written = mapping.written_since_scan()?;
+    for &p in &written {
+        // SAFETY: the page is inside the length; per the handle contract no wasm runs now.
+        let now = unsafe { mapping.bytes(p as usize * OS_PAGE, OS_PAGE) };
+        shadow.insert(p, now.into());
+    }
+    Ok(Some(written.len() * OS_PAGE))
+}
+
+/// Puts a tracked memory back to its latest call checkpoint: length `len`, and every page
+/// written since from the shadow, else from its base. Costs the pages written since.
+fn restore_tracked(open: &mut OpenMemory, len: usize) -> Result<(), StoreError> {
+    let mapping = &open.handle.0;
+    let shadow = open
+        .shadow
+        .as_ref()
+        .ok_or_else(|| StoreError::InvalidInput {
+            reason: "memory was not tracked at the checkpoint".into(),
+        })?;
+    let written = mapping.written_since_scan()?;
+    mapping.truncate_or_grow(len)?;
+    let pages = (len / OS_PAGE) as u32;
+    for p in written.into_iter().filter(|p| *p < pages) {
+        let at = p as usize * OS_PAGE;
+        match shadow.get(&p) {
+            // SAFETY: the page is inside the length; per the handle contract no wasm runs now.
+            Some(data) => unsafe { mapping.write(at, data) },
+            None => {
+                mapping.discard(at, OS_PAGE)?;
+                if let Some(base) = open.delta.get(p) {
+                    // SAFETY: as above.
+                    unsafe { mapping.write(at, base) };
+                }
+            }
+        }
+    }
+    // The restores wrote pages back to what the shadow holds: not news for the next scan.
+    mapping.written_since_scan()?;
+    Ok(())
 }
 
 fn check_reservation(len: usize, reservation: usize) -> Result<(), StoreError> {

@@ -17,6 +17,8 @@ use strata_fs::{Fs, RealFs};
 
 use crate::files::{CommitDir, Listed, StoreFiles};
 use crate::plan::CommitPlan;
+use crate::pool::ReservationPool;
+use crate::warm::Warm;
 use crate::{
     CommitInfo, Deletion, Missing, Problem, Session, StoreConfig, StoreError, VerifyReport,
 };
@@ -33,6 +35,8 @@ struct Inner {
     config: StoreConfig,
     poisoned: AtomicBool,
     registry: Mutex<Registry>,
+    pool: Arc<ReservationPool>,
+    warm: Warm,
 }
 
 #[derive(Debug, Default)]
@@ -77,7 +81,7 @@ impl Store {
                 reason: "delta_ratio must be at least 1".into(),
             });
         }
-        let files = StoreFiles::open(dir, fs, config.fsync)?;
+        let files = StoreFiles::open(dir, fs, config.fsync, config.sync)?;
         let mut registry = Registry::default();
         for Listed { root, path, index } in files.scan()? {
             match index {
@@ -95,9 +99,11 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 files,
-                config,
                 poisoned: AtomicBool::new(false),
                 registry: Mutex::new(registry),
+                pool: Arc::new(ReservationPool::new(config.pooled_reservations)),
+                warm: Warm::new(config.warm_memories, config.warm_bytes),
+                config,
             }),
         })
     }
@@ -215,6 +221,8 @@ impl Store {
             .inspect_err(|_| self.poison())?;
         registry.commits.remove(root);
         registry.pending_delete.remove(root);
+        self.inner.warm.forget(root);
+        self.inner.pool.forget(root);
         Ok(doomed)
     }
 
@@ -291,6 +299,16 @@ impl Store {
         } else {
             Ok(())
         }
+    }
+
+    /// The pool memories take their reservations from.
+    pub(crate) fn pool(&self) -> &Arc<ReservationPool> {
+        &self.inner.pool
+    }
+
+    /// What sessions keep of commits' modules across sessions.
+    pub(crate) fn warm(&self) -> &Warm {
+        &self.inner.warm
     }
 
     /// The directory of commit `root`, to read its files.

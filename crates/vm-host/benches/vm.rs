@@ -1,16 +1,18 @@
-//! Criterion benchmarks of the VM host: instantiate + call from each cache layer, session open +
-//! call + commit over small and large memories, calls per second on one core, and the time per
-//! unit of fuel of plain wasm loops and host-function loops (`host_costs`).
+//! Criterion benchmarks of the VM host: instantiate + call from each cache layer, the call path
+//! split into its parts next to plain wasmtime (`call_path`), session open + call + commit over
+//! small and large memories, calls per second on one core, and the time per unit of fuel of
+//! plain wasm loops and host-function loops (`host_costs`).
 //!
-//! The corpus (sql.js) is read from `$STRATA_CORPUS`, else `../shared/corpus`; its imports are
-//! defined as trapping host functions, as an embedder would define its own ABI.
+//! The corpus (sql.js, hackatom) is read from `$STRATA_CORPUS`, else `../shared/corpus`; its
+//! imports are defined as trapping host functions, as an embedder would define its own ABI.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use vm_host::{HostState, ModuleId, Root, Value, Vm, VmConfig, VmError};
-use wasmtime::{FuncType, Linker, ValType};
+use wasmtime::{FuncType, Instance, Linker, ValType};
 
 const COUNTER: &str = include_str!("../contracts/counter.wat");
 
@@ -88,6 +90,152 @@ fn vm_for(dir: &std::path::Path, config: VmConfig, wasm: &[u8]) -> Vm {
         Ok(())
     })
     .expect("vm opens")
+}
+
+/// Opens a VM whose host defines every import of `wasm`, `db_*` included, as functions that
+/// trap: they shadow vm-host's own (CosmWasm's `db_read` has another signature).
+fn vm_shadowing(dir: &std::path::Path, config: VmConfig, wasm: &[u8]) -> Vm {
+    let imports = imports(wasm);
+    Vm::open_with_host(dir, config, move |linker: &mut Linker<HostState>| {
+        linker.allow_shadowing(true);
+        define_stubs(linker, &imports)
+    })
+    .expect("vm opens")
+}
+
+fn define_stubs<T: 'static>(
+    linker: &mut Linker<T>,
+    imports: &[(String, String, Vec<ValType>, Vec<ValType>)],
+) -> Result<(), VmError> {
+    for (module, name, params, results) in imports {
+        let ty = FuncType::new(linker.engine(), params.clone(), results.clone());
+        linker
+            .func_new(module, name, ty, |_, _, _| {
+                Err(wasmtime::format_err!(
+                    "import not provided by the benchmark host"
+                ))
+            })
+            .map_err(VmError::from)?;
+    }
+    Ok(())
+}
+
+/// Plain wasmtime on the same module: the default on-demand allocator with copy-on-write
+/// memory init, fuel on as in the VM, every import a stub; one `InstancePre` made up front.
+struct Plain {
+    engine: wasmtime::Engine,
+    pre: wasmtime::InstancePre<()>,
+}
+
+impl Plain {
+    fn new(wasm: &[u8]) -> Plain {
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        let engine = wasmtime::Engine::new(&config).expect("engine");
+        let module = wasmtime::Module::new(&engine, wasm).expect("compiles");
+        let mut linker = Linker::new(&engine);
+        define_stubs(&mut linker, &imports(wasm)).expect("stubs");
+        let pre = linker.instantiate_pre(&module).expect("instantiate_pre");
+        Plain { engine, pre }
+    }
+
+    /// A new store, instantiate, one call of `function` (no parameters), drop.
+    fn instantiate_call(&self, function: &str) {
+        let mut store = wasmtime::Store::new(&self.engine, ());
+        store.set_fuel(1_000_000_000).expect("fuel");
+        let instance = self.pre.instantiate(&mut store).expect("instantiates");
+        let func = instance.get_func(&mut store, function).expect("export");
+        let mut results = vec![wasmtime::Val::I32(0); func.ty(&store).results().len()];
+        func.call(&mut store, &[], &mut results).expect("call");
+    }
+}
+
+/// The path of a transaction split into its parts, for `counter` (`get`) and CosmWasm's
+/// hackatom (`interface_version_8`, every import a stub), next to plain wasmtime making the same
+/// call (`baseline_wasmtime`). Each `split_*` is a prefix of the path, so the parts are the
+/// differences: `1_session` (store session open + drop), `2_restore` (+ the module's host
+/// state read and decoded), `3_load` (+ module load from the pinned layer and `InstancePre`),
+/// `4_instantiate` (+ memory open, restore, instantiate), then the whole path (`pinned`, `lru`,
+/// which add the call). `memory_open` is the store alone (session, memory mapped into a 4 GiB +
+/// 32 MiB reservation, drop) and `drop` the end of a live session.
+fn call_path(c: &mut Criterion) {
+    let mut subjects = vec![(
+        "counter",
+        wat::parse_str(COUNTER).expect("counter.wat"),
+        "get",
+    )];
+    if let Some(wasm) = corpus("cosmwasm-hackatom.wasm") {
+        subjects.push(("hackatom", wasm, "interface_version_8"));
+    }
+    for (label, wasm, function) in subjects {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let vm = vm_shadowing(dir.path(), VmConfig::for_tests(), &wasm);
+        let (module, root) = vm.deploy(&wasm).expect("deploys");
+        let plain = Plain::new(&wasm);
+        let run = |vm: &Vm| {
+            let mut s = vm.session(Some(root)).expect("session");
+            s.call(&module, function, &[]).expect("call");
+        };
+        let mut group = c.benchmark_group(format!("call_path/{label}"));
+        group
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        group.bench_function("baseline_wasmtime", |b| {
+            b.iter(|| plain.instantiate_call(function))
+        });
+        run(&vm);
+        group.bench_function("lru", |b| b.iter(|| run(&vm)));
+        vm.pin(&module).expect("pin");
+        group.bench_function("pinned", |b| b.iter(|| run(&vm)));
+        group.bench_function("split_1_session", |b| {
+            b.iter(|| vm.session(Some(root)).expect("session"))
+        });
+        group.bench_function("split_2_restore", |b| {
+            b.iter(|| {
+                let mut s = vm.session(Some(root)).expect("session");
+                s.kv_get(&module, b"-").expect("kv_get");
+                s
+            })
+        });
+        group.bench_function("split_3_load", |b| {
+            b.iter(|| {
+                let mut s = vm.session(Some(root)).expect("session");
+                s.signature(&module, function).expect("signature");
+                s
+            })
+        });
+        group.bench_function("split_4_instantiate", |b| {
+            b.iter(|| {
+                let mut s = vm.session(Some(root)).expect("session");
+                s.read_memory(&module, 0, 0).expect("instantiate");
+                s
+            })
+        });
+        group.bench_function("drop", |b| {
+            b.iter_batched(
+                || {
+                    let mut s = vm.session(Some(root)).expect("session");
+                    s.call(&module, function, &[]).expect("call");
+                    s
+                },
+                drop,
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        drop(vm);
+        let store = store_commit::Store::open(
+            &dir.path().join("store"),
+            store_commit::StoreConfig::default(),
+        )
+        .expect("store");
+        group.bench_function("memory_open", |b| {
+            b.iter(|| {
+                let mut s = store.session(Some(root)).expect("session");
+                s.memory(&module, (4 << 30) + (32 << 20)).expect("memory");
+            })
+        });
+        group.finish();
+    }
 }
 
 /// An exported `() -> i32` function of `module` that returns without trapping.
@@ -225,20 +373,168 @@ fn sessions(c: &mut Criterion) {
     group.finish();
 }
 
+/// Writes 1 KiB of key-value data under one of 1024 keys (its argument) per call.
+const KV_1KIB: &str = r#"(module
+  (import "env" "db_write" (func $w (param i32 i32 i32 i32)))
+  (memory 1)
+  (func (export "put") (param i32)
+    (i32.store (i32.const 16) (i32.and (local.get 0) (i32.const 1023)))
+    (call $w (i32.const 16) (i32.const 4) (i32.const 1024) (i32.const 1024))))"#;
+
+type PlainKv = wasmtime::Store<BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// Plain wasmtime's host for the same calls: `db_read` and `db_write` over a `BTreeMap`.
+fn plain_kv_instance(wasm: &[u8]) -> (PlainKv, Instance) {
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(true);
+    let engine = wasmtime::Engine::new(&config).expect("engine");
+    let module = wasmtime::Module::new(&engine, wasm).expect("compiles");
+    let mut linker = Linker::<BTreeMap<Vec<u8>, Vec<u8>>>::new(&engine);
+    fn memory(caller: &mut wasmtime::Caller<'_, BTreeMap<Vec<u8>, Vec<u8>>>) -> wasmtime::Memory {
+        caller
+            .get_export("memory")
+            .and_then(|e| e.into_memory())
+            .expect("memory export")
+    }
+    linker
+        .func_wrap(
+            "env",
+            "db_write",
+            |mut caller: wasmtime::Caller<'_, BTreeMap<Vec<u8>, Vec<u8>>>,
+             k: u32,
+             kl: u32,
+             v: u32,
+             vl: u32| {
+                let mem = memory(&mut caller);
+                let (data, map) = mem.data_and_store_mut(&mut caller);
+                let key = data[k as usize..(k + kl) as usize].to_vec();
+                let value = data[v as usize..(v + vl) as usize].to_vec();
+                map.insert(key, value);
+            },
+        )
+        .expect("db_write");
+    linker
+        .func_wrap(
+            "env",
+            "db_read",
+            |mut caller: wasmtime::Caller<'_, BTreeMap<Vec<u8>, Vec<u8>>>,
+             k: u32,
+             kl: u32,
+             v: u32,
+             cap: u32|
+             -> i32 {
+                let mem = memory(&mut caller);
+                let (data, map) = mem.data_and_store_mut(&mut caller);
+                let key = &data[k as usize..(k + kl) as usize];
+                match map.get(key).cloned() {
+                    Some(value) if value.len() <= cap as usize => {
+                        data[v as usize..v as usize + value.len()].copy_from_slice(&value);
+                        value.len() as i32
+                    }
+                    _ => -1,
+                }
+            },
+        )
+        .expect("db_read");
+    let mut store = wasmtime::Store::new(&engine, BTreeMap::new());
+    store.set_fuel(u64::MAX / 2).expect("fuel");
+    let instance = linker
+        .instantiate(&mut store, &module)
+        .expect("instantiates");
+    (store, instance)
+}
+
+/// Calls per second in one session on one core: counter's `get` (read-only) and `increment`
+/// (writes a memory page, a global and a key), a call writing 1 KiB of key-value data, and plain
+/// wasmtime making the same calls in one instance whose host copies values into a `BTreeMap`.
 fn throughput(c: &mut Criterion) {
-    let wasm = wat::parse_str(COUNTER).expect("counter.wat");
+    let counter = wat::parse_str(COUNTER).expect("counter.wat");
+    // `memory` exported for the plain host, as counter does.
+    let kv = wat::parse_str(KV_1KIB.replace("(memory 1)", "(memory (export \"memory\") 1)"))
+        .expect("kv");
     let dir = tempfile::tempdir().expect("temp dir");
     let vm = Vm::open(dir.path(), VmConfig::for_tests()).expect("vm");
-    let (module, root) = vm.deploy(&wasm).expect("deploy");
+    let (module, _) = vm.deploy(&counter).expect("deploy");
+    let (kv_module, root) = vm.deploy(&kv).expect("deploy");
     let mut group = c.benchmark_group("calls_in_one_session");
     let mut s = vm.session(Some(root)).expect("session");
     s.call(&module, "get", &[]).expect("warm");
-    group.bench_function("baseline_get", |b| {
+    let (mut plain, instance) = plain_kv_instance(&counter);
+    let get = instance
+        .get_typed_func::<(), i64>(&mut plain, "get")
+        .expect("get");
+    let increment = instance
+        .get_typed_func::<(), i64>(&mut plain, "increment")
+        .expect("increment");
+    group.bench_function("baseline_wasmtime_get", |b| {
+        b.iter(|| get.call(&mut plain, ()).expect("call"))
+    });
+    group.bench_function("wasmtime_increment", |b| {
+        b.iter(|| increment.call(&mut plain, ()).expect("call"))
+    });
+    group.bench_function("get", |b| {
         b.iter(|| s.call(&module, "get", &[]).expect("call"))
     });
     group.bench_function("increment", |b| {
         b.iter(|| s.call(&module, "increment", &[]).expect("call"))
     });
+    let (mut plain, instance) = plain_kv_instance(&kv);
+    let put = instance
+        .get_typed_func::<i32, ()>(&mut plain, "put")
+        .expect("put");
+    let mut n = 0;
+    group.bench_function("wasmtime_write_1KiB", |b| {
+        b.iter(|| {
+            n += 1;
+            put.call(&mut plain, n).expect("call")
+        })
+    });
+    group.bench_function("write_1KiB", |b| {
+        b.iter(|| {
+            n += 1;
+            s.call(&kv_module, "put", &[Value::I32(n)]).expect("call")
+        })
+    });
+    group.finish();
+}
+
+/// `dirty` writes one byte in every 4 KiB page of its 256 MiB memory; `touch` one byte in page
+/// `n` (mod 65536).
+const DIRTY_256MIB: &str = r#"(module
+  (memory 4096)
+  (func (export "dirty") (local i32)
+    (loop $l
+      (i32.store8 (local.get 0) (i32.const 1))
+      (local.set 0 (i32.add (local.get 0) (i32.const 4096)))
+      (br_if $l (i32.lt_u (local.get 0) (i32.const 268435456)))))
+  (func (export "touch") (param i32)
+    (i32.store8 (i32.shl (i32.and (local.get 0) (i32.const 65535)) (i32.const 12))
+                (local.get 0))))"#;
+
+/// 100 and 1000 calls in one session, each writing one page of a 256 MiB memory the session
+/// has already dirtied: with checkpoints in O(pages the call writes), linear in the calls.
+fn calls_after_dirtying(c: &mut Criterion) {
+    let wasm = wat::parse_str(DIRTY_256MIB).expect("dirty");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let vm = Vm::open(dir.path(), VmConfig::for_tests()).expect("vm");
+    let (module, root) = vm.deploy(&wasm).expect("deploy");
+    let mut s = vm.session(Some(root)).expect("session");
+    s.call(&module, "dirty", &[]).expect("dirty");
+    let mut group = c.benchmark_group("calls_after_dirtying_256MiB");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
+    let mut n = 0;
+    for (id, calls) in [("baseline_calls", 100), ("calls", 1000)] {
+        group.bench_function(BenchmarkId::new(id, calls), |b| {
+            b.iter(|| {
+                for _ in 0..calls {
+                    n += 1;
+                    s.call(&module, "touch", &[Value::I32(n)]).expect("touch");
+                }
+            })
+        });
+    }
     group.finish();
 }
 
@@ -354,5 +650,13 @@ fn host_costs(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layers, sessions, throughput, host_costs);
+criterion_group!(
+    benches,
+    layers,
+    call_path,
+    sessions,
+    throughput,
+    calls_after_dirtying,
+    host_costs
+);
 criterion_main!(benches);

@@ -76,11 +76,50 @@ pub(crate) struct Loader {
     /// The shape (memory, mutable globals) of each runtime form loaded so far, read once from
     /// its compiled module's exports: a key names one runtime form, so the shape never changes.
     shapes: RwLock<HashMap<CacheKey, Arc<Shape>>>,
+    /// Imports resolved once per module (`InstancePre`), reused while the chain returns the same
+    /// compiled module. An entry keeps its module alive, so they are bounded: at most
+    /// [`PRE_ENTRIES`] and [`PRE_BYTES`] of compiled code that no layer may hold any more.
+    pres: Mutex<Pres>,
     pub(crate) compiles: AtomicU64,
     /// Loads that waited for another node holding the compile lease.
     pub(crate) lease_waits: AtomicU64,
     /// Of those, the loads that got the other node's artifact.
     pub(crate) lease_wait_hits: AtomicU64,
+}
+
+/// The most resolved modules kept.
+const PRE_ENTRIES: usize = 64;
+/// The most bytes of compiled code (`cache_core::module_size`) they keep alive.
+const PRE_BYTES: u64 = 64 << 20;
+
+#[derive(Default)]
+struct Pres {
+    map: HashMap<CacheKey, (InstancePre<HostState>, u64)>,
+    bytes: u64,
+}
+
+impl Pres {
+    fn get(&self, key: &CacheKey, module: &Module) -> Option<InstancePre<HostState>> {
+        let (pre, _) = self.map.get(key)?;
+        Module::same(pre.module(), module).then(|| pre.clone())
+    }
+
+    fn insert(&mut self, key: CacheKey, pre: InstancePre<HostState>) {
+        let size = cache_core::module_size(pre.module());
+        if size > PRE_BYTES / 4 {
+            return;
+        }
+        if let Some((_, old)) = self.map.remove(&key) {
+            self.bytes -= old;
+        }
+        if self.map.len() >= PRE_ENTRIES || self.bytes + size > PRE_BYTES {
+            // Rare (more hot modules than the bound): start over rather than track recency.
+            self.map.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.map.insert(key, (pre, size));
+    }
 }
 
 /// Checks that `wasm` is the bytecode of `id`.
@@ -121,6 +160,7 @@ impl Loader {
             chain,
             inflight: Mutex::new(HashMap::new()),
             shapes: RwLock::new(HashMap::new()),
+            pres: Mutex::new(Pres::default()),
             compiles: AtomicU64::new(0),
             lease_waits: AtomicU64::new(0),
             lease_wait_hits: AtomicU64::new(0),
@@ -186,10 +226,18 @@ impl Loader {
                 shape
             }
         };
-        let pre = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(VmError::wasmtime)?;
+        let known = self.pres.lock().get(&key, &module);
+        let pre = match known {
+            Some(pre) => pre,
+            None => {
+                let pre = self
+                    .linker
+                    .instantiate_pre(&module)
+                    .map_err(VmError::wasmtime)?;
+                self.pres.lock().insert(key, pre.clone());
+                pre
+            }
+        };
         Ok(Loaded {
             key,
             shape,
@@ -332,5 +380,37 @@ impl Loader {
 
     pub(crate) fn is_pinned(&self, id: &ModuleId) -> bool {
         self.pinned.is_pinned(&self.key(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolved_modules_are_bounded_and_follow_the_module_the_chain_returns() {
+        let engine = Engine::default();
+        let linker = Linker::<HostState>::new(&engine);
+        let fingerprint = EngineFingerprint::of(&engine);
+        let key = |n: u8| {
+            CacheKey::from_parts(
+                WasmHash::from_bytes([n; 32]),
+                cache_core::Form::Original,
+                Abi::Strata,
+                Tier::Cranelift,
+                fingerprint,
+            )
+        };
+        let module = Module::new(&engine, "(module)").expect("compiles");
+        let mut pres = Pres::default();
+        for n in 0..=PRE_ENTRIES as u8 {
+            pres.insert(key(n), linker.instantiate_pre(&module).expect("pre"));
+            assert!(pres.map.len() <= PRE_ENTRIES && pres.bytes <= PRE_BYTES);
+        }
+        let last = key(PRE_ENTRIES as u8);
+        assert!(pres.get(&last, &module).is_some());
+        // The same code compiled again (an LRU eviction, then a file-cache hit): resolved anew.
+        let again = Module::new(&engine, "(module)").expect("compiles");
+        assert!(pres.get(&last, &again).is_none());
     }
 }

@@ -21,6 +21,9 @@ struct Live {
     global_handles: Vec<(u32, wasmtime::Global)>,
     /// The mutable globals after the last successful call.
     globals: Vec<(u32, GlobalValue)>,
+    /// Exported functions called so far, with their parameter types and result count: looked
+    /// up once per instance, not at every call. At most one entry per export.
+    funcs: HashMap<String, (wasmtime::Func, std::sync::Arc<[ValueType]>, usize)>,
 }
 
 /// The host state of a module this session touched.
@@ -202,21 +205,29 @@ impl Session {
     ) -> Result<Vec<Value>, VmError> {
         self.ensure_live(module)?;
         let fuel = self.fuel.unwrap_or(self.vm.inner.config.default_fuel);
-        let checkpoint = self.inner.checkpoint()?;
+        let checkpoint = self.inner.call_checkpoint()?;
         let Some(Slot::Live(live)) = self.modules.get_mut(module) else {
             unreachable!("ensure_live made the module live");
         };
-        let func = live
-            .instance
-            .get_func(&mut live.store, function)
-            .ok_or_else(|| VmError::UnknownFunction(function.to_owned()))?;
-        let ty = func.ty(&live.store);
-        let params: Vec<ValueType> = ty
-            .params()
-            .map(|p| ValueType::from_wasmtime(&p))
-            .collect::<Result<_, _>>()?;
-        let given: Vec<ValueType> = args.iter().map(Value::ty).collect();
-        if params != given {
+        let (func, params, result_count) = match live.funcs.get(function) {
+            Some(known) => known.clone(),
+            None => {
+                let func = live
+                    .instance
+                    .get_func(&mut live.store, function)
+                    .ok_or_else(|| VmError::UnknownFunction(function.to_owned()))?;
+                let ty = func.ty(&live.store);
+                let params: std::sync::Arc<[ValueType]> = ty
+                    .params()
+                    .map(|p| ValueType::from_wasmtime(&p))
+                    .collect::<Result<_, _>>()?;
+                let known = (func, params, ty.results().len());
+                live.funcs.insert(function.to_owned(), known.clone());
+                known
+            }
+        };
+        if params.len() != args.len() || params.iter().zip(args).any(|(p, a)| *p != a.ty()) {
+            let given: Vec<ValueType> = args.iter().map(Value::ty).collect();
             return Err(VmError::BadArguments(format!(
                 "{function:?} takes ({}), given ({})",
                 join(&params),
@@ -224,7 +235,7 @@ impl Session {
             )));
         }
         let args: Vec<Val> = args.iter().map(|a| a.to_wasmtime()).collect();
-        let mut results = vec![Val::I32(0); ty.results().len()];
+        let mut results = vec![Val::I32(0); result_count];
         live.store.set_fuel(fuel).map_err(VmError::wasmtime)?;
         let outcome = func
             .call(&mut live.store, &args, &mut results)
@@ -325,6 +336,7 @@ impl Session {
             loaded,
             global_handles,
             globals: blob.globals,
+            funcs: HashMap::new(),
         })
     }
 

@@ -151,3 +151,69 @@ fn committed_files_are_read_only_on_disk() -> Result<()> {
     );
     Ok(())
 }
+
+/// Files under `dir` this process holds open (`/proc/self/fd`), deleted ones included.
+fn open_files_under(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter(|target| target.starts_with(dir))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Mappings of files under `dir` (`/proc/self/maps`), deleted ones included.
+fn mappings_under(dir: &Path) -> usize {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/maps")
+        .map(|maps| maps.lines().filter(|l| l.contains(&dir)).count())
+        .unwrap_or(0)
+}
+
+/// Sessions keep what they read of a commit's module (the delta, the blob) for the next
+/// session, and a closed memory's reservation keeps its image mapped: a session over a warm
+/// commit opens and reads no file. Nothing holds a file open once the sessions are gone, and
+/// deleting a commit unmaps its image.
+#[test]
+fn warm_commits_are_read_once_and_hold_no_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fs = Arc::new(FaultFs::new(Arc::new(NoSyncFs::real())));
+    let store = Store::open_with_fs(dir.path(), quick(), fs.clone())?;
+    let code = store_commit::Bytecode::hash(crate::wasm(1).as_slice());
+    let id = code.id();
+    let mut s = store.session(None)?;
+    s.deploy(
+        code,
+        vec![1u8; 2 * store_commit::PAGE_SIZE],
+        b"blob".to_vec(),
+    )?;
+    let mut roots = vec![s.commit()?];
+    for i in 0..3u8 {
+        let mut s = store.session(roots.last().copied())?;
+        write(&s.memory(&id, RES)?, 4096 * usize::from(i), &[i + 2]);
+        s.set_blob(&id, vec![i; 10])?;
+        roots.push(s.commit()?);
+    }
+    let open_session = |root| -> Result<u64> {
+        let before = fs.ops();
+        let mut s = store.session(Some(root))?;
+        let memory = s.memory(&id, RES)?;
+        s.blob(&id)?;
+        drop((memory, s));
+        Ok(fs.ops() - before)
+    };
+    let lock = open_files_under(&dir.path().join("LOCK"));
+    for root in &roots {
+        assert!(open_session(*root)? > 0, "a cold commit is read");
+        assert_eq!(open_session(*root)?, 0, "a warm one is not");
+        assert_eq!(open_files_under(dir.path()), lock, "no file stays open");
+    }
+    let last = *roots.last().expect("commits");
+    assert_eq!(mappings_under(&dir.path().join(last.to_hex())), 1);
+    assert_eq!(store.delete(&last)?, Deletion::Deleted);
+    assert_eq!(mappings_under(&dir.path().join(last.to_hex())), 0);
+    assert_eq!(open_files_under(dir.path()), lock);
+    Ok(())
+}
