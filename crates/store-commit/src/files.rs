@@ -19,13 +19,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest as _, Sha256};
 use store_index::{
-    CommitIndex, Digest, MemoryTree, ModuleEntry, ModuleId, PAGE_SIZE, RecordKind, Root,
-    StoreMarker, decode_record, encode_record, hash,
+    CommitIndex, Digest, KvEntry, MemoryTree, ModuleEntry, ModuleId, Namespace, PAGE_SIZE,
+    RecordKind, Root, StoreMarker, decode_record, encode_record, hash,
 };
 use strata_fs::{Fs, Zeros};
 
 use crate::delta::DeltaPages;
-use crate::plan::{Planned, Source};
+use crate::kv::{self, Table};
+use crate::plan::{Planned, PlannedKv, Source};
 use crate::{Corruption, StoreError, blob, mapping};
 
 const LOCK: &str = "LOCK";
@@ -36,7 +37,7 @@ const DELETED: &str = "deleted";
 const TMP_PREFIX: &str = ".tmp-";
 const DEL_PREFIX: &str = ".del-";
 /// The subdirectories of a commit directory, in creation order.
-const SUBDIRS: [&str; 3] = ["bytecode", "memory", "blob"];
+const SUBDIRS: [&str; 4] = ["bytecode", "memory", "blob", "kv"];
 /// The permission bits of every file the store writes (committed files and the format marker):
 /// read-only, so that nothing, not even a later open by the store itself, can write or truncate
 /// a file a session may have mapped (the store's own writes go through the descriptor that
@@ -76,6 +77,11 @@ impl File {
         };
         Path::new(dir).join(name)
     }
+}
+
+/// The path of level `level` of a key-value space, relative to the commit directory.
+fn kv_relative(namespace: &Namespace, level: usize) -> PathBuf {
+    Path::new("kv").join(format!("{}.{level}", namespace.to_hex()))
 }
 
 pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
@@ -295,9 +301,10 @@ impl StoreFiles {
         base: Option<&Root>,
         index: &CommitIndex,
         planned: Vec<Planned<'_>>,
+        kv: Vec<PlannedKv>,
     ) -> Result<PathBuf, StoreError> {
         let tmp = self.fresh_name(TMP_PREFIX, "");
-        self.write_tmp(&tmp, base, index, planned)
+        self.write_tmp(&tmp, base, index, planned, kv)
             .inspect_err(|_| self.discard(&tmp))?;
         Ok(tmp)
     }
@@ -308,6 +315,7 @@ impl StoreFiles {
         base: Option<&Root>,
         index: &CommitIndex,
         planned: Vec<Planned<'_>>,
+        kv: Vec<PlannedKv>,
     ) -> Result<(), StoreError> {
         let fs = &*self.fs;
         let mut dirs = vec![tmp.to_path_buf()];
@@ -351,6 +359,36 @@ impl StoreFiles {
                 }
             };
             fs.write_file(&path, &data, zeros, READ_ONLY)
+                .map_err(io_err("write", &path))?;
+            to_sync.push(path);
+        }
+        for PlannedKv {
+            namespace,
+            level,
+            bytes,
+        } in kv
+        {
+            let relative = kv_relative(&namespace, level);
+            let path = tmp.join(&relative);
+            let Some(bytes) = bytes else {
+                let from = base
+                    .as_ref()
+                    .ok_or_else(|| StoreError::InvalidInput {
+                        reason: "a file linked from a base, without a base commit".into(),
+                    })?
+                    .path
+                    .join(&relative);
+                match fs.hard_link(&from, &path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::TooManyLinks => {
+                        self.copy_file(&from, &path, Zeros::Write)?;
+                        to_sync.push(path);
+                    }
+                    Err(e) => return Err(io_err("link", &path)(e)),
+                }
+                continue;
+            };
+            fs.write_file(&path, &bytes, Zeros::Write, READ_ONLY)
                 .map_err(io_err("write", &path))?;
             to_sync.push(path);
         }
@@ -625,11 +663,63 @@ impl CommitDir<'_> {
         Ok(image)
     }
 
+    /// The tables of a key-value space, mapped, base first; each checked against its length and
+    /// entry count in the index (not its hash: opening costs O(1), [`verify`](Self::verify)
+    /// hashes every file).
+    pub(crate) fn kv_tables(&self, entry: &KvEntry) -> Result<Vec<Table>, StoreError> {
+        let fs = &self.files.fs;
+        let mut out = Vec::with_capacity(entry.levels().len());
+        for (level, r) in entry.levels().iter().enumerate() {
+            let path = self.path.join(kv_relative(&entry.namespace(), level));
+            let file = fs.open_read(&path).map_err(io_err("open", &path))?;
+            let len = fs
+                .file_metadata(&file)
+                .map_err(io_err("stat", &path))?
+                .len();
+            if len != r.file_len {
+                return Err(mismatch(&path, "key-value table"));
+            }
+            let len = usize::try_from(len).map_err(|_| too_big())?;
+            let table = Table::map(&file, len, path.clone())?;
+            if table.len() != r.entries {
+                return Err(mismatch(&path, "key-value table"));
+            }
+            out.push(table);
+        }
+        Ok(out)
+    }
+
+    /// Reads every table of a key-value space whole, checks each against its hash, and checks
+    /// the content against the entry (keys, bytes, set hash).
+    fn verify_kv(&self, entry: &KvEntry) -> Result<(), StoreError> {
+        let mut tables = Vec::with_capacity(entry.levels().len());
+        for (level, r) in entry.levels().iter().enumerate() {
+            let path = self.path.join(kv_relative(&entry.namespace(), level));
+            let bytes = self.read(&path)?;
+            if bytes.len() as u64 != r.file_len || Digest::sha256(&bytes) != r.file_hash {
+                return Err(mismatch(&path, "key-value table"));
+            }
+            let table = Table::owned(bytes, path.clone())?;
+            if table.len() != r.entries {
+                return Err(mismatch(&path, "key-value table"));
+            }
+            tables.push(table);
+        }
+        if let Err(reason) = kv::check_space(entry, &tables)? {
+            let path = self.path.join(kv_relative(&entry.namespace(), 0));
+            return Err(corrupt(&path, Corruption::KvContent { reason }));
+        }
+        Ok(())
+    }
+
     /// Recomputes the commit's root and every file's hash from the files (one memory at a time).
     pub(crate) fn verify(&self, root: &Root) -> Result<(), StoreError> {
         let index = self.index()?;
         if index.state_root() != *root {
             return Err(corrupt(&self.file_index(), Corruption::WrongRoot));
+        }
+        for entry in index.kv() {
+            self.verify_kv(entry)?;
         }
         for m in index.modules() {
             self.bytecode(m)?;

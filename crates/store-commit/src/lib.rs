@@ -69,6 +69,7 @@
 mod blob;
 mod delta;
 mod files;
+mod kv;
 mod mapping;
 mod plan;
 mod session;
@@ -79,10 +80,11 @@ mod tests;
 use std::io;
 use std::path::PathBuf;
 
-pub use store_index::{Bytecode, Digest, IndexError, ModuleId, PAGE_SIZE, Root};
+pub use store_index::{Bytecode, Digest, IndexError, ModuleId, Namespace, PAGE_SIZE, Root};
 
 pub use crate::blob::PatchError;
 pub use crate::delta::DeltaError;
+pub use crate::kv::{KvHandle, KvIter, KvQuota, KvQuotaExceeded, Order, TableError};
 pub use crate::mapping::MemoryHandle;
 pub use crate::session::{Checkpoint, Session};
 pub use crate::store::Store;
@@ -162,6 +164,9 @@ pub enum StoreError {
         /// What was wrong.
         reason: String,
     },
+    /// A key-value write over its space's quota; nothing was changed.
+    #[error("{0}")]
+    KvQuota(#[source] KvQuotaExceeded),
     /// The commit planner made an index record that fails store-index's checked constructor
     /// (`CommitIndex::new`, `MemoryEntry::new`): a fault inside the store, not bad input from
     /// the caller. Nothing was written.
@@ -214,6 +219,15 @@ pub enum Corruption {
     /// A blob patch failed to apply.
     #[error("{0}")]
     Patch(#[source] PatchError),
+    /// A key-value space's content does not match its index entry.
+    #[error("{reason}")]
+    KvContent {
+        /// What differs.
+        reason: String,
+    },
+    /// A key-value table file is malformed.
+    #[error("{0}")]
+    Table(#[source] TableError),
     /// The index claims a memory too large to allocate.
     #[error("the index claims a memory of {len} bytes, more than can be allocated")]
     TooLarge {
@@ -239,6 +253,14 @@ pub struct StoreConfig {
     /// zstd level of deltas (default 1: commits are latency-bound; higher levels save little on
     /// memory pages).
     pub zstd_level: i32,
+    /// A key-value space's top delta is folded into its middle delta once it holds more entries
+    /// than this (default 256): a plain commit writes at most this many entries plus its own.
+    pub kv_top_entries: usize,
+    /// A key-value space is rebased (one new base table, no deltas) once its middle delta holds
+    /// more than `1/kv_delta_ratio` of the base's entries (default 16) ...
+    pub kv_delta_ratio: u32,
+    /// ... and more than this many entries (default 4096), so small spaces keep their deltas.
+    pub kv_min_delta: u64,
 }
 
 impl Default for StoreConfig {
@@ -249,6 +271,9 @@ impl Default for StoreConfig {
             max_delta_bytes: 64 << 20,
             blob_diff_min: 64 << 10,
             zstd_level: 1,
+            kv_top_entries: 256,
+            kv_delta_ratio: 16,
+            kv_min_delta: 4096,
         }
     }
 }

@@ -7,10 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use store_index::{Bytecode, CommitIndex, ModuleEntry, ModuleId, PAGE_SIZE, Root};
+use parking_lot::Mutex;
+use store_index::{Bytecode, CommitIndex, ModuleEntry, ModuleId, Namespace, PAGE_SIZE, Root};
 
 use crate::delta::DeltaPages;
 use crate::files::CommitDir;
+use crate::kv::{KvHandle, KvSpace};
 use crate::mapping::{ImageView, Mapping, MemoryHandle, OS_PAGE};
 use crate::{Missing, Store, StoreError, plan};
 
@@ -23,7 +25,10 @@ pub struct Session {
     store: Store,
     id: u64,
     base: Option<Root>,
+    index: Option<Arc<CommitIndex>>,
     modules: BTreeMap<ModuleId, ModState>,
+    /// The key-value spaces opened in this session.
+    spaces: BTreeMap<Namespace, KvHandle>,
 }
 
 /// A module of a session (read by the planner).
@@ -65,6 +70,11 @@ pub struct Checkpoint {
     /// Per module: the blob if loaded or set, and whether it changed.
     blobs: HashMap<ModuleId, BlobState>,
     memories: HashMap<ModuleId, (usize, DeltaPages)>,
+    /// The key-value spaces open at the checkpoint; each holds a mark of it in its undo log,
+    /// which lives as long as this token.
+    spaces: Vec<Namespace>,
+    token: Arc<()>,
+    number: u64,
 }
 
 impl Checkpoint {
@@ -113,8 +123,32 @@ impl Session {
             store,
             id,
             base,
+            index,
             modules,
+            spaces: BTreeMap::new(),
         }
+    }
+
+    /// Opens a key-value space (the first call maps its tables; later calls return the same
+    /// space). A space no commit wrote is empty. Costs the same whatever the space's size.
+    pub fn kv(&mut self, namespace: &Namespace) -> Result<KvHandle, StoreError> {
+        if let Some(h) = self.spaces.get(namespace) {
+            return Ok(h.clone());
+        }
+        let entry = self
+            .index
+            .as_ref()
+            .and_then(|i| i.kv_space(namespace))
+            .cloned();
+        let tables = match &entry {
+            Some(e) => self.base_dir()?.kv_tables(e)?,
+            None => Vec::new(),
+        };
+        let handle = KvHandle(Arc::new(Mutex::new(KvSpace::new(
+            *namespace, entry, tables,
+        ))));
+        self.spaces.insert(*namespace, handle.clone());
+        Ok(handle)
     }
 
     /// The commit this session started from.
@@ -307,11 +341,20 @@ impl Session {
             }
             memories.insert(*id, (mapping.len(), saved));
         }
+        static CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
+        let number = CHECKPOINTS.fetch_add(1, Ordering::Relaxed);
+        let token = Arc::new(());
+        for space in self.spaces.values() {
+            space.0.lock().mark(number, Arc::downgrade(&token));
+        }
         Ok(Checkpoint {
             session: self.id,
             modules: self.modules.keys().copied().collect(),
             blobs,
             memories,
+            spaces: self.spaces.keys().copied().collect(),
+            token,
+            number,
         })
     }
 
@@ -322,6 +365,24 @@ impl Session {
             return Err(StoreError::InvalidInput {
                 reason: "checkpoint belongs to another session".into(),
             });
+        }
+        // A space's undo log reaches back only to its newest live checkpoints: rolling back to a
+        // checkpoint older than one rolled back to before is refused, before anything changes.
+        for (ns, space) in &self.spaces {
+            if checkpoint.spaces.contains(ns) && !space.0.lock().has_mark(checkpoint.number) {
+                return Err(StoreError::InvalidInput {
+                    reason: "checkpoint was discarded by a rollback to an earlier one".into(),
+                });
+            }
+        }
+        let _alive = &checkpoint.token;
+        for (ns, space) in &self.spaces {
+            let mut space = space.0.lock();
+            if checkpoint.spaces.contains(ns) {
+                space.rollback(checkpoint.number);
+            } else {
+                space.reset();
+            }
         }
         self.modules.retain(|id, _| checkpoint.modules.contains(id));
         for (id, m) in self.modules.iter_mut() {
@@ -345,7 +406,13 @@ impl Session {
     pub fn commit(self) -> Result<Root, StoreError> {
         self.store.check_writable()?;
         let base = self.base.as_ref().map(|r| self.store.commit_dir(r));
-        let plan = plan::plan(base.as_ref(), self.store.config(), &self.modules)?;
+        let plan = plan::plan(
+            base.as_ref(),
+            self.store.config(),
+            &self.modules,
+            self.index.as_deref(),
+            &self.spaces,
+        )?;
         self.store.write_commit(self.base, plan)
     }
 }

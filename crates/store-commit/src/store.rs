@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
-use store_index::{CommitIndex, ModuleId, Root, state_root};
+use store_index::{CommitIndex, ModuleId, Root, commit_root};
 use strata_fs::{Fs, RealFs};
 
 use crate::files::{CommitDir, Listed, StoreFiles};
@@ -306,7 +306,10 @@ impl Store {
         parent: Option<Root>,
         plan: CommitPlan<'_>,
     ) -> Result<Root, StoreError> {
-        let root = state_root(plan.entries.iter().map(|e| (e.id(), e.leaf())));
+        let root = commit_root(
+            plan.entries.iter().map(|e| (e.id(), e.leaf())),
+            plan.kv.iter().map(|k| (k.namespace(), k.root())),
+        );
         // Also covers an unchanged session: its base is listed while the session lives.
         if self.revive(&mut self.inner.registry.lock(), &root)? {
             return Ok(root);
@@ -319,11 +322,11 @@ impl Store {
             registry.next_seq = seq.saturating_add(1);
             seq
         };
-        let index = CommitIndex::new(seq, parent, plan.entries)
+        let index = CommitIndex::with_kv(seq, parent, plan.entries, plan.kv)
             .map_err(|source| StoreError::InvalidPlan { source })?;
         let files = &self.inner.files;
         let result = files
-            .write_commit(parent.as_ref(), &index, plan.files)
+            .write_commit(parent.as_ref(), &index, plan.files, plan.kv_files)
             .and_then(|tmp| {
                 self.publish(&tmp, &root, index)
                     .inspect_err(|_| files.discard(&tmp))
