@@ -497,6 +497,16 @@ impl KvSpace {
 }
 
 impl KvHandle {
+    /// An empty space of its own, part of no session (nothing commits it): for hosts that need
+    /// a space outside a session, and for tests.
+    pub fn detached(namespace: Namespace) -> KvHandle {
+        KvHandle(Arc::new(Mutex::new(KvSpace::new(
+            namespace,
+            None,
+            Vec::new(),
+        ))))
+    }
+
     /// The space this handle reads and writes.
     pub fn namespace(&self) -> Namespace {
         self.0.lock().namespace

@@ -62,9 +62,10 @@ use std::path::PathBuf;
 
 pub use cache_core::LayerStats;
 pub use cache_fs::{PruneReport, Verification};
-pub use host::{HostState, KvQuotaExceeded};
+pub use host::HostState;
 pub use session::Session;
 pub use store_commit::{CommitInfo, Deletion};
+pub use store_commit::{KvHandle, KvIter, KvQuota, KvQuotaExceeded, Namespace, Order};
 pub use store_index::{ModuleId, Root};
 pub use value::{Value, ValueType, parse_args};
 pub use vm::{CacheFolderStats, DiskStats, FailedPin, VerifyOutcome, Vm, VmFiles, VmStats};
@@ -97,9 +98,15 @@ pub struct VmConfig {
     pub max_value_bytes: usize,
     /// The quota of one module's key-value data: the total bytes of its keys and values. A
     /// write that would take the total over it (and grow it) fails the call with
-    /// [`VmError::KvQuotaExceeded`]. Default 64 MiB: the data is committed as one blob with
-    /// the module, so it is meant for contract state, not bulk storage.
+    /// [`VmError::KvQuotaExceeded`]. Default 64 MiB.
     pub max_kv_bytes: u64,
+    /// The quota of one module's key count: a write of a new key over it fails the call with
+    /// [`VmError::KvKeysExceeded`]. Default 1 Mi keys (each key costs about 24 bytes of table
+    /// overhead on disk besides its bytes).
+    pub max_kv_keys: u64,
+    /// The most `db_scan` iterators a call may hold at once (exhausted ones do not count; all
+    /// end with the call). Default 32.
+    pub max_iterators: usize,
     /// The fuel the host functions charge (per call and per byte moved).
     pub host_costs: HostCosts,
 }
@@ -118,6 +125,8 @@ impl Default for VmConfig {
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
             max_kv_bytes: 64 << 20,
+            max_kv_keys: 1 << 20,
+            max_iterators: 32,
             host_costs: HostCosts::default(),
         }
     }
@@ -248,6 +257,17 @@ pub enum VmError {
     )]
     KvQuotaExceeded {
         /// The total bytes of keys and values the write would have made.
+        would_be: u64,
+        /// The quota.
+        quota: u64,
+    },
+    /// A key-value write of a new key would take the module's key count over
+    /// [`VmConfig::max_kv_keys`].
+    #[error(
+        "key-value quota exceeded: the write would make {would_be} keys, over the quota of {quota} keys"
+    )]
+    KvKeysExceeded {
+        /// The keys the write would have made.
         would_be: u64,
         /// The quota.
         quota: u64,
