@@ -8,9 +8,8 @@
 //! index, which carries the first 8 bytes of each key), so opening a space costs the same for
 //! 1 k and 1 M keys. At commit:
 //! - a space with one table gets a middle delta of the session's writes;
-//! - with two, a top delta of the writes;
-//! - with three, a new top merging the old top with the writes, or, once that passes
-//!   `kv_top_entries`, a new middle delta merging the middle with it (the top is dropped);
+//! - with two or three, a new top delta merging the old top (if any) with the writes, or, once
+//!   that passes `kv_top_entries`, a new middle delta merging the middle with it (no top);
 //! - when the middle delta passes `max(base entries / kv_delta_ratio, kv_min_delta)` the space is
 //!   rebased: one new base, no deltas.
 //!
@@ -870,8 +869,8 @@ pub(crate) fn plan_space(
     let mut files: Vec<Option<(Vec<u8>, u64)>> = match n {
         0 => vec![Some(merge(&[], writes, true)?.finish())],
         1 => vec![None, Some(merge(&[], writes, false)?.finish())],
-        2 => vec![None, None, Some(merge(&[], writes, false)?.finish())],
         _ => {
+            // With two tables `levels[2..]` is empty: the top is the writes alone.
             let top = merge(&levels[2..], writes, false)?;
             if top.count as usize <= config.kv_top_entries {
                 vec![None, None, Some(top.finish())]

@@ -338,3 +338,201 @@ fn a_store_of_format_version_1_is_refused_naming_both_versions() -> Result<()> {
     );
     Ok(())
 }
+
+/// Which key-value commit a crash test interrupts.
+#[derive(Clone, Copy, Debug)]
+enum KvCommit {
+    /// A top delta over a base and a middle delta.
+    Delta,
+    /// A middle delta past its bound: a new base.
+    Rebase,
+}
+
+/// The key-value thresholds of the crash tests: a rebase once the middle delta passes 50 keys.
+fn crash_config(fsync: bool) -> StoreConfig {
+    StoreConfig {
+        fsync,
+        kv_top_entries: 10,
+        kv_delta_ratio: 4,
+        kv_min_delta: 50,
+        ..StoreConfig::default()
+    }
+}
+
+type Pairs = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn pairs(store: &Store, root: &Root) -> Result<Pairs> {
+    let h = store.session(Some(*root))?.kv(&space(0))?;
+    let out: Pairs = h
+        .range(None, None, Order::Ascending)?
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(out.len() as u64 == h.len(), "key count differs");
+    Ok(out)
+}
+
+/// A store over `fs` with a base of 200 keys and a middle delta of 3; returns the two commits.
+fn kv_case(dir: &std::path::Path, fs: Arc<dyn strata_fs::Fs>) -> Result<(Store, Vec<Root>)> {
+    let store = Store::open_with_fs(dir, crash_config(true), fs)?;
+    let mut s = store.session(None)?;
+    let h = s.kv(&space(0))?;
+    for i in 0..200 {
+        h.insert(&key(i), b"base")?;
+    }
+    let r0 = s.commit()?;
+    let mut s = store.session(Some(r0))?;
+    let h = s.kv(&space(0))?;
+    for i in 0..3 {
+        h.insert(&key(i), b"mid")?;
+    }
+    let r1 = s.commit()?;
+    Ok((store, vec![r0, r1]))
+}
+
+fn kv_commit_under_test(store: &Store, base: Root, what: KvCommit) -> Result<Root> {
+    let mut s = store.session(Some(base))?;
+    let h = s.kv(&space(0))?;
+    let n = match what {
+        KvCommit::Delta => 4,
+        KvCommit::Rebase => 60,
+    };
+    for i in 0..n {
+        h.insert(&key(i * 3), b"new")?;
+    }
+    h.remove(&key(199))?;
+    Ok(s.commit()?)
+}
+
+use std::sync::Arc;
+use strata_fs::{Clock, FaultFs, FaultMode, Loss, NoSyncFs, PowerLossFs};
+
+/// After a reopen: no leftovers, everything verifies, the earlier commits whole, and the
+/// interrupted one whole or absent (present when `done`).
+fn check_kv_after(
+    dir: &std::path::Path,
+    before: &[(Root, Pairs)],
+    new: &(Root, Pairs),
+    done: bool,
+    what: &str,
+) -> Result<Store> {
+    let store = Store::open(dir, quick())?;
+    for name in std::fs::read_dir(dir)? {
+        let name = name?.file_name();
+        anyhow::ensure!(
+            !name.to_string_lossy().starts_with('.'),
+            "{what}: leftover {name:?}"
+        );
+    }
+    let report = store.verify()?;
+    anyhow::ensure!(report.is_ok(), "{what}: {:?}", report.problems);
+    for (root, content) in before {
+        anyhow::ensure!(
+            &pairs(&store, root)? == content,
+            "{what}: commit {root} lost"
+        );
+    }
+    if store.contains(&new.0) {
+        anyhow::ensure!(pairs(&store, &new.0)? == new.1, "{what}: torn commit");
+    } else {
+        anyhow::ensure!(!done, "{what}: acknowledged commit lost");
+    }
+    Ok(store)
+}
+
+#[test]
+fn power_loss_at_every_operation_of_key_value_commits() -> Result<()> {
+    for what in [KvCommit::Delta, KvCommit::Rebase] {
+        let setup = || -> Result<_> {
+            let dir = tempfile::tempdir()?;
+            let fs = Arc::new(PowerLossFs::new(
+                Arc::new(NoSyncFs::real()),
+                dir.path(),
+                Clock::new(),
+            ));
+            let (store, roots) = kv_case(dir.path(), fs.clone())?;
+            Ok((dir, fs, store, roots))
+        };
+        let (_dir, fs, store, roots) = setup()?;
+        let before: Vec<(Root, Pairs)> = roots
+            .iter()
+            .map(|r| Ok((*r, pairs(&store, r)?)))
+            .collect::<Result<_>>()?;
+        let start = fs.ops();
+        let root = kv_commit_under_test(&store, roots[1], what)?;
+        let ops = fs.ops() - start;
+        let levels = store
+            .index(&root)?
+            .kv_space(&space(0))
+            .expect("space")
+            .levels()
+            .len();
+        let expected_levels = match what {
+            KvCommit::Delta => 3,
+            KvCommit::Rebase => 1,
+        };
+        assert_eq!(levels, expected_levels, "{what:?}");
+        let new = (root, pairs(&store, &root)?);
+        drop(store);
+        for k in 0..=ops {
+            let (dir, fs, store, roots) = setup()?;
+            fs.cut_at(fs.ops() + k);
+            let result = kv_commit_under_test(&store, roots[1], what);
+            assert_eq!(result.is_ok(), k == ops, "{what:?} op {k}: {result:?}");
+            drop(store);
+            fs.power_cut(Loss::Unsynced)?;
+            let label = format!("{what:?} commit, power lost at op {k} of {ops}");
+            let store = check_kv_after(dir.path(), &before, &new, k == ops, &label)?;
+            assert_eq!(
+                kv_commit_under_test(&store, roots[1], what)?,
+                root,
+                "{label}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fault_injection_at_every_operation_of_key_value_commits() -> Result<()> {
+    for what in [KvCommit::Delta, KvCommit::Rebase] {
+        let setup = || -> Result<_> {
+            let dir = tempfile::tempdir()?;
+            let fs = Arc::new(FaultFs::new(Arc::new(NoSyncFs::real())));
+            fs.set_logging(false);
+            let (store, roots) = kv_case(dir.path(), fs.clone())?;
+            Ok((dir, fs, store, roots))
+        };
+        let (_dir, fs, store, roots) = setup()?;
+        let before: Vec<(Root, Pairs)> = roots
+            .iter()
+            .map(|r| Ok((*r, pairs(&store, r)?)))
+            .collect::<Result<_>>()?;
+        let start = fs.ops();
+        let root = kv_commit_under_test(&store, roots[1], what)?;
+        let ops = fs.ops() - start;
+        let new = (root, pairs(&store, &root)?);
+        drop(store);
+        for k in 0..ops {
+            for mode in [FaultMode::Once, FaultMode::FromThenOn] {
+                let (dir, fs, store, roots) = setup()?;
+                fs.fail_at(fs.ops() + k, mode, 5);
+                let err = kv_commit_under_test(&store, roots[1], what)
+                    .expect_err("an injected fault fails the commit");
+                let err = err.downcast::<StoreError>()?;
+                assert!(
+                    matches!(err, StoreError::Io { .. }),
+                    "{what:?} op {k}: {err}"
+                );
+                fs.heal();
+                drop(store);
+                let label = format!("{what:?} commit, fault {mode:?} at op {k} of {ops}");
+                let store = check_kv_after(dir.path(), &before, &new, false, &label)?;
+                assert_eq!(
+                    kv_commit_under_test(&store, roots[1], what)?,
+                    root,
+                    "{label}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
