@@ -709,31 +709,22 @@ impl KvIter {
 
     fn step(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
         loop {
-            // The nearest key of every source; the newest source's entry wins.
-            let mut best: Option<(Vec<u8>, Option<Vec<u8>>)> = None;
-            let closer = |k: &[u8], best: &Option<(Vec<u8>, Option<Vec<u8>>)>| match best {
-                None => true,
-                Some((b, _)) => match self.order {
-                    Order::Ascending => k < b.as_slice(),
-                    Order::Descending => k > b.as_slice(),
-                },
-            };
-            for t in 0..self.tables.len() {
-                if let Some((k, v)) = self.peek(t)? {
-                    let same = best.as_ref().is_some_and(|(b, _)| b.as_slice() == k);
-                    if same || closer(k, &best) {
-                        best = Some((k.to_vec(), v.map(<[u8]>::to_vec)));
+            // The nearest key of every source, newest first; on a tie the newest source wins.
+            let (key, value) = {
+                let ascending = self.order == Order::Ascending;
+                let closer = |k: &[u8], b: &[u8]| if ascending { k < b } else { k > b };
+                let mut best: Option<Entry<'_>> = self.next_write();
+                for t in (0..self.tables.len()).rev() {
+                    if let Some(e) = self.peek(t)?
+                        && best.is_none_or(|(b, _)| closer(e.0, b))
+                    {
+                        best = Some(e);
                     }
                 }
-            }
-            if let Some((k, v)) = self.next_write() {
-                let same = best.as_ref().is_some_and(|(b, _)| b.as_slice() == k);
-                if same || closer(k, &best) {
-                    best = Some((k.to_vec(), v.map(<[u8]>::to_vec)));
-                }
-            }
-            let Some((key, value)) = best else {
-                return Ok(None);
+                let Some((k, v)) = best else {
+                    return Ok(None);
+                };
+                (k.to_vec(), v.map(<[u8]>::to_vec))
             };
             for t in 0..self.tables.len() {
                 if self.peek(t)?.is_some_and(|(k, _)| k == key.as_slice()) {
@@ -744,7 +735,10 @@ impl KvIter {
                     }
                 }
             }
-            self.after = Some(key.clone());
+            // Only the writes are searched from the last key; the tables keep positions.
+            if !self.writes.is_empty() {
+                self.after = Some(key.clone());
+            }
             if let Some(value) = value {
                 return Ok(Some((key, value)));
             }

@@ -2,8 +2,8 @@
 //! did not change, cumulative compressed deltas, and memories mapped copy-on-write into sessions.
 //!
 //! A [`Store`] holds commits; each commit is named by its [`Root`], a merkle root over its modules'
-//! bytecode, linear memory and host-owned blob. A [`Session`] starts from a commit (or the empty
-//! state), deploys modules, changes memories through a [`MemoryHandle`] (a fixed reservation whose
+//! bytecode, linear memory and host-owned blob, and its key-value spaces. A [`Session`] starts
+//! from a commit (or the empty state), deploys modules, changes memories through a [`MemoryHandle`] (a fixed reservation whose
 //! start maps the committed image `MAP_PRIVATE`), changes blobs, can [`checkpoint`](Session::checkpoint)
 //! and [`rollback`](Session::rollback), and ends with at most one [`commit`](Session::commit).
 //!
@@ -20,6 +20,14 @@
 //! new image is written; rewriting the same pages costs nothing extra. Blobs of 64 KiB or more are
 //! stored as a zstd patch against an earlier full blob when the patch is under a quarter of the
 //! blob (shifted data, such as serialized key-value maps, diffs well); smaller blobs are stored whole.
+//!
+//! Key-value data lives next to memories, per [`Namespace`] (a module's, or one instance's of
+//! a code): [`Session::kv`] opens a space as a [`KvHandle`] (get, insert, remove, range scans in
+//! either order whose iterators are snapshots, quotas of bytes and keys, undone by
+//! [`rollback`](Session::rollback)). A space is up to three sorted tables, a base and two
+//! cumulative deltas, mapped and searched in place, so opening one costs the same for 1 k and
+//! 1 M keys; a commit writes only the newest delta and links the rest, and its root is an LtHash
+//! of the pairs, updated in O(changed keys) and independent of the history.
 //!
 //! Commits are atomic and durable (temporary directory, fsync, rename, fsync of the parent),
 //! deletion of one commit changes no other, and every file-system operation goes through the
@@ -61,6 +69,17 @@
 //! assert_eq!(store.delete(&first)?, Deletion::Deleted);
 //! assert_eq!(store.read_memory(&second, &id)?[100], 7);
 //! assert!(store.verify()?.is_ok());
+//!
+//! // Key-value data per namespace: writes over the committed tables, ordered scans.
+//! let space = store_commit::Namespace::of_module(&id);
+//! let mut session = store.session(Some(second))?;
+//! let kv = session.kv(&space)?;
+//! kv.insert(b"b", b"2")?;
+//! kv.insert(b"a", b"1")?;
+//! let scan: Vec<_> = kv.range(None, None, store_commit::Order::Descending)?.collect::<Result<_, _>>()?;
+//! assert_eq!(scan, [(b"b".to_vec(), b"2".to_vec()), (b"a".to_vec(), b"1".to_vec())]);
+//! let third = session.commit()?;
+//! assert_eq!(store.session(Some(third))?.kv(&space)?.get(b"a")?, Some(b"1".to_vec()));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

@@ -15,11 +15,27 @@
 //! with the directory; [`CacheVerification`]), so a writer of the cache folder cannot plant
 //! native code.
 //!
-//! The host ABI (import module `env`) gives each module a key-value store committed with it:
-//! `db_read(key_ptr, key_len, val_ptr, val_cap) -> i32`, `db_write(key_ptr, key_len, val_ptr,
-//! val_len)` and `db_remove(key_ptr, key_len)`. Each host call pays fuel per call and per byte
-//! it moves ([`HostCosts`]), and a module's key-value data is held to a quota
-//! ([`VmConfig::max_kv_bytes`]). Embedders add host functions with [`Vm::open_with_host`].
+//! The host ABI (import module `env`) gives each module a key-value store committed with it,
+//! the module's key-value space in the commit store ([`KvHandle`], [`Namespace::of_module`]):
+//!
+//! - `db_read(key_ptr, key_len, val_ptr, val_cap) -> i32`: copies up to `val_cap` bytes of the
+//!   value of the key and returns its full length, or -1 when absent;
+//! - `db_write(key_ptr, key_len, val_ptr, val_len)` and `db_remove(key_ptr, key_len)`;
+//! - `db_scan(start_ptr, start_len, end_ptr, end_len, order) -> i32`: opens an iterator over
+//!   the keys `start <= key < end` (a length of -1 means no bound, the pointer is then ignored;
+//!   `order` 0 is ascending, 1 descending) and returns its id. The iterator sees the data as it
+//!   was at `db_scan` (as cosmwasm-vm's `MockStorage`): the call's later writes do not show in
+//!   it. At most [`VmConfig::max_iterators`] iterators live at once; all end with the call;
+//! - `db_next(id, key_ptr, key_cap, val_ptr, val_cap, lens_ptr) -> i32`: returns 0 at the end;
+//!   otherwise copies up to `key_cap` bytes of the next key and up to `val_cap` of its value,
+//!   writes their full lengths as two u32 little-endian at `lens_ptr`, and returns 1 (an entry
+//!   larger than the buffers is consumed, truncated: size them by [`VmConfig::max_key_bytes`]
+//!   and [`VmConfig::max_value_bytes`]).
+//!
+//! Each host call pays fuel per call and per byte it moves ([`HostCosts`]; `db_scan` the bytes
+//! of its bounds, `db_next` those it copies out plus the 8 of the lengths), and a module's
+//! key-value data is held to quotas ([`VmConfig::max_kv_bytes`], [`VmConfig::max_kv_keys`]).
+//! Embedders add host functions with [`Vm::open_with_host`].
 //!
 //! ```
 //! use vm_host::{Value, Vm, VmConfig};
@@ -173,7 +189,7 @@ impl From<Verification> for CacheVerification {
 /// (docs/RELIABILITY.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostCosts {
-    /// Flat cost of every host call (`db_read`, `db_write`, `db_remove`). Default 500: a call
+    /// Flat cost of every host call (`db_read`, `db_write`, `db_remove`, `db_scan`, `db_next`). Default 500: a call
     /// crosses wasmtime's host trampoline, finds the memory export by name, allocates the key
     /// and walks the key-value tree, about 200 ns, the time of some 500 simple wasm
     /// instructions. (CosmWasm charges 18,000 gas, 156 wasm instructions at its 115 gas each,
