@@ -710,29 +710,35 @@ impl KvIter {
     fn step(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
         loop {
             // The nearest key of every source, newest first; on a tie the newest source wins.
+            // Each table's entry is decoded once per step.
+            let mut advance = [false; store_index::KV_MAX_LEVELS];
             let (key, value) = {
                 let ascending = self.order == Order::Ascending;
                 let closer = |k: &[u8], b: &[u8]| if ascending { k < b } else { k > b };
+                let mut peeks: [Option<&[u8]>; store_index::KV_MAX_LEVELS] =
+                    [None; store_index::KV_MAX_LEVELS];
                 let mut best: Option<Entry<'_>> = self.next_write();
                 for t in (0..self.tables.len()).rev() {
-                    if let Some(e) = self.peek(t)?
-                        && best.is_none_or(|(b, _)| closer(e.0, b))
-                    {
-                        best = Some(e);
+                    if let Some(e) = self.peek(t)? {
+                        peeks[t] = Some(e.0);
+                        if best.is_none_or(|(b, _)| closer(e.0, b)) {
+                            best = Some(e);
+                        }
                     }
                 }
                 let Some((k, v)) = best else {
                     return Ok(None);
                 };
+                for (a, p) in advance.iter_mut().zip(peeks) {
+                    *a = p == Some(k);
+                }
                 (k.to_vec(), v.map(<[u8]>::to_vec))
             };
-            for t in 0..self.tables.len() {
-                if self.peek(t)?.is_some_and(|(k, _)| k == key.as_slice()) {
-                    let pos = &mut self.tables[t].1;
-                    match self.order {
-                        Order::Ascending => *pos += 1,
-                        Order::Descending => *pos -= 1,
-                    }
+            for (t, _) in advance.iter().enumerate().filter(|(_, a)| **a) {
+                let pos = &mut self.tables[t].1;
+                match self.order {
+                    Order::Ascending => *pos += 1,
+                    Order::Descending => *pos -= 1,
                 }
             }
             // Only the writes are searched from the last key; the tables keep positions.
