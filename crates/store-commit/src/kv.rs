@@ -325,6 +325,10 @@ fn table_corrupt(path: &std::path::Path, e: TableError) -> StoreError {
 }
 
 type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// A key and its value.
+type Pair = (Vec<u8>, Vec<u8>);
+/// A key and what the session's writes held for it before (`None`: nothing).
+type UndoEntry = (Vec<u8>, Option<Option<Vec<u8>>>);
 
 /// A live checkpoint of a space: where its undo log stood.
 #[derive(Debug)]
@@ -350,7 +354,7 @@ pub(crate) struct KvSpace {
     bytes: u64,
     quota: KvQuota,
     /// For the first change of a key since the newest live checkpoint: its previous write.
-    undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
+    undo: Vec<UndoEntry>,
     logged: HashSet<Vec<u8>>,
     marks: Vec<Mark>,
     live_iterators: usize,
@@ -707,7 +711,7 @@ impl KvIter {
         Ok(self.in_range(e.0).then_some(e))
     }
 
-    fn step(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn step(&mut self) -> Result<Option<Pair>, StoreError> {
         loop {
             // The nearest key of every source, newest first; on a tie the newest source wins.
             // Each table's entry is decoded once per step.
@@ -753,7 +757,7 @@ impl KvIter {
 }
 
 impl Iterator for KvIter {
-    type Item = Result<(Vec<u8>, Vec<u8>), StoreError>;
+    type Item = Result<Pair, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {

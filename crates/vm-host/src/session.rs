@@ -44,10 +44,10 @@ pub struct Session {
 }
 
 fn call_error(err: wasmtime::Error, fuel: u64, during: Phase) -> VmError {
-    if let Some(e) = err.downcast_ref::<store_commit::StoreError>() {
-        if let Some(quota) = host::quota_error(e) {
-            return quota;
-        }
+    if let Some(e) = err.downcast_ref::<store_commit::StoreError>()
+        && let Some(quota) = host::quota_error(e)
+    {
+        return quota;
     }
     let err = match err.downcast::<store_commit::StoreError>() {
         Ok(e) => return VmError::Store(e),

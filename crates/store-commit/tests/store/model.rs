@@ -69,6 +69,9 @@ enum SessionOp {
     },
 }
 
+/// What a live iterator must still yield.
+type Snapshot = std::vec::IntoIter<(Vec<u8>, Vec<u8>)>;
+
 fn ns(space: u8) -> Namespace {
     Namespace::of_instance(&ModuleId::of_wasm(b"kv"), &[space % 3])
 }
@@ -166,7 +169,7 @@ fn run_model(ops: Vec<ModelOp>) -> Result<()> {
                 let mut s = store.session(base)?;
                 let mut handles: HashMap<ModuleId, MemoryHandle> = HashMap::new();
                 let mut saved: Option<(store_commit::Checkpoint, ModelState, KvModel)> = None;
-                let mut iters: Vec<(KvIter, std::vec::IntoIter<(Vec<u8>, Vec<u8>)>)> = Vec::new();
+                let mut iters: Vec<(KvIter, Snapshot)> = Vec::new();
                 let space = |s: &mut store_commit::Session, n: u8| -> Result<KvHandle> {
                     Ok(s.kv(&ns(n))?)
                 };
