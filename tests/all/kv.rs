@@ -138,6 +138,15 @@ fn scans_pay_fuel_per_call_and_per_byte() -> Result<()> {
         five - empty >= 5 * costs.fuel(0, 24),
         "{five} - {empty} is less than five entries' host costs"
     );
+    // The snapshot of a scan copies the session's uncommitted writes inside its range, and
+    // pays for each byte: here five keys of 8 bytes with values of 8.
+    s.call(&m, "put", &[Value::I32(1), Value::I64(11)])?;
+    for a in 2..=5 {
+        s.call(&m, "put", &[Value::I32(a), Value::I64(10 * i64::from(a))])?;
+    }
+    s.call(&m, "sum", &sum(0, -1, 0, 0, false))?;
+    let with_writes = s.last_call_fuel().expect("ran");
+    assert_eq!(with_writes - five, 5 * 16 * costs.read_byte);
     // db_scan alone costs a call and the 16 bytes of its bounds.
     s.set_fuel(costs.fuel(16, 0));
     let err = s

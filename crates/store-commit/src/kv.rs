@@ -578,6 +578,49 @@ impl KvHandle {
         order: Order,
     ) -> Result<KvIter, StoreError> {
         let mut space = self.0.lock();
+        let writes = Arc::clone(&space.writes);
+        Ok(space.iter(self, start, end, order, writes)?)
+    }
+
+    /// [`range`](Self::range) for a host that bills its guest: the iterator takes its own copy
+    /// of the session's writes inside the range (the space's writes stay unshared, so a later
+    /// write copies nothing), and `charge` is called with the bytes of each entry before it is
+    /// copied. `Ok(None)` when `charge` refuses one (nothing is kept).
+    pub fn range_charged(
+        &self,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        order: Order,
+        charge: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<Option<KvIter>, StoreError> {
+        let mut space = self.0.lock();
+        let mut copy = Writes::new();
+        if !matches!((start, end), (Some(l), Some(h)) if l > h) {
+            let lo = start.map_or(Bound::Unbounded, Bound::Included);
+            let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
+            for (k, v) in space.writes.range::<[u8], _>((lo, hi)) {
+                let bytes = (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
+                if !charge(bytes) {
+                    return Ok(None);
+                }
+                copy.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(Some(space.iter(self, start, end, order, Arc::new(copy))?))
+    }
+}
+
+impl KvSpace {
+    /// An iterator over the tables and `writes` (the session's writes, or a copy of a range).
+    fn iter(
+        &mut self,
+        handle: &KvHandle,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        order: Order,
+        writes: Arc<Writes>,
+    ) -> Result<KvIter, StoreError> {
+        let space = self;
         let (lo, hi) = (start.map(<[u8]>::to_vec), end.map(<[u8]>::to_vec));
         let mut cursors = Vec::with_capacity(space.levels.len());
         for t in &space.levels {
@@ -597,8 +640,8 @@ impl KvHandle {
         // An empty range (start past end) yields nothing, as in cosmwasm-vm.
         let done = matches!((&lo, &hi), (Some(l), Some(h)) if l > h);
         Ok(KvIter {
-            space: Arc::downgrade(&self.0),
-            writes: Arc::clone(&space.writes),
+            space: Arc::downgrade(&handle.0),
+            writes,
             tables: cursors,
             after: None,
             lo,
@@ -607,7 +650,9 @@ impl KvHandle {
             done,
         })
     }
+}
 
+impl KvHandle {
     /// Number of keys.
     pub fn len(&self) -> u64 {
         self.0.lock().keys

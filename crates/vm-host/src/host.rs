@@ -438,8 +438,18 @@ pub(crate) fn define_abi(linker: &mut Linker<HostState>) -> Result<(), VmError> 
                 charge(&mut caller, bytes(start_len) + bytes(end_len), 0)?;
                 let start = bound(&mut caller, start_ptr, start_len, "scan start")?;
                 let end = bound(&mut caller, end_ptr, end_len, "scan end")?;
+                // The iterator copies the call's writes inside its range, paid per byte as a
+                // read (a shared snapshot would make the next write copy all the writes, unpaid).
+                let kv = caller.data().kv.clone();
+                let per_byte = caller.data().costs.read_byte;
+                let iter =
+                    kv.range_charged(start.as_deref(), end.as_deref(), order, &mut |bytes| {
+                        charge_fuel(&mut caller, bytes.saturating_mul(per_byte)).is_ok()
+                    })?;
+                let Some(iter) = iter else {
+                    return Err(wasmtime::Trap::OutOfFuel.into());
+                };
                 let state = caller.data_mut();
-                let iter = state.range(start.as_deref(), end.as_deref(), order)?;
                 // Exhausted slots are reused, so ids stay below the limit.
                 let id = match state.iterators.iter().position(Option::is_none) {
                     Some(free) => {

@@ -33,7 +33,8 @@
 //!   and [`VmConfig::max_value_bytes`]).
 //!
 //! Each host call pays fuel per call and per byte it moves ([`HostCosts`]; `db_scan` the bytes
-//! of its bounds, `db_next` those it copies out plus the 8 of the lengths), and a module's
+//! of its bounds and of the session's uncommitted writes inside its range, which its snapshot
+//! copies; `db_next` those it copies out plus the 8 of the lengths), and a module's
 //! key-value data is held to quotas ([`VmConfig::max_kv_bytes`], [`VmConfig::max_kv_keys`]).
 //! Embedders add host functions with [`Vm::open_with_host`].
 //!
