@@ -471,10 +471,18 @@ fn read_whole(mem: &MemoryHandle) -> Vec<u8> {
 /// What a template store holds: per commit, per module, (memory, blob).
 type Contents = BTreeMap<Root, BTreeMap<ModuleId, (Vec<u8>, Vec<u8>)>>;
 
+/// The key-value pairs of the template store's one space, per commit.
+type KvContents = BTreeMap<Root, Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// The template store's key-value space.
+fn template_space() -> store_commit::Namespace {
+    store_commit::Namespace::of_instance(&ModuleId::of_wasm(b"template"), b"kv")
+}
+
 /// A small store with full images, deltas on deltas, grown memories and blobs, made once per
 /// process, with the contents of each commit.
-fn template_store() -> &'static (PathBuf, Contents) {
-    static TEMPLATE: OnceLock<(PathBuf, Contents)> = OnceLock::new();
+fn template_store() -> &'static (PathBuf, Contents, KvContents) {
+    static TEMPLATE: OnceLock<(PathBuf, Contents, KvContents)> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
         let dir = scratch("store-template");
         let _ = std::fs::remove_dir_all(&dir);
@@ -501,6 +509,15 @@ fn template_store() -> &'static (PathBuf, Contents) {
                 write_memory(&n, PAGE_SIZE + 1, &[9; 100]);
             }
             s.set_blob(&ids[1], vec![round; 3]).expect("blob");
+            // Key-value tables: a base, then deltas, a fold and a rebase (small thresholds).
+            let kv = s.kv(&template_space()).expect("space");
+            for k in 0..[12u8, 3, 4, 9][usize::from(round)] {
+                let key = [vec![b'k'; usize::from(k % 3) * 4], vec![k * 7 + round]].concat();
+                kv.insert(&key, &[round; 5]).expect("insert");
+            }
+            if round == 3 {
+                kv.remove(&[7]).expect("remove");
+            }
             root = s.commit().expect("commit");
         }
         let contents = store
@@ -519,8 +536,20 @@ fn template_store() -> &'static (PathBuf, Contents) {
                 (c.root, modules)
             })
             .collect();
-        (dir, contents)
+        let kv = store
+            .commits()
+            .into_iter()
+            .map(|c| (c.root, template_pairs(&store, &c.root).expect("read pairs")))
+            .collect();
+        (dir, contents, kv)
     })
+}
+
+/// The pairs of the template space in a commit, in order.
+fn template_pairs(store: &Store, root: &Root) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    let kv = store.session(Some(*root))?.kv(&template_space())?;
+    kv.range(None, None, store_commit::Order::Ascending)?
+        .collect()
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -560,7 +589,7 @@ fn copy_tree(from: &Path, to: &Path) {
 /// commit, and if a read returns other data than was committed, `verify` reports the damage.
 /// This reaches the index, tree, delta and blob patch decoders on disk.
 pub fn store_files(data: &[u8]) {
-    let (template, contents) = template_store();
+    let (template, contents, kv_contents) = template_store();
     let mut u = Unstructured::new(data);
     let work = tempfile::tempdir().expect("temp dir");
     let dir = work.path().join("store");
@@ -638,6 +667,9 @@ pub fn store_files(data: &[u8]) {
         let Some(expected) = contents.get(&c.root) else {
             panic!("a commit that was never made appeared: {}", c.root);
         };
+        if template_pairs(&store, &c.root).is_ok_and(|pairs| pairs != kv_contents[&c.root]) {
+            wrong.push(format!("key-value pairs of {}", c.root));
+        }
         for id in &c.modules {
             let (memory, blob) = &expected[id];
             if store
