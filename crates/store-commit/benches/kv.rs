@@ -190,41 +190,77 @@ fn commit(c: &mut Criterion) {
             })
         });
     }
-    // A plain commit next to one that folds the top delta, and one that rebases.
-    let store = Store::open(&sh.big.dir, config(false)).unwrap();
-    let mut round = 1 << 40;
-    let mut time = |count: u64| {
-        let mut s = store.session(Some(sh.big.root)).unwrap();
-        let h = s.kv(&space()).unwrap();
-        round += 1;
-        for j in 0..count {
-            let i = (round * 104_729 + j * 15_485_863) % keys_n();
-            h.insert(&key(i), &value(i, round)).unwrap();
+    // A plain commit next to those that fold the top delta or rebase: in the background (the
+    // default: the commit that passes a bound starts the merge, a later one adopts it) and in
+    // the commit itself (`kv_background: false`).
+    for background in [true, false] {
+        let store = Store::open(
+            &sh.big.dir,
+            StoreConfig {
+                kv_background: background,
+                ..config(false)
+            },
+        )
+        .unwrap();
+        let mut round = 1 << 40 | u64::from(background) << 39;
+        let mut time = |base: Root, count: u64| {
+            let mut s = store.session(Some(base)).unwrap();
+            let h = s.kv(&space()).unwrap();
+            round += 1;
+            for j in 0..count {
+                let i = (round * 104_729 + j * 15_485_863) % keys_n();
+                h.insert(&key(i), &value(i, round)).unwrap();
+            }
+            drop(h);
+            let started = Instant::now();
+            let root = s.commit().unwrap();
+            let took = started.elapsed();
+            let levels = store
+                .index(&root)
+                .unwrap()
+                .kv_space(&space())
+                .unwrap()
+                .levels()
+                .len();
+            (took, levels, root)
+        };
+        // Medians of 5 (single commits are noisy here), after one to warm the mappings.
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        let mut plain = Vec::new();
+        for _ in 0..6 {
+            let (took, _, r) = time(sh.big.root, 10);
+            plain.push(took);
+            store.delete(&r).unwrap();
         }
-        drop(h);
-        let started = Instant::now();
-        let root = s.commit().unwrap();
-        let took = started.elapsed();
-        let levels = store
-            .index(&root)
-            .unwrap()
-            .kv_space(&space())
-            .unwrap()
-            .levels()
-            .len();
-        store.delete(&root).unwrap();
-        (took, levels)
-    };
-    let (plain, _) = time(10);
-    let (fold, fold_levels) = time(20);
-    let (rebase, rebase_levels) = time(1000);
-    println!(
-        "kv_commit_1M: plain {plain:?}; fold (middle delta rewritten, {fold_levels} tables) \
-         {fold:?} = {:.1}x; rebase ({rebase_levels} table) {rebase:?} = {:.1}x",
-        fold.as_secs_f64() / plain.as_secs_f64(),
-        rebase.as_secs_f64() / plain.as_secs_f64()
-    );
-    drop(store);
+        let plain = median(plain.split_off(1));
+        let mut line = format!("kv_commit_1M (background {background}): plain {plain:?}");
+        for (what, count) in [("fold", 20), ("rebase", 1000)] {
+            let (mut triggers, mut adopts, mut shapes) = (Vec::new(), Vec::new(), (0, 0));
+            for _ in 0..5 {
+                let (trigger, levels, r) = time(sh.big.root, count);
+                store.wait_for_compactions();
+                let (adopt, adopted, r2) = time(r, 10);
+                triggers.push(trigger);
+                adopts.push(adopt);
+                shapes = (levels, adopted);
+                store.delete(&r2).unwrap();
+                store.delete(&r).unwrap();
+            }
+            let (trigger, adopt) = (median(triggers), median(adopts));
+            line += &format!(
+                "; {what}: the commit passing the bound {trigger:?} = {:.1}x ({} tables), \
+                 the next commit {adopt:?} = {:.1}x ({} tables)",
+                trigger.as_secs_f64() / plain.as_secs_f64(),
+                shapes.0,
+                adopt.as_secs_f64() / plain.as_secs_f64(),
+                shapes.1,
+            );
+        }
+        println!("{line}");
+    }
     // Today's path: the whole map serialized into the blob, committed by the store.
     {
         let work = tempfile::tempdir().unwrap();

@@ -26,7 +26,7 @@ use strata_fs::{Fs, Zeros};
 
 use crate::delta::DeltaPages;
 use crate::kv::{self, Table};
-use crate::plan::{Planned, PlannedKv, Source};
+use crate::plan::{KvSource, Planned, PlannedKv, Source};
 use crate::{Corruption, StoreError, blob, mapping};
 
 const LOCK: &str = "LOCK";
@@ -113,6 +113,46 @@ pub(crate) fn index_err(path: &Path, e: store_index::IndexError) -> StoreError {
 fn too_big() -> StoreError {
     StoreError::InvalidInput {
         reason: "memory too large for this platform".into(),
+    }
+}
+
+/// Writes the tables that background compactions build, as `.tmp-kv-*` files of the store
+/// directory (leftovers like any `.tmp-*`: removed at open). A commit that adopts one hard-links
+/// it into its own directory.
+#[derive(Clone)]
+pub(crate) struct StagedFiles {
+    dir: PathBuf,
+    fs: Arc<dyn Fs>,
+}
+
+impl std::fmt::Debug for StagedFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StagedFiles({})", self.dir.display())
+    }
+}
+
+impl StagedFiles {
+    /// Writes `bytes` as a new read-only staged table, synced, and maps it.
+    pub(crate) fn write(&self, bytes: &[u8]) -> Result<(PathBuf, Table), StoreError> {
+        static STAGED: AtomicU64 = AtomicU64::new(0);
+        let n = STAGED.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("{TMP_PREFIX}kv-{}-{n}", std::process::id()));
+        let fs = &*self.fs;
+        fs.write_file(&path, bytes, Zeros::Write, READ_ONLY)
+            .map_err(io_err("write", &path))?;
+        // Synced even without `fsync`: the write-back of a merged table (as large as the state
+        // for a rebase) is the compaction's work, not that of the commits running meanwhile.
+        fs.sync_file(&path).map_err(io_err("fsync", &path))?;
+        let file = fs.open_read(&path).map_err(io_err("open", &path))?;
+        let table = Table::map(&file, bytes.len(), path.clone())?;
+        Ok((path, table))
+    }
+
+    /// Removes a staged table, best effort (open removes what is left).
+    pub(crate) fn remove(&self, path: &Path) {
+        let _ = self.fs.remove_file(path);
     }
 }
 
@@ -270,6 +310,14 @@ impl StoreFiles {
         &self.dir
     }
 
+    /// The writer of background compactions' tables.
+    pub(crate) fn staged(&self) -> StagedFiles {
+        StagedFiles {
+            dir: self.dir.clone(),
+            fs: Arc::clone(&self.fs),
+        }
+    }
+
     /// The directory of commit `root` (whether or not it exists).
     pub(crate) fn commit(&self, root: &Root) -> CommitDir<'_> {
         CommitDir {
@@ -365,11 +413,21 @@ impl StoreFiles {
         for PlannedKv {
             namespace,
             level,
-            bytes,
+            source,
         } in kv
         {
             let relative = kv_relative(&namespace, level);
             let path = tmp.join(&relative);
+            let bytes = match source {
+                KvSource::Bytes(bytes) => Some(bytes),
+                KvSource::Base => None,
+                KvSource::Staged(staged) => {
+                    // A new file of this store: linking cannot meet the link limit.
+                    fs.hard_link(staged.path(), &path)
+                        .map_err(io_err("link", &path))?;
+                    continue;
+                }
+            };
             let Some(bytes) = bytes else {
                 let from = base
                     .as_ref()

@@ -13,8 +13,12 @@
 //! - when the middle delta passes `max(base entries / kv_delta_ratio, kv_min_delta)` the space is
 //!   rebased: one new base, no deltas.
 //!
-//! Unchanged tables are hard-linked. A plain commit thus writes O(`kv_top_entries` + keys
-//! written), a fold O(middle delta) and a rebase O(state): see docs/STORE-FORMAT.md for the bounds.
+//! Unchanged tables are hard-linked. With `kv_background` (the default) the fold or rebase runs
+//! on a thread ([`Compactions`]): the commit that passes the bound writes its top delta (up to
+//! [`TOP_CAP`] times `kv_top_entries`) and starts the merge; a later commit whose tables descend
+//! from that commit's links the merged table and keeps above it only the entries that differ.
+//! So every commit writes O(top delta + keys written); without it, a fold writes O(middle
+//! delta) and a rebase O(state). See docs/STORE-FORMAT.md for the rule and its bounds.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
@@ -820,8 +824,20 @@ impl Iterator for KvIter {
 pub(crate) struct PlannedSpace {
     /// The new entry (`None`: the space is empty and has no entry, no files).
     pub(crate) entry: Option<KvEntry>,
-    /// Per level: `None` links the base's file of that level, `Some` is new bytes.
-    pub(crate) files: Vec<Option<Vec<u8>>>,
+    /// Per level, where the table comes from.
+    pub(crate) files: Vec<KvSource>,
+    /// The compaction to start once the commit is written.
+    pub(crate) compaction: Option<JobSpec>,
+}
+
+/// A background compaction a commit asks for: merge `tables` (the commit's levels from `from`
+/// up), adoptable by commits sharing the `shared` files and holding every key of `top`.
+pub(crate) struct JobSpec {
+    namespace: Namespace,
+    from: usize,
+    shared: Vec<Digest>,
+    top: Option<Arc<Table>>,
+    tables: Vec<Arc<Table>>,
 }
 
 /// A merge of sorted sources, oldest first; a newer source's entry for a key wins.
@@ -877,16 +893,224 @@ fn table_ref(bytes: &[u8], entries: u64) -> TableRef {
     }
 }
 
+/// A table a background compaction built: the merge of the levels of one commit from `from` up
+/// (`from` 0: a new base, tombstones dropped; 1: a new middle delta).
+///
+/// Its file is removed when the last holder lets go: the compaction registry, or a commit in
+/// flight that links it (a commit directory's link keeps the data).
+#[derive(Debug)]
+pub(crate) struct Staged {
+    path: PathBuf,
+    table: Arc<Table>,
+    table_ref: TableRef,
+    files: crate::files::StagedFiles,
+}
+
+impl Staged {
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        self.files.remove(&self.path);
+    }
+}
+
+#[derive(Debug)]
+enum JobState {
+    Running,
+    Ready(Arc<Staged>),
+    Failed,
+}
+
+/// One background compaction of a space.
+#[derive(Debug)]
+struct Job {
+    from: usize,
+    /// The file hashes of the commit's base and middle delta (what an adopter must share).
+    shared: Vec<Digest>,
+    /// The commit's top delta, whose keys an adopter's top must all hold (so that the adopter
+    /// descends from that commit: its tops are cumulative since the middle delta).
+    top: Option<Arc<Table>>,
+    state: Arc<Mutex<JobState>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The background compactions of a store: at most one per space. A commit that would fold or
+/// rebase a space writes its top delta instead (up to [`TOP_CAP`] times `kv_top_entries`) and
+/// starts the merge on a thread; a later commit whose tables descend from that commit adopts
+/// the merged table (a hard link) and keeps only what changed since. The registry joins its
+/// threads and removes their staged files when the store closes.
+#[derive(Debug)]
+pub(crate) struct Compactions {
+    staged: crate::files::StagedFiles,
+    jobs: Mutex<std::collections::HashMap<Namespace, Job>>,
+}
+
+/// A top delta grows past `kv_top_entries` while a compaction runs, up to this many times it;
+/// past that, the commit folds or rebases itself.
+pub(crate) const TOP_CAP: usize = 16;
+
+/// The most compactions a store runs at once.
+const MAX_RUNNING: usize = 2;
+
+impl Compactions {
+    pub(crate) fn new(staged: crate::files::StagedFiles) -> Compactions {
+        Compactions {
+            staged,
+            jobs: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Waits for every running compaction (tests and benchmarks; dropping does the same).
+    pub(crate) fn wait(&self) {
+        let threads: Vec<_> = self
+            .jobs
+            .lock()
+            .values_mut()
+            .filter_map(|j| j.thread.take())
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Whether a compaction of `namespace` is running.
+    fn running(&self, namespace: &Namespace) -> bool {
+        self.jobs
+            .lock()
+            .get(namespace)
+            .is_some_and(|j| matches!(*j.state.lock(), JobState::Running))
+    }
+
+    /// The staged table a space with `levels` can adopt, and from which level it replaces.
+    fn adoptable(
+        &self,
+        namespace: &Namespace,
+        refs: &[TableRef],
+        levels: &[Arc<Table>],
+    ) -> Result<Option<(usize, Arc<Staged>)>, StoreError> {
+        let jobs = self.jobs.lock();
+        let Some(job) = jobs.get(namespace) else {
+            return Ok(None);
+        };
+        let JobState::Ready(staged) = &*job.state.lock() else {
+            return Ok(None);
+        };
+        let shared: Vec<Digest> = refs.iter().take(2).map(|r| r.file_hash).collect();
+        if shared != job.shared {
+            return Ok(None);
+        }
+        if let Some(top) = &job.top {
+            let Some(mine) = levels.get(2) else {
+                return Ok(None);
+            };
+            for i in 0..top.len() {
+                if mine.get(top.entry(i)?.0)?.is_none() {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some((job.from, Arc::clone(staged))))
+    }
+
+    /// Starts a compaction that a written commit asked for, replacing any finished compaction
+    /// of the space (never a running one: then nothing starts).
+    pub(crate) fn start(&self, spec: JobSpec) {
+        let JobSpec {
+            namespace,
+            from,
+            shared,
+            top,
+            tables,
+        } = spec;
+        let mut jobs = self.jobs.lock();
+        let running = |j: &Job| matches!(*j.state.lock(), JobState::Running);
+        // One per space, and a bounded number per store: past it, tops grow to their cap and
+        // the commits merge themselves.
+        if jobs.get(&namespace).is_some_and(running)
+            || jobs.values().filter(|j| running(j)).count() >= MAX_RUNNING
+        {
+            return;
+        }
+        // The finished compaction it replaces ends on the new thread: unlinking its staged
+        // table (as large as the state for a rebase) is not the commit's work.
+        let old = jobs.remove(&namespace);
+        let state = Arc::new(Mutex::new(JobState::Running));
+        let staged = self.staged.clone();
+        let job_state = Arc::clone(&state);
+        let thread = std::thread::Builder::new()
+            .name("strata-kv-compaction".into())
+            .spawn(move || {
+                if let Some(old) = old {
+                    Compactions::end(old);
+                }
+                let result = (|| {
+                    let refs: Vec<&Table> = tables.iter().map(|t| &**t).collect();
+                    let (bytes, entries) = merge(&refs, None, from == 0)?.finish();
+                    let table_ref = table_ref(&bytes, entries);
+                    let (path, table) = staged.write(&bytes)?;
+                    Ok::<_, StoreError>(Arc::new(Staged {
+                        path,
+                        table: Arc::new(table),
+                        table_ref,
+                        files: staged,
+                    }))
+                })();
+                *job_state.lock() = match result {
+                    Ok(staged) => JobState::Ready(staged),
+                    Err(_) => JobState::Failed,
+                };
+            });
+        let Ok(thread) = thread else {
+            return;
+        };
+        jobs.insert(
+            namespace,
+            Job {
+                from,
+                shared,
+                top,
+                state,
+                thread: Some(thread),
+            },
+        );
+    }
+
+    /// Ends a compaction: waits for its thread; its staged file goes with its last holder.
+    fn end(mut job: Job) {
+        if let Some(t) = job.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Compactions {
+    fn drop(&mut self) {
+        let jobs: Vec<Job> = self.jobs.lock().drain().map(|(_, j)| j).collect();
+        for job in jobs {
+            Compactions::end(job);
+        }
+    }
+}
+
+/// Where one table of a planned space comes from.
+pub(crate) use crate::plan::KvSource;
+
 /// Plans the commit of one space opened in a session.
 pub(crate) fn plan_space(
     space: &KvSpace,
     config: &StoreConfig,
+    compactions: &Compactions,
 ) -> Result<PlannedSpace, StoreError> {
     let n = space.levels.len();
     if space.writes.is_empty() {
         return Ok(PlannedSpace {
             entry: space.base.clone(),
-            files: vec![None; n],
+            files: (0..n).map(|_| KvSource::Base).collect(),
+            compaction: None,
         });
     }
     // The set hash moves by the pairs that changed: O(keys written).
@@ -910,10 +1134,56 @@ pub(crate) fn plan_space(
         return Ok(PlannedSpace {
             entry: None,
             files: Vec::new(),
+            compaction: None,
         });
     }
     let levels: Vec<&Table> = space.levels.iter().map(|t| &**t).collect();
     let writes = Some(&*space.writes);
+    let base_refs = space.base.as_ref().map_or(&[][..], |e| e.levels());
+    let entry = |refs| {
+        KvEntry::new(space.namespace, space.keys, space.bytes, hash.clone(), refs)
+            .map_err(|source| StoreError::InvalidPlan { source })
+    };
+    // A finished background compaction this space descends from: link its table and keep
+    // above it only what differs from it.
+    if config.kv_background
+        && n >= 2
+        && let Some((from, staged)) =
+            compactions.adoptable(&space.namespace, base_refs, &space.levels)?
+    {
+        let merged = &staged.table;
+        let newer = merge(&levels[2.min(n)..], writes, false)?;
+        let (bytes, _) = newer.finish();
+        let newer = Table::owned(bytes, PathBuf::new())?;
+        let mut rest = TableWriter::default();
+        for i in 0..newer.len() {
+            let (k, v) = newer.entry(i)?;
+            let below = merged.get(k)?;
+            // Equal to the merged table, or a removal of what only the merged base lacked.
+            if below == Some(v) || (from == 0 && v.is_none() && below.is_none()) {
+                continue;
+            }
+            rest.push(k, v);
+        }
+        let mut refs: Vec<TableRef> = base_refs[..from].to_vec();
+        let mut files: Vec<KvSource> = (0..from).map(|_| KvSource::Base).collect();
+        refs.push(staged.table_ref);
+        files.push(KvSource::Staged(Arc::clone(&staged)));
+        if rest.count > 0 {
+            let (bytes, entries) = rest.finish();
+            refs.push(table_ref(&bytes, entries));
+            files.push(KvSource::Bytes(bytes));
+        }
+        return Ok(PlannedSpace {
+            entry: Some(entry(refs)?),
+            files,
+            compaction: None,
+        });
+    }
+    let mut compaction = None;
+    let bound = |base_entries: u64| {
+        (base_entries / u64::from(config.kv_delta_ratio.max(1))).max(config.kv_min_delta)
+    };
     // (bytes, entries) of each level of the new commit; `None` links the base's.
     let mut files: Vec<Option<(Vec<u8>, u64)>> = match n {
         0 => vec![Some(merge(&[], writes, true)?.finish())],
@@ -921,8 +1191,35 @@ pub(crate) fn plan_space(
         _ => {
             // With two tables `levels[2..]` is empty: the top is the writes alone.
             let top = merge(&levels[2..], writes, false)?;
-            if top.count as usize <= config.kv_top_entries {
+            let count = top.count as usize;
+            let background =
+                config.kv_background && count <= config.kv_top_entries.saturating_mul(TOP_CAP);
+            if count <= config.kv_top_entries
+                || (background && compactions.running(&space.namespace))
+            {
+                // Within its bound, or past it while a compaction runs.
                 vec![None, None, Some(top.finish())]
+            } else if background {
+                // Write the top and merge in the background: a new middle delta, or a new
+                // base when the middle delta would pass its bound.
+                let (bytes, entries) = top.finish();
+                let top_table = Arc::new(Table::owned(bytes.clone(), PathBuf::new())?);
+                let from = if levels[1].len() + entries > bound(levels[0].len()) {
+                    0
+                } else {
+                    1
+                };
+                let mut tables: Vec<Arc<Table>> = space.levels[from..2].to_vec();
+                tables.push(Arc::clone(&top_table));
+                let shared = base_refs.iter().take(2).map(|r| r.file_hash).collect();
+                compaction = Some(JobSpec {
+                    namespace: space.namespace,
+                    from,
+                    shared,
+                    top: Some(top_table),
+                    tables,
+                });
+                vec![None, None, Some((bytes, entries))]
             } else {
                 vec![None, Some(merge(&levels[1..], writes, false)?.finish())]
             }
@@ -934,18 +1231,33 @@ pub(crate) fn plan_space(
         (Some(None), Some(t)) => t.len(),
         _ => 0,
     };
-    let bound = (base_entries / u64::from(config.kv_delta_ratio.max(1))).max(config.kv_min_delta);
-    if n > 0 && mid_entries > bound {
-        files = vec![Some(merge(&levels, writes, true)?.finish())];
+    if n > 0 && mid_entries > bound(base_entries) {
+        if config.kv_background
+            && n == 1
+            && let Some(Some((bytes, _))) = files.get(1)
+        {
+            // A middle delta past the bound at once: rebase in the background.
+            let mid = Arc::new(Table::owned(bytes.clone(), PathBuf::new())?);
+            let shared = vec![base_refs[0].file_hash, Digest::sha256(bytes)];
+            let tables = vec![Arc::clone(&space.levels[0]), mid];
+            compaction = Some(JobSpec {
+                namespace: space.namespace,
+                from: 0,
+                shared,
+                top: None,
+                tables,
+            });
+        } else {
+            files = vec![Some(merge(&levels, writes, true)?.finish())];
+        }
     }
     let mut refs = Vec::with_capacity(files.len());
     let mut out = Vec::with_capacity(files.len());
-    let base_refs = space.base.as_ref().map_or(&[][..], |e| e.levels());
     for (l, f) in files.into_iter().enumerate() {
         match f {
             Some((bytes, entries)) => {
                 refs.push(table_ref(&bytes, entries));
-                out.push(Some(bytes));
+                out.push(KvSource::Bytes(bytes));
             }
             None => {
                 let r = base_refs
@@ -955,15 +1267,14 @@ pub(crate) fn plan_space(
                         reason: "a key-value table linked from a base that lacks it".into(),
                     })?;
                 refs.push(r);
-                out.push(None);
+                out.push(KvSource::Base);
             }
         }
     }
-    let entry = KvEntry::new(space.namespace, space.keys, space.bytes, hash, refs)
-        .map_err(|source| StoreError::InvalidPlan { source })?;
     Ok(PlannedSpace {
-        entry: Some(entry),
+        entry: Some(entry(refs)?),
         files: out,
+        compaction,
     })
 }
 

@@ -280,6 +280,11 @@ pub struct StoreConfig {
     pub kv_delta_ratio: u32,
     /// ... and more than this many entries (default 4096), so small spaces keep their deltas.
     pub kv_min_delta: u64,
+    /// Fold and rebase key-value spaces on a background thread (default `true`): the commit
+    /// that passes a bound writes its top delta (up to 16 times `kv_top_entries`) and starts
+    /// the merge; a later commit descending from it adopts the merged table. Off, the commit
+    /// that passes a bound merges itself.
+    pub kv_background: bool,
 }
 
 impl Default for StoreConfig {
@@ -293,6 +298,7 @@ impl Default for StoreConfig {
             kv_top_entries: 256,
             kv_delta_ratio: 16,
             kv_min_delta: 4096,
+            kv_background: true,
         }
     }
 }

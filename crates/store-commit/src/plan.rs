@@ -33,14 +33,25 @@ pub(crate) struct CommitPlan<'a> {
     pub(crate) files: Vec<Planned<'a>>,
     pub(crate) kv: Vec<KvEntry>,
     pub(crate) kv_files: Vec<PlannedKv>,
+    /// Background compactions to start once the commit is written.
+    pub(crate) compactions: Vec<kv::JobSpec>,
 }
 
 /// One table file of a key-value space in a planned commit.
 pub(crate) struct PlannedKv {
     pub(crate) namespace: Namespace,
     pub(crate) level: usize,
-    /// New bytes, or `None`: a hard link of the same level's file in the base commit.
-    pub(crate) bytes: Option<Vec<u8>>,
+    pub(crate) source: KvSource,
+}
+
+/// Where a planned key-value table comes from.
+pub(crate) enum KvSource {
+    /// A hard link of the same level's file in the base commit.
+    Base,
+    /// New bytes.
+    Bytes(Vec<u8>),
+    /// A hard link of a table a background compaction staged.
+    Staged(std::sync::Arc<kv::Staged>),
 }
 
 /// One file of a planned commit.
@@ -69,12 +80,14 @@ pub(crate) fn plan<'a>(
     modules: &'a BTreeMap<ModuleId, ModState>,
     base_index: Option<&CommitIndex>,
     spaces: &BTreeMap<Namespace, KvHandle>,
+    compactions: &kv::Compactions,
 ) -> Result<CommitPlan<'a>, StoreError> {
     let mut plan = CommitPlan {
         entries: Vec::with_capacity(modules.len()),
         files: Vec::new(),
         kv: Vec::new(),
         kv_files: Vec::new(),
+        compactions: Vec::new(),
     };
     // Spaces the session did not open are the base's, linked whole.
     for entry in base_index.iter().flat_map(|i| i.kv()) {
@@ -85,19 +98,20 @@ pub(crate) fn plan<'a>(
             plan.kv_files.push(PlannedKv {
                 namespace: entry.namespace(),
                 level,
-                bytes: None,
+                source: KvSource::Base,
             });
         }
         plan.kv.push(entry.clone());
     }
     for (namespace, handle) in spaces {
-        let planned = kv::plan_space(&handle.0.lock(), config)?;
+        let planned = kv::plan_space(&handle.0.lock(), config, compactions)?;
+        plan.compactions.extend(planned.compaction);
         let Some(entry) = planned.entry else { continue };
-        for (level, bytes) in planned.files.into_iter().enumerate() {
+        for (level, source) in planned.files.into_iter().enumerate() {
             plan.kv_files.push(PlannedKv {
                 namespace: *namespace,
                 level,
-                bytes,
+                source,
             });
         }
         plan.kv.push(entry);

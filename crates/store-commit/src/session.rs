@@ -412,6 +412,7 @@ impl Session {
             &self.modules,
             self.index.as_deref(),
             &self.spaces,
+            self.store.compactions(),
         )?;
         self.store.write_commit(self.base, plan)
     }

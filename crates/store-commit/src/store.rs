@@ -29,6 +29,8 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Inner {
+    /// Dropped first: waits for the background compactions, which write into the directory.
+    compactions: crate::kv::Compactions,
     files: StoreFiles,
     config: StoreConfig,
     poisoned: AtomicBool,
@@ -94,6 +96,7 @@ impl Store {
         }
         Ok(Store {
             inner: Arc::new(Inner {
+                compactions: crate::kv::Compactions::new(files.staged()),
                 files,
                 config,
                 poisoned: AtomicBool::new(false),
@@ -273,6 +276,17 @@ impl Store {
         self.commit_dir(root).blob(m)
     }
 
+    /// Waits until the background compactions of key-value spaces have finished (their
+    /// tables are then adopted by the next commits that descend from theirs).
+    pub fn wait_for_compactions(&self) {
+        self.inner.compactions.wait();
+    }
+
+    /// The background compactions (for the planner).
+    pub(crate) fn compactions(&self) -> &crate::kv::Compactions {
+        &self.inner.compactions
+    }
+
     /// Whether an earlier I/O error makes the store refuse writes.
     pub fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::SeqCst)
@@ -302,6 +316,22 @@ impl Store {
     /// equal to an existing commit returns that commit's root and writes nothing (a commit awaiting
     /// deferred deletion is revived). An I/O error poisons the store.
     pub(crate) fn write_commit(
+        &self,
+        parent: Option<Root>,
+        mut plan: CommitPlan<'_>,
+    ) -> Result<Root, StoreError> {
+        // Started once the commit is written (or found to exist): the merge is not its work.
+        let compactions = std::mem::take(&mut plan.compactions);
+        let result = self.write_planned(parent, plan);
+        if result.is_ok() {
+            for spec in compactions {
+                self.inner.compactions.start(spec);
+            }
+        }
+        result
+    }
+
+    fn write_planned(
         &self,
         parent: Option<Root>,
         plan: CommitPlan<'_>,

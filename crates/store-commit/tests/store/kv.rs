@@ -90,6 +90,7 @@ fn deltas_fold_and_rebase_within_their_bounds() -> Result<()> {
         kv_top_entries: 20,
         kv_delta_ratio: 4,
         kv_min_delta: 50,
+        kv_background: false,
         ..quick()
     };
     let (store, mut root) = filled(dir.path(), config, 1000)?;
@@ -346,15 +347,17 @@ enum KvCommit {
     Delta,
     /// A middle delta past its bound: a new base.
     Rebase,
+    /// The adoption of a middle delta that a background compaction merged.
+    Adopt,
 }
 
 /// The key-value thresholds of the crash tests: a rebase once the middle delta passes 50 keys.
-fn crash_config(fsync: bool) -> StoreConfig {
+fn crash_config(background: bool) -> StoreConfig {
     StoreConfig {
-        fsync,
         kv_top_entries: 10,
         kv_delta_ratio: 4,
         kv_min_delta: 50,
+        kv_background: background,
         ..StoreConfig::default()
     }
 }
@@ -370,9 +373,15 @@ fn pairs(store: &Store, root: &Root) -> Result<Pairs> {
     Ok(out)
 }
 
-/// A store over `fs` with a base of 200 keys and a middle delta of 3; returns the two commits.
-fn kv_case(dir: &std::path::Path, fs: Arc<dyn strata_fs::Fs>) -> Result<(Store, Vec<Root>)> {
-    let store = Store::open_with_fs(dir, crash_config(true), fs)?;
+/// A store over `fs` with a base of 200 keys and a middle delta of 3; for `Adopt`, a third
+/// commit whose top delta of 15 keys started a background fold, finished. Returns the commits.
+fn kv_case(
+    dir: &std::path::Path,
+    fs: Arc<dyn strata_fs::Fs>,
+    what: KvCommit,
+) -> Result<(Store, Vec<Root>)> {
+    let background = matches!(what, KvCommit::Adopt);
+    let store = Store::open_with_fs(dir, crash_config(background), fs)?;
     let mut s = store.session(None)?;
     let h = s.kv(&space(0))?;
     for i in 0..200 {
@@ -385,14 +394,24 @@ fn kv_case(dir: &std::path::Path, fs: Arc<dyn strata_fs::Fs>) -> Result<(Store, 
         h.insert(&key(i), b"mid")?;
     }
     let r1 = s.commit()?;
-    Ok((store, vec![r0, r1]))
+    let mut roots = vec![r0, r1];
+    if background {
+        let mut s = store.session(Some(r1))?;
+        let h = s.kv(&space(0))?;
+        for i in 0..15 {
+            h.insert(&key(100 + i), b"top")?;
+        }
+        roots.push(s.commit()?);
+        store.wait_for_compactions();
+    }
+    Ok((store, roots))
 }
 
 fn kv_commit_under_test(store: &Store, base: Root, what: KvCommit) -> Result<Root> {
     let mut s = store.session(Some(base))?;
     let h = s.kv(&space(0))?;
     let n = match what {
-        KvCommit::Delta => 4,
+        KvCommit::Delta | KvCommit::Adopt => 4,
         KvCommit::Rebase => 60,
     };
     for i in 0..n {
@@ -440,7 +459,7 @@ fn check_kv_after(
 
 #[test]
 fn power_loss_at_every_operation_of_key_value_commits() -> Result<()> {
-    for what in [KvCommit::Delta, KvCommit::Rebase] {
+    for what in [KvCommit::Delta, KvCommit::Rebase, KvCommit::Adopt] {
         let setup = || -> Result<_> {
             let dir = tempfile::tempdir()?;
             let fs = Arc::new(PowerLossFs::new(
@@ -448,44 +467,49 @@ fn power_loss_at_every_operation_of_key_value_commits() -> Result<()> {
                 dir.path(),
                 Clock::new(),
             ));
-            let (store, roots) = kv_case(dir.path(), fs.clone())?;
+            let (store, roots) = kv_case(dir.path(), fs.clone(), what)?;
             Ok((dir, fs, store, roots))
         };
         let (_dir, fs, store, roots) = setup()?;
+        let base = *roots.last().expect("commits");
         let before: Vec<(Root, Pairs)> = roots
             .iter()
             .map(|r| Ok((*r, pairs(&store, r)?)))
             .collect::<Result<_>>()?;
         let start = fs.ops();
-        let root = kv_commit_under_test(&store, roots[1], what)?;
+        let root = kv_commit_under_test(&store, base, what)?;
         let ops = fs.ops() - start;
-        let levels = store
-            .index(&root)?
-            .kv_space(&space(0))
-            .expect("space")
-            .levels()
-            .len();
-        let expected_levels = match what {
-            KvCommit::Delta => 3,
-            KvCommit::Rebase => 1,
+        let levels = |r: &Root| -> Result<Vec<store_index::TableRef>> {
+            Ok(store
+                .index(r)?
+                .kv_space(&space(0))
+                .expect("space")
+                .levels()
+                .to_vec())
         };
-        assert_eq!(levels, expected_levels, "{what:?}");
+        let (now, then) = (levels(&root)?, levels(&base)?);
+        match what {
+            KvCommit::Delta => assert_eq!(now.len(), 3),
+            KvCommit::Rebase => assert_eq!(now.len(), 1),
+            // The merged middle delta (3 + 15 entries) replaced the base commit's.
+            KvCommit::Adopt => {
+                assert_eq!(now[1].entries, 18, "{now:?}");
+                assert_ne!(now[1], then[1]);
+            }
+        }
         let new = (root, pairs(&store, &root)?);
         drop(store);
         for k in 0..=ops {
             let (dir, fs, store, roots) = setup()?;
+            let base = *roots.last().expect("commits");
             fs.cut_at(fs.ops() + k);
-            let result = kv_commit_under_test(&store, roots[1], what);
+            let result = kv_commit_under_test(&store, base, what);
             assert_eq!(result.is_ok(), k == ops, "{what:?} op {k}: {result:?}");
             drop(store);
             fs.power_cut(Loss::Unsynced)?;
             let label = format!("{what:?} commit, power lost at op {k} of {ops}");
             let store = check_kv_after(dir.path(), &before, &new, k == ops, &label)?;
-            assert_eq!(
-                kv_commit_under_test(&store, roots[1], what)?,
-                root,
-                "{label}"
-            );
+            assert_eq!(kv_commit_under_test(&store, base, what)?, root, "{label}");
         }
     }
     Ok(())
@@ -493,29 +517,31 @@ fn power_loss_at_every_operation_of_key_value_commits() -> Result<()> {
 
 #[test]
 fn fault_injection_at_every_operation_of_key_value_commits() -> Result<()> {
-    for what in [KvCommit::Delta, KvCommit::Rebase] {
+    for what in [KvCommit::Delta, KvCommit::Rebase, KvCommit::Adopt] {
         let setup = || -> Result<_> {
             let dir = tempfile::tempdir()?;
             let fs = Arc::new(FaultFs::new(Arc::new(NoSyncFs::real())));
             fs.set_logging(false);
-            let (store, roots) = kv_case(dir.path(), fs.clone())?;
+            let (store, roots) = kv_case(dir.path(), fs.clone(), what)?;
             Ok((dir, fs, store, roots))
         };
         let (_dir, fs, store, roots) = setup()?;
+        let base = *roots.last().expect("commits");
         let before: Vec<(Root, Pairs)> = roots
             .iter()
             .map(|r| Ok((*r, pairs(&store, r)?)))
             .collect::<Result<_>>()?;
         let start = fs.ops();
-        let root = kv_commit_under_test(&store, roots[1], what)?;
+        let root = kv_commit_under_test(&store, base, what)?;
         let ops = fs.ops() - start;
         let new = (root, pairs(&store, &root)?);
         drop(store);
         for k in 0..ops {
             for mode in [FaultMode::Once, FaultMode::FromThenOn] {
                 let (dir, fs, store, roots) = setup()?;
+                let base = *roots.last().expect("commits");
                 fs.fail_at(fs.ops() + k, mode, 5);
-                let err = kv_commit_under_test(&store, roots[1], what)
+                let err = kv_commit_under_test(&store, base, what)
                     .expect_err("an injected fault fails the commit");
                 let err = err.downcast::<StoreError>()?;
                 assert!(
@@ -526,13 +552,75 @@ fn fault_injection_at_every_operation_of_key_value_commits() -> Result<()> {
                 drop(store);
                 let label = format!("{what:?} commit, fault {mode:?} at op {k} of {ops}");
                 let store = check_kv_after(dir.path(), &before, &new, false, &label)?;
-                assert_eq!(
-                    kv_commit_under_test(&store, roots[1], what)?,
-                    root,
-                    "{label}"
-                );
+                assert_eq!(kv_commit_under_test(&store, base, what)?, root, "{label}");
             }
         }
     }
+    Ok(())
+}
+
+#[test]
+fn background_compactions_are_adopted_and_bound_every_commit() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = StoreConfig {
+        kv_top_entries: 10,
+        kv_delta_ratio: 4,
+        kv_min_delta: 50,
+        ..quick()
+    };
+    let (store, mut root) = filled(dir.path(), config, 1000)?;
+    let ns = space(0);
+    let first_base = store.index(&root)?.kv_space(&ns).expect("space").levels()[0];
+    let (mut bases, mut staged_links) = (std::collections::BTreeSet::new(), 0);
+    for c in 0..120u32 {
+        let mut s = store.session(Some(root))?;
+        let h = s.kv(&ns)?;
+        for i in 0..7 {
+            h.insert(&key((c * 37 + i * 101) % 1000), &c.to_le_bytes())?;
+        }
+        if c % 5 == 0 {
+            h.remove(&key(c))?;
+        }
+        let before = store.index(&root)?;
+        root = s.commit()?;
+        let index = store.index(&root)?;
+        let levels = index.kv_space(&ns).expect("space").levels();
+        bases.insert(levels[0].file_hash);
+        // No commit writes more than the top's cap; merged tables come in as links.
+        let old = before.kv_space(&ns).expect("space").levels();
+        for (l, t) in levels.iter().enumerate() {
+            if old.get(l) != Some(t) && t.entries > 160 {
+                staged_links += 1;
+                let path = kv_file(&store, &root, &ns, l);
+                assert!(std::fs::metadata(&path)?.nlink() >= 1);
+            }
+        }
+        if c % 3 == 0 {
+            store.wait_for_compactions();
+        }
+    }
+    assert!(
+        bases.len() > 1 && bases.contains(&first_base.file_hash),
+        "no rebase: {bases:?}"
+    );
+    assert!(staged_links > 0, "no merged table was adopted");
+    // The contents are right, verify passes, and a reopen leaves no staged file behind.
+    let h = store.session(Some(root))?.kv(&ns)?;
+    assert_eq!(
+        h.get(&key((119 * 37) % 1000))?,
+        Some(119u32.to_le_bytes().to_vec())
+    );
+    assert!(store.verify()?.is_ok());
+    drop(h);
+    drop(store);
+    let store = Store::open(dir.path(), quick())?;
+    for name in std::fs::read_dir(dir.path())? {
+        let name = name?.file_name();
+        assert!(
+            !name.to_string_lossy().starts_with('.'),
+            "leftover {name:?}"
+        );
+    }
+    assert!(store.verify()?.is_ok());
     Ok(())
 }
