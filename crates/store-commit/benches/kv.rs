@@ -70,6 +70,9 @@ fn space() -> Namespace {
 struct KvStore {
     dir: PathBuf,
     root: Root,
+    /// The same shape with a middle delta 10 entries under the rebase bound: 20 more keys
+    /// rebase (from `root`, 20 keys fold).
+    rebase_root: Root,
 }
 
 fn build(dir: &Path, n: u64) -> KvStore {
@@ -80,23 +83,29 @@ fn build(dir: &Path, n: u64) -> KvStore {
         h.insert(&key(i), &value(i, 0)).unwrap();
     }
     drop(h);
-    let mut root = s.commit().unwrap();
-    let mid = (n / 16).saturating_sub(500).max(1);
-    for (count, round) in [(mid, 1), (246, 2)] {
-        let mut s = store.session(Some(root)).unwrap();
-        let h = s.kv(&space()).unwrap();
-        for j in 0..count {
-            let i = (j * 7919 + round) % n;
-            h.insert(&key(i), &value(i, round)).unwrap();
+    let base = s.commit().unwrap();
+    let mut roots = Vec::new();
+    for short in [500, 10] {
+        let mut root = base;
+        let mid = (n / 16).saturating_sub(short).max(1);
+        for (count, round) in [(mid, 1), (246, 2)] {
+            let mut s = store.session(Some(root)).unwrap();
+            let h = s.kv(&space()).unwrap();
+            for j in 0..count {
+                let i = (j * 7919 + round + short) % n;
+                h.insert(&key(i), &value(i, round)).unwrap();
+            }
+            root = s.commit().unwrap();
         }
-        root = s.commit().unwrap();
+        let index = store.index(&root).unwrap();
+        let levels = index.kv_space(&space()).unwrap().levels().len();
+        assert_eq!(levels, 3, "the benchmark state has a base and two deltas");
+        roots.push(root);
     }
-    let index = store.index(&root).unwrap();
-    let levels = index.kv_space(&space()).unwrap().levels().len();
-    assert_eq!(levels, 3, "the benchmark state has a base and two deltas");
     KvStore {
         dir: dir.to_path_buf(),
-        root,
+        root: roots[0],
+        rebase_root: roots[1],
     }
 }
 
@@ -237,10 +246,10 @@ fn commit(c: &mut Criterion) {
         }
         let plain = median(plain.split_off(1));
         let mut line = format!("kv_commit_1M (background {background}): plain {plain:?}");
-        for (what, count) in [("fold", 20), ("rebase", 1000)] {
+        for (what, from) in [("fold", sh.big.root), ("rebase", sh.big.rebase_root)] {
             let (mut triggers, mut adopts, mut shapes) = (Vec::new(), Vec::new(), (0, 0));
             for _ in 0..5 {
-                let (trigger, levels, r) = time(sh.big.root, count);
+                let (trigger, levels, r) = time(from, 20);
                 store.wait_for_compactions();
                 let (adopt, adopted, r2) = time(r, 10);
                 triggers.push(trigger);
@@ -251,8 +260,8 @@ fn commit(c: &mut Criterion) {
             }
             let (trigger, adopt) = (median(triggers), median(adopts));
             line += &format!(
-                "; {what}: the commit passing the bound {trigger:?} = {:.1}x ({} tables), \
-                 the next commit {adopt:?} = {:.1}x ({} tables)",
+                "; {what}: the commit of 20 keys passing the bound {trigger:?} = {:.1}x \
+                 ({} tables), the next commit of 10 {adopt:?} = {:.1}x ({} tables)",
                 trigger.as_secs_f64() / plain.as_secs_f64(),
                 shapes.0,
                 adopt.as_secs_f64() / plain.as_secs_f64(),
