@@ -471,8 +471,11 @@ fn read_whole(mem: &MemoryHandle) -> Vec<u8> {
 /// What a template store holds: per commit, per module, (memory, blob).
 type Contents = BTreeMap<Root, BTreeMap<ModuleId, (Vec<u8>, Vec<u8>)>>;
 
+/// Key-value pairs in key order.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The key-value pairs of the template store's one space, per commit.
-type KvContents = BTreeMap<Root, Vec<(Vec<u8>, Vec<u8>)>>;
+type KvContents = BTreeMap<Root, Pairs>;
 
 /// The template store's key-value space.
 fn template_space() -> store_commit::Namespace {
@@ -546,7 +549,7 @@ fn template_store() -> &'static (PathBuf, Contents, KvContents) {
 }
 
 /// The pairs of the template space in a commit, in order.
-fn template_pairs(store: &Store, root: &Root) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+fn template_pairs(store: &Store, root: &Root) -> Result<Pairs, StoreError> {
     let kv = store.session(Some(*root))?.kv(&template_space())?;
     kv.range(None, None, store_commit::Order::Ascending)?
         .collect()

@@ -583,7 +583,7 @@ impl KvHandle {
     ) -> Result<KvIter, StoreError> {
         let mut space = self.0.lock();
         let writes = Arc::clone(&space.writes);
-        Ok(space.iter(self, start, end, order, writes)?)
+        space.iter(self, start, end, order, writes)
     }
 
     /// [`range`](Self::range) for a host that bills its guest: the iterator takes its own copy
