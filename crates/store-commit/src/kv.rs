@@ -38,6 +38,10 @@ const TABLE_VERSION: u32 = 1;
 const FOOTER: usize = 32;
 /// Per entry in the index: key prefix u64 (big-endian, zero-padded) ‖ offset u64.
 const INDEX_ENTRY: usize = 16;
+/// One fence (the key prefix of every `FENCE_EVERY`th entry, u64 big-endian) per index page,
+/// so that a lookup in a freshly mapped table touches few pages: the fences, one index page,
+/// the entry.
+const FENCE_EVERY: u64 = 256;
 /// The value length that marks a tombstone (a removed key) in a delta table.
 const TOMBSTONE: u32 = u32::MAX;
 
@@ -142,7 +146,13 @@ impl TableWriter {
 
     fn finish(mut self) -> (Vec<u8>, u64) {
         let index_at = self.data.len() as u64;
+        let fences: Vec<u8> = self
+            .index
+            .chunks(INDEX_ENTRY * FENCE_EVERY as usize)
+            .flat_map(|page| page[..8].to_vec())
+            .collect();
         self.data.append(&mut self.index);
+        self.data.extend_from_slice(&fences);
         self.data.extend_from_slice(&self.count.to_le_bytes());
         self.data.extend_from_slice(&index_at.to_le_bytes());
         self.data.extend_from_slice(MAGIC);
@@ -233,7 +243,12 @@ impl Table {
         let count = u64_at(b, f);
         let index_at = u64_at(b, f + 8);
         let index_len = count.checked_mul(INDEX_ENTRY as u64);
-        if index_len.and_then(|l| l.checked_add(index_at)) != Some(f as u64) {
+        let fences_len = count.div_ceil(FENCE_EVERY) * 8;
+        if index_len
+            .and_then(|l| l.checked_add(index_at))
+            .and_then(|l| l.checked_add(fences_len))
+            != Some(f as u64)
+        {
             return Err(footer("index does not fit the file"));
         }
         Ok(Table {
@@ -292,7 +307,35 @@ impl Table {
     /// The first entry whose key is at least `key` (`len` when none).
     pub(crate) fn lower_bound(&self, key: &[u8]) -> Result<u64, StoreError> {
         let p = prefix(key);
-        let (mut lo, mut hi) = (0, self.count);
+        // The fences narrow the search to the entries between the last fence below the key's
+        // prefix and the first above it (fences equal to it may hide equal prefixes on both
+        // sides).
+        let fences = self.count.div_ceil(FENCE_EVERY);
+        let fence = |j: u64| {
+            let at = self.index_at + self.count as usize * INDEX_ENTRY + j as usize * 8;
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&self.b()[at..at + 8]);
+            u64::from_be_bytes(x)
+        };
+        let partition = |pred: &dyn Fn(u64) -> bool| {
+            let (mut lo, mut hi) = (0, fences);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if pred(fence(mid)) {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        let below = partition(&|f| f < p);
+        let not_above = partition(&|f| f <= p);
+        let mut lo = below.saturating_sub(1) * FENCE_EVERY;
+        let mut hi = (not_above * FENCE_EVERY).min(self.count);
+        if lo > hi {
+            (lo, hi) = (0, self.count);
+        }
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let mp = self.prefix_at(mid);
@@ -1358,6 +1401,24 @@ mod tests {
         assert_eq!(t.get(b"aaaaaaaa2").expect("reads"), Some(None));
         assert_eq!(t.get(b"aaaaaaaa").expect("reads"), None);
         assert_eq!(t.lower_bound(b"aaaaaaaa15").expect("reads"), 1);
+        // Runs of equal prefixes across many fences, between other keys.
+        let mut keys: Vec<Vec<u8>> = (0u32..2000)
+            .map(|i| [b"samepref".as_slice(), &i.to_be_bytes()].concat())
+            .collect();
+        keys.extend((0u32..700).map(|i| i.to_be_bytes().to_vec()));
+        keys.extend((0u32..700).map(|i| [b"z".as_slice(), &i.to_be_bytes()].concat()));
+        keys.sort();
+        let entries: Vec<(&[u8], Option<&[u8]>)> =
+            keys.iter().map(|k| (k.as_slice(), Some(&k[..]))).collect();
+        let t = table(&entries);
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(t.lower_bound(k).expect("reads"), i as u64);
+            let mut after = k.clone();
+            after.push(0);
+            assert_eq!(t.lower_bound(&after).expect("reads"), i as u64 + 1);
+        }
+        assert_eq!(t.lower_bound(b"").expect("reads"), 0);
+        assert_eq!(t.lower_bound(b"zz").expect("reads"), keys.len() as u64);
     }
 
     #[test]
