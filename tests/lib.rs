@@ -29,7 +29,7 @@ use cache_fs::{FsCache, FsCacheConfig, Verification};
 use store_commit::{
     Bytecode, MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig, StoreError,
 };
-use store_index::{CommitIndex, MemoryTree, RecordKind, hash, state_root};
+use store_index::{CommitIndex, MemoryTree, RecordKind, hash};
 use vm_host::{Value, ValueType, Vm, VmConfig, VmError};
 
 /// A fuzz target: any bytes in, a panic only for a real bug.
@@ -448,6 +448,10 @@ fn quick_store() -> StoreConfig {
     StoreConfig {
         fsync: false,
         delta_ratio: 2,
+        // Small key-value thresholds: top deltas, folds and rebases within a few commits.
+        kv_top_entries: 5,
+        kv_delta_ratio: 2,
+        kv_min_delta: 8,
         ..StoreConfig::default()
     }
 }
@@ -467,10 +471,21 @@ fn read_whole(mem: &MemoryHandle) -> Vec<u8> {
 /// What a template store holds: per commit, per module, (memory, blob).
 type Contents = BTreeMap<Root, BTreeMap<ModuleId, (Vec<u8>, Vec<u8>)>>;
 
+/// Key-value pairs in key order.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The key-value pairs of the template store's one space, per commit.
+type KvContents = BTreeMap<Root, Pairs>;
+
+/// The template store's key-value space.
+fn template_space() -> store_commit::Namespace {
+    store_commit::Namespace::of_instance(&ModuleId::of_wasm(b"template"), b"kv")
+}
+
 /// A small store with full images, deltas on deltas, grown memories and blobs, made once per
 /// process, with the contents of each commit.
-fn template_store() -> &'static (PathBuf, Contents) {
-    static TEMPLATE: OnceLock<(PathBuf, Contents)> = OnceLock::new();
+fn template_store() -> &'static (PathBuf, Contents, KvContents) {
+    static TEMPLATE: OnceLock<(PathBuf, Contents, KvContents)> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
         let dir = scratch("store-template");
         let _ = std::fs::remove_dir_all(&dir);
@@ -497,6 +512,15 @@ fn template_store() -> &'static (PathBuf, Contents) {
                 write_memory(&n, PAGE_SIZE + 1, &[9; 100]);
             }
             s.set_blob(&ids[1], vec![round; 3]).expect("blob");
+            // Key-value tables: a base, then deltas, a fold and a rebase (small thresholds).
+            let kv = s.kv(&template_space()).expect("space");
+            for k in 0..[12u8, 3, 4, 9][usize::from(round)] {
+                let key = [vec![b'k'; usize::from(k % 3) * 4], vec![k * 7 + round]].concat();
+                kv.insert(&key, &[round; 5]).expect("insert");
+            }
+            if round == 3 {
+                kv.remove(&[7]).expect("remove");
+            }
             root = s.commit().expect("commit");
         }
         let contents = store
@@ -515,8 +539,20 @@ fn template_store() -> &'static (PathBuf, Contents) {
                 (c.root, modules)
             })
             .collect();
-        (dir, contents)
+        let kv = store
+            .commits()
+            .into_iter()
+            .map(|c| (c.root, template_pairs(&store, &c.root).expect("read pairs")))
+            .collect();
+        (dir, contents, kv)
     })
+}
+
+/// The pairs of the template space in a commit, in order.
+fn template_pairs(store: &Store, root: &Root) -> Result<Pairs, StoreError> {
+    let kv = store.session(Some(*root))?.kv(&template_space())?;
+    kv.range(None, None, store_commit::Order::Ascending)?
+        .collect()
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -556,7 +592,7 @@ fn copy_tree(from: &Path, to: &Path) {
 /// commit, and if a read returns other data than was committed, `verify` reports the damage.
 /// This reaches the index, tree, delta and blob patch decoders on disk.
 pub fn store_files(data: &[u8]) {
-    let (template, contents) = template_store();
+    let (template, contents, kv_contents) = template_store();
     let mut u = Unstructured::new(data);
     let work = tempfile::tempdir().expect("temp dir");
     let dir = work.path().join("store");
@@ -634,6 +670,9 @@ pub fn store_files(data: &[u8]) {
         let Some(expected) = contents.get(&c.root) else {
             panic!("a commit that was never made appeared: {}", c.root);
         };
+        if template_pairs(&store, &c.root).is_ok_and(|pairs| pairs != kv_contents[&c.root]) {
+            wrong.push(format!("key-value pairs of {}", c.root));
+        }
         for id in &c.modules {
             let (memory, blob) = &expected[id];
             if store
@@ -1005,21 +1044,41 @@ fn misnamed_calls(args: &[String]) {
 /// Per module: bytecode, memory, blob.
 type ModelState = BTreeMap<ModuleId, (Vec<u8>, Vec<u8>, Vec<u8>)>;
 
-/// The root of a state, from full contents, independently of the store's bookkeeping.
-fn model_root(state: &ModelState) -> Root {
-    let leaves: Vec<(ModuleId, store_index::Digest)> = state
-        .iter()
-        .map(|(id, (code, mem, blob))| {
-            let leaf = hash::module_leaf(
-                id,
-                &store_index::Digest::sha256(code),
-                &MemoryTree::from_memory(mem).root(),
-                &hash::blob(blob),
-            );
-            (*id, leaf)
-        })
-        .collect();
-    state_root(leaves.iter().map(|(id, l)| (*id, *l)))
+/// Per key-value space of the model: its pairs.
+type KvModel = BTreeMap<store_commit::Namespace, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// The root of a state with key-value spaces, each space's set hash from its whole content.
+fn model_root_kv(state: &ModelState, kv: &KvModel) -> Root {
+    let leaves = state.iter().map(|(id, (code, mem, blob))| {
+        let leaf = hash::module_leaf(
+            id,
+            &store_index::Digest::sha256(code),
+            &MemoryTree::from_memory(mem).root(),
+            &hash::blob(blob),
+        );
+        (*id, leaf)
+    });
+    let spaces = kv.iter().filter(|(_, m)| !m.is_empty()).map(|(ns, m)| {
+        let mut set = store_index::KvHash::empty();
+        let bytes: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
+        for (k, v) in m {
+            set.insert(k, v);
+        }
+        let root = hash::kv_root(ns, m.len() as u64, bytes as u64, &set.checksum());
+        (*ns, root)
+    });
+    store_index::commit_root(leaves, spaces)
+}
+
+fn model_space(n: u8) -> store_commit::Namespace {
+    store_commit::Namespace::of_instance(&ModuleId::of_wasm(b"kv"), &[n % 2])
+}
+
+/// Keys of several lengths, some sharing their first 8 bytes.
+fn model_key(k: u8) -> Vec<u8> {
+    let mut out = vec![b'k'; usize::from(k % 3) * 5];
+    out.push(k % 32);
+    out
 }
 
 const MODEL_RES: usize = 8 * PAGE_SIZE;
@@ -1032,7 +1091,7 @@ pub fn store_model(data: &[u8]) {
     let work = tempfile::tempdir().expect("temp dir");
     let dir = work.path();
     let mut store = Store::open(dir, quick_store()).expect("open");
-    let mut model: HashMap<Root, ModelState> = HashMap::new();
+    let mut model: HashMap<Root, (ModelState, KvModel)> = HashMap::new();
     let mut order: Vec<Root> = Vec::new();
     let mut steps = 0;
     while !u.is_empty() && steps < 40 {
@@ -1064,9 +1123,28 @@ pub fn store_model(data: &[u8]) {
         listed, expected,
         "the store lists other commits than the model"
     );
-    for (root, state) in &model {
+    for (root, (state, kv)) in &model {
         let mut s = store.session(Some(*root)).expect("session");
         assert_eq!(s.modules(), state.keys().copied().collect::<Vec<_>>());
+        for n in 0..2 {
+            let h = s.kv(&model_space(n)).expect("space");
+            let m = kv.get(&model_space(n)).cloned().unwrap_or_default();
+            for order in [
+                store_commit::Order::Ascending,
+                store_commit::Order::Descending,
+            ] {
+                let got: Vec<_> = h
+                    .range(None, None, order)
+                    .expect("range")
+                    .collect::<Result<_, _>>()
+                    .expect("entries");
+                let mut want: Vec<_> = m.clone().into_iter().collect();
+                if order == store_commit::Order::Descending {
+                    want.reverse();
+                }
+                assert_eq!(got, want, "space {n} of {root} differs from the model");
+            }
+        }
         for (id, (code, mem, blob)) in state {
             assert_eq!(&store.read_memory(root, id).expect("read"), mem);
             assert_eq!(&read_whole(&s.memory(id, MODEL_RES).expect("map")), mem);
@@ -1081,24 +1159,90 @@ pub fn store_model(data: &[u8]) {
 fn model_session(
     u: &mut Unstructured<'_>,
     store: &Store,
-    model: &mut HashMap<Root, ModelState>,
+    model: &mut HashMap<Root, (ModelState, KvModel)>,
     order: &mut Vec<Root>,
 ) {
     let base = match u.choose_index(order.len() + 1).unwrap_or(0) {
         0 => None,
         i => Some(order[i - 1]),
     };
-    let mut state: ModelState = base.map(|b| model[&b].clone()).unwrap_or_default();
+    let (mut state, mut kv): (ModelState, KvModel) =
+        base.map(|b| model[&b].clone()).unwrap_or_default();
     let mut s = store.session(base).expect("session");
     let mut handles: HashMap<ModuleId, MemoryHandle> = HashMap::new();
-    let mut saved: Option<(store_commit::Checkpoint, ModelState)> = None;
+    let mut saved: Option<(store_commit::Checkpoint, ModelState, KvModel)> = None;
+    // Live iterators and what each must still yield (the space when it was opened).
+    type Snapshot = std::vec::IntoIter<(Vec<u8>, Vec<u8>)>;
+    let mut iters: Vec<(store_commit::KvIter, Snapshot)> = Vec::new();
     for _ in 0..u.int_in_range(0..=10u8).unwrap_or(0) {
         let pick = |n: u8, state: &ModelState| {
             let keys: Vec<ModuleId> = state.keys().copied().collect();
             (!keys.is_empty()).then(|| keys[usize::from(n) % keys.len()])
         };
         let module: u8 = u.arbitrary().unwrap_or(0);
-        match u.int_in_range(0..=8u8).unwrap_or(0) {
+        match u.int_in_range(0..=13u8).unwrap_or(0) {
+            9 => {
+                let (k, v): (u8, u8) = u.arbitrary().unwrap_or_default();
+                let value = vec![v; usize::from(v % 24)];
+                let h = s.kv(&model_space(module)).expect("space");
+                h.insert(&model_key(k), &value).expect("insert");
+                kv.entry(model_space(module))
+                    .or_default()
+                    .insert(model_key(k), value);
+            }
+            10 => {
+                let k: u8 = u.arbitrary().unwrap_or_default();
+                let h = s.kv(&model_space(module)).expect("space");
+                let was = kv
+                    .entry(model_space(module))
+                    .or_default()
+                    .remove(&model_key(k))
+                    .is_some();
+                assert_eq!(h.remove(&model_key(k)).expect("remove"), was);
+            }
+            11 => {
+                let k: u8 = u.arbitrary().unwrap_or_default();
+                let h = s.kv(&model_space(module)).expect("space");
+                let want = kv
+                    .get(&model_space(module))
+                    .and_then(|m| m.get(&model_key(k)));
+                assert_eq!(h.get(&model_key(k)).expect("get").as_ref(), want);
+            }
+            12 => {
+                let (a, b, desc): (Option<u8>, Option<u8>, bool) =
+                    u.arbitrary().unwrap_or_default();
+                let (a, b) = (a.map(model_key), b.map(model_key));
+                let order = if desc {
+                    store_commit::Order::Descending
+                } else {
+                    store_commit::Order::Ascending
+                };
+                let h = s.kv(&model_space(module)).expect("space");
+                let it = h.range(a.as_deref(), b.as_deref(), order).expect("range");
+                let mut want: Vec<(Vec<u8>, Vec<u8>)> = kv
+                    .get(&model_space(module))
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| {
+                        a.as_ref().is_none_or(|a| *k >= a) && b.as_ref().is_none_or(|b| *k < b)
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if desc {
+                    want.reverse();
+                }
+                iters.push((it, want.into_iter()));
+            }
+            13 => {
+                let (from, count): (u8, u8) = u.arbitrary().unwrap_or_default();
+                let h = s.kv(&model_space(module)).expect("space");
+                for k in (0..count % 40).map(|i| from.wrapping_add(i)) {
+                    h.insert(&model_key(k), &[count]).expect("insert");
+                    kv.entry(model_space(module))
+                        .or_default()
+                        .insert(model_key(k), vec![count]);
+                }
+            }
             0 => {
                 let code = vec![0, b'a', b's', b'm', 1, 0, 0, 0, module % 4];
                 let id = ModuleId::of_wasm(&code);
@@ -1166,17 +1310,28 @@ fn model_session(
                 s.set_blob(&id, blob.clone()).expect("blob");
                 state.get_mut(&id).expect("module").2 = blob;
             }
-            7 => saved = Some((s.checkpoint().expect("checkpoint"), state.clone())),
+            7 => {
+                saved = Some((
+                    s.checkpoint().expect("checkpoint"),
+                    state.clone(),
+                    kv.clone(),
+                ))
+            }
             _ => {
-                if let Some((c, st)) = &saved {
+                if let Some((c, st, k)) = &saved {
                     s.rollback(c).expect("rollback");
                     state = st.clone();
+                    kv = k.clone();
                     handles.retain(|id, _| state.contains_key(id));
                 }
             }
         }
         for (id, m) in &handles {
             assert!(read_whole(m) == state[id].1, "memory of {id} diverged");
+        }
+        for (it, want) in &mut iters {
+            let got = it.next().transpose().expect("iterator");
+            assert_eq!(got, want.next(), "an iterator diverged from its snapshot");
         }
     }
     for id in state.keys() {
@@ -1187,9 +1342,14 @@ fn model_session(
     }
     drop(handles);
     let root = s.commit().expect("commit");
-    assert_eq!(root, model_root(&state), "root differs from the model's");
+    kv.retain(|_, m| !m.is_empty());
+    assert_eq!(
+        root,
+        model_root_kv(&state, &kv),
+        "root differs from the model's"
+    );
     if !model.contains_key(&root) {
         order.push(root);
     }
-    model.insert(root, state);
+    model.insert(root, (state, kv));
 }

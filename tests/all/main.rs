@@ -5,6 +5,7 @@ mod cache;
 mod crash_vm;
 mod fuzz;
 mod hostile_kv;
+mod kv;
 mod load;
 mod pins;
 mod power_vm;

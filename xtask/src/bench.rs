@@ -374,6 +374,42 @@ pub(crate) const TARGETS: &[Target] = &[
         per: "baseline_floor",
         max: 2.0,
     },
+    // Issue 12: key-value spaces at scale (store-commit's `kv` benchmark; the footprint is in
+    // target/strata-bench/kv-footprint.txt).
+    Target::Ratio {
+        what: "kv commit of 10 keys in 1 M keys at least 100x faster than the whole-blob commit",
+        group: "kv_commit_1M",
+        function: "delta_10",
+        per: "baseline_whole_blob",
+        max: 0.01,
+    },
+    Target::Under {
+        what: "kv commit of 10 keys in 1 M keys, largest delta before a rebase, under 5 ms",
+        group: "kv_commit_1M",
+        function: "delta_10",
+        max_ns: 5e6,
+    },
+    Target::Ratio {
+        what: "kv session open + first read of 1 M keys within 1.5x of 1 k (flat)",
+        group: "kv_open_read",
+        function: "open_get/1M",
+        per: "open_get/1k",
+        max: 1.5,
+    },
+    Target::Ratio {
+        what: "kv point read in 1 M keys within 3x of a BTreeMap lookup + copy",
+        group: "kv_read_1M",
+        function: "point_read",
+        per: "baseline_btreemap_get_copy",
+        max: 3.0,
+    },
+    Target::Ratio {
+        what: "kv forward scan of 10,000 entries within 3x of a BTreeMap range",
+        group: "kv_scan_10k",
+        function: "scan",
+        per: "baseline_btreemap_range",
+        max: 3.0,
+    },
 ];
 
 fn group_matches(pattern: &str, group: &str) -> bool {

@@ -19,13 +19,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest as _, Sha256};
 use store_index::{
-    CommitIndex, Digest, MemoryTree, ModuleEntry, ModuleId, PAGE_SIZE, RecordKind, Root,
-    StoreMarker, decode_record, encode_record, hash,
+    CommitIndex, Digest, KvEntry, MemoryTree, ModuleEntry, ModuleId, Namespace, PAGE_SIZE,
+    RecordKind, Root, StoreMarker, decode_record, encode_record, hash,
 };
 use strata_fs::{Fs, Zeros};
 
 use crate::delta::DeltaPages;
-use crate::plan::{Planned, Source};
+use crate::kv::{self, Table};
+use crate::plan::{KvSource, Planned, PlannedKv, Source};
 use crate::{Corruption, StoreError, SyncMode, blob, mapping};
 
 const LOCK: &str = "LOCK";
@@ -36,7 +37,7 @@ const DELETED: &str = "deleted";
 const TMP_PREFIX: &str = ".tmp-";
 const DEL_PREFIX: &str = ".del-";
 /// The subdirectories of a commit directory, in creation order.
-const SUBDIRS: [&str; 3] = ["bytecode", "memory", "blob"];
+const SUBDIRS: [&str; 4] = ["bytecode", "memory", "blob", "kv"];
 /// The permission bits of every file the store writes (committed files and the format marker):
 /// read-only, so that nothing, not even a later open by the store itself, can write or truncate
 /// a file a session may have mapped (the store's own writes go through the descriptor that
@@ -78,6 +79,11 @@ impl File {
     }
 }
 
+/// The path of level `level` of a key-value space, relative to the commit directory.
+fn kv_relative(namespace: &Namespace, level: usize) -> PathBuf {
+    Path::new("kv").join(format!("{}.{level}", namespace.to_hex()))
+}
+
 pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.to_path_buf();
     move |source| StoreError::Io { op, path, source }
@@ -107,6 +113,46 @@ pub(crate) fn index_err(path: &Path, e: store_index::IndexError) -> StoreError {
 fn too_big() -> StoreError {
     StoreError::InvalidInput {
         reason: "memory too large for this platform".into(),
+    }
+}
+
+/// Writes the tables that background compactions build, as `.tmp-kv-*` files of the store
+/// directory (leftovers like any `.tmp-*`: removed at open). A commit that adopts one hard-links
+/// it into its own directory.
+#[derive(Clone)]
+pub(crate) struct StagedFiles {
+    dir: PathBuf,
+    fs: Arc<dyn Fs>,
+}
+
+impl std::fmt::Debug for StagedFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StagedFiles({})", self.dir.display())
+    }
+}
+
+impl StagedFiles {
+    /// Writes `bytes` as a new read-only staged table, synced, and maps it.
+    pub(crate) fn write(&self, bytes: &[u8]) -> Result<(PathBuf, Table), StoreError> {
+        static STAGED: AtomicU64 = AtomicU64::new(0);
+        let n = STAGED.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("{TMP_PREFIX}kv-{}-{n}", std::process::id()));
+        let fs = &*self.fs;
+        fs.write_file(&path, bytes, Zeros::Write, READ_ONLY)
+            .map_err(io_err("write", &path))?;
+        // Synced even without `fsync`: the write-back of a merged table (as large as the state
+        // for a rebase) is the compaction's work, not that of the commits running meanwhile.
+        fs.sync_file(&path).map_err(io_err("fsync", &path))?;
+        let file = fs.open_read(&path).map_err(io_err("open", &path))?;
+        let table = Table::map(&file, bytes.len(), path.clone())?;
+        Ok((path, table))
+    }
+
+    /// Removes a staged table, best effort (open removes what is left).
+    pub(crate) fn remove(&self, path: &Path) {
+        let _ = self.fs.remove_file(path);
     }
 }
 
@@ -271,6 +317,14 @@ impl StoreFiles {
         &self.dir
     }
 
+    /// The writer of background compactions' tables.
+    pub(crate) fn staged(&self) -> StagedFiles {
+        StagedFiles {
+            dir: self.dir.clone(),
+            fs: Arc::clone(&self.fs),
+        }
+    }
+
     /// The directory of commit `root` (whether or not it exists).
     pub(crate) fn commit(&self, root: &Root) -> CommitDir<'_> {
         CommitDir {
@@ -302,9 +356,10 @@ impl StoreFiles {
         base: Option<&Root>,
         index: &CommitIndex,
         planned: Vec<Planned<'_>>,
+        kv: Vec<PlannedKv>,
     ) -> Result<PathBuf, StoreError> {
         let tmp = self.fresh_name(TMP_PREFIX, "");
-        self.write_tmp(&tmp, base, index, planned)
+        self.write_tmp(&tmp, base, index, planned, kv)
             .inspect_err(|_| self.discard(&tmp))?;
         Ok(tmp)
     }
@@ -315,6 +370,7 @@ impl StoreFiles {
         base: Option<&Root>,
         index: &CommitIndex,
         planned: Vec<Planned<'_>>,
+        kv: Vec<PlannedKv>,
     ) -> Result<(), StoreError> {
         let fs = &*self.fs;
         let mut dirs = vec![tmp.to_path_buf()];
@@ -358,6 +414,46 @@ impl StoreFiles {
                 }
             };
             fs.write_file(&path, &data, zeros, READ_ONLY)
+                .map_err(io_err("write", &path))?;
+            to_sync.push(path);
+        }
+        for PlannedKv {
+            namespace,
+            level,
+            source,
+        } in kv
+        {
+            let relative = kv_relative(&namespace, level);
+            let path = tmp.join(&relative);
+            let bytes = match source {
+                KvSource::Bytes(bytes) => Some(bytes),
+                KvSource::Base => None,
+                KvSource::Staged(staged) => {
+                    // A new file of this store: linking cannot meet the link limit.
+                    fs.hard_link(staged.path(), &path)
+                        .map_err(io_err("link", &path))?;
+                    continue;
+                }
+            };
+            let Some(bytes) = bytes else {
+                let from = base
+                    .as_ref()
+                    .ok_or_else(|| StoreError::InvalidInput {
+                        reason: "a file linked from a base, without a base commit".into(),
+                    })?
+                    .path
+                    .join(&relative);
+                match fs.hard_link(&from, &path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::TooManyLinks => {
+                        self.copy_file(&from, &path, Zeros::Write)?;
+                        to_sync.push(path);
+                    }
+                    Err(e) => return Err(io_err("link", &path)(e)),
+                }
+                continue;
+            };
+            fs.write_file(&path, &bytes, Zeros::Write, READ_ONLY)
                 .map_err(io_err("write", &path))?;
             to_sync.push(path);
         }
@@ -638,11 +734,63 @@ impl CommitDir<'_> {
         Ok(image)
     }
 
+    /// The tables of a key-value space, mapped, base first; each checked against its length and
+    /// entry count in the index (not its hash: opening costs O(1), [`verify`](Self::verify)
+    /// hashes every file).
+    pub(crate) fn kv_tables(&self, entry: &KvEntry) -> Result<Vec<Table>, StoreError> {
+        let fs = &self.files.fs;
+        let mut out = Vec::with_capacity(entry.levels().len());
+        for (level, r) in entry.levels().iter().enumerate() {
+            let path = self.path.join(kv_relative(&entry.namespace(), level));
+            let file = fs.open_read(&path).map_err(io_err("open", &path))?;
+            let len = fs
+                .file_metadata(&file)
+                .map_err(io_err("stat", &path))?
+                .len();
+            if len != r.file_len {
+                return Err(mismatch(&path, "key-value table"));
+            }
+            let len = usize::try_from(len).map_err(|_| too_big())?;
+            let table = Table::map(&file, len, path.clone())?;
+            if table.len() != r.entries {
+                return Err(mismatch(&path, "key-value table"));
+            }
+            out.push(table);
+        }
+        Ok(out)
+    }
+
+    /// Reads every table of a key-value space whole, checks each against its hash, and checks
+    /// the content against the entry (keys, bytes, set hash).
+    fn verify_kv(&self, entry: &KvEntry) -> Result<(), StoreError> {
+        let mut tables = Vec::with_capacity(entry.levels().len());
+        for (level, r) in entry.levels().iter().enumerate() {
+            let path = self.path.join(kv_relative(&entry.namespace(), level));
+            let bytes = self.read(&path)?;
+            if bytes.len() as u64 != r.file_len || Digest::sha256(&bytes) != r.file_hash {
+                return Err(mismatch(&path, "key-value table"));
+            }
+            let table = Table::owned(bytes, path.clone())?;
+            if table.len() != r.entries {
+                return Err(mismatch(&path, "key-value table"));
+            }
+            tables.push(table);
+        }
+        if let Err(reason) = kv::check_space(entry, &tables)? {
+            let path = self.path.join(kv_relative(&entry.namespace(), 0));
+            return Err(corrupt(&path, Corruption::KvContent { reason }));
+        }
+        Ok(())
+    }
+
     /// Recomputes the commit's root and every file's hash from the files (one memory at a time).
     pub(crate) fn verify(&self, root: &Root) -> Result<(), StoreError> {
         let index = self.index()?;
         if index.state_root() != *root {
             return Err(corrupt(&self.file_index(), Corruption::WrongRoot));
+        }
+        for entry in index.kv() {
+            self.verify_kv(entry)?;
         }
         for m in index.modules() {
             self.bytecode(m)?;

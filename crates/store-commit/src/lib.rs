@@ -2,8 +2,8 @@
 //! did not change, cumulative compressed deltas, and memories mapped copy-on-write into sessions.
 //!
 //! A [`Store`] holds commits; each commit is named by its [`Root`], a merkle root over its modules'
-//! bytecode, linear memory and host-owned blob. A [`Session`] starts from a commit (or the empty
-//! state), deploys modules, changes memories through a [`MemoryHandle`] (a fixed reservation whose
+//! bytecode, linear memory and host-owned blob, and its key-value spaces. A [`Session`] starts
+//! from a commit (or the empty state), deploys modules, changes memories through a [`MemoryHandle`] (a fixed reservation whose
 //! start maps the committed image `MAP_PRIVATE`), changes blobs, can [`checkpoint`](Session::checkpoint)
 //! and [`rollback`](Session::rollback), and ends with at most one [`commit`](Session::commit).
 //!
@@ -20,6 +20,14 @@
 //! new image is written; rewriting the same pages costs nothing extra. Blobs of 64 KiB or more are
 //! stored as a zstd patch against an earlier full blob when the patch is under a quarter of the
 //! blob (shifted data, such as serialized key-value maps, diffs well); smaller blobs are stored whole.
+//!
+//! Key-value data lives next to memories, per [`Namespace`] (a module's, or one instance's of
+//! a code): [`Session::kv`] opens a space as a [`KvHandle`] (get, insert, remove, range scans in
+//! either order whose iterators are snapshots, quotas of bytes and keys, undone by
+//! [`rollback`](Session::rollback)). A space is up to three sorted tables, a base and two
+//! cumulative deltas, mapped and searched in place, so opening one costs the same for 1 k and
+//! 1 M keys; a commit writes only the newest delta and links the rest, and its root is an LtHash
+//! of the pairs, updated in O(changed keys) and independent of the history.
 //!
 //! Commits are atomic and durable (temporary directory, fsync, rename, fsync of the parent),
 //! deletion of one commit changes no other, and every file-system operation goes through the
@@ -61,6 +69,17 @@
 //! assert_eq!(store.delete(&first)?, Deletion::Deleted);
 //! assert_eq!(store.read_memory(&second, &id)?[100], 7);
 //! assert!(store.verify()?.is_ok());
+//!
+//! // Key-value data per namespace: writes over the committed tables, ordered scans.
+//! let space = store_commit::Namespace::of_module(&id);
+//! let mut session = store.session(Some(second))?;
+//! let kv = session.kv(&space)?;
+//! kv.insert(b"b", b"2")?;
+//! kv.insert(b"a", b"1")?;
+//! let scan: Vec<_> = kv.range(None, None, store_commit::Order::Descending)?.collect::<Result<_, _>>()?;
+//! assert_eq!(scan, [(b"b".to_vec(), b"2".to_vec()), (b"a".to_vec(), b"1".to_vec())]);
+//! let third = session.commit()?;
+//! assert_eq!(store.session(Some(third))?.kv(&space)?.get(b"a")?, Some(b"1".to_vec()));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -69,6 +88,7 @@
 mod blob;
 mod delta;
 mod files;
+mod kv;
 mod mapping;
 mod plan;
 mod pool;
@@ -81,10 +101,11 @@ mod warm;
 use std::io;
 use std::path::PathBuf;
 
-pub use store_index::{Bytecode, Digest, IndexError, ModuleId, PAGE_SIZE, Root};
+pub use store_index::{Bytecode, Digest, IndexError, ModuleId, Namespace, PAGE_SIZE, Root};
 
 pub use crate::blob::PatchError;
 pub use crate::delta::DeltaError;
+pub use crate::kv::{KvHandle, KvIter, KvQuota, KvQuotaExceeded, Order, TableError};
 pub use crate::mapping::MemoryHandle;
 pub use crate::session::{Checkpoint, Session};
 pub use crate::store::Store;
@@ -164,6 +185,9 @@ pub enum StoreError {
         /// What was wrong.
         reason: String,
     },
+    /// A key-value write over its space's quota; nothing was changed.
+    #[error("{0}")]
+    KvQuota(#[source] KvQuotaExceeded),
     /// The commit planner made an index record that fails store-index's checked constructor
     /// (`CommitIndex::new`, `MemoryEntry::new`): a fault inside the store, not bad input from
     /// the caller. Nothing was written.
@@ -216,6 +240,15 @@ pub enum Corruption {
     /// A blob patch failed to apply.
     #[error("{0}")]
     Patch(#[source] PatchError),
+    /// A key-value space's content does not match its index entry.
+    #[error("{reason}")]
+    KvContent {
+        /// What differs.
+        reason: String,
+    },
+    /// A key-value table file is malformed.
+    #[error("{0}")]
+    Table(#[source] TableError),
     /// The index claims a memory too large to allocate.
     #[error("the index claims a memory of {len} bytes, more than can be allocated")]
     TooLarge {
@@ -255,6 +288,19 @@ pub struct StoreConfig {
     /// Bytes of deltas and blobs kept decoded and checked across sessions (default 64 MiB); a
     /// delta or blob over a quarter of this is read again by every session.
     pub warm_bytes: usize,
+    /// A key-value space's top delta is folded into its middle delta once it holds more entries
+    /// than this (default 256): a plain commit writes at most this many entries plus its own.
+    pub kv_top_entries: usize,
+    /// A key-value space is rebased (one new base table, no deltas) once its middle delta holds
+    /// more than `1/kv_delta_ratio` of the base's entries (default 16) ...
+    pub kv_delta_ratio: u32,
+    /// ... and more than this many entries (default 4096), so small spaces keep their deltas.
+    pub kv_min_delta: u64,
+    /// Fold and rebase key-value spaces on a background thread (default `true`): the commit
+    /// that passes a bound writes its top delta (up to 16 times `kv_top_entries`) and starts
+    /// the merge; a later commit descending from it adopts the merged table. Off, the commit
+    /// that passes a bound merges itself.
+    pub kv_background: bool,
 }
 
 impl Default for StoreConfig {
@@ -269,6 +315,10 @@ impl Default for StoreConfig {
             pooled_reservations: 16,
             warm_memories: 1024,
             warm_bytes: 64 << 20,
+            kv_top_entries: 256,
+            kv_delta_ratio: 16,
+            kv_min_delta: 4096,
+            kv_background: true,
         }
     }
 }

@@ -12,23 +12,46 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use store_index::{
-    BlobDelta, DeltaRef, Digest, MemoryEntry, MemoryTree, ModuleEntry, ModuleId, PAGE_SIZE, hash,
-    zero_page_hash,
+    BlobDelta, CommitIndex, DeltaRef, Digest, KvEntry, MemoryEntry, MemoryTree, ModuleEntry,
+    ModuleId, Namespace, PAGE_SIZE, hash, zero_page_hash,
 };
 
 use crate::blob;
 use crate::delta::DeltaPages;
 use crate::files::{CommitDir, File};
+use crate::kv::{self, KvHandle};
 use crate::mapping::{Mapping, OS_PAGE};
 use crate::session::{ModState, OpenMemory};
 use crate::{StoreConfig, StoreError};
 
 const PAGES_PER_LEAF: u32 = (PAGE_SIZE / OS_PAGE) as u32;
 
-/// What a commit writes: the index entries, sorted by module, and the files.
+/// What a commit writes: the index entries, sorted by module, the key-value spaces, sorted by
+/// namespace, and the files.
 pub(crate) struct CommitPlan<'a> {
     pub(crate) entries: Vec<ModuleEntry>,
     pub(crate) files: Vec<Planned<'a>>,
+    pub(crate) kv: Vec<KvEntry>,
+    pub(crate) kv_files: Vec<PlannedKv>,
+    /// Background compactions to start once the commit is written.
+    pub(crate) compactions: Vec<kv::JobSpec>,
+}
+
+/// One table file of a key-value space in a planned commit.
+pub(crate) struct PlannedKv {
+    pub(crate) namespace: Namespace,
+    pub(crate) level: usize,
+    pub(crate) source: KvSource,
+}
+
+/// Where a planned key-value table comes from.
+pub(crate) enum KvSource {
+    /// A hard link of the same level's file in the base commit.
+    Base,
+    /// New bytes.
+    Bytes(Vec<u8>),
+    /// A hard link of a table a background compaction staged.
+    Staged(std::sync::Arc<kv::Staged>),
 }
 
 /// One file of a planned commit.
@@ -55,11 +78,45 @@ pub(crate) fn plan<'a>(
     base: Option<&CommitDir<'_>>,
     config: &StoreConfig,
     modules: &'a BTreeMap<ModuleId, ModState>,
+    base_index: Option<&CommitIndex>,
+    spaces: &BTreeMap<Namespace, KvHandle>,
+    compactions: &kv::Compactions,
 ) -> Result<CommitPlan<'a>, StoreError> {
     let mut plan = CommitPlan {
         entries: Vec::with_capacity(modules.len()),
         files: Vec::new(),
+        kv: Vec::new(),
+        kv_files: Vec::new(),
+        compactions: Vec::new(),
     };
+    // Spaces the session did not open are the base's, linked whole.
+    for entry in base_index.iter().flat_map(|i| i.kv()) {
+        if spaces.contains_key(&entry.namespace()) {
+            continue;
+        }
+        for level in 0..entry.levels().len() {
+            plan.kv_files.push(PlannedKv {
+                namespace: entry.namespace(),
+                level,
+                source: KvSource::Base,
+            });
+        }
+        plan.kv.push(entry.clone());
+    }
+    for (namespace, handle) in spaces {
+        let planned = kv::plan_space(&handle.0.lock(), config, compactions)?;
+        plan.compactions.extend(planned.compaction);
+        let Some(entry) = planned.entry else { continue };
+        for (level, source) in planned.files.into_iter().enumerate() {
+            plan.kv_files.push(PlannedKv {
+                namespace: *namespace,
+                level,
+                source,
+            });
+        }
+        plan.kv.push(entry);
+    }
+    plan.kv.sort_by_key(KvEntry::namespace);
     for (id, m) in modules {
         let mut files = Files {
             id: *id,

@@ -7,10 +7,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use store_index::{Bytecode, CommitIndex, ModuleEntry, ModuleId, PAGE_SIZE, Root};
+use parking_lot::Mutex;
+use store_index::{Bytecode, CommitIndex, ModuleEntry, ModuleId, Namespace, PAGE_SIZE, Root};
 
 use crate::delta::DeltaPages;
 use crate::files::CommitDir;
+use crate::kv::{KvHandle, KvSpace};
 use crate::mapping::{ImageView, Mapping, MemoryHandle, OS_PAGE};
 use crate::warm::WarmMemory;
 use crate::{Missing, Store, StoreError, plan};
@@ -24,12 +26,15 @@ pub struct Session {
     store: Store,
     id: u64,
     base: Option<Root>,
+    index: Option<Arc<CommitIndex>>,
     modules: BTreeMap<ModuleId, ModState>,
     /// Counts call checkpoints and rollbacks: only the latest call checkpoint can be rolled back to.
     generation: u64,
     /// Modules deployed, given a blob or a memory in this session (the others are as in the base,
     /// so a checkpoint costs what the session touched, not the size of the state).
     touched: BTreeSet<ModuleId>,
+    /// The key-value spaces opened in this session.
+    spaces: BTreeMap<Namespace, KvHandle>,
 }
 
 /// A module of a session (read by the planner).
@@ -99,6 +104,11 @@ pub struct Checkpoint {
     memories: HashMap<ModuleId, (usize, Saved)>,
     /// Bytes of memory pages copied to take it.
     saved: usize,
+    /// The key-value spaces open at the checkpoint; each holds a mark of it in its undo log,
+    /// which lives as long as this token.
+    spaces: Vec<Namespace>,
+    token: Arc<()>,
+    number: u64,
 }
 
 /// How a checkpoint saved a memory.
@@ -158,10 +168,34 @@ impl Session {
             store,
             id,
             base,
+            index,
             modules,
             generation: 0,
             touched: BTreeSet::new(),
+            spaces: BTreeMap::new(),
         }
+    }
+
+    /// Opens a key-value space (the first call maps its tables; later calls return the same
+    /// space). A space no commit wrote is empty. Costs the same whatever the space's size.
+    pub fn kv(&mut self, namespace: &Namespace) -> Result<KvHandle, StoreError> {
+        if let Some(h) = self.spaces.get(namespace) {
+            return Ok(h.clone());
+        }
+        let entry = self
+            .index
+            .as_ref()
+            .and_then(|i| i.kv_space(namespace))
+            .cloned();
+        let tables = match &entry {
+            Some(e) => self.base_dir()?.kv_tables(e)?,
+            None => Vec::new(),
+        };
+        let handle = KvHandle(Arc::new(Mutex::new(KvSpace::new(
+            *namespace, entry, tables,
+        ))));
+        self.spaces.insert(*namespace, handle.clone());
+        Ok(handle)
     }
 
     /// The commit this session started from.
@@ -385,6 +419,7 @@ impl Session {
                 Saved::Tracked => 0,
             })
             .sum();
+        let (spaces, token, number) = self.mark_spaces();
         Ok(Checkpoint {
             session: self.id,
             generation: None,
@@ -392,6 +427,9 @@ impl Session {
             blobs,
             memories,
             saved,
+            spaces,
+            token,
+            number,
         })
     }
 
@@ -436,6 +474,7 @@ impl Session {
                 }
             }
         }
+        let (spaces, token, number) = self.mark_spaces();
         Ok(Checkpoint {
             session: self.id,
             generation: Some(self.generation),
@@ -443,7 +482,22 @@ impl Session {
             blobs,
             memories,
             saved,
+            spaces,
+            token,
+            number,
         })
+    }
+
+    /// Marks a new checkpoint in the undo log of every open key-value space: the spaces, the
+    /// token whose life keeps the marks, and the checkpoint's number.
+    fn mark_spaces(&self) -> (Vec<Namespace>, Arc<()>, u64) {
+        static CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
+        let number = CHECKPOINTS.fetch_add(1, Ordering::Relaxed);
+        let token = Arc::new(());
+        for space in self.spaces.values() {
+            space.0.lock().mark(number, Arc::downgrade(&token));
+        }
+        (self.spaces.keys().copied().collect(), token, number)
     }
 
     /// Restores blobs, module set, and the content and length of every opened memory to
@@ -460,10 +514,28 @@ impl Session {
                     .into(),
             });
         }
+        // A space's undo log reaches back only to its newest live checkpoints: rolling back to a
+        // checkpoint older than one rolled back to before is refused, before anything changes.
+        for (ns, space) in &self.spaces {
+            if checkpoint.spaces.contains(ns) && !space.0.lock().has_mark(checkpoint.number) {
+                return Err(StoreError::InvalidInput {
+                    reason: "checkpoint was discarded by a rollback to an earlier one".into(),
+                });
+            }
+        }
         // A rollback changes memories behind the shadows' backs: no older call checkpoint
         // stays valid (the one rolled back to does: its shadows are unchanged).
         if checkpoint.generation.is_none() {
             self.generation += 1;
+        }
+        let _alive = &checkpoint.token;
+        for (ns, space) in &self.spaces {
+            let mut space = space.0.lock();
+            if checkpoint.spaces.contains(ns) {
+                space.rollback(checkpoint.number);
+            } else {
+                space.reset();
+            }
         }
         for id in &self.touched {
             let Some(m) = self.modules.get_mut(id) else {
@@ -514,7 +586,14 @@ impl Session {
     pub fn commit(self) -> Result<Root, StoreError> {
         self.store.check_writable()?;
         let base = self.base.as_ref().map(|r| self.store.commit_dir(r));
-        let plan = plan::plan(base.as_ref(), self.store.config(), &self.modules)?;
+        let plan = plan::plan(
+            base.as_ref(),
+            self.store.config(),
+            &self.modules,
+            self.index.as_deref(),
+            &self.spaces,
+            self.store.compactions(),
+        )?;
         self.store.write_commit(self.base, plan)
     }
 }

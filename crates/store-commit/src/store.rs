@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
-use store_index::{CommitIndex, ModuleId, Root, state_root};
+use store_index::{CommitIndex, ModuleId, Root, commit_root};
 use strata_fs::{Fs, RealFs};
 
 use crate::files::{CommitDir, Listed, StoreFiles};
@@ -31,6 +31,8 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Inner {
+    /// Dropped first: waits for the background compactions, which write into the directory.
+    compactions: crate::kv::Compactions,
     files: StoreFiles,
     config: StoreConfig,
     poisoned: AtomicBool,
@@ -98,6 +100,7 @@ impl Store {
         }
         Ok(Store {
             inner: Arc::new(Inner {
+                compactions: crate::kv::Compactions::new(files.staged()),
                 files,
                 poisoned: AtomicBool::new(false),
                 registry: Mutex::new(registry),
@@ -281,6 +284,17 @@ impl Store {
         self.commit_dir(root).blob(m)
     }
 
+    /// Waits until the background compactions of key-value spaces have finished (their
+    /// tables are then adopted by the next commits that descend from theirs).
+    pub fn wait_for_compactions(&self) {
+        self.inner.compactions.wait();
+    }
+
+    /// The background compactions (for the planner).
+    pub(crate) fn compactions(&self) -> &crate::kv::Compactions {
+        &self.inner.compactions
+    }
+
     /// Whether an earlier I/O error makes the store refuse writes.
     pub fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::SeqCst)
@@ -322,9 +336,28 @@ impl Store {
     pub(crate) fn write_commit(
         &self,
         parent: Option<Root>,
+        mut plan: CommitPlan<'_>,
+    ) -> Result<Root, StoreError> {
+        // Started once the commit is written (or found to exist): the merge is not its work.
+        let compactions = std::mem::take(&mut plan.compactions);
+        let result = self.write_planned(parent, plan);
+        if result.is_ok() {
+            for spec in compactions {
+                self.inner.compactions.start(spec);
+            }
+        }
+        result
+    }
+
+    fn write_planned(
+        &self,
+        parent: Option<Root>,
         plan: CommitPlan<'_>,
     ) -> Result<Root, StoreError> {
-        let root = state_root(plan.entries.iter().map(|e| (e.id(), e.leaf())));
+        let root = commit_root(
+            plan.entries.iter().map(|e| (e.id(), e.leaf())),
+            plan.kv.iter().map(|k| (k.namespace(), k.root())),
+        );
         // Also covers an unchanged session: its base is listed while the session lives.
         if self.revive(&mut self.inner.registry.lock(), &root)? {
             return Ok(root);
@@ -337,11 +370,11 @@ impl Store {
             registry.next_seq = seq.saturating_add(1);
             seq
         };
-        let index = CommitIndex::new(seq, parent, plan.entries)
+        let index = CommitIndex::with_kv(seq, parent, plan.entries, plan.kv)
             .map_err(|source| StoreError::InvalidPlan { source })?;
         let files = &self.inner.files;
         let result = files
-            .write_commit(parent.as_ref(), &index, plan.files)
+            .write_commit(parent.as_ref(), &index, plan.files, plan.kv_files)
             .and_then(|tmp| {
                 self.publish(&tmp, &root, index)
                     .inspect_err(|_| files.discard(&tmp))

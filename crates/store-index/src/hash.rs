@@ -6,7 +6,7 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::{Digest, ModuleId, Root};
+use crate::{Digest, ModuleId, Namespace, Root};
 
 const PAGE: &[u8] = b"strata/v1/page\0";
 const MEMORY_NODE: &[u8] = b"strata/v1/memory-node\0";
@@ -15,6 +15,7 @@ const BLOB: &[u8] = b"strata/v1/blob\0";
 const MODULE_LEAF: &[u8] = b"strata/v1/module\0";
 const STATE_NODE: &[u8] = b"strata/v1/state-node\0";
 const STATE_ROOT: &[u8] = b"strata/v1/state-root\0";
+const KV_ROOT: &[u8] = b"strata/v1/kv-root\0";
 
 fn tagged(tag: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -60,6 +61,21 @@ pub fn module_leaf(
             bytecode.as_bytes(),
             memory_root.as_bytes(),
             blob.as_bytes(),
+        ],
+    ))
+}
+
+/// The root of one key-value space, its leaf in the state tree: binds the namespace, the key
+/// count, the bytes of keys and values and the checksum of the set hash
+/// ([`KvHash`](crate::KvHash)).
+pub fn kv_root(namespace: &Namespace, keys: u64, bytes: u64, set: &Digest) -> Digest {
+    Digest::from_bytes(tagged(
+        KV_ROOT,
+        &[
+            namespace.as_bytes(),
+            &keys.to_le_bytes(),
+            &bytes.to_le_bytes(),
+            set.as_bytes(),
         ],
     ))
 }

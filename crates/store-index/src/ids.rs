@@ -1,4 +1,4 @@
-//! The typed identifiers [`ModuleId`], [`Root`] and [`Digest`], and their hex form.
+//! The typed identifiers [`ModuleId`], [`Root`], [`Namespace`] and [`Digest`], and their hex form.
 //!
 //! Each is a newtype over `[u8; 32]`. Outside this crate an id is made only by hashing
 //! ([`ModuleId::of_wasm`], [`Digest::sha256`], the functions of [`hash`](crate::hash)), by parsing
@@ -66,6 +66,11 @@ hash_newtype!(
     Root
 );
 hash_newtype!(
+    /// A key-value space of the store: the key space of one module today, of one contract
+    /// instance once several instances share a code. Each has its own data, quota and root.
+    Namespace
+);
+hash_newtype!(
     /// Any other sha256 hash (pages, tree nodes, blobs, files), always domain-separated.
     Digest
 );
@@ -80,6 +85,25 @@ impl ModuleId {
     #[cfg(test)]
     pub(crate) fn from_bytes(bytes: [u8; 32]) -> ModuleId {
         ModuleId(bytes)
+    }
+}
+
+impl Namespace {
+    /// The key space of a module: the module id's bytes (a module has one key space).
+    pub fn of_module(id: &ModuleId) -> Namespace {
+        Namespace(id.0)
+    }
+
+    /// The key space of one instance of a code: sha256 of a tag, the code's id and the
+    /// instance's label (for example a contract address), so instances of one code never share
+    /// a key space with each other or with the code's own module space.
+    pub fn of_instance(code: &ModuleId, label: &[u8]) -> Namespace {
+        let mut h = Sha256::new();
+        h.update(b"strata/v1/namespace\0");
+        h.update(code.0);
+        h.update((label.len() as u64).to_le_bytes());
+        h.update(label);
+        Namespace(h.finalize().into())
     }
 }
 

@@ -7,8 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kv::{KvEntry, RawKvEntry};
 use crate::record::{RecordKind, decode_record, encode_record};
-use crate::{Digest, IndexError, MemoryTree, ModuleId, PAGE_SIZE, Root, hash};
+use crate::{Digest, IndexError, MemoryTree, ModuleId, Namespace, PAGE_SIZE, Root, hash};
 
 /// The full memory image a commit's memory is based on (`memory/<module>` and `.tree`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +286,7 @@ pub struct CommitIndex {
     seq: u64,
     parent: Option<Root>,
     modules: Vec<ModuleEntry>,
+    kv: Vec<KvEntry>,
 }
 
 impl CommitIndex {
@@ -296,13 +298,37 @@ impl CommitIndex {
         parent: Option<Root>,
         modules: Vec<ModuleEntry>,
     ) -> Result<CommitIndex, IndexError> {
+        CommitIndex::with_kv(seq, parent, modules, Vec::new())
+    }
+
+    /// [`new`](Self::new) with key-value spaces, which must be sorted by namespace and unique.
+    pub fn with_kv(
+        seq: u64,
+        parent: Option<Root>,
+        modules: Vec<ModuleEntry>,
+        kv: Vec<KvEntry>,
+    ) -> Result<CommitIndex, IndexError> {
         let index = CommitIndex {
             seq,
             parent,
             modules,
+            kv,
         };
         index.check().map_err(invalid)?;
         Ok(index)
+    }
+
+    /// The key-value spaces, sorted by namespace.
+    pub fn kv(&self) -> &[KvEntry] {
+        &self.kv
+    }
+
+    /// The entry of a key-value space (`None`: the space is empty).
+    pub fn kv_space(&self, namespace: &Namespace) -> Option<&KvEntry> {
+        self.kv
+            .binary_search_by(|k| k.namespace().cmp(namespace))
+            .ok()
+            .map(|i| &self.kv[i])
     }
 
     /// Store-wide sequence number, increasing in commit order; persists the order across restarts.
@@ -322,7 +348,10 @@ impl CommitIndex {
 
     /// The state root of this commit (not covering `seq` or `parent`).
     pub fn state_root(&self) -> Root {
-        state_root(self.modules.iter().map(|m| (m.id, m.leaf())))
+        commit_root(
+            self.modules.iter().map(|m| (m.id, m.leaf())),
+            self.kv.iter().map(|k| (k.namespace(), k.root())),
+        )
     }
 
     /// The checksummed encoding.
@@ -334,11 +363,12 @@ impl CommitIndex {
     /// [`MemoryEntry`]; a record that breaks one is [`IndexError::Corrupted`].
     pub fn decode(bytes: &[u8]) -> Result<CommitIndex, IndexError> {
         let raw: raw::CommitIndex = decode_record(RecordKind::Index, bytes)?;
-        let index = CommitIndex::from_raw(raw);
-        index.check().map_err(|reason| IndexError::Corrupted {
+        let corrupt = |reason: &str| IndexError::Corrupted {
             kind: RecordKind::Index,
             reason: reason.to_string(),
-        })?;
+        };
+        let index = CommitIndex::from_raw(raw).map_err(corrupt)?;
+        index.check().map_err(corrupt)?;
         Ok(index)
     }
 
@@ -358,6 +388,14 @@ impl CommitIndex {
         if !self.modules.windows(2).all(|w| w[0].id < w[1].id) {
             return Err("modules not sorted or not unique");
         }
+        if !self
+            .kv
+            .windows(2)
+            .all(|w| w[0].namespace() < w[1].namespace())
+        {
+            return Err("key-value spaces not sorted or not unique");
+        }
+        self.kv.iter().try_for_each(KvEntry::check)?;
         self.modules.iter().try_for_each(ModuleEntry::check)
     }
 }
@@ -372,13 +410,14 @@ fn invalid(reason: &'static str) -> IndexError {
 /// The serde shape of the records above, decoded before any check. The fields are those of the
 /// public types, in the same order (postcard encodes a struct as its fields in order).
 mod raw {
-    use super::{BlobDelta, DeltaRef, Deserialize, Digest, ImageRef, ModuleId, Root};
+    use super::{BlobDelta, DeltaRef, Deserialize, Digest, ImageRef, ModuleId, RawKvEntry, Root};
 
     #[derive(Deserialize)]
     pub(super) struct CommitIndex {
         pub(super) seq: u64,
         pub(super) parent: Option<Root>,
         pub(super) modules: Vec<ModuleEntry>,
+        pub(super) kv: Vec<RawKvEntry>,
     }
 
     #[derive(Deserialize)]
@@ -404,7 +443,7 @@ mod raw {
 
 impl CommitIndex {
     /// Unchecked: [`decode`](Self::decode) checks the result.
-    fn from_raw(raw: raw::CommitIndex) -> CommitIndex {
+    fn from_raw(raw: raw::CommitIndex) -> Result<CommitIndex, &'static str> {
         let modules = raw.modules.into_iter().map(|m| {
             let memory = MemoryEntry {
                 len: m.memory.len,
@@ -423,11 +462,17 @@ impl CommitIndex {
                 blob_delta: m.blob_delta,
             }
         });
-        CommitIndex {
+        let kv = raw
+            .kv
+            .into_iter()
+            .map(RawKvEntry::into_entry)
+            .collect::<Result<_, _>>()?;
+        Ok(CommitIndex {
             seq: raw.seq,
             parent: raw.parent,
             modules: modules.collect(),
-        }
+            kv,
+        })
     }
 }
 
@@ -438,9 +483,26 @@ pub fn empty_state_root() -> Root {
 
 /// The state root over a set of module leaves (`(id, leaf)`); they are sorted by id here.
 pub fn state_root(modules: impl IntoIterator<Item = (ModuleId, Digest)>) -> Root {
+    commit_root(modules, std::iter::empty())
+}
+
+/// The state root over module leaves (`(id, leaf)`, sorted by id here) followed by the roots of
+/// the non-empty key-value spaces (`(namespace, root)`, sorted by namespace here). A module leaf
+/// and a space root carry different hash tags, so the sequence of leaves says which is which;
+/// a state without key-value data has the root of format version 1.
+pub fn commit_root(
+    modules: impl IntoIterator<Item = (ModuleId, Digest)>,
+    kv: impl IntoIterator<Item = (Namespace, Digest)>,
+) -> Root {
     let mut leaves: Vec<(ModuleId, Digest)> = modules.into_iter().collect();
     leaves.sort_by_key(|&(id, _)| id);
-    let hashes: Vec<Digest> = leaves.into_iter().map(|(_, d)| d).collect();
+    let mut spaces: Vec<(Namespace, Digest)> = kv.into_iter().collect();
+    spaces.sort_by_key(|&(ns, _)| ns);
+    let hashes: Vec<Digest> = leaves
+        .into_iter()
+        .map(|(_, d)| d)
+        .chain(spaces.into_iter().map(|(_, d)| d))
+        .collect();
     let top = tree_top(&hashes, hash::state_node);
     hash::state_root(hashes.len() as u64, top.as_ref())
 }
@@ -515,14 +577,14 @@ mod tests {
     #[test]
     fn other_version_is_incompatible_not_corrupted() {
         let mut bytes = sample_index().encode().unwrap();
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
         let err = CommitIndex::decode(&bytes).unwrap_err();
         assert!(
             matches!(
                 err,
                 IndexError::Incompatible {
-                    found: 2,
-                    expected: 1,
+                    found: 3,
+                    expected: 2,
                     ..
                 }
             ),
@@ -618,6 +680,7 @@ mod tests {
                 seq: 1,
                 parent: None,
                 modules: vec![entry.clone().with_memory(memory)],
+                kv: Vec::new(),
             });
             let err = CommitIndex::decode(&forged).unwrap_err();
             assert!(err.to_string().contains(expected), "{err}");
@@ -632,6 +695,7 @@ mod tests {
             seq: 1,
             parent: None,
             modules: vec![entry],
+            kv: Vec::new(),
         });
         let err = CommitIndex::decode(&forged).unwrap_err();
         assert!(matches!(err, IndexError::Corrupted { .. }), "{err}");

@@ -10,6 +10,9 @@
 //!   nodes, memory roots, blobs, module leaves, state tree nodes and state roots;
 //! - the memory merkle tree ([`MemoryTree`]) over fixed-size pages of [`PAGE_SIZE`] bytes, updated
 //!   incrementally from dirty pages, and the state root over modules sorted by id ([`state_root`]);
+//! - key-value spaces ([`Namespace`], [`KvEntry`]): per namespace its key count, bytes, table
+//!   files and a history-independent set hash ([`KvHash`], LtHash from `solana-lattice-hash`)
+//!   whose root is a leaf of the state tree;
 //! - the per-commit index ([`CommitIndex`]: module -> bytecode hash, memory root and length, image and
 //!   delta identities, changed page hashes, blob hash; plus the parent root and a sequence number),
 //!   which doubles as the commit record (commit -> module -> files, see [`ModuleEntry::files`]).
@@ -59,16 +62,18 @@ mod error;
 pub mod hash;
 mod ids;
 mod index;
+mod kv;
 mod record;
 mod tree;
 
 pub use crate::bytecode::Bytecode;
 pub use crate::error::IndexError;
-pub use crate::ids::{Digest, ModuleId, Root};
+pub use crate::ids::{Digest, ModuleId, Namespace, Root};
 pub use crate::index::{
-    BlobDelta, CommitIndex, DeltaRef, ImageRef, MemoryEntry, ModuleEntry, empty_state_root,
-    state_root,
+    BlobDelta, CommitIndex, DeltaRef, ImageRef, MemoryEntry, ModuleEntry, commit_root,
+    empty_state_root, state_root,
 };
+pub use crate::kv::{KV_MAX_LEVELS, KvEntry, KvHash, TableRef};
 pub use crate::record::{
     FORMAT_VERSION, RecordKind, StoreMarker, decode_raw, decode_record, encode_raw, encode_record,
 };

@@ -13,7 +13,9 @@ use crate::IndexError;
 ///
 /// Bump it on any change of an encoding or of a hash definition; older builds then refuse the new
 /// records with [`IndexError::Incompatible`] instead of misreading them.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 added key-value spaces to the index and the state root (docs/STORE-FORMAT.md).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Which record a byte string holds; each kind has its own magic number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,123 +1,117 @@
 //! The host state of one module instance and the key-value host ABI (`db_read`, `db_write`,
-//! `db_remove` in import module `env`), and the encoding of the state the host commits.
-
-use std::collections::{BTreeMap, HashMap};
+//! `db_remove`, `db_scan`, `db_next` in import module `env`), and the encoding of the state the
+//! host commits besides key-value data (the mutable globals).
 
 use serde::{Deserialize, Serialize};
+use store_commit::{KvHandle, KvIter, KvQuota, Namespace, Order, StoreError};
 use wasmtime::{Caller, Extern, Global, Linker, Memory, StoreLimits};
 
 use crate::rewrite::{GLOBAL_EXPORT_PREFIX, GlobalKind, MEMORY_EXPORT};
 use crate::{HostCosts, StateError, VmConfig, VmError, WasmtimeError};
 
-/// The data of a wasmtime store running one module: its key-value data and its limits.
+/// The data of a wasmtime store running one module: its key-value space and its limits.
 ///
 /// Embedders' host functions (see [`crate::Vm::open_with_host`]) reach it through
 /// `Caller::data` and `Caller::data_mut`.
 ///
-/// Two rules bound the memory it holds, whatever the contract does:
-/// - the keys and values together stay within the module's quota
-///   ([`VmConfig::max_kv_bytes`]): a write over it fails with [`KvQuotaExceeded`];
+/// The key-value data is the module's space in the store session ([`KvHandle`]): reads go to
+/// the session's writes, then to the committed tables, which are mapped, never loaded whole.
+/// Three rules bound the memory it holds, whatever the contract does:
+/// - the keys and values together stay within the module's quotas
+///   ([`VmConfig::max_kv_bytes`], [`VmConfig::max_kv_keys`]): a write over one fails with
+///   [`VmError::KvQuotaExceeded`] or [`VmError::KvKeysExceeded`];
 /// - the undo log of the running call keeps at most one old value per key, the value from
 ///   before the call (the one a failed call restores), so rewriting one key again and again
-///   holds no more than writing it once.
+///   holds no more than writing it once;
+/// - at most [`VmConfig::max_iterators`] iterators of `db_scan` live at once; they end with
+///   the call.
 pub struct HostState {
-    kv: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// Total bytes of the keys and values in `kv`.
-    kv_bytes: u64,
-    /// For each key the current call changed, its value before the call (`None`: absent).
-    undo: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    kv: KvHandle,
+    /// The iterators of `db_scan`, by id; `None` once exhausted.
+    iterators: Vec<Option<KvIter>>,
     pub(crate) limits: StoreLimits,
     max_key: usize,
     max_value: usize,
-    quota: u64,
+    max_iterators: usize,
     costs: HostCosts,
 }
 
-/// A key-value write would take a module's data over its quota ([`VmConfig::max_kv_bytes`]).
-/// A call that hits it fails as [`VmError::KvQuotaExceeded`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "key-value quota exceeded: the write would make the module's data {would_be} bytes, over the quota of {quota} bytes"
-)]
-pub struct KvQuotaExceeded {
-    /// The total bytes of keys and values the write would have made.
-    pub would_be: u64,
-    /// The quota.
-    pub quota: u64,
-}
-
-fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
-    (key.len() + value.len()) as u64
+/// The store's error for a key-value write over a quota, as a `VmError`.
+pub(crate) fn quota_error(e: &StoreError) -> Option<VmError> {
+    match e {
+        StoreError::KvQuota(store_commit::KvQuotaExceeded::Bytes { would_be, quota }) => {
+            Some(VmError::KvQuotaExceeded {
+                would_be: *would_be,
+                quota: *quota,
+            })
+        }
+        StoreError::KvQuota(store_commit::KvQuotaExceeded::Keys { would_be, quota }) => {
+            Some(VmError::KvKeysExceeded {
+                would_be: *would_be,
+                quota: *quota,
+            })
+        }
+        _ => None,
+    }
 }
 
 impl HostState {
-    pub(crate) fn new(
-        kv: BTreeMap<Vec<u8>, Vec<u8>>,
-        limits: StoreLimits,
-        config: &VmConfig,
-    ) -> Self {
-        let kv_bytes = kv.iter().map(|(k, v)| entry_bytes(k, v)).sum();
+    pub(crate) fn new(kv: KvHandle, limits: StoreLimits, config: &VmConfig) -> Self {
+        kv.set_quota(KvQuota {
+            bytes: config.max_kv_bytes,
+            keys: config.max_kv_keys,
+        });
         HostState {
             kv,
-            kv_bytes,
-            undo: HashMap::new(),
+            iterators: Vec::new(),
             limits,
             max_key: config.max_key_bytes,
             max_value: config.max_value_bytes,
-            quota: config.max_kv_bytes,
+            max_iterators: config.max_iterators,
             costs: config.host_costs,
         }
     }
 
     /// An empty state, for listing a linker's definitions.
     pub(crate) fn for_probe() -> Self {
+        let id = store_index::ModuleId::of_wasm(b"");
         HostState::new(
-            BTreeMap::new(),
+            KvHandle::detached(Namespace::of_module(&id)),
             StoreLimits::default(),
             &VmConfig::default(),
         )
     }
 
     /// The value stored under `key`.
-    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.kv.get(key).map(Vec::as_slice)
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(key)
     }
 
     /// Stores `value` under `key`; undone if the call fails. Refused, with nothing changed, if
-    /// it would take the data over the module's quota (a write that shrinks the data is
-    /// always allowed, also over a quota lowered since the data was written).
-    pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), KvQuotaExceeded> {
-        let old_bytes = self.kv.get(&key).map_or(0, |old| entry_bytes(&key, old));
-        let would_be = self.kv_bytes - old_bytes + entry_bytes(&key, &value);
-        if would_be > self.quota && would_be > self.kv_bytes {
-            return Err(KvQuotaExceeded {
-                would_be,
-                quota: self.quota,
-            });
-        }
-        self.kv_bytes = would_be;
-        if self.undo.contains_key(&key) {
-            // An intermediate value of this call: nothing restores it.
-            self.kv.insert(key, value);
-        } else {
-            let old = self.kv.insert(key.clone(), value);
-            self.undo.insert(key, old);
-        }
-        Ok(())
+    /// it would take the data over the module's quotas (a write that does not grow the figure
+    /// over its quota is always allowed, also over a quota lowered since the data was written).
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.kv.insert(key, value)
     }
 
     /// Removes `key`; undone if the call fails.
-    pub fn remove(&mut self, key: &[u8]) {
-        if let Some(old) = self.kv.remove(key) {
-            self.kv_bytes -= entry_bytes(key, &old);
-            if !self.undo.contains_key(key) {
-                self.undo.insert(key.to_vec(), Some(old));
-            }
-        }
+    pub fn remove(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.kv.remove(key).map(drop)
+    }
+
+    /// The entries with `start <= key < end` in `order`, as they are now (later writes do not
+    /// show in the iterator).
+    pub fn range(
+        &self,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        order: Order,
+    ) -> Result<KvIter, StoreError> {
+        self.kv.range(start, end, order)
     }
 
     /// Number of keys.
-    pub fn len(&self) -> usize {
+    pub fn len(&self) -> u64 {
         self.kv.len()
     }
 
@@ -128,34 +122,22 @@ impl HostState {
 
     /// Total bytes of the keys and values, the figure the quota limits.
     pub fn kv_bytes(&self) -> u64 {
-        self.kv_bytes
+        self.kv.bytes()
     }
 
     /// Number of entries in the undo log of the running call: the distinct keys it changed.
     pub fn undo_len(&self) -> usize {
-        self.undo.len()
+        self.kv.undo_len()
     }
 
-    /// Keeps the changes of the call that just succeeded.
-    pub(crate) fn keep(&mut self) {
-        self.undo.clear();
+    /// Iterators of `db_scan` not yet exhausted in the running call.
+    pub fn live_iterators(&self) -> usize {
+        self.iterators.iter().flatten().count()
     }
 
-    /// Undoes the changes of the call that just failed.
-    pub(crate) fn undo(&mut self) {
-        for (key, old) in std::mem::take(&mut self.undo) {
-            if let Some(current) = self.kv.remove(&key) {
-                self.kv_bytes -= entry_bytes(&key, &current);
-            }
-            if let Some(value) = old {
-                self.kv_bytes += entry_bytes(&key, &value);
-                self.kv.insert(key, value);
-            }
-        }
-    }
-
-    pub(crate) fn into_kv(self) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        self.kv
+    /// Ends the call's iterators (they live for one call).
+    pub(crate) fn end_call(&mut self) {
+        self.iterators.clear();
     }
 }
 
@@ -169,15 +151,16 @@ pub(crate) enum GlobalValue {
     V128(u128),
 }
 
-/// What the host commits for a module besides its memory: mutable globals and key-value data.
+/// What the host commits for a module besides its memory and key-value space: its mutable
+/// globals.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct HostBlob {
     pub(crate) globals: Vec<(u32, GlobalValue)>,
-    pub(crate) kv: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
-/// First byte of an encoded blob: bump it when the layout changes.
-const BLOB_VERSION: u8 = 1;
+/// First byte of an encoded blob: bump it when the layout changes (2: key-value data moved to
+/// the store's key-value spaces).
+const BLOB_VERSION: u8 = 2;
 
 impl HostBlob {
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -326,6 +309,35 @@ fn charge_fuel(caller: &mut Caller<'_, HostState>, cost: u64) -> wasmtime::Resul
     }
 }
 
+/// An optional bound of `db_scan`: a length of -1 means none (the pointer is then ignored).
+fn bound(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+    what: &str,
+) -> wasmtime::Result<Option<Vec<u8>>> {
+    if len == -1 {
+        return Ok(None);
+    }
+    let max_key = caller.data().max_key;
+    let r = checked_range(ptr, len, what, max_key)?;
+    read_bytes(caller, r, what).map(Some)
+}
+
+/// Copies `bytes` (at most `cap` of them) to guest memory at `ptr`.
+fn copy_out(guest: &mut [u8], ptr: usize, bytes: &[u8], what: &str) -> wasmtime::Result<()> {
+    ptr.checked_add(bytes.len())
+        .and_then(|end| guest.get_mut(ptr..end))
+        .ok_or_else(|| {
+            wasmtime::format_err!(
+                "{what} buffer at {ptr}..{} is out of bounds",
+                ptr.saturating_add(bytes.len())
+            )
+        })?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
 /// Defines the key-value host ABI in `linker`. Every function first charges its fuel
 /// ([`HostCosts`]), then does the work.
 pub(crate) fn define_abi(linker: &mut Linker<HostState>) -> Result<(), VmError> {
@@ -344,7 +356,7 @@ pub(crate) fn define_abi(linker: &mut Linker<HostState>) -> Result<(), VmError> 
                 let (val_ptr, val_cap) = range(val_ptr, val_cap, "value buffer")?;
                 charge(&mut caller, key_range.1, 0)?;
                 let key = read_bytes(&mut caller, key_range, "key")?;
-                let Some(len) = caller.data().kv.get(&key).map(Vec::len) else {
+                let Some(len) = caller.data().kv.get_with(&key, <[u8]>::len)? else {
                     return Ok(-1);
                 };
                 let n = len.min(val_cap);
@@ -352,17 +364,10 @@ pub(crate) fn define_abi(linker: &mut Linker<HostState>) -> Result<(), VmError> 
                 charge_fuel(&mut caller, (n as u64).saturating_mul(per_byte))?;
                 let memory = memory(&mut caller)?;
                 let (guest, state) = memory.data_and_store_mut(&mut caller);
-                let value = state.kv.get(&key).map_or(&[][..], Vec::as_slice);
-                let out = val_ptr
-                    .checked_add(n)
-                    .and_then(|end| guest.get_mut(val_ptr..end))
-                    .ok_or_else(|| {
-                        wasmtime::format_err!(
-                            "value buffer at {val_ptr}..{} is out of bounds",
-                            val_ptr + n
-                        )
-                    })?;
-                out.copy_from_slice(&value[..n]);
+                state
+                    .kv
+                    .get_with(&key, |value| copy_out(guest, val_ptr, &value[..n], "value"))?
+                    .transpose()?;
                 i32::try_from(len)
                     .map_err(|_| wasmtime::format_err!("value is too large for i32 length"))
             },
@@ -384,7 +389,7 @@ pub(crate) fn define_abi(linker: &mut Linker<HostState>) -> Result<(), VmError> 
                 charge(&mut caller, key_range.1 + value_range.1, 0)?;
                 let key = read_bytes(&mut caller, key_range, "key")?;
                 let value = read_bytes(&mut caller, value_range, "value")?;
-                caller.data_mut().insert(key, value)?;
+                caller.data_mut().insert(&key, &value)?;
                 Ok(())
             },
         )
@@ -401,8 +406,105 @@ pub(crate) fn define_abi(linker: &mut Linker<HostState>) -> Result<(), VmError> 
                 let key_range = checked_range(key_ptr, key_len, "key", max_key)?;
                 charge(&mut caller, key_range.1, 0)?;
                 let key = read_bytes(&mut caller, key_range, "key")?;
-                caller.data_mut().remove(&key);
+                caller.data_mut().remove(&key)?;
                 Ok(())
+            },
+        )
+        .map_err(VmError::wasmtime)?;
+    linker
+        .func_wrap(
+            "env",
+            "db_scan",
+            |mut caller: Caller<'_, HostState>,
+             start_ptr: i32,
+             start_len: i32,
+             end_ptr: i32,
+             end_len: i32,
+             order: i32|
+             -> wasmtime::Result<i32> {
+                let order = match order {
+                    0 => Order::Ascending,
+                    1 => Order::Descending,
+                    _ => return Err(wasmtime::format_err!("scan order {order} is not 0 or 1")),
+                };
+                let state = caller.data();
+                if state.live_iterators() >= state.max_iterators {
+                    return Err(wasmtime::format_err!(
+                        "too many live iterators: the limit is {}",
+                        state.max_iterators
+                    ));
+                }
+                let bytes = |len: i32| usize::try_from(len).unwrap_or(0);
+                charge(&mut caller, bytes(start_len) + bytes(end_len), 0)?;
+                let start = bound(&mut caller, start_ptr, start_len, "scan start")?;
+                let end = bound(&mut caller, end_ptr, end_len, "scan end")?;
+                // The iterator copies the call's writes inside its range, paid per byte as a
+                // read (a shared snapshot would make the next write copy all the writes, unpaid).
+                let kv = caller.data().kv.clone();
+                let per_byte = caller.data().costs.read_byte;
+                let iter =
+                    kv.range_charged(start.as_deref(), end.as_deref(), order, &mut |bytes| {
+                        charge_fuel(&mut caller, bytes.saturating_mul(per_byte)).is_ok()
+                    })?;
+                let Some(iter) = iter else {
+                    return Err(wasmtime::Trap::OutOfFuel.into());
+                };
+                let state = caller.data_mut();
+                // Exhausted slots are reused, so ids stay below the limit.
+                let id = match state.iterators.iter().position(Option::is_none) {
+                    Some(free) => {
+                        state.iterators[free] = Some(iter);
+                        free
+                    }
+                    None => {
+                        state.iterators.push(Some(iter));
+                        state.iterators.len() - 1
+                    }
+                };
+                i32::try_from(id).map_err(|_| wasmtime::format_err!("iterator id overflow"))
+            },
+        )
+        .map_err(VmError::wasmtime)?;
+    linker
+        .func_wrap(
+            "env",
+            "db_next",
+            |mut caller: Caller<'_, HostState>,
+             iterator: i32,
+             key_ptr: i32,
+             key_cap: i32,
+             val_ptr: i32,
+             val_cap: i32,
+             lens_ptr: i32|
+             -> wasmtime::Result<i32> {
+                let (key_ptr, key_cap) = range(key_ptr, key_cap, "key buffer")?;
+                let (val_ptr, val_cap) = range(val_ptr, val_cap, "value buffer")?;
+                let (lens_ptr, _) = range(lens_ptr, 8, "lengths")?;
+                charge(&mut caller, 0, 0)?;
+                let slot = usize::try_from(iterator)
+                    .ok()
+                    .and_then(|i| caller.data_mut().iterators.get_mut(i))
+                    .ok_or_else(|| wasmtime::format_err!("no iterator {iterator}"))?;
+                let Some(iter) = slot else {
+                    return Ok(0);
+                };
+                let Some(entry) = iter.next() else {
+                    *slot = None;
+                    return Ok(0);
+                };
+                let (key, value) = entry?;
+                let (nk, nv) = (key.len().min(key_cap), value.len().min(val_cap));
+                let per_byte = caller.data().costs.write_byte;
+                charge_fuel(&mut caller, ((nk + nv + 8) as u64).saturating_mul(per_byte))?;
+                let memory = memory(&mut caller)?;
+                let guest = memory.data_mut(&mut caller);
+                copy_out(guest, key_ptr, &key[..nk], "key")?;
+                copy_out(guest, val_ptr, &value[..nv], "value")?;
+                let mut lens = [0u8; 8];
+                lens[..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+                lens[4..].copy_from_slice(&(value.len() as u32).to_le_bytes());
+                copy_out(guest, lens_ptr, &lens, "lengths")?;
+                Ok(1)
             },
         )
         .map_err(VmError::wasmtime)?;
@@ -417,7 +519,6 @@ mod tests {
     fn blob_round_trips_and_refuses_other_versions() {
         let mut blob = HostBlob::default();
         blob.globals.push((3, GlobalValue::I64(-9)));
-        blob.kv.insert(b"k".to_vec(), b"v".to_vec());
         let bytes = blob.encode();
         assert_eq!(HostBlob::decode(&bytes).expect("decodes"), blob);
         assert_eq!(HostBlob::decode(&[]).expect("empty"), HostBlob::default());
@@ -435,76 +536,35 @@ mod tests {
         assert!(std::error::Error::source(&err).is_some());
     }
 
-    #[test]
-    fn undo_restores_the_state_before_the_call() {
-        let mut state = HostState::new(BTreeMap::new(), StoreLimits::default(), &config(100));
-        state.insert(b"a".to_vec(), b"1".to_vec()).expect("fits");
-        state.keep();
-        state.insert(b"a".to_vec(), b"2".to_vec()).expect("fits");
-        state.insert(b"b".to_vec(), b"3".to_vec()).expect("fits");
-        state.remove(b"a");
-        state.insert(b"a".to_vec(), b"45".to_vec()).expect("fits");
-        assert_eq!(state.kv_bytes(), 5);
-        state.undo();
-        assert_eq!(state.get(b"a"), Some(&b"1"[..]));
-        assert_eq!(state.get(b"b"), None);
-        assert_eq!(state.len(), 1);
-        assert_eq!(state.kv_bytes(), 2);
-        assert_eq!(state.undo_len(), 0);
-    }
-
-    fn config(max_kv_bytes: u64) -> VmConfig {
-        VmConfig {
+    fn state(max_kv_bytes: u64) -> HostState {
+        let config = VmConfig {
             max_kv_bytes,
             ..VmConfig::for_tests()
-        }
+        };
+        let id = store_index::ModuleId::of_wasm(b"m");
+        HostState::new(
+            KvHandle::detached(Namespace::of_module(&id)),
+            StoreLimits::default(),
+            &config,
+        )
     }
 
     #[test]
-    fn undo_log_keeps_one_old_value_per_key() {
-        let mut kv = BTreeMap::new();
-        kv.insert(b"k".to_vec(), b"old".to_vec());
-        let mut state = HostState::new(kv, StoreLimits::default(), &config(1 << 20));
-        for i in 0..1000u32 {
-            state
-                .insert(b"k".to_vec(), i.to_le_bytes().repeat(64))
-                .expect("fits");
-            if i % 3 == 0 {
-                state.remove(b"k");
-            }
-        }
-        state.insert(b"new".to_vec(), b"v".to_vec()).expect("fits");
-        assert_eq!(state.undo_len(), 2);
-        state.undo();
-        assert_eq!(state.get(b"k"), Some(&b"old"[..]));
-        assert_eq!(state.get(b"new"), None);
-        assert_eq!(state.kv_bytes(), 4);
-    }
-
-    #[test]
-    fn quota_counts_keys_and_values_and_allows_shrinking() {
-        let mut state = HostState::new(BTreeMap::new(), StoreLimits::default(), &config(10));
-        state
-            .insert(b"ab".to_vec(), vec![0; 8])
-            .expect("exactly the quota");
-        assert_eq!(
-            state.insert(b"c".to_vec(), vec![]),
-            Err(KvQuotaExceeded {
+    fn quota_errors_map_to_their_vm_errors() {
+        let mut s = state(10);
+        s.insert(b"ab", &[0; 8]).expect("exactly the quota");
+        let err = s.insert(b"c", b"").expect_err("over the quota");
+        assert!(matches!(
+            quota_error(&err),
+            Some(VmError::KvQuotaExceeded {
                 would_be: 11,
                 quota: 10
             })
-        );
-        // Overwriting with a value of the same size or smaller still works.
-        state.insert(b"ab".to_vec(), vec![1; 8]).expect("same size");
-        state.insert(b"ab".to_vec(), vec![1; 2]).expect("smaller");
-        assert_eq!(state.kv_bytes(), 4);
-        assert_eq!(state.get(b"c"), None);
-        // Over a quota lowered since: shrinking is allowed, growing is not.
-        let kv = state.into_kv();
-        let mut state = HostState::new(kv, StoreLimits::default(), &config(1));
-        assert!(state.insert(b"ab".to_vec(), vec![1; 3]).is_err());
-        state.insert(b"ab".to_vec(), vec![1; 1]).expect("shrinks");
-        assert_eq!(state.kv_bytes(), 3);
+        ));
+        assert_eq!(s.kv_bytes(), 10);
+        assert_eq!(s.get(b"c").expect("reads"), None);
+        s.insert(b"ab", &[1; 2]).expect("smaller");
+        assert_eq!((s.len(), s.kv_bytes()), (1, 4));
     }
 
     #[test]

@@ -17,11 +17,28 @@
 //! with the directory; [`CacheVerification`]), so a writer of the cache folder cannot plant
 //! native code.
 //!
-//! The host ABI (import module `env`) gives each module a key-value store committed with it:
-//! `db_read(key_ptr, key_len, val_ptr, val_cap) -> i32`, `db_write(key_ptr, key_len, val_ptr,
-//! val_len)` and `db_remove(key_ptr, key_len)`. Each host call pays fuel per call and per byte
-//! it moves ([`HostCosts`]), and a module's key-value data is held to a quota
-//! ([`VmConfig::max_kv_bytes`]). Embedders add host functions with [`Vm::open_with_host`].
+//! The host ABI (import module `env`) gives each module a key-value store committed with it,
+//! the module's key-value space in the commit store ([`KvHandle`], [`Namespace::of_module`]):
+//!
+//! - `db_read(key_ptr, key_len, val_ptr, val_cap) -> i32`: copies up to `val_cap` bytes of the
+//!   value of the key and returns its full length, or -1 when absent;
+//! - `db_write(key_ptr, key_len, val_ptr, val_len)` and `db_remove(key_ptr, key_len)`;
+//! - `db_scan(start_ptr, start_len, end_ptr, end_len, order) -> i32`: opens an iterator over
+//!   the keys `start <= key < end` (a length of -1 means no bound, the pointer is then ignored;
+//!   `order` 0 is ascending, 1 descending) and returns its id. The iterator sees the data as it
+//!   was at `db_scan` (as cosmwasm-vm's `MockStorage`): the call's later writes do not show in
+//!   it. At most [`VmConfig::max_iterators`] iterators live at once; all end with the call;
+//! - `db_next(id, key_ptr, key_cap, val_ptr, val_cap, lens_ptr) -> i32`: returns 0 at the end;
+//!   otherwise copies up to `key_cap` bytes of the next key and up to `val_cap` of its value,
+//!   writes their full lengths as two u32 little-endian at `lens_ptr`, and returns 1 (an entry
+//!   larger than the buffers is consumed, truncated: size them by [`VmConfig::max_key_bytes`]
+//!   and [`VmConfig::max_value_bytes`]).
+//!
+//! Each host call pays fuel per call and per byte it moves ([`HostCosts`]; `db_scan` the bytes
+//! of its bounds and of the session's uncommitted writes inside its range, which its snapshot
+//! copies; `db_next` those it copies out plus the 8 of the lengths), and a module's
+//! key-value data is held to quotas ([`VmConfig::max_kv_bytes`], [`VmConfig::max_kv_keys`]).
+//! Embedders add host functions with [`Vm::open_with_host`].
 //!
 //! ```
 //! use vm_host::{Value, Vm, VmConfig};
@@ -65,9 +82,10 @@ use std::path::PathBuf;
 pub use cache_core::LayerStats;
 pub use cache_fs::{PruneReport, Verification};
 pub use cache_redis::{Compression, Held, RedisConfig, RemoteStats};
-pub use host::{HostState, KvQuotaExceeded};
+pub use host::HostState;
 pub use session::Session;
 pub use store_commit::{CommitInfo, Deletion};
+pub use store_commit::{KvHandle, KvIter, KvQuota, KvQuotaExceeded, Namespace, Order};
 pub use store_index::{ModuleId, Root};
 pub use value::{Value, ValueType, parse_args};
 pub use vm::{CacheFolderStats, DiskStats, FailedPin, VerifyOutcome, Vm, VmFiles, VmStats};
@@ -100,9 +118,15 @@ pub struct VmConfig {
     pub max_value_bytes: usize,
     /// The quota of one module's key-value data: the total bytes of its keys and values. A
     /// write that would take the total over it (and grow it) fails the call with
-    /// [`VmError::KvQuotaExceeded`]. Default 64 MiB: the data is committed as one blob with
-    /// the module, so it is meant for contract state, not bulk storage.
+    /// [`VmError::KvQuotaExceeded`]. Default 64 MiB.
     pub max_kv_bytes: u64,
+    /// The quota of one module's key count: a write of a new key over it fails the call with
+    /// [`VmError::KvKeysExceeded`]. Default 1 Mi keys (each key costs about 24 bytes of table
+    /// overhead on disk besides its bytes).
+    pub max_kv_keys: u64,
+    /// The most `db_scan` iterators a call may hold at once (exhausted ones do not count; all
+    /// end with the call). Default 32.
+    pub max_iterators: usize,
     /// The fuel the host functions charge (per call and per byte moved).
     pub host_costs: HostCosts,
     /// A cache shared by a fleet, below the file cache: `pinned -> LRU -> fs -> remote ->
@@ -147,6 +171,8 @@ impl Default for VmConfig {
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
             max_kv_bytes: 64 << 20,
+            max_kv_keys: 1 << 20,
+            max_iterators: 32,
             host_costs: HostCosts::default(),
             remote: None,
         }
@@ -194,7 +220,7 @@ impl From<Verification> for CacheVerification {
 /// (docs/RELIABILITY.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostCosts {
-    /// Flat cost of every host call (`db_read`, `db_write`, `db_remove`). Default 500: a call
+    /// Flat cost of every host call (`db_read`, `db_write`, `db_remove`, `db_scan`, `db_next`). Default 500: a call
     /// crosses wasmtime's host trampoline, finds the memory export by name, allocates the key
     /// and walks the key-value tree, about 200 ns, the time of some 500 simple wasm
     /// instructions. (CosmWasm charges 18,000 gas, 156 wasm instructions at its 115 gas each,
@@ -278,6 +304,17 @@ pub enum VmError {
     )]
     KvQuotaExceeded {
         /// The total bytes of keys and values the write would have made.
+        would_be: u64,
+        /// The quota.
+        quota: u64,
+    },
+    /// A key-value write of a new key would take the module's key count over
+    /// [`VmConfig::max_kv_keys`].
+    #[error(
+        "key-value quota exceeded: the write would make {would_be} keys, over the quota of {quota} keys"
+    )]
+    KvKeysExceeded {
+        /// The keys the write would have made.
         would_be: u64,
         /// The quota.
         quota: u64,

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use store_index::{Bytecode, ModuleId, Root};
+use store_index::{Bytecode, ModuleId, Namespace, Root};
 use wasmtime::{Instance, Module, Val};
 
 use crate::host::{self, GlobalValue, HostBlob, HostState};
@@ -47,9 +47,15 @@ pub struct Session {
 }
 
 fn call_error(err: wasmtime::Error, fuel: u64, during: Phase) -> VmError {
-    if let Some(&host::KvQuotaExceeded { would_be, quota }) = err.downcast_ref() {
-        return VmError::KvQuotaExceeded { would_be, quota };
+    if let Some(e) = err.downcast_ref::<store_commit::StoreError>()
+        && let Some(quota) = host::quota_error(e)
+    {
+        return quota;
     }
+    let err = match err.downcast::<store_commit::StoreError>() {
+        Ok(e) => return VmError::Store(e),
+        Err(err) => err,
+    };
     match err.downcast_ref::<wasmtime::Trap>() {
         // Also raised by a host function that cannot pay its cost.
         Some(wasmtime::Trap::OutOfFuel) => VmError::OutOfFuel(fuel),
@@ -126,15 +132,23 @@ impl Session {
             .genesis_linker
             .instantiate_pre(&module)
             .map_err(VmError::invalid_wasmtime)?;
-        let state = HostState::new(Default::default(), self.vm.limits(), &vm.config);
+        // Genesis writes go to the module's key-value space; a failed genesis leaves none.
+        let kv = self.inner.kv(&Namespace::of_module(&id))?;
+        let checkpoint = self.inner.checkpoint()?;
+        let state = HostState::new(kv, self.vm.limits(), &vm.config);
         let mut store = wasmtime::Store::new(&vm.genesis_engine, state);
         store.limiter(|s| &mut s.limits);
         store
             .set_fuel(vm.config.deploy_fuel)
             .map_err(VmError::wasmtime)?;
-        let instance = pre
-            .instantiate(&mut store)
-            .map_err(|e| call_error(e, vm.config.deploy_fuel, Phase::Genesis))?;
+        let instance = match pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => {
+                drop(store);
+                self.inner.rollback(&checkpoint)?;
+                return Err(call_error(e, vm.config.deploy_fuel, Phase::Genesis));
+            }
+        };
         let image = match instance.get_memory(&mut store, MEMORY_EXPORT) {
             // The one copy of the genesis memory: the store takes this vector as it is.
             Some(memory) => memory.data(&store).to_vec(),
@@ -143,10 +157,7 @@ impl Session {
         let globals = host::exported_globals(&mut store, &instance, &shape.mutable_globals)
             .and_then(|exported| host::read_globals(&mut store, &exported))
             .map_err(VmError::corrupt_state(&id))?;
-        let blob = HostBlob {
-            globals,
-            kv: store.into_data().into_kv(),
-        };
+        let blob = HostBlob { globals };
         self.inner.deploy(code.clone(), image, blob.encode())?;
         // Compile the runtime form now (unless a cache has it), so the first call finds it.
         vm.loader.load(
@@ -248,27 +259,20 @@ impl Session {
         match outcome {
             Ok(globals) => {
                 live.globals = globals;
-                live.store.data_mut().keep();
+                live.store.data_mut().end_call();
                 self.vm.inner.calls.fetch_add(1, Ordering::Relaxed);
                 results.iter().map(Value::from_wasmtime).collect()
             }
             Err(err) => {
-                // Undo the call: memory (content and size) from the checkpoint, key-value
-                // data from the undo log, globals from the last good values. The instance is
+                // Undo the call: memory (content and size) and key-value data (its undo log)
+                // from the checkpoint, globals from the last good values. The instance is
                 // dropped, as wasmtime's view of the memory size may be stale now.
                 let Some(Slot::Live(live)) = self.modules.remove(module) else {
                     unreachable!("the module was live");
                 };
-                let Live { store, globals, .. } = *live;
-                let mut state = store.into_data();
-                state.undo();
-                self.modules.insert(
-                    *module,
-                    Slot::Idle(HostBlob {
-                        globals,
-                        kv: state.into_kv(),
-                    }),
-                );
+                let Live { globals, .. } = *live;
+                self.modules
+                    .insert(*module, Slot::Idle(HostBlob { globals }));
                 self.inner.rollback(&checkpoint)?;
                 Err(err)
             }
@@ -311,7 +315,8 @@ impl Session {
         } else {
             None
         };
-        let state = HostState::new(blob.kv, self.vm.limits(), &vm.config);
+        let kv = self.inner.kv(&Namespace::of_module(module))?;
+        let state = HostState::new(kv, self.vm.limits(), &vm.config);
         let mut store = wasmtime::Store::new(vm.loader.engine(), state);
         store.limiter(|s| &mut s.limits);
         // Instantiation evaluates element expressions (`ref.func` of a passive segment) as
@@ -364,16 +369,16 @@ impl Session {
 
     /// The value `module` stores under `key`, as the session sees it.
     pub fn kv_get(&mut self, module: &ModuleId, key: &[u8]) -> Result<Option<Vec<u8>>, VmError> {
-        match self.modules.get(module) {
-            Some(Slot::Live(live)) => Ok(live.store.data().get(key).map(<[u8]>::to_vec)),
-            Some(Slot::Idle(blob)) => Ok(blob.kv.get(key).cloned()),
-            None if self.inner.contains(module) => Ok(HostBlob::decode(&self.inner.blob(module)?)
-                .map_err(VmError::corrupt_state(module))?
-                .kv
-                .get(key)
-                .cloned()),
-            None => Err(VmError::UnknownModule(*module)),
+        Ok(self.kv(module)?.get(key)?)
+    }
+
+    /// `module`'s key-value space as the session sees it (reads, range scans, and writes that
+    /// the next commit stores).
+    pub fn kv(&mut self, module: &ModuleId) -> Result<store_commit::KvHandle, VmError> {
+        if !self.inner.contains(module) {
+            return Err(VmError::UnknownModule(*module));
         }
+        Ok(self.inner.kv(&Namespace::of_module(module))?)
     }
 
     /// Commits the session's state and returns its root (an existing commit's root when the
@@ -381,13 +386,9 @@ impl Session {
     pub fn commit(mut self) -> Result<Root, VmError> {
         for (id, slot) in std::mem::take(&mut self.modules) {
             let blob = match slot {
-                Slot::Live(live) => {
-                    let Live { store, globals, .. } = *live;
-                    HostBlob {
-                        globals,
-                        kv: store.into_data().into_kv(),
-                    }
-                }
+                Slot::Live(live) => HostBlob {
+                    globals: live.globals,
+                },
                 Slot::Idle(blob) => blob,
             };
             self.inner.set_blob(&id, blob.encode())?;

@@ -1,18 +1,25 @@
 //! The SIGKILL crash test: a child process commits and deletes in a loop, the parent kills it at
-//! random moments and checks every reported commit survives whole.
+//! random moments and checks every reported commit survives whole. Commits change memories,
+//! blobs and key-value spaces (with small thresholds, so top deltas, folds and rebases all
+//! happen).
 
 use crate::{RES, write};
 use anyhow::{Result, bail, ensure};
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
-use store_commit::{Bytecode, PAGE_SIZE, Root, Store, StoreConfig};
+use store_commit::{Bytecode, Namespace, PAGE_SIZE, Root, Store, StoreConfig};
 
 const CRASH_CHILD: &str = "STRATA_STORE_CRASH_CHILD";
 
 fn crash_child(dir: &Path, seed: u64) -> Result<()> {
     use std::io::Write;
-    let store = Store::open(dir, StoreConfig::default())?;
+    let config = StoreConfig {
+        kv_top_entries: 16,
+        kv_min_delta: 64,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir, config)?;
     let mut rng = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -46,6 +53,15 @@ fn crash_child(dir: &Path, seed: u64) -> Result<()> {
             write(&m, at, &next().to_le_bytes());
         }
         s.set_blob(&id, next().to_le_bytes().to_vec())?;
+        let kv = s.kv(&Namespace::of_module(&id))?;
+        for _ in 0..1 + next() % 40 {
+            let key = (next() % 500).to_le_bytes();
+            if next() % 4 == 0 {
+                kv.remove(&key)?;
+            } else {
+                kv.insert(&key, &next().to_le_bytes())?;
+            }
+        }
         writeln!(out, "begin")?;
         out.flush()?;
         let root = s.commit()?;
@@ -146,6 +162,14 @@ fn sigkill_at_random_moments() -> Result<()> {
             let index = store.index(root)?;
             for m in index.modules() {
                 store.read_memory(root, &m.id())?;
+            }
+            for space in index.kv() {
+                let kv = store.session(Some(*root))?.kv(&space.namespace())?;
+                let all = kv.range(None, None, store_commit::Order::Ascending)?;
+                ensure!(
+                    all.count() as u64 == space.keys(),
+                    "round {round}: key count"
+                );
             }
         }
         // At most the one commit in flight at the kill was not reported.

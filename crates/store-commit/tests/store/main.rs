@@ -8,6 +8,7 @@ mod crash;
 mod deletion;
 mod faults;
 mod format;
+mod kv;
 mod mapped;
 mod model;
 mod power_loss;
@@ -53,6 +54,37 @@ fn read(mem: &MemoryHandle) -> Vec<u8> {
 
 /// Per module: bytecode, memory, blob.
 type ModelState = BTreeMap<ModuleId, (Vec<u8>, Vec<u8>, Vec<u8>)>;
+
+/// Per key-value space: its pairs.
+type KvModel = BTreeMap<store_commit::Namespace, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// The root the model expects with key-value spaces, each space's set hash computed from its
+/// whole content.
+fn model_root_kv(state: &ModelState, kv: &KvModel) -> Root {
+    let leaves = state.iter().map(|(id, (code, mem, blob))| {
+        let code_hash = store_index::Digest::sha256(code);
+        let leaf = hash::module_leaf(
+            id,
+            &code_hash,
+            &MemoryTree::from_memory(mem).root(),
+            &hash::blob(blob),
+        );
+        (*id, leaf)
+    });
+    let spaces = kv.iter().filter(|(_, m)| !m.is_empty()).map(|(ns, m)| {
+        let mut set = store_index::KvHash::empty();
+        let mut bytes = 0;
+        for (k, v) in m {
+            set.insert(k, v);
+            bytes += (k.len() + v.len()) as u64;
+        }
+        (
+            *ns,
+            hash::kv_root(ns, m.len() as u64, bytes, &set.checksum()),
+        )
+    });
+    store_index::commit_root(leaves, spaces)
+}
 
 /// The root the model expects, computed from full contents, independently of the store's
 /// incremental bookkeeping.

@@ -1,13 +1,14 @@
 //! A property test against an in-memory model: random sessions of deploys, writes, grows, blob
 //! changes, checkpoints and rollbacks, commits and deletes, checked against full contents.
 
-use crate::{ModelState, RES, model_root, read, wasm, write};
+use crate::{KvModel, ModelState, RES, model_root_kv, read, wasm, write};
 use anyhow::{Context, Result};
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::collections::btree_map::Entry;
 use store_commit::{
-    Bytecode, Deletion, MemoryHandle, ModuleId, PAGE_SIZE, Root, Store, StoreConfig, StoreError,
+    Bytecode, Deletion, KvHandle, KvIter, MemoryHandle, ModuleId, Namespace, Order, PAGE_SIZE,
+    Root, Store, StoreConfig, StoreError,
 };
 
 #[derive(Clone, Debug)]
@@ -39,6 +40,51 @@ enum SessionOp {
     },
     Checkpoint,
     Rollback,
+    KvInsert {
+        space: u8,
+        key: u8,
+        value: u8,
+    },
+    /// Inserts `count` keys from `from` on.
+    KvBulk {
+        space: u8,
+        from: u8,
+        count: u8,
+    },
+    KvRemove {
+        space: u8,
+        key: u8,
+    },
+    KvGet {
+        space: u8,
+        key: u8,
+    },
+    /// Opens an iterator over `[start, end)`; it is read one step after every later operation
+    /// and must show the space as it was when it was opened.
+    KvRange {
+        space: u8,
+        start: Option<u8>,
+        end: Option<u8>,
+        descending: bool,
+    },
+}
+
+/// What a live iterator must still yield.
+type Snapshot = std::vec::IntoIter<(Vec<u8>, Vec<u8>)>;
+
+fn ns(space: u8) -> Namespace {
+    Namespace::of_instance(&ModuleId::of_wasm(b"kv"), &[space % 3])
+}
+
+/// Keys of several lengths, some sharing their first 8 bytes.
+fn key(k: u8) -> Vec<u8> {
+    let mut out = vec![b'k'; (k % 3) as usize * 5];
+    out.push(k % 64);
+    out
+}
+
+fn value(k: u8, v: u8) -> Vec<u8> {
+    vec![v; (k as usize * 7 + v as usize) % 40]
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +111,14 @@ fn session_op() -> impl Strategy<Value = SessionOp> {
             .prop_map(|(module, at, insert)| SessionOp::BigBlob { module, at, insert }),
         1 => Just(SessionOp::Checkpoint),
         1 => Just(SessionOp::Rollback),
+        4 => (any::<u8>(), any::<u8>(), any::<u8>())
+            .prop_map(|(space, key, value)| SessionOp::KvInsert { space, key, value }),
+        1 => (any::<u8>(), any::<u8>(), 0u8..40)
+            .prop_map(|(space, from, count)| SessionOp::KvBulk { space, from, count }),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(space, key)| SessionOp::KvRemove { space, key }),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(space, key)| SessionOp::KvGet { space, key }),
+        2 => (any::<u8>(), any::<Option<u8>>(), any::<Option<u8>>(), any::<bool>())
+            .prop_map(|(space, start, end, descending)| SessionOp::KvRange { space, start, end, descending }),
     ]
 }
 
@@ -79,13 +133,17 @@ fn model_op() -> impl Strategy<Value = ModelOp> {
 
 fn run_model(ops: Vec<ModelOp>) -> Result<()> {
     let dir = tempfile::tempdir()?;
+    // Small thresholds, so that key-value spaces go through top deltas, folds and rebases.
     let config = StoreConfig {
         fsync: false,
         delta_ratio: 4,
+        kv_top_entries: 6,
+        kv_delta_ratio: 2,
+        kv_min_delta: 10,
         ..StoreConfig::default()
     };
     let mut store = Store::open(dir.path(), config.clone())?;
-    let mut model: HashMap<Root, ModelState> = HashMap::new();
+    let mut model: HashMap<Root, (ModelState, KvModel)> = HashMap::new();
     let mut order: Vec<Root> = Vec::new();
     for op in ops {
         match op {
@@ -106,10 +164,15 @@ fn run_model(ops: Vec<ModelOp>) -> Result<()> {
                     0 => None,
                     i => Some(order[i - 1]),
                 };
-                let mut state: ModelState = base.map(|b| model[&b].clone()).unwrap_or_default();
+                let (mut state, mut kv): (ModelState, KvModel) =
+                    base.map(|b| model[&b].clone()).unwrap_or_default();
                 let mut s = store.session(base)?;
                 let mut handles: HashMap<ModuleId, MemoryHandle> = HashMap::new();
-                let mut saved: Option<(store_commit::Checkpoint, ModelState)> = None;
+                let mut saved: Option<(store_commit::Checkpoint, ModelState, KvModel)> = None;
+                let mut iters: Vec<(KvIter, Snapshot)> = Vec::new();
+                let space = |s: &mut store_commit::Session, n: u8| -> Result<KvHandle> {
+                    Ok(s.kv(&ns(n))?)
+                };
                 for op in ops {
                     let pick = |m: u8, state: &ModelState| {
                         let keys: Vec<ModuleId> = state.keys().copied().collect();
@@ -208,14 +271,76 @@ fn run_model(ops: Vec<ModelOp>) -> Result<()> {
                             }
                             s.set_blob(&id, blob.clone())?;
                         }
-                        SessionOp::Checkpoint => saved = Some((s.checkpoint()?, state.clone())),
+                        SessionOp::Checkpoint => {
+                            saved = Some((s.checkpoint()?, state.clone(), kv.clone()))
+                        }
                         SessionOp::Rollback => {
-                            if let Some((c, st)) = &saved {
+                            if let Some((c, st, k)) = &saved {
                                 s.rollback(c)?;
                                 state = st.clone();
+                                kv = k.clone();
                                 handles.retain(|id, _| state.contains_key(id));
                             }
                         }
+                        SessionOp::KvInsert {
+                            space: n,
+                            key: k,
+                            value: v,
+                        } => {
+                            space(&mut s, n)?.insert(&key(k), &value(k, v))?;
+                            kv.entry(ns(n)).or_default().insert(key(k), value(k, v));
+                        }
+                        SessionOp::KvBulk {
+                            space: n,
+                            from,
+                            count,
+                        } => {
+                            let h = space(&mut s, n)?;
+                            for k in (0..count).map(|i| from.wrapping_add(i)) {
+                                h.insert(&key(k), &value(k, count))?;
+                                kv.entry(ns(n)).or_default().insert(key(k), value(k, count));
+                            }
+                        }
+                        SessionOp::KvRemove { space: n, key: k } => {
+                            let was = kv.entry(ns(n)).or_default().remove(&key(k)).is_some();
+                            assert_eq!(space(&mut s, n)?.remove(&key(k))?, was);
+                        }
+                        SessionOp::KvGet { space: n, key: k } => {
+                            let expected = kv.get(&ns(n)).and_then(|m| m.get(&key(k))).cloned();
+                            assert_eq!(space(&mut s, n)?.get(&key(k))?, expected);
+                        }
+                        SessionOp::KvRange {
+                            space: n,
+                            start,
+                            end,
+                            descending,
+                        } => {
+                            let (start, end) = (start.map(key), end.map(key));
+                            let order = if descending {
+                                Order::Descending
+                            } else {
+                                Order::Ascending
+                            };
+                            let it =
+                                space(&mut s, n)?.range(start.as_deref(), end.as_deref(), order)?;
+                            let m = kv.get(&ns(n)).cloned().unwrap_or_default();
+                            let mut expected: Vec<(Vec<u8>, Vec<u8>)> = m
+                                .into_iter()
+                                .filter(|(k, _)| {
+                                    start.as_ref().is_none_or(|s| k >= s)
+                                        && end.as_ref().is_none_or(|e| k < e)
+                                })
+                                .collect();
+                            if descending {
+                                expected.reverse();
+                            }
+                            iters.push((it, expected.into_iter()));
+                        }
+                    }
+                    // Every live iterator yields its snapshot, one step per operation.
+                    for (it, expected) in &mut iters {
+                        let got = it.next().transpose()?;
+                        assert_eq!(got, expected.next(), "iterator diverged from its snapshot");
                     }
                     // The session's view matches the model at every step.
                     for (id, m) in &handles {
@@ -225,15 +350,24 @@ fn run_model(ops: Vec<ModelOp>) -> Result<()> {
                 for id in state.keys() {
                     assert_eq!(s.blob(id)?, state[id].2);
                 }
+                for (it, expected) in iters {
+                    let rest: Vec<_> = it.collect::<Result<_, _>>()?;
+                    assert_eq!(rest, expected.collect::<Vec<_>>(), "iterator diverged");
+                }
                 if !commit {
                     continue;
                 }
                 let root = s.commit()?;
-                assert_eq!(root, model_root(&state), "root differs from the model's");
+                kv.retain(|_, m| !m.is_empty());
+                assert_eq!(
+                    root,
+                    model_root_kv(&state, &kv),
+                    "root differs from the model's"
+                );
                 if !model.contains_key(&root) {
                     order.push(root);
                 }
-                model.insert(root, state);
+                model.insert(root, (state, kv));
             }
         }
     }
@@ -243,8 +377,21 @@ fn run_model(ops: Vec<ModelOp>) -> Result<()> {
     let mut expected: Vec<Root> = model.keys().copied().collect();
     expected.sort();
     assert_eq!(listed, expected);
-    for (root, state) in &model {
+    for (root, (state, kv)) in &model {
         let mut s = store.session(Some(*root))?;
+        for n in 0..3 {
+            let h = s.kv(&ns(n))?;
+            let m = kv.get(&ns(n)).cloned().unwrap_or_default();
+            let all: Vec<_> = h
+                .range(None, None, Order::Ascending)?
+                .collect::<Result<_, _>>()?;
+            assert_eq!(all, m.clone().into_iter().collect::<Vec<_>>());
+            let back: Vec<_> = h
+                .range(None, None, Order::Descending)?
+                .collect::<Result<_, _>>()?;
+            assert_eq!(back, m.clone().into_iter().rev().collect::<Vec<_>>());
+            assert_eq!(h.len(), m.len() as u64);
+        }
         assert_eq!(s.modules(), state.keys().copied().collect::<Vec<_>>());
         for (id, (code, mem, blob)) in state {
             assert_eq!(&store.read_memory(root, id)?, mem);
