@@ -296,7 +296,10 @@ mod tests {
         // Only the bottom has the first key: found there and promoted into the top.
         let chain_bottom_only = MapLayer::new("a").with_fallback(MapLayer::new("b"));
         chain_bottom_only.fallback().save(&best, &m).unwrap();
-        let (key, _) = chain_bottom_only.load_first(&[best, second]).unwrap().unwrap();
+        let (key, _) = chain_bottom_only
+            .load_first(&[best, second])
+            .unwrap()
+            .unwrap();
         assert_eq!(key, best);
         assert!(chain_bottom_only.primary().load(&best).unwrap().is_some());
         assert!(chain_bottom_only.load_first(&[second]).unwrap().is_none());

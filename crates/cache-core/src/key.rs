@@ -628,7 +628,11 @@ mod tests {
             key.engine(),
         );
         assert_eq!(winch.to_bytes()[71], 1);
-        assert!(winch.to_string().contains("-runtime.16909060-strata-winch-"));
+        assert!(
+            winch
+                .to_string()
+                .contains("-runtime.16909060-strata-winch-")
+        );
         assert_eq!(
             key.to_string(),
             format!(

@@ -116,15 +116,26 @@ impl Session {
             }));
         }
         let genesis = rewrite::rewrite(wasm, &shape, Form::Genesis)?;
-        let module =
-            Module::new(&vm.genesis_engine, &genesis).map_err(VmError::invalid_wasmtime)?;
+        // Genesis runs once: with a policy that uses Winch it runs on Winch (the tiers agree:
+        // the differential test).
+        // A module Winch cannot compile runs on Cranelift (as its runtime form will).
+        let winch = vm.genesis_winch.as_ref().and_then(|(engine, linker)| {
+            Some((engine, linker, Module::new(engine, &genesis).ok()?))
+        });
+        let (genesis_engine, genesis_linker, module) = match winch {
+            Some(winch) => winch,
+            None => (
+                &vm.genesis_engine,
+                &vm.genesis_linker,
+                Module::new(&vm.genesis_engine, &genesis).map_err(VmError::invalid_wasmtime)?,
+            ),
+        };
         drop(genesis);
-        let pre = vm
-            .genesis_linker
+        let pre = genesis_linker
             .instantiate_pre(&module)
             .map_err(VmError::invalid_wasmtime)?;
         let state = HostState::new(Default::default(), self.vm.limits(), &vm.config);
-        let mut store = wasmtime::Store::new(&vm.genesis_engine, state);
+        let mut store = wasmtime::Store::new(genesis_engine, state);
         store.limiter(|s| &mut s.limits);
         store
             .set_fuel(vm.config.deploy_fuel)
@@ -301,7 +312,8 @@ impl Session {
             None
         };
         let state = HostState::new(blob.kv, self.vm.limits(), &vm.config);
-        let mut store = wasmtime::Store::new(vm.loader.engine(), state);
+        // The engine of the module's tier.
+        let mut store = wasmtime::Store::new(loaded.module.engine(), state);
         store.limiter(|s| &mut s.limits);
         // Instantiation evaluates element expressions (`ref.func` of a passive segment) as
         // compiled code, which consumes fuel: give it the budget of a call (each call sets its
