@@ -180,6 +180,8 @@ pub struct CacheFolderStats {
     pub name: String,
     /// Whether this build's engine uses it; [`Vm::prune`] removes the others.
     pub in_use: bool,
+    /// The compiler tier of a folder in use (one folder per tier the policy uses).
+    pub tier: Option<Tier>,
     /// Files in the folder: the cache entries, plus any temp file not yet renamed.
     pub entries: u64,
     /// Bytes of those files.
@@ -581,11 +583,14 @@ impl Vm {
             if !fs.metadata(&path).is_ok_and(|m| m.is_dir()) {
                 continue;
             }
+            // The first engine is Cranelift's, the second (if any) Winch's.
+            let engine = cache
+                .engine_dirs()
+                .position(|d| d.file_name() == Some(name.as_os_str()));
             let mut folder = CacheFolderStats {
                 name: name.to_string_lossy().into_owned(),
-                in_use: cache
-                    .engine_dirs()
-                    .any(|d| d.file_name() == Some(name.as_os_str())),
+                in_use: engine.is_some(),
+                tier: engine.map(|i| [Tier::Cranelift, Tier::Winch][i.min(1)]),
                 ..CacheFolderStats::default()
             };
             for file in fs.read_dir(&path).map_err(io(&path))? {
