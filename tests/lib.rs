@@ -276,7 +276,6 @@ fn observed(value: &Value) -> String {
         Value::I64(v) => format!("i64:{v}"),
         Value::F32(v) => format!("f32:{:#x}", v.to_bits()),
         Value::F64(v) => format!("f64:{:#x}", v.to_bits()),
-        other => format!("{other:?}"),
     }
 }
 
@@ -329,9 +328,10 @@ pub fn tier_transcript(vm: &Vm, wasm: &[u8]) -> Vec<String> {
                     format!("{:?}", session.last_call_fuel()),
                 ),
                 Err(VmError::OutOfFuel(_)) => ("exhausted".into(), "exhausted".into()),
-                Err(VmError::Trap { trap, .. }) if trap == wasmtime::Trap::StackOverflow => {
-                    ("exhausted".into(), "exhausted".into())
-                }
+                Err(VmError::Trap {
+                    trap: wasmtime::Trap::StackOverflow,
+                    ..
+                }) => ("exhausted".into(), "exhausted".into()),
                 Err(err @ VmError::Trap { .. }) => (format!("error: {err}"), "at a trap".into()),
                 Err(err) => (
                     format!("error: {err}"),
