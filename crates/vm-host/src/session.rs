@@ -115,55 +115,74 @@ impl Session {
                 limit: vm.config.table_elements,
             }));
         }
-        let genesis = rewrite::rewrite(wasm, &shape, Form::Genesis)?;
+        let limits = self.vm.limits();
         // Genesis runs once: with a policy that uses Winch it runs on Winch (the tiers agree:
-        // the differential test).
-        // A module Winch cannot compile runs on Cranelift (as its runtime form will).
-        let winch = vm.genesis_winch.as_ref().and_then(|(engine, linker)| {
-            Some((engine, linker, Module::new(engine, &genesis).ok()?))
+        // the differential test); a module Winch cannot compile runs on Cranelift (as its
+        // runtime form will).
+        let run_genesis = || -> Result<(Vec<u8>, HostBlob), VmError> {
+            let genesis = rewrite::rewrite(wasm, &shape, Form::Genesis)?;
+            let winch = vm.genesis_winch.as_ref().and_then(|(engine, linker)| {
+                Some((engine, linker, Module::new(engine, &genesis).ok()?))
+            });
+            let (genesis_engine, genesis_linker, module) = match winch {
+                Some(winch) => winch,
+                None => (
+                    &vm.genesis_engine,
+                    &vm.genesis_linker,
+                    Module::new(&vm.genesis_engine, &genesis)
+                        .map_err(VmError::invalid_wasmtime)?,
+                ),
+            };
+            drop(genesis);
+            let pre = genesis_linker
+                .instantiate_pre(&module)
+                .map_err(VmError::invalid_wasmtime)?;
+            let state = HostState::new(Default::default(), limits, &vm.config);
+            let mut store = wasmtime::Store::new(genesis_engine, state);
+            store.limiter(|s| &mut s.limits);
+            store
+                .set_fuel(vm.config.deploy_fuel)
+                .map_err(VmError::wasmtime)?;
+            let instance = pre
+                .instantiate(&mut store)
+                .map_err(|e| call_error(e, vm.config.deploy_fuel, Phase::Genesis))?;
+            let image = match instance.get_memory(&mut store, MEMORY_EXPORT) {
+                // The one copy of the genesis memory: the store takes this vector as it is.
+                Some(memory) => memory.data(&store).to_vec(),
+                None => Vec::new(),
+            };
+            let globals = host::exported_globals(&mut store, &instance, &shape.mutable_globals)
+                .and_then(|exported| host::read_globals(&mut store, &exported))
+                .map_err(VmError::corrupt_state(&id))?;
+            let blob = HostBlob {
+                globals,
+                kv: store.into_data().into_kv(),
+            };
+            Ok((image, blob))
+        };
+        // The runtime form compiles (unless a cache has it) on a second thread while genesis
+        // compiles and runs: the first call finds it, and a deploy takes the longer of the two
+        // compiles, not their sum. (A genesis that fails leaves that artifact in the caches,
+        // like a precompile.)
+        let (genesis, runtime) = std::thread::scope(|scope| {
+            let runtime = scope.spawn(|| {
+                vm.loader.load(
+                    &id,
+                    Source::Checked {
+                        wasm: code.bytes(),
+                        shape: &shape,
+                    },
+                )
+            });
+            let genesis = run_genesis();
+            let runtime = runtime
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (genesis, runtime)
         });
-        let (genesis_engine, genesis_linker, module) = match winch {
-            Some(winch) => winch,
-            None => (
-                &vm.genesis_engine,
-                &vm.genesis_linker,
-                Module::new(&vm.genesis_engine, &genesis).map_err(VmError::invalid_wasmtime)?,
-            ),
-        };
-        drop(genesis);
-        let pre = genesis_linker
-            .instantiate_pre(&module)
-            .map_err(VmError::invalid_wasmtime)?;
-        let state = HostState::new(Default::default(), self.vm.limits(), &vm.config);
-        let mut store = wasmtime::Store::new(genesis_engine, state);
-        store.limiter(|s| &mut s.limits);
-        store
-            .set_fuel(vm.config.deploy_fuel)
-            .map_err(VmError::wasmtime)?;
-        let instance = pre
-            .instantiate(&mut store)
-            .map_err(|e| call_error(e, vm.config.deploy_fuel, Phase::Genesis))?;
-        let image = match instance.get_memory(&mut store, MEMORY_EXPORT) {
-            // The one copy of the genesis memory: the store takes this vector as it is.
-            Some(memory) => memory.data(&store).to_vec(),
-            None => Vec::new(),
-        };
-        let globals = host::exported_globals(&mut store, &instance, &shape.mutable_globals)
-            .and_then(|exported| host::read_globals(&mut store, &exported))
-            .map_err(VmError::corrupt_state(&id))?;
-        let blob = HostBlob {
-            globals,
-            kv: store.into_data().into_kv(),
-        };
+        let (image, blob) = genesis?;
+        runtime?;
         self.inner.deploy(code.clone(), image, blob.encode())?;
-        // Compile the runtime form now (unless a cache has it), so the first call finds it.
-        vm.loader.load(
-            &id,
-            Source::Checked {
-                wasm: code.bytes(),
-                shape: &shape,
-            },
-        )?;
         tracing::info!(module = %id, bytes = wasm.len(), "deployed");
         Ok(id)
     }
