@@ -129,8 +129,7 @@ impl Session {
                 None => (
                     &vm.genesis_engine,
                     &vm.genesis_linker,
-                    Module::new(&vm.genesis_engine, &genesis)
-                        .map_err(VmError::invalid_wasmtime)?,
+                    Module::new(&vm.genesis_engine, &genesis).map_err(VmError::invalid_wasmtime)?,
                 ),
             };
             drop(genesis);
