@@ -162,6 +162,11 @@ fn fuzz_deploy_smith() -> Result<()> {
 }
 
 #[test]
+fn fuzz_tiers_smith() -> Result<()> {
+    run("tiers_smith")
+}
+
+#[test]
 fn fuzz_index_decode() -> Result<()> {
     run("index_decode")
 }

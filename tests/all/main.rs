@@ -12,6 +12,7 @@ mod power_vm;
 mod reliability;
 mod remote;
 mod tables;
+mod tiers;
 mod vm;
 
 /// Overwrites a file of a store as an outsider would: committed files are read-only (`0o444`),

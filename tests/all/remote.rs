@@ -326,3 +326,47 @@ fn a_stopped_or_paused_redis_costs_misses_within_the_timeout_then_opens_the_brea
     assert!(cache.load(&key)?.is_some());
     Ok(())
 }
+
+/// Nodes on `WinchThenCranelift`: Winch artifacts stay on the node, the tier-up's Cranelift
+/// artifact goes to Redis, and another node deploying the module compiles nothing.
+#[test]
+fn with_winch_then_cranelift_only_cranelift_reaches_the_fleet() -> Result<()> {
+    let server = server();
+    let config = redis_config("tiers", MAC_KEY);
+    let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let wasm = wat::parse_str(COUNTER)?;
+    let node = |dir: &Path| -> Result<Vm> {
+        let mut remote = RemoteCache::new(server.url(), config.mac_key.clone());
+        remote.config = config.clone();
+        Ok(Vm::open(
+            dir,
+            VmConfig {
+                remote: Some(remote),
+                tier: vm_host::TierPolicy::WinchThenCranelift,
+                ..VmConfig::for_tests()
+            },
+        )?)
+    };
+
+    let first = node(a.path())?;
+    let (module, _) = first.deploy(&wasm)?;
+    assert_eq!(add(&first, &module, 5)?, Value::I64(5));
+    assert!(first.wait_tier_up(Duration::from_secs(60)));
+    assert!(first.flush_remote(Duration::from_secs(10)));
+    let stats = first.stats();
+    assert_eq!((stats.tiers.winch_compiles, stats.tiers.tier_ups), (1, 1));
+    assert_eq!(stats.remote.expect("remote").uploads, 1, "Cranelift only");
+    assert_eq!(layer(&first, "redis").errors, 0);
+    let held = first.remote_held(1000).expect("remote")?;
+    assert_eq!(held.entries, 1, "{held:?}");
+    drop(first);
+
+    let second = node(b.path())?;
+    second.deploy(&wasm)?;
+    assert_eq!(add(&second, &module, 2)?, Value::I64(2));
+    let stats = second.stats();
+    assert_eq!(stats.compiles, 0, "{stats:?}");
+    assert_eq!(stats.tiers.cranelift_modules, 1);
+    assert_eq!(layer(&second, "redis").hits, 1);
+    Ok(())
+}

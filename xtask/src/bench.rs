@@ -410,6 +410,27 @@ pub(crate) const TARGETS: &[Target] = &[
         per: "baseline_btreemap_range",
         max: 3.0,
     },
+    // Issue 16: the Winch baseline tier.
+    Target::Ratio {
+        what: "Winch compile of sql.js (672 KiB) at least 5x faster than Cranelift's",
+        group: "tiers/compile",
+        function: "winch/672KiB",
+        per: "baseline_cranelift/672KiB",
+        max: 0.2,
+    },
+    Target::Under {
+        what: "deploy to first call of hackatom, empty cache, Winch then Cranelift, within cosmwasm-vm's store_code (75-151 ms here; peer not rebuilt in this run)",
+        group: "tiers/deploy_to_first_call/hackatom",
+        function: "winch_then_cranelift",
+        max_ns: 151e6,
+    },
+    Target::Ratio {
+        what: "calls after the tier-up within 5% of Cranelift only",
+        group: "tiers/calls_after_tier_up",
+        function: "after_tier_up",
+        per: "baseline_cranelift_only",
+        max: 1.05,
+    },
 ];
 
 fn group_matches(pattern: &str, group: &str) -> bool {

@@ -97,6 +97,27 @@ impl<P: ModuleCache, F: ModuleCache> ModuleCache for FallbackCache<P, F> {
         }
     }
 
+    fn load_first(&self, keys: &[CacheKey]) -> Result<Option<(CacheKey, Module)>, CacheError> {
+        match self.primary.load_first(keys) {
+            Ok(Some(hit)) => return Ok(Some(hit)),
+            Ok(None) => {}
+            Err(_) => self.primary_errors.load.incr(),
+        }
+        match self.fallback.load_first(keys) {
+            Ok(Some((key, module))) => {
+                if self.primary.save(&key, &module).is_err() {
+                    self.primary_errors.other.incr();
+                }
+                Ok(Some((key, module)))
+            }
+            Ok(None) => Ok(None),
+            Err(_) => {
+                self.fallback_errors.load.incr();
+                Ok(None)
+            }
+        }
+    }
+
     fn save(&self, key: &CacheKey, module: &Module) -> Result<(), CacheError> {
         if self.primary.save(key, module).is_err() {
             self.primary_errors.other.incr();
@@ -251,6 +272,37 @@ mod tests {
         assert!(chain.load(&key).unwrap().is_some());
         let s = chain.stats();
         assert_eq!((s[1].hits, s[2].hits), (1, 1)); // served by "b" this time
+    }
+
+    #[test]
+    fn load_first_asks_each_layer_for_every_key_before_the_next_layer() {
+        let engine = Engine::default();
+        let (best, m) = module(&engine);
+        let second = CacheKey::from_parts(
+            best.module(),
+            best.form(),
+            best.abi(),
+            crate::Tier::Winch,
+            best.engine(),
+        );
+        let top = MapLayer::new("top");
+        let bottom = MapLayer::new("bottom");
+        top.save(&second, &m).unwrap();
+        bottom.save(&best, &m).unwrap();
+        let chain = top.with_fallback(bottom);
+        // The second key in the top layer wins over the first key in the bottom one.
+        let (key, _) = chain.load_first(&[best, second]).unwrap().unwrap();
+        assert_eq!(key, second);
+        // Only the bottom has the first key: found there and promoted into the top.
+        let chain_bottom_only = MapLayer::new("a").with_fallback(MapLayer::new("b"));
+        chain_bottom_only.fallback().save(&best, &m).unwrap();
+        let (key, _) = chain_bottom_only
+            .load_first(&[best, second])
+            .unwrap()
+            .unwrap();
+        assert_eq!(key, best);
+        assert!(chain_bottom_only.primary().load(&best).unwrap().is_some());
+        assert!(chain_bottom_only.load_first(&[second]).unwrap().is_none());
     }
 
     #[test]

@@ -207,6 +207,8 @@ pub enum Abi {
 pub enum Tier {
     /// Cranelift, wasmtime's optimizing compiler.
     Cranelift,
+    /// Winch, wasmtime's single-pass baseline compiler: compiles in linear time, runs slower.
+    Winch,
 }
 
 /// The version of the key's encoding (the first byte of [`CacheKey::to_bytes`]).
@@ -258,7 +260,9 @@ impl fmt::Display for Abi {
 }
 
 impl Tier {
-    const ALL: [(Tier, u8, &'static str); 1] = [(Tier::Cranelift, 0, "cranelift")];
+    // The codes and names are on disk and in shared caches: never renumber or rename.
+    const ALL: [(Tier, u8, &'static str); 2] =
+        [(Tier::Cranelift, 0, "cranelift"), (Tier::Winch, 1, "winch")];
 }
 
 impl fmt::Display for Tier {
@@ -571,7 +575,14 @@ mod tests {
             Tier::Cranelift,
             plain.engine(),
         );
-        let keys = [plain, runtime, genesis];
+        let winch = CacheKey::from_parts(
+            plain.module(),
+            Form::Runtime { rewrite: 7 },
+            Abi::Strata,
+            Tier::Winch,
+            plain.engine(),
+        );
+        let keys = [plain, runtime, genesis, winch];
         for key in keys {
             assert_eq!(CacheKey::from_bytes(&key.to_bytes()).unwrap(), key);
             assert_eq!(CacheKey::parse(&key.to_string()).unwrap(), key);
@@ -586,7 +597,8 @@ mod tests {
         // Every part is in every encoding: no two of these keys share one.
         let texts: std::collections::HashSet<_> = keys.iter().map(CacheKey::to_string).collect();
         let digests: std::collections::HashSet<_> = keys.iter().map(CacheKey::digest).collect();
-        assert_eq!((texts.len(), digests.len()), (3, 3));
+        assert_eq!((texts.len(), digests.len()), (4, 4));
+        assert!(winch.to_string().contains("-runtime.7-strata-winch-"));
         let other = runtime.with_engine(EngineFingerprint::from_bytes([9; 32]));
         assert_ne!(other.digest(), runtime.digest());
         assert!(runtime.to_string().contains("-runtime.7-strata-cranelift-"));
@@ -608,6 +620,19 @@ mod tests {
         let bytes = key.to_bytes();
         assert_eq!(bytes[0], 1);
         assert_eq!(&bytes[65..], &[2, 4, 3, 2, 1, 1, 0]);
+        let winch = CacheKey::from_parts(
+            key.module(),
+            key.form(),
+            key.abi(),
+            Tier::Winch,
+            key.engine(),
+        );
+        assert_eq!(winch.to_bytes()[71], 1);
+        assert!(
+            winch
+                .to_string()
+                .contains("-runtime.16909060-strata-winch-")
+        );
         assert_eq!(
             key.to_string(),
             format!(
@@ -627,7 +652,7 @@ mod tests {
             key.replace("original", "runtime.01"),
             key.replace("original", "runtime.x"),
             key.replace("plain", "cosmwasm"),
-            key.replace("cranelift", "winch"),
+            key.replace("cranelift", "singlepass"),
             key.to_uppercase(),
             format!("{key}-x"),
             key.replacen('-', "", 1),

@@ -101,6 +101,22 @@ pub trait ModuleCache: Send + Sync {
     /// miss, not an error.
     fn load(&self, key: &CacheKey) -> Result<Option<Module>, CacheError>;
 
+    /// Looks up the first of `keys` this layer holds, in order (e.g. one module by compiler
+    /// tier, best first), and returns it with its key. A chain asks each layer for all the keys
+    /// before asking the next layer, so a lower tier in a fast layer wins over a better tier in a
+    /// slow one. `Err` only if no key hit and some lookup failed.
+    fn load_first(&self, keys: &[CacheKey]) -> Result<Option<(CacheKey, Module)>, CacheError> {
+        let mut failed = None;
+        for key in keys {
+            match self.load(key) {
+                Ok(Some(module)) => return Ok(Some((*key, module))),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        failed.map_or(Ok(None), Err)
+    }
+
     /// Stores a module under `key`. Layers may decline to store (e.g. a pinned layer only
     /// stores through its own `pin`), which is still `Ok(())`.
     fn save(&self, key: &CacheKey, module: &Module) -> Result<(), CacheError>;
@@ -119,6 +135,9 @@ impl<T: ModuleCache + ?Sized> ModuleCache for Arc<T> {
     fn load(&self, key: &CacheKey) -> Result<Option<Module>, CacheError> {
         (**self).load(key)
     }
+    fn load_first(&self, keys: &[CacheKey]) -> Result<Option<(CacheKey, Module)>, CacheError> {
+        (**self).load_first(keys)
+    }
     fn save(&self, key: &CacheKey, module: &Module) -> Result<(), CacheError> {
         (**self).save(key, module)
     }
@@ -136,6 +155,9 @@ impl<T: ModuleCache + ?Sized> ModuleCache for Box<T> {
     }
     fn load(&self, key: &CacheKey) -> Result<Option<Module>, CacheError> {
         (**self).load(key)
+    }
+    fn load_first(&self, keys: &[CacheKey]) -> Result<Option<(CacheKey, Module)>, CacheError> {
+        (**self).load_first(keys)
     }
     fn save(&self, key: &CacheKey, module: &Module) -> Result<(), CacheError> {
         (**self).save(key, module)

@@ -1,7 +1,9 @@
 //! Criterion benchmarks of the VM host: instantiate + call from each cache layer, the call path
 //! split into its parts next to plain wasmtime (`call_path`), session open + call + commit over
-//! small and large memories, calls per second on one core, and the time per unit of fuel of
-//! plain wasm loops and host-function loops (`host_costs`).
+//! small and large memories, calls per second on one core, the time per unit of fuel of plain
+//! wasm loops and host-function loops (`host_costs`), and the compiler tiers (`tiers/*`): Winch
+//! against Cranelift compiles of the corpus, deploy to first call of hackatom with an empty
+//! cache, calls after the tier-up.
 //!
 //! The corpus (sql.js, hackatom) is read from `$STRATA_CORPUS`, else `../shared/corpus`; its
 //! imports are defined as trapping host functions, as an embedder would define its own ABI.
@@ -11,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use vm_host::{HostState, ModuleId, Root, Value, Vm, VmConfig, VmError};
+use vm_host::{HostState, ModuleId, Root, TierPolicy, Value, Vm, VmConfig, VmError};
 use wasmtime::{FuncType, Instance, Linker, ValType};
 
 const COUNTER: &str = include_str!("../contracts/counter.wat");
@@ -650,6 +652,116 @@ fn host_costs(c: &mut Criterion) {
     group.finish();
 }
 
+/// The engine settings of vm-host's runtime engines (fuel, NaN canonicalisation) for `tier`.
+fn tier_engine(winch: bool) -> wasmtime::Engine {
+    let mut config = wasmtime::Config::new();
+    config
+        .consume_fuel(true)
+        .cranelift_nan_canonicalization(true);
+    if winch {
+        config.strategy(wasmtime::Strategy::Winch);
+    }
+    wasmtime::Engine::new(&config).expect("engine")
+}
+
+/// Compile time of corpus modules by each tier, in one group whose parameter is the module's
+/// size (so `cargo xtask bench` plots time against size for both tiers); Cranelift of the same
+/// module is the baseline.
+fn tier_compile(c: &mut Criterion) {
+    let cranelift = tier_engine(false);
+    let winch = tier_engine(true);
+    let mut group = c.benchmark_group("tiers/compile");
+    group.sample_size(10);
+    for file in [
+        "web-tree-sitter-0.27.1.wasm",
+        "cosmwasm-hackatom.wasm",
+        "sqljs-1.16.0.wasm",
+    ] {
+        let Some(wasm) = corpus(file) else {
+            continue;
+        };
+        let size = format!("{}KiB", wasm.len() / 1024);
+        group.bench_function(BenchmarkId::new("baseline_cranelift", &size), |b| {
+            b.iter(|| wasmtime::Module::new(&cranelift, &wasm).expect("compiles"))
+        });
+        group.bench_function(BenchmarkId::new("winch", &size), |b| {
+            b.iter(|| wasmtime::Module::new(&winch, &wasm).expect("compiles"))
+        });
+    }
+    group.finish();
+}
+
+/// Deploy of hackatom into an empty VM (no cache at all) and its first call (`allocate(16)`),
+/// by tier policy. Its imports are stubbed (`Vm::open_with_host`). Each iteration waits,
+/// untimed, for the previous VM's background Cranelift compile.
+fn tier_deploy(c: &mut Criterion) {
+    let Some(wasm) = corpus("cosmwasm-hackatom.wasm") else {
+        return;
+    };
+    let mut group = c.benchmark_group("tiers/deploy_to_first_call/hackatom");
+    group.sample_size(10);
+    for (name, tier) in [
+        ("baseline_cranelift_only", TierPolicy::CraneliftOnly),
+        ("winch_then_cranelift", TierPolicy::WinchThenCranelift),
+    ] {
+        let previous = std::cell::RefCell::new(None::<(Vm, tempfile::TempDir)>);
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    if let Some((vm, _)) = previous.borrow_mut().take() {
+                        vm.wait_tier_up(Duration::from_secs(600));
+                    }
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let config = VmConfig {
+                        tier,
+                        ..VmConfig::for_tests()
+                    };
+                    (vm_shadowing(dir.path(), config, &wasm), dir)
+                },
+                |(vm, dir)| {
+                    let (module, root) = vm.deploy(&wasm).expect("deploys");
+                    let mut session = vm.session(Some(root)).expect("session");
+                    session
+                        .call(&module, "allocate", &[Value::I32(16)])
+                        .expect("allocate");
+                    drop(session);
+                    *previous.borrow_mut() = Some((vm, dir));
+                },
+                criterion::BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+/// Calls of a compute loop (`arith(1000)`) in one session: Cranelift only, after the tier-up
+/// (Winch first, then Cranelift from the background), and Winch only.
+fn tier_calls(c: &mut Criterion) {
+    let wasm = wat::parse_str(FUEL_LOOPS).expect("loops");
+    let mut group = c.benchmark_group("tiers/calls_after_tier_up");
+    for (name, tier) in [
+        ("baseline_cranelift_only", TierPolicy::CraneliftOnly),
+        ("after_tier_up", TierPolicy::WinchThenCranelift),
+        ("winch_only", TierPolicy::WinchOnly),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = VmConfig {
+            tier,
+            ..VmConfig::for_tests()
+        };
+        let vm = Vm::open(dir.path(), config).expect("vm");
+        let (module, root) = vm.deploy(&wasm).expect("deploy");
+        assert!(vm.wait_tier_up(Duration::from_secs(600)));
+        let mut s = vm.session(Some(root)).expect("session");
+        let args = [Value::I32(1000)];
+        s.call(&module, "arith", &args).expect("warm");
+        group.bench_function(name, |b| {
+            b.iter(|| s.call(&module, "arith", &args).expect("call"))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     layers,
@@ -657,6 +769,9 @@ criterion_group!(
     sessions,
     throughput,
     calls_after_dirtying,
-    host_costs
+    host_costs,
+    tier_compile,
+    tier_deploy,
+    tier_calls
 );
 criterion_main!(benches);

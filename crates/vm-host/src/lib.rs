@@ -79,7 +79,7 @@ mod vm;
 
 use std::path::PathBuf;
 
-pub use cache_core::LayerStats;
+pub use cache_core::{LayerStats, Tier};
 pub use cache_fs::{PruneReport, Verification};
 pub use cache_redis::{Compression, Held, RedisConfig, RemoteStats};
 pub use host::HostState;
@@ -88,7 +88,9 @@ pub use store_commit::{CommitInfo, Deletion};
 pub use store_commit::{KvHandle, KvIter, KvQuota, KvQuotaExceeded, Namespace, Order};
 pub use store_index::{ModuleId, Root};
 pub use value::{Value, ValueType, parse_args};
-pub use vm::{CacheFolderStats, DiskStats, FailedPin, VerifyOutcome, Vm, VmFiles, VmStats};
+pub use vm::{
+    CacheFolderStats, DiskStats, FailedPin, TierStats, VerifyOutcome, Vm, VmFiles, VmStats,
+};
 
 /// The settings of a [`Vm`].
 #[derive(Debug, Clone)]
@@ -132,6 +134,30 @@ pub struct VmConfig {
     /// A cache shared by a fleet, below the file cache: `pinned -> LRU -> fs -> remote ->
     /// compile`, with a fleet-wide compile lease. `None` (the default): this node alone.
     pub remote: Option<RemoteCache>,
+    /// Which compilers make the runtime (and genesis) forms. Default
+    /// [`TierPolicy::CraneliftOnly`].
+    pub tier: TierPolicy,
+    /// The most Cranelift compiles waiting for the tier-up thread
+    /// ([`TierPolicy::WinchThenCranelift`]); more are dropped (counted in
+    /// [`TierStats::dropped`]) and queued again by a later load. Default 256.
+    pub tier_up_queue: usize,
+}
+
+/// Which compiler tiers a [`Vm`] uses. The tier is part of every cache key; Winch artifacts
+/// stay on the node (the remote layer holds Cranelift only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TierPolicy {
+    /// Cranelift only: every miss waits for Cranelift.
+    #[default]
+    CraneliftOnly,
+    /// A miss of every layer compiles with Winch (milliseconds) and runs at once; a background
+    /// thread (one compile at a time, bounded queue) compiles with Cranelift and saves through
+    /// the layers. Loads probe each layer for Cranelift, then Winch; sessions already running
+    /// keep the module they loaded. Deploy runs genesis on Winch.
+    WinchThenCranelift,
+    /// Winch only (deploy and runtime): the fastest compile, slower code.
+    WinchOnly,
 }
 
 /// The remote layer of a [`VmConfig`]: a Redis server shared by the fleet.
@@ -175,6 +201,8 @@ impl Default for VmConfig {
             max_iterators: 32,
             host_costs: HostCosts::default(),
             remote: None,
+            tier: TierPolicy::CraneliftOnly,
+            tier_up_queue: 256,
         }
     }
 }

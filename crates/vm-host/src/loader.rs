@@ -2,15 +2,21 @@
 //! one compile per module however many threads ask at once, and, with a remote layer, however
 //! many nodes of the fleet ask at once (a [`CompileLease`]).
 //!
+//! With a [`TierPolicy`] that uses Winch, a miss of every layer compiles with Winch (locally, no
+//! fleet lease: it takes milliseconds) and hands the runtime form to the tier-up thread, which
+//! compiles it with Cranelift one module at a time from a bounded queue and saves it through
+//! the layers; loads probe each layer for Cranelift, then Winch ([`ModuleCache::load_first`]).
+//!
 //! The cache key of a module is computed from its id alone (module id, runtime form of
-//! [`rewrite::REWRITE_VERSION`], the Strata ABI, Cranelift, the runtime engine's fingerprint),
+//! [`rewrite::REWRITE_VERSION`], the Strata ABI, the tier, that tier's engine's fingerprint),
 //! so a hit in any layer reads no bytecode: the stored bytecode is read, checked against its
 //! id, rewritten and compiled only on a miss of every layer. What the host needs of the module
 //! (its memory and mutable globals) is read from the compiled module's exports.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use cache_core::{
@@ -21,13 +27,13 @@ use cache_fs::FsCache;
 use cache_lru::LruCache;
 use cache_pinned::PinnedCache;
 use cache_redis::RedisCache;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use store_index::ModuleId;
 use wasmtime::{Engine, InstancePre, Linker, Module};
 
-use crate::VmError;
 use crate::host::HostState;
 use crate::rewrite::{self, Form, Shape};
+use crate::{TierPolicy, VmError};
 
 /// A loaded module, ready to instantiate.
 #[derive(Clone)]
@@ -54,6 +60,7 @@ pub(crate) enum Source<'a> {
 type Chain = FallbackCache<Arc<PinnedCache>, FallbackCache<Arc<LruCache>, Box<dyn ModuleCache>>>;
 
 /// The remote layer and how long a load waits for another node's compile.
+#[derive(Clone)]
 pub(crate) struct Remote {
     pub(crate) cache: Arc<RedisCache>,
     pub(crate) max_lease_wait: Duration,
@@ -62,15 +69,61 @@ pub(crate) struct Remote {
 /// The longest pause between two looks for another node's artifact.
 const MAX_POLL: Duration = Duration::from_millis(200);
 
+/// The runtime engine of the Winch tier and its linker.
+pub(crate) struct WinchEngine {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<HostState>,
+}
+
+/// The remote layer seen through the chain: only keys of its own engine (Cranelift) reach it.
+/// Winch artifacts stay on the node: compiling one takes less than fetching it.
+struct RemoteCranelift {
+    cache: Arc<RedisCache>,
+    fingerprint: EngineFingerprint,
+}
+
+impl ModuleCache for RemoteCranelift {
+    fn name(&self) -> &str {
+        self.cache.name()
+    }
+    fn load(&self, key: &CacheKey) -> Result<Option<Module>, cache_core::CacheError> {
+        if key.engine() != self.fingerprint {
+            return Ok(None);
+        }
+        self.cache.load(key)
+    }
+    fn save(&self, key: &CacheKey, module: &Module) -> Result<(), cache_core::CacheError> {
+        if key.engine() != self.fingerprint {
+            return Ok(());
+        }
+        self.cache.save(key, module)
+    }
+    fn remove(&self, key: &CacheKey) -> Result<bool, cache_core::CacheError> {
+        if key.engine() != self.fingerprint {
+            return Ok(false);
+        }
+        self.cache.remove(key)
+    }
+    fn stats(&self) -> Vec<cache_core::LayerStats> {
+        self.cache.stats()
+    }
+}
+
 pub(crate) struct Loader {
     engine: Engine,
     fingerprint: EngineFingerprint,
     linker: Linker<HostState>,
+    winch: Option<(WinchEngine, EngineFingerprint)>,
+    policy: TierPolicy,
     pinned: Arc<PinnedCache>,
     lru: Arc<LruCache>,
     fs: Arc<FsCache>,
     remote: Option<Remote>,
-    chain: Chain,
+    chain: Arc<Chain>,
+    tier_up: Option<TierUp>,
+    /// The tier of the latest load of each module (what `VmStats::tiers` counts).
+    tiers: RwLock<HashMap<ModuleId, Tier>>,
+    pub(crate) winch_compiles: AtomicU64,
     /// One lock per module being compiled, holding the module once compiled: the single flight.
     inflight: Mutex<HashMap<CacheKey, Arc<Mutex<Option<Module>>>>>,
     /// The shape (memory, mutable globals) of each runtime form loaded so far, read once from
@@ -80,7 +133,7 @@ pub(crate) struct Loader {
     /// compiled module. An entry keeps its module alive, so they are bounded: at most
     /// [`PRE_ENTRIES`] and [`PRE_BYTES`] of compiled code that no layer may hold any more.
     pres: Mutex<Pres>,
-    pub(crate) compiles: AtomicU64,
+    pub(crate) compiles: Arc<AtomicU64>,
     /// Loads that waited for another node holding the compile lease.
     pub(crate) lease_waits: AtomicU64,
     /// Of those, the loads that got the other node's artifact.
@@ -132,36 +185,76 @@ pub(crate) fn check_bytecode(id: &ModuleId, wasm: &[u8]) -> Result<(), VmError> 
 }
 
 impl Loader {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         engine: Engine,
         linker: Linker<HostState>,
+        winch: Option<WinchEngine>,
+        policy: TierPolicy,
+        tier_up_queue: usize,
         lru: LruCache,
         fs: FsCache,
         remote: Option<Remote>,
     ) -> Self {
+        let fingerprint = EngineFingerprint::of(&engine);
         let fs = Arc::new(fs);
         let lru = Arc::new(lru);
         let pinned = Arc::new(PinnedCache::new());
         let below: Box<dyn ModuleCache> = match &remote {
-            Some(remote) => Box::new(fs.clone().with_fallback(remote.cache.clone())),
+            Some(remote) => Box::new(fs.clone().with_fallback(RemoteCranelift {
+                cache: remote.cache.clone(),
+                fingerprint,
+            })),
             None => Box::new(fs.clone()),
         };
-        let chain = pinned
-            .clone()
-            .with_fallback(lru.clone().with_fallback(below));
+        let chain = Arc::new(
+            pinned
+                .clone()
+                .with_fallback(lru.clone().with_fallback(below)),
+        );
+        let compiles = Arc::new(AtomicU64::new(0));
+        let winch = winch.map(|w| {
+            let fingerprint = EngineFingerprint::of(&w.engine);
+            (w, fingerprint)
+        });
+        let tier_up = (policy == TierPolicy::WinchThenCranelift).then(|| {
+            TierUp::start(
+                Arc::new(TierUpShared {
+                    engine: engine.clone(),
+                    chain: chain.clone(),
+                    pinned: pinned.clone(),
+                    lru: lru.clone(),
+                    fs: fs.clone(),
+                    remote: remote.clone(),
+                    compiles: compiles.clone(),
+                    pending: Mutex::new(0),
+                    idle: Condvar::new(),
+                    queued: Mutex::new(HashSet::new()),
+                    done: AtomicU64::new(0),
+                    dropped: AtomicU64::new(0),
+                    failed: AtomicU64::new(0),
+                }),
+                tier_up_queue,
+            )
+        });
         Loader {
-            fingerprint: EngineFingerprint::of(&engine),
+            fingerprint,
             engine,
             linker,
+            winch,
+            policy,
             pinned,
             lru,
             fs,
             remote,
             chain,
+            tier_up,
+            tiers: RwLock::new(HashMap::new()),
+            winch_compiles: AtomicU64::new(0),
             inflight: Mutex::new(HashMap::new()),
             shapes: RwLock::new(HashMap::new()),
             pres: Mutex::new(Pres::default()),
-            compiles: AtomicU64::new(0),
+            compiles,
             lease_waits: AtomicU64::new(0),
             lease_wait_hits: AtomicU64::new(0),
         }
@@ -169,10 +262,6 @@ impl Loader {
 
     pub(crate) fn remote(&self) -> Option<&RedisCache> {
         self.remote.as_ref().map(|r| &*r.cache)
-    }
-
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.engine
     }
 
     pub(crate) fn fs(&self) -> &FsCache {
@@ -183,7 +272,8 @@ impl Loader {
         self.chain.stats()
     }
 
-    /// The cache key of `id`'s runtime form: computed without reading anything.
+    /// The cache key of `id`'s runtime form compiled by Cranelift: computed without reading
+    /// anything.
     pub(crate) fn key(&self, id: &ModuleId) -> CacheKey {
         CacheKey::from_parts(
             WasmHash::from_bytes(*id.as_bytes()),
@@ -194,6 +284,94 @@ impl Loader {
             Tier::Cranelift,
             self.fingerprint,
         )
+    }
+
+    /// The key of `id`'s runtime form compiled by Winch (`None` when the policy has no Winch).
+    fn winch_key(&self, id: &ModuleId) -> Option<CacheKey> {
+        let (_, fingerprint) = self.winch.as_ref()?;
+        let key = self.key(id);
+        Some(CacheKey::from_parts(
+            key.module(),
+            key.form(),
+            key.abi(),
+            Tier::Winch,
+            *fingerprint,
+        ))
+    }
+
+    /// The keys a load probes, in order, and the one a miss compiles first. A module Winch
+    /// cannot compile (e.g. SIMD it lacks) is compiled with Cranelift under every policy, so
+    /// `WinchOnly` probes Cranelift too (after Winch).
+    fn keys(&self, id: &ModuleId) -> (Vec<CacheKey>, CacheKey) {
+        let cranelift = self.key(id);
+        match (self.policy, self.winch_key(id)) {
+            (TierPolicy::WinchOnly, Some(winch)) => (vec![winch, cranelift], winch),
+            (TierPolicy::WinchThenCranelift, Some(winch)) => (vec![cranelift, winch], winch),
+            _ => (vec![cranelift], cranelift),
+        }
+    }
+
+    fn engine_of(&self, tier: Tier) -> &Engine {
+        match (tier, &self.winch) {
+            (Tier::Winch, Some((winch, _))) => &winch.engine,
+            _ => &self.engine,
+        }
+    }
+
+    fn linker_of(&self, tier: Tier) -> &Linker<HostState> {
+        match (tier, &self.winch) {
+            (Tier::Winch, Some((winch, _))) => &winch.linker,
+            _ => &self.linker,
+        }
+    }
+
+    /// Modules by the tier of their latest load (Cranelift, Winch).
+    pub(crate) fn modules_per_tier(&self) -> (u64, u64) {
+        let tiers = self.tiers.read();
+        let winch = tiers.values().filter(|t| **t == Tier::Winch).count() as u64;
+        (tiers.len() as u64 - winch, winch)
+    }
+
+    /// The tier-up counters: (done, queued or running, dropped by a full queue, failed).
+    pub(crate) fn tier_up_stats(&self) -> (u64, u64, u64, u64) {
+        match &self.tier_up {
+            None => (0, 0, 0, 0),
+            Some(t) => (
+                t.shared.done.load(Ordering::Relaxed),
+                *t.shared.pending.lock(),
+                t.shared.dropped.load(Ordering::Relaxed),
+                t.shared.failed.load(Ordering::Relaxed),
+            ),
+        }
+    }
+
+    /// Waits up to `timeout` until the tier-up queue is empty and no compile runs; whether it
+    /// is (true without a tier-up thread).
+    pub(crate) fn wait_tier_up(&self, timeout: Duration) -> bool {
+        let Some(t) = &self.tier_up else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        let mut pending = t.shared.pending.lock();
+        while *pending > 0 {
+            if t.shared.idle.wait_until(&mut pending, deadline).timed_out() {
+                return *pending == 0;
+            }
+        }
+        true
+    }
+
+    /// Queues the Cranelift compile of `id` (once per module while queued or running).
+    fn queue_tier_up(&self, id: &ModuleId, runtime: Vec<u8>) {
+        let (Some(t), Some(winch)) = (&self.tier_up, self.winch_key(id)) else {
+            return;
+        };
+        t.queue(Job {
+            id: *id,
+            cranelift: self.key(id),
+            winch,
+            runtime,
+        });
     }
 
     /// Hands `loaded` to the remote layer for upload unless it holds the key already (or
@@ -211,12 +389,36 @@ impl Loader {
 
     /// Loads the runtime form of `id` from the caches, compiling it from `source` on a miss.
     pub(crate) fn load(&self, id: &ModuleId, source: Source<'_>) -> Result<Loaded, VmError> {
-        let key = self.key(id);
+        let (keys, first) = self.keys(id);
         let compiles_before = self.compiles.load(Ordering::Acquire);
-        let module = match self.chain.load(&key).ok().flatten() {
-            Some(module) => module,
-            None => self.compile_once(id, &key, source, compiles_before)?,
+        let (key, module) = match self.chain.load_first(&keys).ok().flatten() {
+            Some((key, module)) => {
+                // A Winch artifact from a cache: its Cranelift compile was lost (a restart, a
+                // full queue) or is under way; queue it (again), once per module.
+                if key.tier() == Tier::Winch
+                    && let Some(t) = &self.tier_up
+                    && !t.shared.queued.lock().contains(id)
+                {
+                    match runtime_form(id, source) {
+                        Ok(runtime) => self.queue_tier_up(id, runtime),
+                        Err(e) => tracing::warn!(module = %id, error = %e, "no tier-up"),
+                    }
+                }
+                (key, module)
+            }
+            None => match self.compile_once(id, &first, source, compiles_before) {
+                Ok(module) => (first, module),
+                Err(VmError::InvalidModule(e)) if first.tier() == Tier::Winch => {
+                    tracing::info!(module = %id, error = %e, "winch cannot compile it: cranelift");
+                    let key = self.key(id);
+                    (key, self.compile_once(id, &key, source, compiles_before)?)
+                }
+                Err(e) => return Err(e),
+            },
         };
+        if self.tiers.read().get(id) != Some(&key.tier()) {
+            self.tiers.write().insert(*id, key.tier());
+        }
         let known = self.shapes.read().get(&key).cloned();
         let shape = match known {
             Some(shape) => shape,
@@ -231,7 +433,7 @@ impl Loader {
             Some(pre) => pre,
             None => {
                 let pre = self
-                    .linker
+                    .linker_of(key.tier())
                     .instantiate_pre(&module)
                     .map_err(VmError::wasmtime)?;
                 self.pres.lock().insert(key, pre.clone());
@@ -295,7 +497,13 @@ impl Loader {
         key: &CacheKey,
         source: Source<'_>,
     ) -> Result<Module, VmError> {
-        let Some(remote) = &self.remote else {
+        // Winch compiles here at once: a lease would make a loser wait for what it compiles in
+        // milliseconds.
+        let Some(remote) = self
+            .remote
+            .as_ref()
+            .filter(|_| key.tier() == Tier::Cranelift)
+        else {
             return self.compile(id, key, source);
         };
         let started = Instant::now();
@@ -353,33 +561,219 @@ impl Loader {
         source: Source<'_>,
     ) -> Result<Module, VmError> {
         let start = std::time::Instant::now();
-        let runtime = match source {
-            Source::Stored(read) => {
-                let wasm = read()?;
-                check_bytecode(id, &wasm)?;
-                let shape = rewrite::shape(&wasm)?;
-                rewrite::rewrite(&wasm, &shape, Form::Runtime)?
-            }
-            Source::Checked { wasm, shape } => rewrite::rewrite(wasm, shape, Form::Runtime)?,
-        };
-        let module = Module::new(&self.engine, &runtime).map_err(VmError::invalid_wasmtime)?;
+        let runtime = runtime_form(id, source)?;
+        let module =
+            Module::new(self.engine_of(key.tier()), &runtime).map_err(VmError::invalid_wasmtime)?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(module = %id, ms = start.elapsed().as_millis() as u64, "compiled");
+        if key.tier() == Tier::Winch {
+            self.winch_compiles.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(module = %id, tier = %key.tier(), ms = start.elapsed().as_millis() as u64, "compiled");
         // A cache that cannot take the module costs a recompile later, never this call.
         let _ = self.chain.save(key, &module);
+        if key.tier() == Tier::Winch {
+            self.queue_tier_up(id, runtime);
+        }
         Ok(module)
     }
 
+    /// Pins `loaded`, the best tier available. A Winch module is replaced by its Cranelift
+    /// form when the tier-up saves it (here if it did already: the tier-up pins Cranelift only
+    /// if it sees Winch pinned, and saves Cranelift before it looks).
     pub(crate) fn pin(&self, loaded: &Loaded) {
         self.pinned.pin(loaded.key, loaded.module.clone());
+        if loaded.key.tier() == Tier::Winch {
+            let key = loaded.key;
+            let cranelift = CacheKey::from_parts(
+                key.module(),
+                key.form(),
+                key.abi(),
+                Tier::Cranelift,
+                self.fingerprint,
+            );
+            if let Ok(Some(module)) = self.lru.load(&cranelift) {
+                self.pinned.pin(cranelift, module);
+                self.pinned.unpin(&loaded.key);
+            }
+        }
     }
 
     pub(crate) fn unpin(&self, id: &ModuleId) -> bool {
-        self.pinned.unpin(&self.key(id))
+        let winch = self
+            .winch_key(id)
+            .is_some_and(|key| self.pinned.unpin(&key));
+        self.pinned.unpin(&self.key(id)) || winch
     }
 
     pub(crate) fn is_pinned(&self, id: &ModuleId) -> bool {
         self.pinned.is_pinned(&self.key(id))
+            || self
+                .winch_key(id)
+                .is_some_and(|key| self.pinned.is_pinned(&key))
+    }
+}
+
+/// The runtime form of `id` from `source` (stored bytecode is checked against the id).
+fn runtime_form(id: &ModuleId, source: Source<'_>) -> Result<Vec<u8>, VmError> {
+    match source {
+        Source::Stored(read) => {
+            let wasm = read()?;
+            check_bytecode(id, &wasm)?;
+            let shape = rewrite::shape(&wasm)?;
+            rewrite::rewrite(&wasm, &shape, Form::Runtime)
+        }
+        Source::Checked { wasm, shape } => rewrite::rewrite(wasm, shape, Form::Runtime),
+    }
+}
+
+/// A Cranelift compile for the tier-up thread.
+struct Job {
+    id: ModuleId,
+    cranelift: CacheKey,
+    winch: CacheKey,
+    /// The runtime form (already checked against the id and rewritten).
+    runtime: Vec<u8>,
+}
+
+/// The tier-up thread's handle: a bounded queue; the thread ends when the loader is dropped.
+struct TierUp {
+    jobs: SyncSender<Job>,
+    shared: Arc<TierUpShared>,
+}
+
+struct TierUpShared {
+    engine: Engine,
+    chain: Arc<Chain>,
+    pinned: Arc<PinnedCache>,
+    lru: Arc<LruCache>,
+    fs: Arc<FsCache>,
+    remote: Option<Remote>,
+    compiles: Arc<AtomicU64>,
+    /// Jobs queued or running; `idle` is notified when it drops to zero.
+    pending: Mutex<u64>,
+    idle: Condvar,
+    /// Modules queued or running, so that each is queued once.
+    queued: Mutex<HashSet<ModuleId>>,
+    done: AtomicU64,
+    dropped: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl TierUp {
+    fn start(shared: Arc<TierUpShared>, bound: usize) -> TierUp {
+        let (jobs, receiver) = std::sync::mpsc::sync_channel(bound.max(1));
+        let worker = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("strata-tier-up".into())
+            .spawn(move || worker.run(receiver));
+        if let Err(e) = spawned {
+            // Without the thread every job is dropped (counted): modules stay on Winch.
+            tracing::warn!(error = %e, "no tier-up thread");
+        }
+        TierUp { jobs, shared }
+    }
+
+    fn queue(&self, job: Job) {
+        let id = job.id;
+        if !self.shared.queued.lock().insert(id) {
+            return;
+        }
+        *self.shared.pending.lock() += 1;
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                // A later load of the module, still on Winch, queues it again.
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.queued.lock().remove(&id);
+                self.shared.finish_one();
+            }
+        }
+    }
+}
+
+impl TierUpShared {
+    fn run(&self, jobs: Receiver<Job>) {
+        while let Ok(job) = jobs.recv() {
+            self.tier_up(&job);
+            self.queued.lock().remove(&job.id);
+            self.finish_one();
+        }
+    }
+
+    fn finish_one(&self) {
+        let mut pending = self.pending.lock();
+        *pending -= 1;
+        if *pending == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    fn tier_up(&self, job: &Job) {
+        let start = Instant::now();
+        let module = match self.compile_in_fleet(job) {
+            Ok(module) => module,
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(module = %job.id, error = %e, "the Cranelift compile failed");
+                return;
+            }
+        };
+        // Saved (by `compile_in_fleet`) before the pin check: see `Loader::pin`.
+        if self.pinned.is_pinned(&job.winch) {
+            self.pinned.pin(job.cranelift, module);
+            self.pinned.unpin(&job.winch);
+        }
+        // Later loads find Cranelift first in every layer; the Winch artifact leaves memory
+        // (its file stays, under the file cache's byte limit, until the limit evicts it).
+        let _ = self.lru.remove(&job.winch);
+        self.done.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(module = %job.id, ms = start.elapsed().as_millis() as u64, "tiered up");
+    }
+
+    /// Compiles with Cranelift and saves through the layers, or with a remote layer takes the
+    /// fleet's artifact: under the lease one node compiles; in the background a loser simply
+    /// waits for it.
+    fn compile_in_fleet(&self, job: &Job) -> Result<Module, wasmtime::Error> {
+        let compile = || {
+            let module = Module::new(&self.engine, &job.runtime)?;
+            self.compiles.fetch_add(1, Ordering::Relaxed);
+            // A layer that cannot take it costs a later compile, never a call.
+            let _ = self.chain.save(&job.cranelift, &module);
+            Ok(module)
+        };
+        let Some(remote) = &self.remote else {
+            return compile();
+        };
+        let fetched = || {
+            let module = remote.cache.load(&job.cranelift).ok().flatten()?;
+            let _ = self.fs.save(&job.cranelift, &module);
+            let _ = self.lru.save(&job.cranelift, &module);
+            Some(module)
+        };
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match remote.cache.try_acquire(&job.cranelift) {
+                LeaseAttempt::Won(lease) => {
+                    // Released after `compile` queued the upload: a waiting node then finds it.
+                    let result = fetched().map_or_else(compile, Ok);
+                    lease.release();
+                    return result;
+                }
+                LeaseAttempt::Held => {
+                    let left = remote.max_lease_wait.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        return compile();
+                    }
+                    std::thread::sleep(pause.min(left));
+                    pause = (pause * 2).min(MAX_POLL);
+                    if let Some(module) = fetched() {
+                        return Ok(module);
+                    }
+                }
+                _ => return compile(),
+            }
+        }
     }
 }
 

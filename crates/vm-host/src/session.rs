@@ -124,49 +124,78 @@ impl Session {
                 limit: vm.config.table_elements,
             }));
         }
-        let genesis = rewrite::rewrite(wasm, &shape, Form::Genesis)?;
-        let module =
-            Module::new(&vm.genesis_engine, &genesis).map_err(VmError::invalid_wasmtime)?;
-        drop(genesis);
-        let pre = vm
-            .genesis_linker
-            .instantiate_pre(&module)
-            .map_err(VmError::invalid_wasmtime)?;
+        let limits = self.vm.limits();
         // Genesis writes go to the module's key-value space; a failed genesis leaves none.
         let kv = self.inner.kv(&Namespace::of_module(&id))?;
         let checkpoint = self.inner.checkpoint()?;
-        let state = HostState::new(kv, self.vm.limits(), &vm.config);
-        let mut store = wasmtime::Store::new(&vm.genesis_engine, state);
-        store.limiter(|s| &mut s.limits);
-        store
-            .set_fuel(vm.config.deploy_fuel)
-            .map_err(VmError::wasmtime)?;
-        let instance = match pre.instantiate(&mut store) {
-            Ok(instance) => instance,
+        // Genesis runs once: with a policy that uses Winch it runs on Winch (the tiers agree:
+        // the differential test); a module Winch cannot compile runs on Cranelift (as its
+        // runtime form will).
+        let run_genesis = || -> Result<(Vec<u8>, HostBlob), VmError> {
+            let genesis = rewrite::rewrite(wasm, &shape, Form::Genesis)?;
+            let winch = vm.genesis_winch.as_ref().and_then(|(engine, linker)| {
+                Some((engine, linker, Module::new(engine, &genesis).ok()?))
+            });
+            let (genesis_engine, genesis_linker, module) = match winch {
+                Some(winch) => winch,
+                None => (
+                    &vm.genesis_engine,
+                    &vm.genesis_linker,
+                    Module::new(&vm.genesis_engine, &genesis).map_err(VmError::invalid_wasmtime)?,
+                ),
+            };
+            drop(genesis);
+            let pre = genesis_linker
+                .instantiate_pre(&module)
+                .map_err(VmError::invalid_wasmtime)?;
+            let state = HostState::new(kv, limits, &vm.config);
+            let mut store = wasmtime::Store::new(genesis_engine, state);
+            store.limiter(|s| &mut s.limits);
+            store
+                .set_fuel(vm.config.deploy_fuel)
+                .map_err(VmError::wasmtime)?;
+            let instance = pre
+                .instantiate(&mut store)
+                .map_err(|e| call_error(e, vm.config.deploy_fuel, Phase::Genesis))?;
+            let image = match instance.get_memory(&mut store, MEMORY_EXPORT) {
+                // The one copy of the genesis memory: the store takes this vector as it is.
+                Some(memory) => memory.data(&store).to_vec(),
+                None => Vec::new(),
+            };
+            let globals = host::exported_globals(&mut store, &instance, &shape.mutable_globals)
+                .and_then(|exported| host::read_globals(&mut store, &exported))
+                .map_err(VmError::corrupt_state(&id))?;
+            Ok((image, HostBlob { globals }))
+        };
+        // The runtime form compiles (unless a cache has it) on a second thread while genesis
+        // compiles and runs: the first call finds it, and a deploy takes the longer of the two
+        // compiles, not their sum. (A genesis that fails leaves that artifact in the caches,
+        // like a precompile.)
+        let (genesis, runtime) = std::thread::scope(|scope| {
+            let runtime = scope.spawn(|| {
+                vm.loader.load(
+                    &id,
+                    Source::Checked {
+                        wasm: code.bytes(),
+                        shape: &shape,
+                    },
+                )
+            });
+            let genesis = run_genesis();
+            let runtime = runtime
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (genesis, runtime)
+        });
+        let (image, blob) = match genesis {
+            Ok(genesis) => genesis,
             Err(e) => {
-                drop(store);
                 self.inner.rollback(&checkpoint)?;
-                return Err(call_error(e, vm.config.deploy_fuel, Phase::Genesis));
+                return Err(e);
             }
         };
-        let image = match instance.get_memory(&mut store, MEMORY_EXPORT) {
-            // The one copy of the genesis memory: the store takes this vector as it is.
-            Some(memory) => memory.data(&store).to_vec(),
-            None => Vec::new(),
-        };
-        let globals = host::exported_globals(&mut store, &instance, &shape.mutable_globals)
-            .and_then(|exported| host::read_globals(&mut store, &exported))
-            .map_err(VmError::corrupt_state(&id))?;
-        let blob = HostBlob { globals };
+        runtime?;
         self.inner.deploy(code.clone(), image, blob.encode())?;
-        // Compile the runtime form now (unless a cache has it), so the first call finds it.
-        vm.loader.load(
-            &id,
-            Source::Checked {
-                wasm: code.bytes(),
-                shape: &shape,
-            },
-        )?;
         tracing::info!(module = %id, bytes = wasm.len(), "deployed");
         Ok(id)
     }
@@ -317,7 +346,8 @@ impl Session {
         };
         let kv = self.inner.kv(&Namespace::of_module(module))?;
         let state = HostState::new(kv, self.vm.limits(), &vm.config);
-        let mut store = wasmtime::Store::new(vm.loader.engine(), state);
+        // The engine of the module's tier.
+        let mut store = wasmtime::Store::new(loaded.module.engine(), state);
         store.limiter(|s| &mut s.limits);
         // Instantiation evaluates element expressions (`ref.func` of a passive segment) as
         // compiled code, which consumes fuel: give it the budget of a call (each call sets its

@@ -16,10 +16,11 @@ use strata_fs::{Fs, RealFs, Zeros};
 use wasmtime::{Config, Engine, Linker, StoreLimitsBuilder};
 
 use crate::host::{self, HostState};
-use crate::loader::{Loader, Remote};
+use crate::loader::{Loader, Remote, WinchEngine};
 use crate::memory::{GUARD, RESERVATION, StoreMemoryCreator};
 use crate::session::Session;
-use crate::{CacheVerification, VmConfig, VmError};
+use crate::{CacheVerification, TierPolicy, VmConfig, VmError};
+use cache_core::Tier;
 use cache_redis::{Held, RedisCache, RemoteStats};
 
 /// The VM's cache key file, in the VM directory (beside the `cache` folder, never in it).
@@ -46,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) loader: Loader,
     pub(crate) genesis_engine: Engine,
     pub(crate) genesis_linker: Linker<HostState>,
+    /// The genesis engine and linker of Winch, when the tier policy uses Winch.
+    pub(crate) genesis_winch: Option<(Engine, Linker<HostState>)>,
     /// The (module, name) pairs a deployed module may import.
     pub(crate) imports: HashSet<(String, String)>,
     pins: Mutex<Pins>,
@@ -93,8 +96,10 @@ impl std::fmt::Display for FailedPin {
 pub struct VmStats {
     /// The cache layers, top first: pinned, LRU, file, and the remote layer if there is one.
     pub layers: Vec<LayerStats>,
-    /// Modules compiled because no cache layer had them.
+    /// Runtime forms compiled: misses of every layer (by either tier) and tier-ups.
     pub compiles: u64,
+    /// The compiler tiers.
+    pub tiers: TierStats,
     /// The remote layer's own counters (uploads, failures, breaker, leases), if there is one.
     pub remote: Option<RemoteStats>,
     /// Loads that waited for another node of the fleet compiling the module (lease held).
@@ -107,6 +112,25 @@ pub struct VmStats {
     pub calls: u64,
     /// Commits made through sessions of this VM.
     pub commits: u64,
+}
+
+/// The compiler tiers of a [`Vm`] since it was opened ([`crate::TierPolicy`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TierStats {
+    /// Modules whose latest load was a Cranelift artifact.
+    pub cranelift_modules: u64,
+    /// Modules whose latest load was a Winch artifact.
+    pub winch_modules: u64,
+    /// Of [`VmStats::compiles`], the Winch compiles.
+    pub winch_compiles: u64,
+    /// Modules the tier-up thread compiled with Cranelift (or got from the fleet).
+    pub tier_ups: u64,
+    /// Cranelift compiles queued or running now.
+    pub queue_depth: u64,
+    /// Tier-ups dropped because the queue was full (a later load queues them again).
+    pub dropped: u64,
+    /// Tier-ups whose Cranelift compile failed (the module stays on Winch).
+    pub failed: u64,
 }
 
 /// What [`Vm::verify`] found.
@@ -156,15 +180,22 @@ pub struct CacheFolderStats {
     pub name: String,
     /// Whether this build's engine uses it; [`Vm::prune`] removes the others.
     pub in_use: bool,
+    /// The compiler tier of a folder in use (one folder per tier the policy uses).
+    pub tier: Option<Tier>,
     /// Files in the folder: the cache entries, plus any temp file not yet renamed.
     pub entries: u64,
     /// Bytes of those files.
     pub bytes: u64,
 }
 
-/// Settings shared by the runtime and the genesis engine: the compiled code must agree.
-fn base_config() -> Config {
+/// Settings shared by the runtime and the genesis engine of both tiers: the compiled code must
+/// agree. (Winch honours fuel and the NaN canonicalisation flag: checked in wasmtime 48's
+/// winch-codegen and by the differential test.)
+fn base_config(tier: Tier) -> Config {
     let mut config = Config::new();
+    if tier == Tier::Winch {
+        config.strategy(wasmtime::Strategy::Winch);
+    }
     config
         .consume_fuel(true)
         .cranelift_nan_canonicalization(true)
@@ -338,12 +369,25 @@ impl Vm {
             disk.clone(),
         )?;
 
-        let mut runtime = base_config();
-        runtime
-            .memory_init_cow(false)
-            .with_host_memory(Arc::new(StoreMemoryCreator));
-        let engine = Engine::new(&runtime).map_err(VmError::wasmtime)?;
-        let genesis_engine = Engine::new(&base_config()).map_err(VmError::wasmtime)?;
+        let runtime_engine = |tier| {
+            let mut runtime = base_config(tier);
+            runtime
+                .memory_init_cow(false)
+                .with_host_memory(Arc::new(StoreMemoryCreator));
+            Engine::new(&runtime).map_err(VmError::wasmtime)
+        };
+        let engine = runtime_engine(Tier::Cranelift)?;
+        let genesis_engine =
+            Engine::new(&base_config(Tier::Cranelift)).map_err(VmError::wasmtime)?;
+        let winch = config.tier != TierPolicy::CraneliftOnly;
+        let winch_engines = if winch {
+            Some((
+                runtime_engine(Tier::Winch)?,
+                Engine::new(&base_config(Tier::Winch)).map_err(VmError::wasmtime)?,
+            ))
+        } else {
+            None
+        };
 
         let linker = |engine: &Engine| -> Result<Linker<HostState>, VmError> {
             let mut linker = Linker::new(engine);
@@ -353,6 +397,16 @@ impl Vm {
         };
         let runtime_linker = linker(&engine)?;
         let genesis_linker = linker(&genesis_engine)?;
+        let (winch_runtime, genesis_winch) = match winch_engines {
+            Some((runtime, genesis)) => (
+                Some(WinchEngine {
+                    linker: linker(&runtime)?,
+                    engine: runtime,
+                }),
+                Some((genesis.clone(), linker(&genesis)?)),
+            ),
+            None => (None, None),
+        };
         let imports = {
             let mut probe = wasmtime::Store::new(&genesis_engine, HostState::for_probe());
             genesis_linker
@@ -374,7 +428,9 @@ impl Vm {
             ..FsCacheConfig::default()
         };
         let cache_dir = dir.join("cache");
-        let engines = std::slice::from_ref(&engine);
+        let mut engines = vec![engine.clone()];
+        engines.extend(winch_runtime.as_ref().map(|w| w.engine.clone()));
+        let engines = &engines[..];
         let fs = match folders {
             Folders::Create => {
                 FsCache::open_engines(&cache_dir, engines, cache_config, disk.clone())
@@ -396,6 +452,9 @@ impl Vm {
         let loader = Loader::new(
             engine,
             runtime_linker,
+            winch_runtime,
+            config.tier,
+            config.tier_up_queue,
             LruCache::new(config.lru_bytes),
             fs,
             remote,
@@ -409,6 +468,7 @@ impl Vm {
                 loader,
                 genesis_engine,
                 genesis_linker,
+                genesis_winch,
                 imports,
                 pins: Mutex::new(Pins::default()),
                 instantiations: AtomicU64::new(0),
@@ -523,11 +583,14 @@ impl Vm {
             if !fs.metadata(&path).is_ok_and(|m| m.is_dir()) {
                 continue;
             }
+            // The first engine is Cranelift's, the second (if any) Winch's.
+            let engine = cache
+                .engine_dirs()
+                .position(|d| d.file_name() == Some(name.as_os_str()));
             let mut folder = CacheFolderStats {
                 name: name.to_string_lossy().into_owned(),
-                in_use: cache
-                    .engine_dirs()
-                    .any(|d| d.file_name() == Some(name.as_os_str())),
+                in_use: engine.is_some(),
+                tier: engine.map(|i| [Tier::Cranelift, Tier::Winch][i.min(1)]),
                 ..CacheFolderStats::default()
             };
             for file in fs.read_dir(&path).map_err(io(&path))? {
@@ -629,12 +692,31 @@ impl Vm {
         Ok(outcome)
     }
 
+    /// Waits up to `timeout` until the tier-up thread has no Cranelift compile queued or
+    /// running; whether it has none (true when the policy has no tier-up).
+    pub fn wait_tier_up(&self, timeout: std::time::Duration) -> bool {
+        self.inner.loader.wait_tier_up(timeout)
+    }
+
     /// Counters since the VM was opened.
     pub fn stats(&self) -> VmStats {
         let inner = &self.inner;
         VmStats {
             layers: inner.loader.stats(),
             compiles: inner.loader.compiles.load(Ordering::Relaxed),
+            tiers: {
+                let (cranelift_modules, winch_modules) = inner.loader.modules_per_tier();
+                let (tier_ups, queue_depth, dropped, failed) = inner.loader.tier_up_stats();
+                TierStats {
+                    cranelift_modules,
+                    winch_modules,
+                    winch_compiles: inner.loader.winch_compiles.load(Ordering::Relaxed),
+                    tier_ups,
+                    queue_depth,
+                    dropped,
+                    failed,
+                }
+            },
             remote: inner.loader.remote().map(RedisCache::remote_stats),
             lease_waits: inner.loader.lease_waits.load(Ordering::Relaxed),
             lease_wait_hits: inner.loader.lease_wait_hits.load(Ordering::Relaxed),

@@ -18,8 +18,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use size::{Limit, Size};
 use vm_host::{
-    CacheVerification, Compression, Deletion, ModuleId, RemoteCache, Root, Verification, Vm,
-    VmConfig, parse_args,
+    CacheVerification, Compression, Deletion, ModuleId, RemoteCache, Root, TierPolicy,
+    Verification, Vm, VmConfig, parse_args,
 };
 
 /// The shortest key `--hmac-key-file` accepts: 32 bytes, the key size of the keyed BLAKE3 tags
@@ -92,8 +92,32 @@ struct Cli {
     /// for a decompression at every hit; pays on a slow link, not on a fast one.
     #[arg(long, global = true, value_name = "LEVEL")]
     remote_zstd: Option<i32>,
+    /// The compiler tiers: `cranelift` (optimising, the default), `winch-then-cranelift` (a
+    /// module missing from every cache runs at once on Winch's baseline code while Cranelift
+    /// compiles it in the background; `precompile` waits for Cranelift), or `winch` (Winch
+    /// only, for modules Winch can compile).
+    #[arg(long, global = true, value_enum, default_value_t = TierArg::Cranelift)]
+    tier: TierArg,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The `--tier` policies, as `vm_host::TierPolicy`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TierArg {
+    Cranelift,
+    WinchThenCranelift,
+    Winch,
+}
+
+impl From<TierArg> for TierPolicy {
+    fn from(tier: TierArg) -> Self {
+        match tier {
+            TierArg::Cranelift => TierPolicy::CraneliftOnly,
+            TierArg::WinchThenCranelift => TierPolicy::WinchThenCranelift,
+            TierArg::Winch => TierPolicy::WinchOnly,
+        }
+    }
 }
 
 /// The `--verification` modes, as `vm_host::Verification`.
@@ -157,7 +181,7 @@ enum Command {
     /// cache folder (entries and bytes), and the pins.
     Stats {
         /// Print one JSON document: {"dir", "store": {"bytes", "apparent_bytes", "files"},
-        /// "commits", "cache": [{"folder", "in_use", "entries", "bytes"}], "pins",
+        /// "commits", "cache": [{"folder", "in_use", "tier", "entries", "bytes"}], "pins",
         /// "failed_pins": [{"id", "line", "reason"}]}.
         #[arg(long)]
         json: bool,
@@ -320,6 +344,7 @@ fn config(cli: &Cli) -> Result<VmConfig> {
         default_fuel: cli.fuel,
         memory_limit,
         remote: remote(cli)?,
+        tier: cli.tier.into(),
         ..VmConfig::default()
     })
 }
@@ -527,6 +552,7 @@ fn print_stats(vm: &Vm, json: bool) -> Result<()> {
                 json!({
                     "folder": f.name,
                     "in_use": f.in_use,
+                    "tier": f.tier.map(|t| t.to_string()),
                     "entries": f.entries,
                     "bytes": f.bytes,
                 })
@@ -567,7 +593,7 @@ fn print_stats(vm: &Vm, json: bool) -> Result<()> {
         println!("commits {}", stats.commits);
         for folder in &stats.cache {
             println!(
-                "cache {} ({}) entries {} bytes {}",
+                "cache {} ({}) entries {} bytes {}{}",
                 folder.name,
                 if folder.in_use {
                     "in use"
@@ -575,7 +601,11 @@ fn print_stats(vm: &Vm, json: bool) -> Result<()> {
                     "other engine"
                 },
                 folder.entries,
-                folder.bytes
+                folder.bytes,
+                folder
+                    .tier
+                    .map(|t| format!(" tier {t}"))
+                    .unwrap_or_default()
             );
         }
         println!("pins {}", stats.pins.len());
@@ -636,6 +666,8 @@ fn print_prune(vm: &Vm, json: bool) -> Result<()> {
 
 /// How long `precompile` waits for its uploads to the remote cache.
 const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// The longest `precompile` waits for the background Cranelift compiles (esbuild takes 14 s).
+const TIER_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// `vmhost precompile`: compiles each file into the caches, with a progress bar.
 fn precompile(cli: &Cli, remote: bool, paths: &[PathBuf]) -> Result<()> {
@@ -666,12 +698,19 @@ fn precompile(cli: &Cli, remote: bool, paths: &[PathBuf]) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_with_message("done");
+    // The Cranelift compiles of `--tier winch-then-cranelift` finish before the process ends.
+    if !vm.wait_tier_up(TIER_UP_WAIT) {
+        bail!("the Cranelift compiles did not finish within {TIER_UP_WAIT:?}");
+    }
     if !vm.flush_remote(UPLOAD_WAIT) {
         bail!("the uploads to the remote cache did not finish within {UPLOAD_WAIT:?}");
     }
     let stats = vm.stats();
     tracing::info!(
         compiles = stats.compiles,
+        winch_compiles = stats.tiers.winch_compiles,
+        tier_ups = stats.tiers.tier_ups,
+        tier_ups_failed = stats.tiers.failed,
         lease_waits = stats.lease_waits,
         lease_wait_hits = stats.lease_wait_hits,
         "precompiled"

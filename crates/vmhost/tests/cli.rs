@@ -229,6 +229,42 @@ fn precompile_fills_the_file_cache_with_the_deployable_module() {
 }
 
 #[test]
+fn precompile_with_winch_then_cranelift_leaves_both_tiers_and_stats_show_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
+    let tier = ["--tier", "winch-then-cranelift"];
+    stdout(&vmhost(
+        dir,
+        &[&tier[..], &["precompile", COUNTER, BANK]].concat(),
+    ));
+    let stats = json(&vmhost(dir, &[&tier[..], &["stats", "--json"]].concat()));
+    let cache = stats["cache"].as_array().expect("cache array");
+    let mut tiers: Vec<(String, u64)> = cache
+        .iter()
+        .map(|f| {
+            assert_eq!(f["in_use"], true, "{stats}");
+            let tier = f["tier"].as_str().expect("tier").to_owned();
+            (tier, f["entries"].as_u64().expect("entries"))
+        })
+        .collect();
+    tiers.sort();
+    // precompile waited for the Cranelift compiles: two modules in each tier's folder.
+    assert_eq!(
+        tiers,
+        [("cranelift".into(), 2), ("winch".into(), 2)],
+        "{stats}"
+    );
+    let text = stdout(&vmhost(dir, &[&tier[..], &["stats"]].concat()));
+    assert!(text.contains("entries 2 bytes"), "{text}");
+    assert!(text.contains(" tier winch"), "{text}");
+    // Without --tier the VM opens with Cranelift only and deploys from its cache.
+    let (counter, _) = deploy(dir, COUNTER);
+    let out = stdout(&vmhost(dir, &["call", "--commit", &counter, "increment"]));
+    assert!(out.starts_with("1\n"), "{out}");
+    fails(&vmhost(dir, &["--tier", "fastest", "stats"]), "fastest");
+}
+
+#[test]
 fn help_documents_every_command_and_option() {
     let help = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_vmhost"))
