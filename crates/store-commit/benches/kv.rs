@@ -519,7 +519,11 @@ fn footprint() {
         .map(|keep| footprint_case(keep) + "\n")
         .collect();
     print!("{report}");
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/strata-bench");
+    // Where `cargo xtask bench` collects extra measurements: `$CARGO_TARGET_DIR/strata-bench`.
+    let out = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+        .join("strata-bench");
     if std::fs::create_dir_all(&out).is_ok() {
         let _ = std::fs::write(out.join("kv-footprint.txt"), &report);
     }
@@ -540,7 +544,12 @@ fn main() {
             break;
         }
     }
-    if filter.as_deref().is_none_or(|f| "kv_footprint".contains(f)) {
+    // Also for a filter naming key-value groups in general (`kv_`, as `cargo xtask bench` passes
+    // a regex that criterion matches, not this substring test).
+    if filter
+        .as_deref()
+        .is_none_or(|f| "kv_footprint".contains(f) || f.contains("kv_"))
+    {
         footprint();
     }
     commit(&mut c);

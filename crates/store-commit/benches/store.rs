@@ -412,7 +412,11 @@ fn footprint() {
         .map(|(hot, random)| footprint_case(hot, random) + "\n")
         .collect();
     print!("{report}");
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/strata-bench");
+    // Where `cargo xtask bench` collects extra measurements: `$CARGO_TARGET_DIR/strata-bench`.
+    let out = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+        .join("strata-bench");
     if std::fs::create_dir_all(&out).is_ok() {
         let _ = std::fs::write(out.join("footprint.txt"), &report);
     }
