@@ -552,9 +552,18 @@ impl StoreFiles {
     /// name synced in the commit directory): from then on open removes the commit, never lists it.
     pub(crate) fn mark_deleted(&self, root: &Root) -> Result<(), StoreError> {
         let marker = self.commit(root).path.join(DELETED);
-        self.fs
-            .create_marker(&marker)
-            .map_err(io_err("create", &marker))
+        if self.fsync {
+            return self
+                .fs
+                .create_marker(&marker)
+                .map_err(io_err("create", &marker));
+        }
+        // Without fsync nothing is durable anyway: the marker without the directory sync.
+        match self.fs.create_new(&marker, 0o644) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io_err("create", &marker)(e)),
+        }
     }
 
     /// Withdraws a deferred deletion: removes the `deleted` marker, durably.

@@ -39,6 +39,40 @@ fn deferred_delete_waits_for_sessions() -> Result<()> {
 }
 
 #[test]
+fn a_deferred_delete_syncs_only_when_the_store_syncs() -> Result<()> {
+    use std::sync::Arc;
+    use strata_fs::{FaultFs, Op, RealFs};
+    for fsync in [false, true] {
+        let dir = tempfile::tempdir()?;
+        let fs = Arc::new(FaultFs::new(Arc::new(RealFs)));
+        let config = StoreConfig {
+            fsync,
+            ..StoreConfig::default()
+        };
+        let store = Store::open_with_fs(dir.path(), config, fs.clone())?;
+        let code = wasm(1);
+        let mut s = store.session(None)?;
+        s.deploy(Bytecode::hash(&code[..]), vec![4; PAGE_SIZE], vec![1])?;
+        let root = s.commit()?;
+        let s = store.session(Some(root))?;
+        fs.take_ops();
+        ensure!(store.delete(&root)? == Deletion::Deferred { sessions: 1 });
+        let ops = fs.take_ops();
+        ensure!(
+            ops.contains(&Op::CreateNew),
+            "the marker is written: {ops:?}"
+        );
+        let synced = ops
+            .iter()
+            .any(|op| matches!(op, Op::SyncDir | Op::SyncFile | Op::SyncData | Op::Syncfs));
+        ensure!(synced == fsync, "fsync {fsync}: {ops:?}");
+        drop(s);
+        ensure!(!dir.path().join(root.to_hex()).exists());
+    }
+    Ok(())
+}
+
+#[test]
 fn committing_a_deferred_deleted_state_revives_it() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path(), quick())?;
