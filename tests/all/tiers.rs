@@ -283,8 +283,10 @@ fn a_winch_artifact_without_cranelift_queues_the_tier_up_again() -> Result<()> {
     let vm = Vm::open(dir.path(), config(TierPolicy::WinchThenCranelift))?;
     let (values, _) = counter_calls(&vm, &id, Some(root))?;
     assert_eq!(values, [Value::I64(1)]);
+    // The tier-up may already have compiled Cranelift in the background (it counts in
+    // `compiles`), so the first load is checked by its Winch compiles alone.
     assert_eq!(
-        vm.stats().compiles,
+        vm.stats().tiers.winch_compiles,
         0,
         "the Winch artifact came from the file cache"
     );

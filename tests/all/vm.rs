@@ -578,6 +578,18 @@ fn open_existing_refuses_a_missing_vm_and_creates_nothing() -> Result<()> {
     let vm = Vm::open_existing(dir.path(), VmConfig::for_tests())?;
     assert_eq!(vm.commits().len(), 1);
     assert_eq!(vm.commits()[0].modules, vec![counter]);
+    drop(vm);
+    // A store that lost its format marker is reported, not made a new store over its commits.
+    let marker = dir.path().join("store").join("FORMAT");
+    std::fs::remove_file(&marker)?;
+    match Vm::open_existing(dir.path(), VmConfig::for_tests()) {
+        Err(VmError::Store(store_commit::StoreError::Corrupted { path, source })) => {
+            assert_eq!(path, marker);
+            assert!(matches!(source, store_commit::Corruption::NoFormatMarker));
+        }
+        other => panic!("expected NoFormatMarker, got {:?}", other.map(|_| ())),
+    }
+    assert!(!marker.exists(), "a diagnosing open wrote a format marker");
     Ok(())
 }
 

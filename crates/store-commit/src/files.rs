@@ -29,6 +29,15 @@ use crate::kv::{self, Table};
 use crate::plan::{KvSource, Planned, PlannedKv, Source};
 use crate::{Corruption, StoreError, SyncMode, blob, mapping};
 
+/// Whether opening a store may create its directory and format marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Create {
+    /// A missing directory or marker makes a new, empty store.
+    IfMissing,
+    /// Only an existing store opens; nothing is created but the lock file.
+    Never,
+}
+
 const LOCK: &str = "LOCK";
 const MARKER: &str = "FORMAT";
 const INDEX: &str = "index";
@@ -184,13 +193,20 @@ impl StoreFiles {
         fs: Arc<dyn Fs>,
         fsync: bool,
         sync: SyncMode,
+        create: Create,
     ) -> Result<StoreFiles, StoreError> {
         // A new directory's entry is made durable in its parent: otherwise a power loss could lose
         // a new store directory, and with it every commit acknowledged in it.
-        if fsync {
-            fs.create_dir_all_durable(dir)
-        } else {
-            fs.create_dir_all(dir)
+        match create {
+            Create::IfMissing if fsync => fs.create_dir_all_durable(dir),
+            Create::IfMissing => fs.create_dir_all(dir),
+            Create::Never => fs.metadata(dir).and_then(|m| {
+                if m.is_dir() {
+                    Ok(())
+                } else {
+                    Err(io::Error::new(io::ErrorKind::NotFound, "not a directory"))
+                }
+            }),
         }
         .map_err(io_err("create dir", dir))?;
         let lock_path = dir.join(LOCK);
@@ -225,11 +241,11 @@ impl StoreFiles {
             tmp_counter: AtomicU64::new(0),
             lock,
         };
-        files.check_marker()?;
+        files.check_marker(create)?;
         Ok(files)
     }
 
-    fn check_marker(&self) -> Result<(), StoreError> {
+    fn check_marker(&self, create: Create) -> Result<(), StoreError> {
         let (fs, dir) = (&self.fs, &self.dir);
         let marker = dir.join(MARKER);
         // One read, no separate existence check: a missing marker is a new store.
@@ -239,7 +255,13 @@ impl StoreFiles {
                     .map_err(|e| index_err(&marker, e))?;
                 return Ok(());
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create == Create::IfMissing => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::Corrupted {
+                    path: marker,
+                    source: Corruption::NoFormatMarker,
+                });
+            }
             Err(e) => return Err(io_err("read", &marker)(e)),
         }
         let created_by = format!("store-commit {}", env!("CARGO_PKG_VERSION"));

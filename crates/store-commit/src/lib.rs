@@ -249,6 +249,10 @@ pub enum Corruption {
     /// A key-value table file is malformed.
     #[error("{0}")]
     Table(#[source] TableError),
+    /// The store directory has no format marker (`FORMAT`): not a store, or one that lost it.
+    /// Only [`Store::open_existing_with_fs`] reports it; an ordinary open makes a new store.
+    #[error("no format marker: not a commit store, or a damaged one")]
+    NoFormatMarker,
     /// The index claims a memory too large to allocate.
     #[error("the index claims a memory of {len} bytes, more than can be allocated")]
     TooLarge {

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use store_index::{CommitIndex, ModuleId, Root, commit_root};
 use strata_fs::{Fs, RealFs};
 
-use crate::files::{CommitDir, Listed, StoreFiles};
+use crate::files::{CommitDir, Create, Listed, StoreFiles};
 use crate::plan::CommitPlan;
 use crate::pool::ReservationPool;
 use crate::warm::Warm;
@@ -78,12 +78,34 @@ impl Store {
         config: StoreConfig,
         fs: Arc<dyn Fs>,
     ) -> Result<Store, StoreError> {
+        Store::open_inner(dir, config, fs, Create::IfMissing)
+    }
+
+    /// Opens the store in `dir` as [`open_with_fs`](Self::open_with_fs) does, but only if it
+    /// exists: a missing directory is an `Io` error (`NotFound`), and a directory without the
+    /// format marker is [`Corruption::NoFormatMarker`](crate::Corruption::NoFormatMarker)
+    /// instead of being made a new, empty store. For tools that diagnose a store (a damaged one
+    /// must stay as it is found).
+    pub fn open_existing_with_fs(
+        dir: &Path,
+        config: StoreConfig,
+        fs: Arc<dyn Fs>,
+    ) -> Result<Store, StoreError> {
+        Store::open_inner(dir, config, fs, Create::Never)
+    }
+
+    fn open_inner(
+        dir: &Path,
+        config: StoreConfig,
+        fs: Arc<dyn Fs>,
+        create: Create,
+    ) -> Result<Store, StoreError> {
         if config.delta_ratio == 0 {
             return Err(StoreError::InvalidInput {
                 reason: "delta_ratio must be at least 1".into(),
             });
         }
-        let files = StoreFiles::open(dir, fs, config.fsync, config.sync)?;
+        let files = StoreFiles::open(dir, fs, config.fsync, config.sync, create)?;
         let mut registry = Registry::default();
         for Listed { root, path, index } in files.scan()? {
             match index {

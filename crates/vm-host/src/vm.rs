@@ -360,14 +360,16 @@ impl Vm {
                 disk.create_dir_all(dir).map_err(io(dir))?;
             }
         }
-        let store = Store::open_with_fs(
-            &dir.join("store"),
-            StoreConfig {
-                fsync: config.fsync,
-                ..StoreConfig::default()
-            },
-            disk.clone(),
-        )?;
+        let store_config = StoreConfig {
+            fsync: config.fsync,
+            ..StoreConfig::default()
+        };
+        // A diagnosing open leaves a damaged store as it finds it (no new format marker).
+        let store = if folders == Folders::Existing {
+            Store::open_existing_with_fs(&dir.join("store"), store_config, disk.clone())?
+        } else {
+            Store::open_with_fs(&dir.join("store"), store_config, disk.clone())?
+        };
 
         let runtime_engine = |tier| {
             let mut runtime = base_config(tier);

@@ -376,3 +376,39 @@ fn reopen_with_a_thousand_commits_reads_no_memory_file() -> Result<()> {
     assert_eq!(store.latest(), Some(root));
     Ok(())
 }
+
+#[test]
+fn open_existing_never_makes_a_store() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fs = || Arc::new(RealFs);
+    // No directory: an Io NotFound, and still no directory.
+    let missing = dir.path().join("missing");
+    match Store::open_existing_with_fs(&missing, quick(), fs()) {
+        Err(StoreError::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound)
+        }
+        other => panic!("expected NotFound, got {:?}", other.map(|_| ())),
+    }
+    assert!(!missing.exists());
+    // A directory without the format marker (here: one that lost it) stays without one.
+    let store = Store::open(dir.path(), quick())?;
+    let mut s = store.session(None)?;
+    s.deploy(Bytecode::hash(&wasm(1)[..]), vec![1; PAGE_SIZE], vec![1])?;
+    let root = s.commit()?;
+    drop(store);
+    let marker = dir.path().join("FORMAT");
+    std::fs::remove_file(&marker)?;
+    match Store::open_existing_with_fs(dir.path(), quick(), fs()) {
+        Err(StoreError::Corrupted { path, source }) => {
+            assert_eq!(path, marker);
+            assert!(matches!(source, store_commit::Corruption::NoFormatMarker));
+        }
+        other => panic!("expected NoFormatMarker, got {:?}", other.map(|_| ())),
+    }
+    assert!(!marker.exists());
+    // An intact store opens as usual.
+    Store::open(dir.path(), quick())?;
+    let store = Store::open_existing_with_fs(dir.path(), quick(), fs())?;
+    assert!(store.contains(&root));
+    Ok(())
+}
