@@ -202,6 +202,7 @@ fn commit(c: &mut Criterion) {
     // A plain commit next to those that fold the top delta or rebase: in the background (the
     // default: the commit that passes a bound starts the merge, a later one adopts it) and in
     // the commit itself (`kv_background: false`).
+    let mut compaction = String::new();
     for background in [true, false] {
         let store = Store::open(
             &sh.big.dir,
@@ -269,7 +270,10 @@ fn commit(c: &mut Criterion) {
             );
         }
         println!("{line}");
+        compaction.push_str(&line);
+        compaction.push('\n');
     }
+    extra_report("kv-compaction.txt", &compaction);
     // Today's path: the whole map serialized into the blob, committed by the store.
     {
         let work = tempfile::tempdir().unwrap();
@@ -519,13 +523,18 @@ fn footprint() {
         .map(|keep| footprint_case(keep) + "\n")
         .collect();
     print!("{report}");
-    // Where `cargo xtask bench` collects extra measurements: `$CARGO_TARGET_DIR/strata-bench`.
+    extra_report("kv-footprint.txt", &report);
+}
+
+/// Leaves `text` where `cargo xtask bench` collects extra measurements:
+/// `$CARGO_TARGET_DIR/strata-bench/<name>`.
+fn extra_report(name: &str, text: &str) {
     let out = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
         .join("strata-bench");
     if std::fs::create_dir_all(&out).is_ok() {
-        let _ = std::fs::write(out.join("kv-footprint.txt"), &report);
+        let _ = std::fs::write(out.join(name), text);
     }
 }
 
