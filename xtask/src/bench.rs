@@ -431,6 +431,15 @@ pub(crate) const TARGETS: &[Target] = &[
         per: "baseline_cranelift_only",
         max: 1.05,
     },
+    // Issue 11 item 2, with the range scans of issue 12: the slowest host loop (per unit of
+    // fuel) within 10x of the slowest plain loop (memory.grow).
+    Target::Ratio {
+        what: "range-scan host loop (db_scan + db_next) within 10x of the slowest plain loop, per unit of fuel",
+        group: "host_costs_ns_per_fuel",
+        function: "host/db_scan_next_1000_entries",
+        per: "plain/memory_grow_1_page_to_limit",
+        max: 10.0,
+    },
 ];
 
 fn group_matches(pattern: &str, group: &str) -> bool {

@@ -547,8 +547,11 @@ const FUEL_LOOPS: &str = r#"(module
   (import "env" "db_read" (func $r (param i32 i32 i32 i32) (result i32)))
   (import "env" "db_write" (func $w (param i32 i32 i32 i32)))
   (import "env" "db_remove" (func $d (param i32 i32)))
+  (import "env" "db_scan" (func $scan (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "db_next" (func $next (param i32 i32 i32 i32 i32 i32) (result i32)))
   (memory 18)
   (data (i32.const 0) "k")
+  (data (i32.const 8) "st")
   (func (export "copy") (param i32)
     (loop $l (if (local.get 0) (then
       (memory.copy (i32.const 65536) (i32.const 131072) (i32.const 65536))
@@ -579,6 +582,26 @@ const FUEL_LOOPS: &str = r#"(module
   (func (export "write") (param i32)
     (loop $l (if (local.get 0) (then
       (call $w (i32.const 0) (i32.const 1) (i32.const 65536) (i32.const 1048576))
+      (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+      (br $l)))))
+  ;; `param` keys "s" ++ i32 with 100-byte values: the entries `scan` walks.
+  (func (export "put_small") (param i32)
+    (i32.store8 (i32.const 16) (i32.const 0x73))
+    (loop $l (if (local.get 0) (then
+      (i32.store (i32.const 17) (local.get 0))
+      (call $w (i32.const 16) (i32.const 5) (i32.const 65536) (i32.const 100))
+      (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+      (br $l)))))
+  ;; `param` forward scans of the keys from "s" to "t", each to its end.
+  (func (export "scan") (param i32) (local i32)
+    (loop $l (if (local.get 0) (then
+      (local.set 1 (call $scan (i32.const 8) (i32.const 1) (i32.const 9) (i32.const 1)
+                               (i32.const 0)))
+      (block $end (loop $step
+        (br_if $end (i32.eqz (call $next (local.get 1) (i32.const 32) (i32.const 64)
+                                         (i32.const 131072) (i32.const 1048576)
+                                         (i32.const 24))))
+        (br $step)))
       (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
       (br $l)))))
   (func (export "remove_missing") (param i32)
@@ -618,6 +641,9 @@ fn host_costs(c: &mut Criterion) {
     // The base holds the largest value under "k", for `read`.
     let mut s = vm.session(Some(root)).expect("session");
     s.call(&module, "write", &[Value::I32(1)]).expect("write");
+    // ... and 1,000 small entries, for `scan`.
+    s.call(&module, "put_small", &[Value::I32(1000)])
+        .expect("put_small");
     let root = s.commit().expect("commit");
 
     let mut group = c.benchmark_group("host_costs_ns_per_fuel");
@@ -632,6 +658,7 @@ fn host_costs(c: &mut Criterion) {
         ("host/db_read_1MiB", "read", 50),
         ("host/db_write_1MiB", "write", 50),
         ("host/db_remove_missing", "remove_missing", 100_000),
+        ("host/db_scan_next_1000_entries", "scan", 20),
     ] {
         group.bench_function(label, |b| {
             per_fuel(b, || {
