@@ -172,7 +172,10 @@ pub(crate) fn parse(meta: &str, estimates: &str) -> Option<Measured> {
 }
 
 pub(crate) fn format_ns(ns: f64) -> String {
-    if ns < 1e3 {
+    if ns < 1.0 {
+        // Per-unit costs (nanoseconds per unit of fuel) are often below a nanosecond.
+        format!("{:.1} ps", ns * 1e3)
+    } else if ns < 1e3 {
         format!("{ns:.1} ns")
     } else if ns < 1e6 {
         format!("{:.2} µs", ns / 1e3)
@@ -448,11 +451,18 @@ fn group_matches(pattern: &str, group: &str) -> bool {
 }
 
 /// `function` or `function/parameter` of one group.
+/// A function id may itself hold a `/` (`host/db_read_1MiB`): the whole name as a function
+/// without parameter is tried first.
 fn find<'a>(results: &'a [Measured], group: &str, name: &str) -> Option<&'a Measured> {
-    let (function, parameter) = name.split_once('/').unwrap_or((name, ""));
-    results
+    let exact = results
         .iter()
-        .find(|m| m.group == group && m.function == function && m.parameter == parameter)
+        .find(|m| m.group == group && m.function == name && m.parameter.is_empty());
+    let (function, parameter) = name.split_once('/').unwrap_or((name, ""));
+    exact.or_else(|| {
+        results
+            .iter()
+            .find(|m| m.group == group && m.function == function && m.parameter == parameter)
+    })
 }
 
 /// `YYYY-MM-DD HH:MM UTC` of a time (the civil calendar from days since 1970, Howard
@@ -639,6 +649,7 @@ mod tests {
             "{report}"
         );
         assert_eq!(format_ns(2_500_000.0), "2.50 ms");
+        assert_eq!(format_ns(0.0205), "20.5 ps");
         assert!(report.contains("not measured in this run"), "{report}");
     }
 
