@@ -14,12 +14,15 @@
 //!
 //! Set `STRATA_KV_KEYS` to run with fewer keys (the targets assume 1 M).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::{disk_usage, extra_report};
 use criterion::{BenchmarkId, Criterion};
 use redb::{ReadableDatabase, TableDefinition};
 use sha2::{Digest as _, Sha256};
@@ -449,26 +452,6 @@ fn reads(c: &mut Criterion) {
     group.finish();
 }
 
-/// Bytes allocated on disk under `dir`, counting each inode once.
-fn disk_usage(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
-    let mut allocated = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let md = std::fs::symlink_metadata(e.path()).unwrap();
-            if md.is_dir() {
-                stack.push(e.path());
-            } else if seen.insert(md.ino()) {
-                allocated += md.blocks() * 512;
-            }
-        }
-    }
-    allocated
-}
-
 /// 1,000 commits of 10 changed keys on the 1 M-key state, keeping the newest `keep` (older
 /// ones deleted, as a node prunes); the footprint against the raw key and value bytes.
 fn footprint_case(keep: Option<usize>) -> String {
@@ -499,10 +482,10 @@ fn footprint_case(keep: Option<usize>) -> String {
             store.delete(&roots.remove(0)).unwrap();
         }
         if round % 100 == 0 {
-            peak = peak.max(disk_usage(dir));
+            peak = peak.max(disk_usage(dir).0);
         }
     }
-    let used = disk_usage(dir);
+    let used = disk_usage(dir).0;
     let raw = n * (32 + 100);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     format!(
@@ -524,18 +507,6 @@ fn footprint() {
         .collect();
     print!("{report}");
     extra_report("kv-footprint.txt", &report);
-}
-
-/// Leaves `text` where `cargo xtask bench` collects extra measurements:
-/// `$CARGO_TARGET_DIR/strata-bench/<name>`.
-fn extra_report(name: &str, text: &str) {
-    let out = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-        .join("strata-bench");
-    if std::fs::create_dir_all(&out).is_ok() {
-        let _ = std::fs::write(out.join(name), text);
-    }
 }
 
 fn main() {

@@ -6,10 +6,13 @@
 //! Memories are built lazily (grown, then a few pages written), so the 1 GiB cases do not touch
 //! 1 GiB of RAM; the naive baseline of course does.
 
+mod common;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{disk_usage, extra_report};
 use criterion::{BenchmarkId, Criterion};
 use sha2::{Digest as _, Sha256};
 use store_commit::{
@@ -315,27 +318,6 @@ fn blob(c: &mut Criterion) {
     group.finish();
 }
 
-/// Bytes on disk under `dir`, counting each inode once: (allocated, apparent).
-fn disk_usage(dir: &Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
-    let (mut allocated, mut apparent) = (0, 0);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let md = std::fs::symlink_metadata(e.path()).unwrap();
-            if md.is_dir() {
-                stack.push(e.path());
-            } else if seen.insert(md.ino()) {
-                allocated += md.blocks() * 512;
-                apparent += md.len();
-            }
-        }
-    }
-    (allocated, apparent)
-}
-
 /// 100 commits each writing 10 pages of a 64 MiB memory, keeping every commit. `hot`: the pages
 /// come from a working set of 32; otherwise ten new pages every commit. `random`: the written pages
 /// are incompressible instead of heap-like.
@@ -412,14 +394,7 @@ fn footprint() {
         .map(|(hot, random)| footprint_case(hot, random) + "\n")
         .collect();
     print!("{report}");
-    // Where `cargo xtask bench` collects extra measurements: `$CARGO_TARGET_DIR/strata-bench`.
-    let out = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-        .join("strata-bench");
-    if std::fs::create_dir_all(&out).is_ok() {
-        let _ = std::fs::write(out.join("footprint.txt"), &report);
-    }
+    extra_report("footprint.txt", &report);
 }
 
 /// A durable commit of one written page (fsync on) against the floor on the same disk: one
