@@ -419,18 +419,7 @@ impl Session {
                 Saved::Tracked => 0,
             })
             .sum();
-        let (spaces, token, number) = self.mark_spaces();
-        Ok(Checkpoint {
-            session: self.id,
-            generation: None,
-            deployed,
-            blobs,
-            memories,
-            saved,
-            spaces,
-            token,
-            number,
-        })
+        Ok(self.new_checkpoint(None, deployed, blobs, memories, saved))
     }
 
     /// A checkpoint for one call: like [`checkpoint`](Self::checkpoint), but it can be rolled
@@ -474,30 +463,36 @@ impl Session {
                 }
             }
         }
-        let (spaces, token, number) = self.mark_spaces();
-        Ok(Checkpoint {
-            session: self.id,
-            generation: Some(self.generation),
-            deployed,
-            blobs,
-            memories,
-            saved,
-            spaces,
-            token,
-            number,
-        })
+        Ok(self.new_checkpoint(Some(self.generation), deployed, blobs, memories, saved))
     }
 
-    /// Marks a new checkpoint in the undo log of every open key-value space: the spaces, the
-    /// token whose life keeps the marks, and the checkpoint's number.
-    fn mark_spaces(&self) -> (Vec<Namespace>, Arc<()>, u64) {
+    /// A checkpoint of what the caller saved, marked in the undo log of every open key-value
+    /// space (the token's life keeps the marks).
+    fn new_checkpoint(
+        &self,
+        generation: Option<u64>,
+        deployed: Vec<ModuleId>,
+        blobs: HashMap<ModuleId, BlobState>,
+        memories: HashMap<ModuleId, (usize, Saved)>,
+        saved: usize,
+    ) -> Checkpoint {
         static CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
         let number = CHECKPOINTS.fetch_add(1, Ordering::Relaxed);
         let token = Arc::new(());
         for space in self.spaces.values() {
             space.0.lock().mark(number, Arc::downgrade(&token));
         }
-        (self.spaces.keys().copied().collect(), token, number)
+        Checkpoint {
+            session: self.id,
+            generation,
+            deployed,
+            blobs,
+            memories,
+            saved,
+            spaces: self.spaces.keys().copied().collect(),
+            token,
+            number,
+        }
     }
 
     /// Restores blobs, module set, and the content and length of every opened memory to
