@@ -40,17 +40,24 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     if !filter.is_empty() {
         cargo_args.push("--");
-        cargo_args.extend(filter);
+        cargo_args.extend(&filter);
     }
     // The large corpus module (esbuild: 14 s a compile) is part of every run unless the caller
     // says `STRATA_BENCH_LARGE=0`: the targets that name it are checked in the same run.
     let large = std::env::var("STRATA_BENCH_LARGE").unwrap_or_else(|_| "1".to_owned());
     cargo(&cargo_args, &[("STRATA_BENCH_LARGE", large.as_str())])?;
+    // cosmwasm-vm's timings, in the same run as the Strata benches they are compared with.
+    crate::differential::bench_timing(&target, &filter)?;
     write_report(&target, &extra, since)
 }
 
 fn write_report(target: &Path, extra: &Path, since: SystemTime) -> Result<()> {
-    let results = one_run_per_group(collect(&target.join("criterion"), since)?);
+    let mut results = collect(&target.join("criterion"), since)?;
+    results.extend(crate::differential::peer_results(target, since));
+    results.sort_by(|a, b| {
+        (&a.group, &a.function, &a.parameter).cmp(&(&b.group, &b.function, &b.parameter))
+    });
+    let results = one_run_per_group(results);
     let plots_dir = root().join("docs/plots");
     let plots = plot::write_all(&results, &plots_dir)?;
     let report = render(&results, extra, &plots);

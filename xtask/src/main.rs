@@ -8,6 +8,8 @@
 //! - `crash [--rounds N]`: the crash harness of the commit store with N kill rounds;
 //! - `fuzz --seconds N [TARGET...]`, `load --seconds N`: the long reliability runs (see
 //!   `reliability.rs`);
+//! - `differential [ARGS...]`: builds the separate `differential/` workspace and compares
+//!   vm-cosmwasm with cosmwasm-vm 3.0.10 step by step (not part of `ci`: it builds wasmer);
 //! - `corpus [DIR]`: fetches the npm part of the benchmark corpus with `npm pack`;
 //! - `check-crates [--test] [ARGS...]`: `cargo check -p <crate>` (or `cargo test -p <crate>`)
 //!   for each library crate alone, so that no crate leans on a dependency feature that only
@@ -15,6 +17,7 @@
 //!   wasmtime is built anew).
 
 mod bench;
+mod differential;
 mod manifest;
 mod plot;
 mod reliability;
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Some("load") => reliability::load(&args[1..]),
         Some("corpus") => corpus(&args[1..]),
         Some("check-crates") => check_crates(&args[1..]),
+        Some("differential") => differential::run(&args[1..]),
         Some("help") | Some("--help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -62,6 +66,8 @@ tasks:
   crash [--rounds N] SIGKILL crash rounds against the commit store (default 1000)
   fuzz --seconds N [--sanitizer S] [TARGET...]  cargo-fuzz each target for N seconds
   load --seconds N   the multi-threaded load test in release mode
+  differential [ARGS...]  build differential/ (release) and compare vm-cosmwasm with cosmwasm-vm
+                     3.0.10 on hackatom and cyberpunk (ARGS: --no-sweep, --only NAME)
   corpus [DIR]       fetch the npm corpus modules with `npm pack` (default: ../shared/corpus)
   check-crates [--test] [ARGS...]  `cargo check -p CRATE ARGS...` for each library crate of
                      crates/ alone (not in ci: slow); ARGS = --all-targets includes tests and

@@ -1,0 +1,211 @@
+//! `cargo xtask differential`, and cosmwasm-vm's side of `cargo xtask bench`.
+//!
+//! Both run the binary of the separate `differential/` workspace (cosmwasm-vm 3.0.10 and
+//! wasmer next to vm-cosmwasm), built in release mode, niced, into its own target directory
+//! (`differential/target`), never as part of `cargo xtask ci`:
+//! - `differential [ARGS...]`: `compare`, which prints the step table and fails on any
+//!   difference between vm-cosmwasm and cosmwasm-vm (ARGS go to it: `--no-sweep`,
+//!   `--only hackatom`, `--corpus DIR`);
+//! - in `bench`: `timing`, whose medians (cosmwasm-vm's instantiate from pinned, memory and
+//!   file system, store_code, instantiate + execute + commit) join the run's results in the
+//!   groups of the Strata benchmarks they compare with (see [`PEER`]), so that the report
+//!   shows the ratio of each Strata figure to cosmwasm-vm's, measured in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use crate::bench::Measured;
+use crate::{Result, root};
+
+/// Where a cosmwasm-vm timing goes in the report: (its `measure`, the group of the Strata
+/// benchmark it compares with, `{contract}` standing for the contract, and its function id
+/// there). Function ids start with `cosmwasm_vm` so targets can name them as `per`.
+pub(crate) const PEER: &[(&str, &str, &str)] = &[
+    (
+        "instantiate_pinned",
+        "cosmwasm/{contract}/instantiate",
+        "cosmwasm_vm_pinned",
+    ),
+    (
+        "instantiate_memory",
+        "cosmwasm/{contract}/instantiate",
+        "cosmwasm_vm_memory",
+    ),
+    (
+        "instantiate_fs",
+        "cosmwasm/{contract}/instantiate",
+        "cosmwasm_vm_fs",
+    ),
+    (
+        "store_code",
+        "cosmwasm/{contract}/store_code",
+        "cosmwasm_vm_store_code",
+    ),
+    (
+        "instantiate_execute_commit_pinned",
+        "cosmwasm/{contract}/instantiate_execute_commit",
+        "cosmwasm_vm_pinned",
+    ),
+];
+
+/// The timing results of the last `bench` run that measured them.
+fn timing_file(target: &Path) -> PathBuf {
+    target.join("strata-bench-peer/cosmwasm-vm.json")
+}
+
+fn differential_dir() -> PathBuf {
+    root().join("differential")
+}
+
+/// The corpus the differential binary reads: `$STRATA_CORPUS`, else `../shared/corpus`.
+fn corpus() -> PathBuf {
+    std::env::var_os("STRATA_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/corpus"))
+}
+
+fn corpus_has_contracts(dir: &Path) -> bool {
+    ["cosmwasm-hackatom.wasm", "cosmwasm-cyberpunk.wasm"]
+        .iter()
+        .all(|f| dir.join(f).is_file())
+}
+
+/// Builds the differential binary (release, niced, `differential/target`) and returns it.
+fn build() -> Result<PathBuf> {
+    let dir = differential_dir();
+    let target = dir.join("target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "10"])
+        .arg(cargo)
+        .args(["build", "--release", "--locked", "--features", "strata"])
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(&dir)
+        // The bench run's own target directory must not leak into this workspace's build.
+        .env_remove("CARGO_TARGET_DIR");
+    crate::run(cmd)?;
+    Ok(target.join("release/strata-differential"))
+}
+
+/// `cargo xtask differential [ARGS...]`.
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    let corpus = corpus();
+    if !corpus_has_contracts(&corpus) {
+        return Err(format!(
+            "the differential test needs cosmwasm-hackatom.wasm and cosmwasm-cyberpunk.wasm in {} (set STRATA_CORPUS)",
+            corpus.display()
+        ));
+    }
+    let binary = build()?;
+    let mut cmd = Command::new(binary);
+    cmd.arg("compare")
+        .arg("--corpus")
+        .arg(&corpus)
+        .args(args)
+        .current_dir(differential_dir());
+    crate::run(cmd).map_err(|e| format!("the implementations differ (see the table): {e}"))
+}
+
+/// In `cargo xtask bench`: runs cosmwasm-vm's timing mode when the corpus has the contracts
+/// and the run measures the CosmWasm groups (no filter, or a filter naming `cosmwasm`), and
+/// keeps its JSON for the report.
+pub(crate) fn bench_timing(target: &Path, filter: &[&str]) -> Result<()> {
+    if !(filter.is_empty() || filter.iter().any(|f| f.contains("cosmwasm"))) {
+        return Ok(());
+    }
+    let corpus = corpus();
+    if !corpus_has_contracts(&corpus) {
+        eprintln!(
+            "bench: no CosmWasm contracts in {}, cosmwasm-vm's timings skipped",
+            corpus.display()
+        );
+        return Ok(());
+    }
+    let binary = build()?;
+    let runs = std::env::var("STRATA_PEER_RUNS").unwrap_or_else(|_| "300".to_owned());
+    eprintln!("$ {} timing --runs {runs}", binary.display());
+    let output = Command::new(&binary)
+        .args(["timing", "--runs", &runs, "--corpus"])
+        .arg(&corpus)
+        .output()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() {
+        return Err(format!("cosmwasm-vm timing failed with {}", output.status));
+    }
+    let file = timing_file(target);
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    std::fs::write(&file, &output.stdout)
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))
+}
+
+/// cosmwasm-vm's timings of the last run that measured them (if not older than `since`), as
+/// results of the groups [`PEER`] names (none when there is no timing file).
+pub(crate) fn peer_results(target: &Path, since: SystemTime) -> Vec<Measured> {
+    let file = timing_file(target);
+    let (Ok(text), Ok(modified)) = (
+        std::fs::read_to_string(&file),
+        std::fs::metadata(&file).and_then(|m| m.modified()),
+    ) else {
+        return Vec::new();
+    };
+    if modified < since {
+        return Vec::new();
+    }
+    parse_timing(&text, modified)
+}
+
+/// One result a line: `{"contract":"hackatom","measure":"instantiate_pinned","median_ns":1.0}`.
+pub(crate) fn parse_timing(text: &str, at: SystemTime) -> Vec<Measured> {
+    let field = |line: &str, key: &str| -> Option<String> {
+        let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+        let rest = line[start..].trim_start();
+        Some(match rest.strip_prefix('"') {
+            Some(s) => s[..s.find('"')?].to_owned(),
+            None => rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+                .collect(),
+        })
+    };
+    text.lines()
+        .filter_map(|line| {
+            let contract = field(line, "contract")?;
+            let measure = field(line, "measure")?;
+            let median_ns: f64 = field(line, "median_ns")?.parse().ok()?;
+            let (_, group, function) = PEER.iter().find(|(m, _, _)| *m == measure)?;
+            Some(Measured {
+                group: group.replace("{contract}", &contract),
+                function: (*function).to_owned(),
+                parameter: String::new(),
+                median_ns,
+                measured_at: at,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_lines_become_results_of_the_strata_groups() {
+        let text = "{\"implementation\":\"cosmwasm-vm 3.0.10\",\"runs\":3,\"results\":[\n\
+            {\"contract\":\"hackatom\",\"measure\":\"instantiate_pinned\",\"median_ns\":91234.5},\n\
+            {\"contract\":\"cyberpunk\",\"measure\":\"store_code\",\"median_ns\":7.5e7},\n\
+            {\"contract\":\"cyberpunk\",\"measure\":\"unknown_measure\",\"median_ns\":1.0}\n]}";
+        let got = parse_timing(text, SystemTime::UNIX_EPOCH);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].group, "cosmwasm/hackatom/instantiate");
+        assert_eq!(got[0].function, "cosmwasm_vm_pinned");
+        assert_eq!(got[0].median_ns, 91234.5);
+        assert_eq!(got[1].group, "cosmwasm/cyberpunk/store_code");
+        assert_eq!(got[1].median_ns, 7.5e7);
+    }
+}
