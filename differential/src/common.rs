@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use cosmwasm_std::{BlockInfo, Coin, DenomMetadata, DenomUnit, Timestamp, coin};
+use cosmwasm_std::{
+    Binary, BlockInfo, Coin, DenomMetadata, DenomUnit, Timestamp, TransactionInfo, coin,
+};
 
 /// The memory limit of an instance, the same on both sides (vm-cosmwasm's default).
 pub const MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
@@ -89,6 +91,15 @@ pub fn block() -> BlockInfo {
     }
 }
 
+/// The transaction of every call (cosmwasm-std's `mock_env`'s).
+pub fn transaction() -> TransactionInfo {
+    TransactionInfo::new(
+        3,
+        Binary::from_hex("E5469DACEC17CEF8A260FD37675ED87E7FB6A2B5AD95193C51308006C7E494B3")
+            .expect("hex"),
+    )
+}
+
 /// Who calls, with what, under which gas limit.
 #[derive(Clone, Debug)]
 pub struct Ctx {
@@ -138,8 +149,8 @@ pub enum FailKind {
     Aborted(String),
     /// A query tried to write.
     WriteAccessDenied,
-    /// The backend failed (the message is compared).
-    Backend(String),
+    /// The backend failed (the wording of the message is the implementation's).
+    Backend,
     /// A bad region or pointer from the contract.
     Communication,
     /// Anything else, by name.

@@ -24,15 +24,18 @@ use cosmwasm_vm::{
     call_migrate_with_info_raw, call_query_raw, call_sudo_raw,
 };
 
-use crate::common::{json, Call, Ctx, Entries, FailKind, Failure, Gas, Outcome, Setup, Side, block};
+use crate::common::{
+    Call, Ctx, Entries, FailKind, Failure, Gas, Outcome, Setup, Side, block, json, transaction,
+};
 
 /// cosmwasm-vm's `MockQuerier` costs (testing/querier.rs): a flat cost per query plus a cost
 /// per byte of the JSON of the response.
 const GAS_COST_QUERY_FLAT: u64 = 100_000;
 const GAS_COST_QUERY_RESPONSE_MULTIPLIER: u64 = 100;
 
-/// How deep `WasmQuery::Smart` may nest (a contract querying a contract ...).
-const MAX_QUERY_DEPTH: u32 = 10;
+/// How deep wasm queries may nest: vm-cosmwasm's default querier's limit (cosmwasm-vm's mock
+/// has no wasm querier at all; this one answers as the Strata side's does).
+const MAX_QUERY_DEPTH: u32 = 5;
 
 type RefCache = Cache<MockApi, MockStorage, RefQuerier>;
 type RefInstance = Instance<MockApi, MockStorage, RefQuerier>;
@@ -61,7 +64,11 @@ impl Reference {
         let dir = tempfile::tempdir()?;
         let options = CacheOptions::new(
             dir.path(),
-            setup.capabilities.iter().cloned().collect::<std::collections::HashSet<_>>(),
+            setup
+                .capabilities
+                .iter()
+                .cloned()
+                .collect::<std::collections::HashSet<_>>(),
             Size::mebi(64),
             Size::new(setup.memory_limit as usize),
         );
@@ -82,7 +89,7 @@ impl Reference {
 fn env(address: &str) -> Env {
     Env {
         block: block(),
-        transaction: None,
+        transaction: Some(transaction()),
         contract: ContractInfo {
             address: Addr::unchecked(address),
         },
@@ -93,12 +100,22 @@ fn env(address: &str) -> Env {
 pub fn fail_kind(error: &VmError) -> FailKind {
     match error {
         VmError::GasDepletion { .. } => FailKind::OutOfGas,
-        VmError::RuntimeErr { .. } => FailKind::Trap,
+        // wasmer wraps what a host function failed with into a runtime error: an abort, or
+        // gas running out inside an import (db_write's charge), is recognised by its text.
+        VmError::RuntimeErr { msg, .. } => {
+            if let Some((_, text)) = msg.split_once("RuntimeError: Aborted: ") {
+                FailKind::Aborted(text.to_owned())
+            } else if msg.contains("Ran out of gas during contract execution") {
+                FailKind::OutOfGas
+            } else {
+                FailKind::Trap
+            }
+        }
         VmError::Aborted { msg, .. } => FailKind::Aborted(msg.clone()),
         VmError::WriteAccessDenied { .. } => FailKind::WriteAccessDenied,
         VmError::BackendErr { source, .. } => match source {
             BackendError::OutOfGas {} => FailKind::OutOfGas,
-            other => FailKind::Backend(other.to_string()),
+            _ => FailKind::Backend,
         },
         VmError::CommunicationErr { .. } => FailKind::Communication,
         other => FailKind::Other(
@@ -147,25 +164,26 @@ impl World {
                 depth,
             },
         };
-        let mut instance = match self
-            .cache
-            .get_instance(&checksum, backend, InstanceOptions { gas_limit })
-        {
-            Ok(instance) => instance,
-            Err(e) => {
-                return Ok((
-                    Outcome {
-                        result: Err(failure(&e)),
-                        gas: Gas {
-                            limit: gas_limit,
-                            remaining: gas_limit,
-                            ..Gas::default()
+        let mut instance =
+            match self
+                .cache
+                .get_instance(&checksum, backend, InstanceOptions { gas_limit })
+            {
+                Ok(instance) => instance,
+                Err(e) => {
+                    return Ok((
+                        Outcome {
+                            result: Err(failure(&e)),
+                            gas: Gas {
+                                limit: gas_limit,
+                                remaining: gas_limit,
+                                ..Gas::default()
+                            },
                         },
-                    },
-                    None,
-                ));
-            }
-        };
+                        None,
+                    ));
+                }
+            };
         let result = f(&mut instance);
         let report = instance.create_gas_report();
         let outcome = Outcome {
@@ -333,7 +351,10 @@ impl Side for Reference {
         let c = contracts
             .get(contract)
             .with_context(|| format!("no contract {contract}"))?;
-        Ok(c.storage.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(c.storage
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }
 
@@ -345,78 +366,95 @@ pub struct RefQuerier {
     depth: u32,
 }
 
+/// What the wasm part of the querier answered.
+enum WasmAnswer {
+    Answer(SystemResult<ContractResult<Binary>>, u64),
+    /// The nested query ran out of gas after using this much.
+    OutOfGas(u64),
+}
+
 impl RefQuerier {
-    fn answer(&self, request: &[u8], gas_limit: u64) -> (SystemResult<ContractResult<Binary>>, u64) {
+    fn answer(&self, request: &[u8], gas_limit: u64) -> WasmAnswer {
         use cosmwasm_std::Querier as _;
         let parsed: Result<QueryRequest<Empty>, _> = cosmwasm_std::from_json(request);
-        match parsed {
-            Ok(QueryRequest::Wasm(WasmQuery::Smart { contract_addr, msg })) => {
-                self.smart(&contract_addr, &msg, gas_limit)
+        let wasm = match parsed {
+            Ok(QueryRequest::Wasm(query)) => query,
+            _ => return WasmAnswer::Answer(self.bank.raw_query(request), 0),
+        };
+        // The depth limit holds for every wasm query, before the contract is looked up.
+        if self.depth >= MAX_QUERY_DEPTH {
+            return WasmAnswer::Answer(SystemResult::Err(SystemError::Unknown {}), 0);
+        }
+        let no_such = |addr: &str| {
+            WasmAnswer::Answer(
+                SystemResult::Err(SystemError::NoSuchContract {
+                    addr: addr.to_owned(),
+                }),
+                0,
+            )
+        };
+        match wasm {
+            WasmQuery::Smart { contract_addr, msg } => {
+                match self.world.contract_index(&contract_addr) {
+                    None => no_such(&contract_addr),
+                    Some(index) => self.smart(index, &contract_addr, &msg, gas_limit),
+                }
             }
-            Ok(QueryRequest::Wasm(WasmQuery::Raw { contract_addr, key })) => {
+            WasmQuery::Raw { contract_addr, key } => {
                 let contracts = self.world.contracts.borrow();
                 match contracts.iter().find(|c| c.address == contract_addr) {
-                    None => (
-                        SystemResult::Err(SystemError::NoSuchContract {
-                            addr: contract_addr,
-                        }),
-                        0,
-                    ),
+                    None => no_such(&contract_addr),
                     Some(c) => {
                         let value = c.storage.get(key.as_slice()).cloned().unwrap_or_default();
-                        (SystemResult::Ok(ContractResult::Ok(Binary::from(value))), 0)
+                        WasmAnswer::Answer(
+                            SystemResult::Ok(ContractResult::Ok(Binary::from(value))),
+                            0,
+                        )
                     }
                 }
             }
-            _ => (self.bank.raw_query(request), 0),
+            _ => WasmAnswer::Answer(
+                SystemResult::Err(SystemError::UnsupportedRequest {
+                    kind: "wasm query".to_owned(),
+                }),
+                0,
+            ),
         }
     }
 
-    /// Runs a smart query on a fresh instance; returns the answer and the gas it used.
-    fn smart(
-        &self,
-        address: &str,
-        msg: &[u8],
-        gas_limit: u64,
-    ) -> (SystemResult<ContractResult<Binary>>, u64) {
-        let Some(index) = self.world.contract_index(address) else {
-            return (
-                SystemResult::Err(SystemError::NoSuchContract {
-                    addr: address.to_owned(),
-                }),
-                0,
-            );
-        };
-        if self.depth >= MAX_QUERY_DEPTH {
-            return (
-                SystemResult::Err(SystemError::Unknown {}),
-                0,
-            );
-        }
+    /// Runs a smart query on a fresh instance, read-only, with what is left of the gas; its
+    /// gas counts as the querier's (external) gas. A VM failure of the nested call is a
+    /// contract error of the query, except running out of gas, which fails the caller.
+    fn smart(&self, index: usize, address: &str, msg: &[u8], gas_limit: u64) -> WasmAnswer {
         let (code, storage) = {
             let contracts = self.world.contracts.borrow();
             (contracts[index].code, contracts[index].storage.clone())
         };
         let Ok(env) = json(&env(address)) else {
-            return (SystemResult::Err(SystemError::Unknown {}), 0);
+            return WasmAnswer::Answer(SystemResult::Err(SystemError::Unknown {}), 0);
         };
-        match self
+        let run = self
             .world
             .run(code, &storage, gas_limit, self.depth + 1, |inst| {
                 call_query_raw(inst, &env, msg)
-            }) {
-            Ok((outcome, _)) => {
-                let used = outcome.gas.used();
-                let answer = match outcome.result {
-                    Ok(bytes) => match cosmwasm_std::from_json::<ContractResult<Binary>>(&bytes) {
-                        Ok(result) => SystemResult::Ok(result),
-                        Err(_) => SystemResult::Err(SystemError::Unknown {}),
-                    },
-                    Err(_) => SystemResult::Err(SystemError::Unknown {}),
-                };
-                (answer, used)
-            }
-            Err(_) => (SystemResult::Err(SystemError::Unknown {}), 0),
+            });
+        let Ok((outcome, _)) = run else {
+            return WasmAnswer::Answer(SystemResult::Err(SystemError::Unknown {}), 0);
+        };
+        let used = outcome.gas.used();
+        match outcome.result {
+            Ok(bytes) => match cosmwasm_std::from_json::<ContractResult<Binary>>(&bytes) {
+                Ok(result) => WasmAnswer::Answer(SystemResult::Ok(result), used),
+                Err(e) => WasmAnswer::Answer(
+                    SystemResult::Err(SystemError::InvalidResponse {
+                        error: e.to_string(),
+                        response: Binary::from(bytes),
+                    }),
+                    used,
+                ),
+            },
+            Err(f) if f.kind == FailKind::OutOfGas => WasmAnswer::OutOfGas(used),
+            Err(f) => WasmAnswer::Answer(SystemResult::Ok(ContractResult::Err(f.message)), used),
         }
     }
 }
@@ -427,12 +465,20 @@ impl Querier for RefQuerier {
         request: &[u8],
         gas_limit: u64,
     ) -> BackendResult<SystemResult<ContractResult<Binary>>> {
-        let (response, nested_gas) = self.answer(request, gas_limit);
+        let (response, nested_gas) = match self.answer(request, gas_limit) {
+            WasmAnswer::Answer(response, gas) => (response, gas),
+            WasmAnswer::OutOfGas(used) => {
+                return (
+                    Err(BackendError::out_of_gas()),
+                    GasInfo::with_externally_used(used),
+                );
+            }
+        };
         let response_len = to_json_binary(&response).map(|b| b.len()).unwrap_or(0) as u64;
         let gas_info = GasInfo::with_externally_used(
             GAS_COST_QUERY_FLAT
-                + GAS_COST_QUERY_RESPONSE_MULTIPLIER * response_len
-                + nested_gas,
+                .saturating_add(GAS_COST_QUERY_RESPONSE_MULTIPLIER.saturating_mul(response_len))
+                .saturating_add(nested_gas),
         );
         if gas_info.externally_used > gas_limit {
             return (Err(BackendError::out_of_gas()), gas_info);

@@ -104,7 +104,11 @@ pub fn hackatom(corpus: &Path) -> anyhow::Result<Scenario> {
                 admin: None,
             },
         ),
-        step("query verifier", ctx("anyone", GAS), query(0, json!({ "verifier": {} }))),
+        step(
+            "query verifier",
+            ctx("anyone", GAS),
+            query(0, json!({ "verifier": {} })),
+        ),
         step(
             "execute release (wrong sender)",
             ctx("beneficiary", GAS),
@@ -115,7 +119,11 @@ pub fn hackatom(corpus: &Path) -> anyhow::Result<Scenario> {
             ctx("verifier", GAS),
             execute(0, json!({ "release": { "denom": "earth" } })),
         ),
-        step("execute panic", ctx("anyone", GAS), execute(0, json!({ "panic": {} }))),
+        step(
+            "execute panic",
+            ctx("anyone", GAS),
+            execute(0, json!({ "panic": {} })),
+        ),
         step(
             "execute user_errors_in_api_calls",
             ctx("anyone", GAS),
@@ -154,14 +162,21 @@ pub fn hackatom(corpus: &Path) -> anyhow::Result<Scenario> {
         step(
             "query other_balance (not in this hackatom build)",
             ctx("anyone", GAS),
-            query(0, json!({ "other_balance": { "address": addr("verifier") } })),
+            query(
+                0,
+                json!({ "other_balance": { "address": addr("verifier") } }),
+            ),
         ),
         step(
             "query recurse {depth 3, work 20}",
             ctx("anyone", GAS),
             query(0, json!({ "recurse": { "depth": 3, "work": 20 } })),
         ),
-        step("query get_int", ctx("anyone", GAS), query(0, json!({ "get_int": {} }))),
+        step(
+            "query get_int",
+            ctx("anyone", GAS),
+            query(0, json!({ "get_int": {} })),
+        ),
         step(
             "migrate (new verifier)",
             ctx("creator", GAS),
@@ -204,7 +219,11 @@ pub fn hackatom(corpus: &Path) -> anyhow::Result<Scenario> {
             ctx("anyone", GAS),
             query(0, json!({ "recurse": { "depth": 1, "work": 5 } })),
         ),
-        step("query verifier", ctx("anyone", GAS), query(0, json!({ "verifier": {} }))),
+        step(
+            "query verifier",
+            ctx("anyone", GAS),
+            query(0, json!({ "verifier": {} })),
+        ),
     ];
     Ok(Scenario {
         name: "hackatom",
@@ -237,7 +256,11 @@ pub fn cyberpunk(corpus: &Path) -> anyhow::Result<Scenario> {
             BIG_GAS,
             json!({ "argon2": { "mem_cost": 256, "time_cost": 5 } }),
         ),
-        x("execute cpu_loop (out of gas)", LOOP_GAS, json!({ "cpu_loop": {} })),
+        x(
+            "execute cpu_loop (out of gas)",
+            LOOP_GAS,
+            json!({ "cpu_loop": {} }),
+        ),
         x(
             "execute storage_loop (out of gas)",
             LOOP_GAS,
@@ -262,8 +285,14 @@ pub fn cyberpunk(corpus: &Path) -> anyhow::Result<Scenario> {
         x("execute noop", GAS, json!({ "noop": {} })),
         q("query mirror_env", json!({ "mirror_env": {} })),
         q("query denoms", json!({ "denoms": {} })),
-        q("query denom utest3", json!({ "denom": { "denom": "utest3" } })),
-        q("query denom (unknown)", json!({ "denom": { "denom": "nope" } })),
+        q(
+            "query denom utest3",
+            json!({ "denom": { "denom": "utest3" } }),
+        ),
+        q(
+            "query denom (unknown)",
+            json!({ "denom": { "denom": "nope" } }),
+        ),
     ];
     let sweep = vec![
         x("execute noop", GAS, json!({ "noop": {} })),
@@ -323,10 +352,9 @@ fn run_step(
         (Ok(_), Err(f)) | (Err(f), Ok(_)) => {
             differences.push(format!("one side failed: {}", f.message))
         }
-        (Err(a), Err(b)) if a.kind != b.kind => differences.push(format!(
-            "error kinds: {:?} / {:?}",
-            a.kind, b.kind
-        )),
+        (Err(a), Err(b)) if a.kind != b.kind => {
+            differences.push(format!("error kinds: {:?} / {:?}", a.kind, b.kind))
+        }
         _ => {}
     }
     if o0.gas.used() != o1.gas.used() {
@@ -445,7 +473,16 @@ fn sweep_step(
 ) -> anyhow::Result<Vec<Row>> {
     let l = threshold(sides[1].as_mut(), s)?;
     let mut rows = Vec::new();
-    for limit in [l / 2, l - l / 10, l - 1000, l - 1, l, l + 1, l + 1000, l + l / 10] {
+    for limit in [
+        l / 2,
+        l - l / 10,
+        l - 1000,
+        l - 1,
+        l,
+        l + 1,
+        l + 1000,
+        l + l / 10,
+    ] {
         let mut at = s.clone();
         at.ctx.gas_limit = limit;
         at.name = format!("sweep {}: L{:+}", s.name, limit as i128 - l as i128);
@@ -505,7 +542,13 @@ pub fn table(rows: &[Row], names: [&str; 2]) -> String {
         differing.len()
     );
     for r in differing {
-        let _ = writeln!(out, "- {} / {}: {}", r.scenario, r.step, r.differences.join("; "));
+        let _ = writeln!(
+            out,
+            "- {} / {}: {}",
+            r.scenario,
+            r.step,
+            r.differences.join("; ")
+        );
         for (name, o) in names.iter().zip(&r.outcome) {
             let shown = match &o.result {
                 Ok(bytes) => String::from_utf8_lossy(bytes).into_owned(),

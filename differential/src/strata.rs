@@ -5,9 +5,11 @@
 #[cfg(feature = "strata")]
 mod imp {
     use anyhow::{Context as _, anyhow};
-    use vm_cosmwasm::{BankConfig, CallContext, CwConfig, CwVm};
+    use vm_cosmwasm::{BankConfig, CallContext, CwConfig, CwVm, FailureKind};
 
-    use crate::common::{Call, Ctx, Entries, FailKind, Failure, Gas, Outcome, Setup, Side, block};
+    use crate::common::{
+        Call, Ctx, Entries, FailKind, Failure, Gas, Outcome, Setup, Side, block, transaction,
+    };
 
     pub struct Strata {
         vm: CwVm,
@@ -19,16 +21,18 @@ mod imp {
     impl Strata {
         pub fn new(setup: &Setup) -> anyhow::Result<Strata> {
             let dir = tempfile::tempdir()?;
-            let config = CwConfig {
-                memory_limit: setup.memory_limit,
-                capabilities: setup.capabilities.iter().cloned().collect(),
-                bech32_prefix: setup.bech32_prefix.to_owned(),
-                bank: BankConfig {
-                    balances: setup.balances.iter().cloned().collect(),
-                    denom_metadata: setup.denom_metadata.clone(),
-                },
-                ..CwConfig::for_tests()
-            };
+            let mut config = CwConfig::for_tests();
+            config.memory_limit = setup.memory_limit as usize;
+            config.capabilities = setup.capabilities.iter().cloned().collect();
+            config.bech32_prefix = setup.bech32_prefix.to_owned();
+            let mut bank = BankConfig::default();
+            for (address, coins) in &setup.balances {
+                bank = bank.with_balance(address.clone(), coins.clone());
+            }
+            for metadata in &setup.denom_metadata {
+                bank = bank.with_denom_metadata(metadata.clone());
+            }
+            config.bank = bank;
             let vm = CwVm::open(dir.path(), config).map_err(|e| anyhow!("open: {e}"))?;
             Ok(Strata {
                 vm,
@@ -47,28 +51,24 @@ mod imp {
             used_internally: out.gas.used_internally,
         };
         let result = out.result.map_err(|f| {
-            let kind = format!("{:?}", f.kind);
-            let message = f.to_string();
-            let kind = if kind.contains("Gas") {
-                FailKind::OutOfGas
-            } else if kind.contains("Abort") {
-                FailKind::Aborted(
-                    message
-                        .split_once(": ")
-                        .map_or(message.clone(), |(_, m)| m.to_owned()),
-                )
-            } else if kind.contains("Trap") {
-                FailKind::Trap
-            } else if kind.contains("WriteAccess") {
-                FailKind::WriteAccessDenied
-            } else if kind.contains("Communication") {
-                FailKind::Communication
-            } else if kind.contains("Backend") {
-                FailKind::Backend(message.clone())
-            } else {
-                FailKind::Other(kind)
+            let kind = match f.kind {
+                FailureKind::OutOfGas => FailKind::OutOfGas,
+                FailureKind::Trap => FailKind::Trap,
+                FailureKind::Aborted => FailKind::Aborted(
+                    f.message
+                        .strip_prefix("aborted: ")
+                        .unwrap_or(&f.message)
+                        .to_owned(),
+                ),
+                FailureKind::WriteAccessDenied => FailKind::WriteAccessDenied,
+                FailureKind::Communication => FailKind::Communication,
+                FailureKind::Backend => FailKind::Backend,
+                other => FailKind::Other(format!("{other:?}")),
             };
-            Failure { kind, message }
+            Failure {
+                kind,
+                message: f.message,
+            }
         });
         Outcome { result, gas }
     }
@@ -90,6 +90,7 @@ mod imp {
         ) -> anyhow::Result<(Outcome, Option<String>)> {
             let context = CallContext {
                 block: block(),
+                transaction: Some(transaction()),
                 sender: ctx.sender.clone(),
                 funds: ctx.funds.clone(),
                 gas_limit: ctx.gas_limit,
@@ -118,7 +119,9 @@ mod imp {
                         s.instantiate(&context, code(*c)?, msg, label, admin.as_deref())?;
                     (out, Some(address))
                 }
-                Call::Execute { contract: i, msg } => (s.execute(&context, &contract(*i)?, msg)?, None),
+                Call::Execute { contract: i, msg } => {
+                    (s.execute(&context, &contract(*i)?, msg)?, None)
+                }
                 Call::Query { contract: i, msg } => (s.query(&context, &contract(*i)?, msg)?, None),
                 Call::Sudo { contract: i, msg } => (s.sudo(&context, &contract(*i)?, msg)?, None),
                 Call::Migrate {
@@ -143,7 +146,7 @@ mod imp {
                 .get(contract)
                 .cloned()
                 .with_context(|| format!("no contract {contract}"))?;
-            let s = self.vm.session(self.vm.latest())?;
+            let mut s = self.vm.session(self.vm.latest())?;
             Ok(s.storage(&address)?)
         }
     }
@@ -159,9 +162,7 @@ pub struct Strata;
 #[cfg(not(feature = "strata"))]
 impl Strata {
     pub fn new(_setup: &crate::common::Setup) -> anyhow::Result<Strata> {
-        anyhow::bail!(
-            "this build has no Strata side (feature `strata`): use --reference-twice"
-        )
+        anyhow::bail!("this build has no Strata side (feature `strata`): use --reference-twice")
     }
 }
 

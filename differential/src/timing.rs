@@ -20,7 +20,9 @@ use cosmwasm_vm::{
 };
 use serde_json::json;
 
-use crate::common::{json, MEMORY_LIMIT, Setup, block, contract_funds, is_contract_ok};
+use crate::common::{
+    MEMORY_LIMIT, Setup, block, contract_funds, is_contract_ok, json, transaction,
+};
 use crate::scenario::addr;
 
 type MockCache = Cache<MockApi, MockStorage, MockQuerier>;
@@ -54,7 +56,12 @@ fn measure(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Re
 fn cache(dir: &Path, memory_cache: Size) -> anyhow::Result<MockCache> {
     let setup = Setup::standard(vec![]);
     let capabilities: HashSet<String> = setup.capabilities.iter().cloned().collect();
-    let options = CacheOptions::new(dir, capabilities, memory_cache, Size::new(MEMORY_LIMIT as usize));
+    let options = CacheOptions::new(
+        dir,
+        capabilities,
+        memory_cache,
+        Size::new(MEMORY_LIMIT as usize),
+    );
     // SAFETY: the cache directory is a fresh temporary directory nothing else writes.
     unsafe { MockCache::new(options) }.map_err(|e| anyhow!("cache: {e}"))
 }
@@ -62,7 +69,7 @@ fn cache(dir: &Path, memory_cache: Size) -> anyhow::Result<MockCache> {
 fn env(address: &str) -> Env {
     Env {
         block: block(),
-        transaction: None,
+        transaction: Some(transaction()),
         contract: ContractInfo {
             address: Addr::unchecked(address),
         },
@@ -154,7 +161,10 @@ fn time_contract(c: &Contract, runs: usize) -> anyhow::Result<Vec<(&'static str,
         .store_code(&c.wasm, true, true)
         .map_err(|e| anyhow!("store_code: {e}"))?;
     pinned.pin(&checksum).map_err(|e| anyhow!("pin: {e}"))?;
-    out.push(("instantiate_pinned", measure(runs, || instantiate(&pinned, &checksum))?));
+    out.push((
+        "instantiate_pinned",
+        measure(runs, || instantiate(&pinned, &checksum))?,
+    ));
     if pinned.stats().hits_pinned_memory_cache == 0 || pinned.stats().hits_memory_cache != 0 {
         bail!("the pinned timing was not served by the pinned cache");
     }
@@ -177,7 +187,11 @@ fn time_contract(c: &Contract, runs: usize) -> anyhow::Result<Vec<(&'static str,
         )
         .map_err(|e| anyhow!("instantiate: {e}"))?;
         if !is_contract_ok(&result) {
-            bail!("{} instantiate failed: {}", c.name, String::from_utf8_lossy(&result));
+            bail!(
+                "{} instantiate failed: {}",
+                c.name,
+                String::from_utf8_lossy(&result)
+            );
         }
         let mut b = instance.recycle().context("no backend back")?;
         let (id, _) = b.storage.scan(None, None, Order::Ascending);
@@ -196,7 +210,11 @@ fn time_contract(c: &Contract, runs: usize) -> anyhow::Result<Vec<(&'static str,
         let result = call_execute_raw(&mut instance, &env_bytes, &info, &c.execute_msg)
             .map_err(|e| anyhow!("execute: {e}"))?;
         if !is_contract_ok(&result) {
-            bail!("{} execute failed: {}", c.name, String::from_utf8_lossy(&result));
+            bail!(
+                "{} execute failed: {}",
+                c.name,
+                String::from_utf8_lossy(&result)
+            );
         }
         let mut b = instance.recycle().context("no backend back")?;
         let (id, _) = b.storage.scan(None, None, Order::Ascending);
@@ -215,7 +233,10 @@ fn time_contract(c: &Contract, runs: usize) -> anyhow::Result<Vec<(&'static str,
         .store_code(&c.wasm, true, true)
         .map_err(|e| anyhow!("store_code: {e}"))?;
     instantiate(&memory, &checksum)?; // file system -> memory
-    out.push(("instantiate_memory", measure(runs, || instantiate(&memory, &checksum))?));
+    out.push((
+        "instantiate_memory",
+        measure(runs, || instantiate(&memory, &checksum))?,
+    ));
     if memory.stats().hits_memory_cache == 0 || memory.stats().hits_fs_cache != 1 {
         bail!("the memory timing was not served by the memory cache");
     }
@@ -227,7 +248,10 @@ fn time_contract(c: &Contract, runs: usize) -> anyhow::Result<Vec<(&'static str,
     let checksum = fs
         .store_code(&c.wasm, true, true)
         .map_err(|e| anyhow!("store_code: {e}"))?;
-    out.push(("instantiate_fs", measure(runs, || instantiate(&fs, &checksum))?));
+    out.push((
+        "instantiate_fs",
+        measure(runs, || instantiate(&fs, &checksum))?,
+    ));
     if fs.stats().hits_fs_cache == 0 || fs.stats().hits_memory_cache != 0 {
         bail!("the file-system timing was not served by the file-system cache");
     }
