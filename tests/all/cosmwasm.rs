@@ -347,3 +347,73 @@ fn cyberpunk_runs_unmodified() -> Result<()> {
     assert!(out.result.is_ok(), "{}", out.text());
     Ok(())
 }
+
+/// Runs the counter's messages (and hackatom's when the corpus is here) and returns each
+/// call's result text and gas.
+fn transcript(vm: &CwVm) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let ctx = CallContext::new(addr("alice"), GAS);
+    let mut s = vm.session(None)?;
+    let (code, _) = s.store_code(&vm_cosmwasm::counter_wasm())?;
+    let (counter, out) = s.instantiate(&ctx, code, br#"{"count":3}"#, "c", None)?;
+    lines.push(format!("{} {}", out.text(), out.gas.used()));
+    for msg in [
+        &br#"{"increment":{}}"#[..],
+        br#"{"reset":{"count":10}}"#,
+        br#"{"nope":{}}"#,
+    ] {
+        let out = s.execute(&ctx, &counter, msg)?;
+        lines.push(format!("{} {}", out.text(), out.gas.used()));
+    }
+    let out = s.query(&ctx, &counter, br#"{"get_count":{}}"#)?;
+    lines.push(format!("{} {}", out.text(), out.gas.used()));
+    if let Some(wasm) = corpus("cosmwasm-hackatom.wasm") {
+        let (code, _) = s.store_code(&wasm)?;
+        let msg = serde_json::json!({"verifier": addr("verifier"), "beneficiary": addr("b")});
+        let (h, out) = s.instantiate(&ctx, code, msg.to_string().as_bytes(), "h", None)?;
+        lines.push(format!("{} {}", out.text(), out.gas.used()));
+        let v = CallContext::new(addr("verifier"), 3_000_000_000);
+        for msg in [
+            &br#"{"release":{"denom":"earth"}}"#[..],
+            br#"{"cpu_loop":{}}"#,
+            br#"{"storage_loop":{}}"#,
+            br#"{"panic":{}}"#,
+        ] {
+            let out = s.execute(&v, &h, msg)?;
+            lines.push(format!("{} {}", out.text(), out.gas.used()));
+        }
+        let out = s.query(&ctx, &h, br#"{"recurse":{"depth":0,"work":50}}"#)?;
+        lines.push(format!("{} {}", out.text(), out.gas.used()));
+    }
+    lines.push(format!("root {}", s.commit()?));
+    Ok(lines)
+}
+
+#[test]
+fn winch_and_cranelift_give_the_same_results_and_gas_and_winch_tiers_up() -> Result<()> {
+    let open = |tier| -> Result<(tempfile::TempDir, CwVm)> {
+        let dir = tempfile::tempdir()?;
+        let mut config = CwConfig::for_tests();
+        config.tier = tier;
+        let vm = CwVm::open(dir.path(), config)?;
+        Ok((dir, vm))
+    };
+    let (_d1, cranelift) = open(vm_cosmwasm::TierPolicy::CraneliftOnly)?;
+    let (_d2, winch) = open(vm_cosmwasm::TierPolicy::WinchOnly)?;
+    let expected = transcript(&cranelift)?;
+    assert_eq!(transcript(&winch)?, expected);
+
+    // Winch at store_code, Cranelift in the background; the same transcript after the tier-up.
+    let (_d3, tiered) = open(vm_cosmwasm::TierPolicy::WinchThenCranelift)?;
+    assert_eq!(transcript(&tiered)?, expected);
+    assert!(tiered.wait_tier_up(std::time::Duration::from_secs(120)));
+    assert!(tiered.tier_ups() >= 1);
+    let compiles = tiered.compiles();
+    assert_eq!(transcript(&tiered)?, expected);
+    assert_eq!(
+        tiered.compiles(),
+        compiles,
+        "the second run loads the Cranelift modules"
+    );
+    Ok(())
+}

@@ -463,6 +463,12 @@ pub(crate) const TARGETS: &[Target] = &[
         function: "fs",
         max_ns: 0.8e6,
     },
+    Target::Under {
+        what: "CosmWasm deploy to first call of hackatom on Winch under 75 ms (cosmwasm-vm's store_code: 75-151 ms)",
+        group: "cosmwasm/hackatom/compile",
+        function: "deploy_to_first_call_winch",
+        max_ns: 75e6,
+    },
 ];
 
 fn group_matches(pattern: &str, group: &str) -> bool {

@@ -153,6 +153,7 @@ fn allowed(krate: &str) -> &'static [&'static str] {
             "cache-fs",
             "store-index",
             "store-commit",
+            "strata-fs",
             "wasmtime",
         ],
         "vmhost" => &["vm-host", "vm-cosmwasm"],

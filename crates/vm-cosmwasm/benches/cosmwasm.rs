@@ -7,7 +7,8 @@
 //!   engine settings (`baseline_wasmtime_pooling`, its imports defined as traps);
 //! - `cosmwasm/<contract>/call`: instantiate + execute + commit from pinned (a durable
 //!   commit: fsync on), and instantiate + query;
-//! - `cosmwasm/<contract>/compile`: store_code in an empty VM (check, meter, compile, persist).
+//! - `cosmwasm/<contract>/compile`: store_code in an empty VM (check, meter, compile, persist)
+//!   with Cranelift and with Winch, and a deploy to the end of the first execute on Winch.
 //!
 //! cosmwasm-vm's figures for the same steps come from `differential timing`, run by
 //! `cargo xtask bench` in the same run.
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use vm_cosmwasm::registry::addr_make;
-use vm_cosmwasm::{CallContext, CwConfig, CwVm, VmConfig};
+use vm_cosmwasm::{CallContext, CwConfig, CwVm, TierPolicy, VmConfig};
 
 fn corpus(name: &str) -> Option<Vec<u8>> {
     let dir = std::env::var_os("STRATA_CORPUS")
@@ -181,14 +182,41 @@ fn compile(c: &mut Criterion) {
     for contract in contracts() {
         let mut group = c.benchmark_group(format!("cosmwasm/{}/compile", contract.name));
         group.sample_size(10);
-        group.bench_function("store_code", |b| {
+        for (name, tier) in [
+            ("store_code", TierPolicy::CraneliftOnly),
+            ("store_code_winch", TierPolicy::WinchOnly),
+        ] {
+            group.bench_function(name, |b| {
+                b.iter_with_setup(
+                    || tempfile::tempdir().expect("dir"),
+                    |dir| {
+                        let mut config = config(true, 256 << 20);
+                        config.tier = tier;
+                        let vm = CwVm::open(dir.path(), config).expect("open");
+                        let mut s = vm.session(None).expect("session");
+                        s.store_code(&contract.wasm).expect("store_code");
+                        s.commit().expect("commit");
+                        dir
+                    },
+                )
+            });
+        }
+        // Issue 16: a deploy with an empty cache, to the end of the first execute, on Winch
+        // (the Cranelift tier-up runs later, in the background, off this path).
+        group.bench_function("deploy_to_first_call_winch", |b| {
             b.iter_with_setup(
                 || tempfile::tempdir().expect("dir"),
                 |dir| {
-                    let vm = CwVm::open(dir.path(), config(true, 256 << 20)).expect("open");
-                    let mut s = vm.session(None).expect("session");
-                    s.store_code(&contract.wasm).expect("store_code");
-                    s.commit().expect("commit");
+                    let mut config = config(true, 256 << 20);
+                    config.tier = TierPolicy::WinchOnly;
+                    let (vm, address, _) = setup(dir.path(), config, &contract);
+                    let ctx = CallContext::new(addr_make("cosmwasm", "verifier").unwrap(), GAS);
+                    let mut s = vm.session(vm.latest()).expect("session");
+                    assert!(
+                        s.execute(&ctx, &address, contract.execute)
+                            .expect("execute")
+                            .is_ok()
+                    );
                     dir
                 },
             )
