@@ -145,7 +145,18 @@ fn allowed(krate: &str) -> &'static [&'static str] {
             "strata-fs",
             "wasmtime",
         ],
-        "vmhost" => &["vm-host"],
+        "vm-cosmwasm" => &[
+            "vm-host",
+            "cache-core",
+            "cache-pinned",
+            "cache-lru",
+            "cache-fs",
+            "store-index",
+            "store-commit",
+            "strata-fs",
+            "wasmtime",
+        ],
+        "vmhost" => &["vm-host", "vm-cosmwasm"],
         _ => &[],
     }
 }

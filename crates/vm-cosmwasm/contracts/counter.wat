@@ -4,6 +4,7 @@
 ;;
 ;; instantiate {"count":N}   execute {"increment":{}} | {"reset":{"count":N}}
 ;; query {"get_count":{}} -> {"count":N}       The count is stored under the key "count".
+;; migrate {"count":N} sets the count; query {"write":{}} tries to write (and must fail).
 (module
   (import "env" "db_read" (func $db_read (param i32) (result i32)))
   (import "env" "db_write" (func $db_write (param i32 i32)))
@@ -128,9 +129,15 @@
         (return (call $ok))))
     (call $region (i32.const 256) (i32.const 27)))
 
+  (func (export "migrate") (param $env i32) (param $msg i32) (result i32)
+    (call $store_count (call $parse (local.get $msg)))
+    (call $ok))
+
   ;; query {"get_count":{}}: {"ok":"<base64 of {"count":N}>"}
   (func (export "query") (param $env i32) (param $msg i32) (result i32)
     (local $json i32) (local $n i32) (local $out i32) (local $o i32) (local $i i32) (local $b i32)
+    (if (i32.eq (i32.load8_u offset=2 (i32.load (local.get $msg))) (i32.const 119)) ;; 'w'
+      (then (call $store_count (i64.const 0))))
     (if (i32.ne (i32.load8_u offset=2 (i32.load (local.get $msg))) (i32.const 103))
       (then (return (call $region (i32.const 256) (i32.const 27)))))
     (local.set $json (call $alloc_raw (i32.const 48)))

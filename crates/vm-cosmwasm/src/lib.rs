@@ -69,7 +69,7 @@ pub use gas::{GasConfig, GasInfo};
 pub use registry::ContractRecord;
 pub use runtime::GasReport;
 pub use session::{CallContext, CallOutcome, CwSession, MAX_QUERY_DEPTH, parse_response};
-pub use vm_host::{Root, Vm, VmConfig};
+pub use vm_host::{Root, TierPolicy, Vm, VmConfig};
 
 /// A CosmWasm contract of our own, in WAT: a counter with JSON messages
 /// (`{"count":N}` at instantiate, `{"increment":{}}`, `{"reset":{"count":N}}`, and the query
@@ -105,6 +105,11 @@ pub struct CwConfig {
     pub wasm_queries: bool,
     /// Capacity of the in-memory LRU layer of compiled contracts, in bytes.
     pub lru_bytes: u64,
+    /// Which compilers make a contract's module. Default [`TierPolicy::CraneliftOnly`];
+    /// [`TierPolicy::WinchThenCranelift`] compiles with Winch at store_code (milliseconds) and
+    /// with Cranelift on a background thread, later loads taking the Cranelift module. Gas and
+    /// results are the same on both: the metering is in the bytecode.
+    pub tier: TierPolicy,
 }
 
 impl Default for CwConfig {
@@ -140,6 +145,7 @@ impl CwConfig {
             bank: BankConfig::default(),
             wasm_queries: true,
             lru_bytes: 256 << 20,
+            tier: TierPolicy::CraneliftOnly,
         }
     }
 
@@ -266,6 +272,7 @@ impl CwVm {
             config.memory_limit,
             config.lru_bytes,
             config.vm.fsync,
+            config.tier,
         )?;
         let api: Arc<dyn backend::BackendApi> =
             Arc::new(backends::Bech32Api::new(config.bech32_prefix.clone()));
@@ -316,8 +323,19 @@ impl CwVm {
         self.inner.runtime.stats()
     }
 
-    /// How many contracts this VM compiled (cache misses in every layer).
+    /// How many contracts this VM compiled (cache misses in every layer, and tier-ups).
     pub fn compiles(&self) -> u64 {
         self.inner.runtime.compiles()
+    }
+
+    /// Waits (at most `timeout`) until no Cranelift compile is queued or running; whether none
+    /// is.
+    pub fn wait_tier_up(&self, timeout: std::time::Duration) -> bool {
+        self.inner.runtime.wait_tier_up(timeout)
+    }
+
+    /// How many Winch modules a background Cranelift compile replaced.
+    pub fn tier_ups(&self) -> u64 {
+        self.inner.runtime.tier_ups()
     }
 }

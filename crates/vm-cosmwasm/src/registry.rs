@@ -168,3 +168,13 @@ pub fn classic_address(prefix: &str, code_id: u64, instance_id: u64) -> Result<S
     bech32::encode::<bech32::Bech32>(hrp, &hash)
         .map_err(|e| CwError::BadInput(format!("bech32: {e}")))
 }
+
+/// A valid address made from a name, as cosmwasm-std's `MockApi::addr_make` makes one: bech32
+/// with `prefix` of the sha256 of `name`. For tests, demos and tools.
+pub fn addr_make(prefix: &str, name: &str) -> Result<String, CwError> {
+    let hash = Sha256::digest(name.as_bytes());
+    let hrp =
+        bech32::Hrp::parse(prefix).map_err(|e| CwError::BadInput(format!("bech32 prefix: {e}")))?;
+    bech32::encode::<bech32::Bech32>(hrp, &hash)
+        .map_err(|e| CwError::BadInput(format!("bech32: {e}")))
+}

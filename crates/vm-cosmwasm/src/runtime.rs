@@ -8,6 +8,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use cache_core::{
     Abi, CacheKey, EngineFingerprint, FallbackCache, Form, ModuleCache, Tier, WasmHash,
@@ -22,7 +25,7 @@ use wasmtime::{
 };
 
 use crate::env::{self, CallError, Environment, Exports};
-use crate::{CallFailure, CwError, FailureKind, check, imports, memory, metering};
+use crate::{CallFailure, CwError, FailureKind, TierPolicy, check, imports, memory, metering};
 
 type Chain = FallbackCache<PinnedCache, FallbackCache<LruCache, FsCache>>;
 
@@ -32,13 +35,108 @@ const MAX_PRES: usize = 1024;
 /// How many instances may live at once (pool slots).
 pub(crate) const POOL_INSTANCES: u32 = 128;
 
-pub(crate) struct Runtime {
+/// The most Cranelift compiles waiting for the tier-up thread; past it a compile is dropped
+/// (the contract keeps running on Winch, and its next load from the chain queues it again).
+const TIER_UP_QUEUE: usize = 64;
+
+/// An engine and the linker of the imports on it.
+struct Compiler {
     engine: Engine,
     linker: Linker<Environment>,
+}
+
+/// What the runtime and its tier-up thread share.
+struct Shared {
+    cranelift: Compiler,
     chain: Chain,
+    compiles: AtomicU64,
+    tier_ups: AtomicU64,
+    /// Compiles queued and not finished.
+    pending: AtomicU64,
+}
+
+pub(crate) struct Runtime {
+    shared: Arc<Shared>,
+    /// With [`TierPolicy::WinchThenCranelift`] or [`TierPolicy::WinchOnly`].
+    winch: Option<Compiler>,
+    policy: TierPolicy,
+    tier_up: Option<SyncSender<([u8; 32], Vec<u8>)>>,
     pres: Mutex<HashMap<[u8; 32], InstancePre<Environment>>>,
+    /// Contracts whose Winch module was found in the chain and queued for a tier-up.
+    queued: Mutex<std::collections::HashSet<[u8; 32]>>,
     pub(crate) memory_limit: usize,
-    compiles: std::sync::atomic::AtomicU64,
+}
+
+fn engine_config(tier: Tier, memory_limit: usize) -> Config {
+    let mut config = Config::new();
+    check::configure_engine(&mut config);
+    config.strategy(match tier {
+        Tier::Winch => Strategy::Winch,
+        _ => Strategy::Cranelift,
+    });
+    config.memory_init_cow(true);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_core_instances(POOL_INSTANCES)
+        .total_memories(POOL_INSTANCES)
+        .total_tables(POOL_INSTANCES)
+        .max_memories_per_module(1)
+        .max_tables_per_module(1)
+        .max_memory_size(memory_limit);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+fn compiler(tier: Tier, memory_limit: usize) -> Result<Compiler, CwError> {
+    let engine = Engine::new(&engine_config(tier, memory_limit)).map_err(CwError::wasmtime)?;
+    let mut linker = Linker::new(&engine);
+    imports::define(&mut linker).map_err(CwError::wasmtime)?;
+    Ok(Compiler { engine, linker })
+}
+
+fn key(engine: &Engine, tier: Tier, checksum: &[u8; 32]) -> CacheKey {
+    CacheKey::from_parts(
+        WasmHash::from_bytes(*checksum),
+        Form::Runtime {
+            rewrite: metering::METERING_VERSION,
+        },
+        Abi::CosmWasm,
+        tier,
+        EngineFingerprint::of(engine),
+    )
+}
+
+impl Shared {
+    /// The tier-up thread: compiles each queued contract with Cranelift, saves it, and moves a
+    /// Winch pin to it. Ends when the runtime drops its sender.
+    fn run(&self, jobs: Receiver<([u8; 32], Vec<u8>)>, winch: Engine) {
+        for (checksum, metered) in jobs {
+            self.tier_up(checksum, &metered, &winch);
+            self.pending.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    fn tier_up(&self, checksum: [u8; 32], metered: &[u8], winch: &Engine) {
+        {
+            let ckey = key(&self.cranelift.engine, Tier::Cranelift, &checksum);
+            if matches!(self.chain.load(&ckey), Ok(Some(_))) {
+                return;
+            }
+            match Module::new(&self.cranelift.engine, metered) {
+                Ok(module) => {
+                    self.compiles.fetch_add(1, Ordering::Relaxed);
+                    self.tier_ups.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = self.chain.save(&ckey, &module) {
+                        tracing::warn!(error = %e, "saving a tier-up failed");
+                    }
+                    let wkey = key(winch, Tier::Winch, &checksum);
+                    if self.chain.primary().unpin(&wkey) {
+                        self.chain.primary().pin(ckey, module);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "a Cranelift tier-up failed"),
+            }
+        }
+    }
 }
 
 impl Runtime {
@@ -48,102 +146,195 @@ impl Runtime {
         memory_limit: usize,
         lru_bytes: u64,
         fsync: bool,
+        policy: TierPolicy,
     ) -> Result<Runtime, CwError> {
-        let mut config = Config::new();
-        check::configure_engine(&mut config);
-        config.strategy(Strategy::Cranelift);
-        config.memory_init_cow(true);
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_core_instances(POOL_INSTANCES)
-            .total_memories(POOL_INSTANCES)
-            .total_tables(POOL_INSTANCES)
-            .max_memories_per_module(1)
-            .max_tables_per_module(1)
-            .max_memory_size(memory_limit);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(CwError::wasmtime)?;
-        let mut linker = Linker::new(&engine);
-        imports::define(&mut linker).map_err(CwError::wasmtime)?;
-        let fs = FsCache::open(
+        let cranelift = compiler(Tier::Cranelift, memory_limit)?;
+        let winch = match policy {
+            TierPolicy::CraneliftOnly => None,
+            _ => Some(compiler(Tier::Winch, memory_limit)?),
+        };
+        let mut engines = vec![cranelift.engine.clone()];
+        engines.extend(winch.as_ref().map(|w| w.engine.clone()));
+        let fs = FsCache::open_engines(
             cache_dir,
-            &engine,
+            &engines,
             FsCacheConfig {
                 mode,
                 fsync,
                 ..FsCacheConfig::default()
             },
+            Arc::new(strata_fs::RealFs),
         )
         .map_err(CwError::Cache)?;
         let chain = FallbackCache::new(
             PinnedCache::new(),
             FallbackCache::new(LruCache::new(lru_bytes), fs),
         );
-        Ok(Runtime {
-            engine,
-            linker,
+        let shared = Arc::new(Shared {
+            cranelift,
             chain,
+            compiles: AtomicU64::new(0),
+            tier_ups: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+        });
+        let tier_up = match (&winch, policy) {
+            (Some(w), TierPolicy::WinchThenCranelift) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(TIER_UP_QUEUE);
+                let shared = Arc::clone(&shared);
+                let engine = w.engine.clone();
+                std::thread::Builder::new()
+                    .name("cw-tier-up".into())
+                    .spawn(move || shared.run(rx, engine))
+                    .map_err(|e| {
+                        CwError::Wasmtime(format!("cannot start the tier-up thread: {e}"))
+                    })?;
+                Some(tx)
+            }
+            _ => None,
+        };
+        Ok(Runtime {
+            shared,
+            winch,
+            policy,
+            tier_up,
             pres: Mutex::new(HashMap::new()),
+            queued: Mutex::new(Default::default()),
             memory_limit,
-            compiles: Default::default(),
         })
     }
 
-    fn key(&self, checksum: &[u8; 32]) -> CacheKey {
-        CacheKey::from_parts(
-            WasmHash::from_bytes(*checksum),
-            Form::Runtime {
-                rewrite: metering::METERING_VERSION,
-            },
-            Abi::CosmWasm,
-            Tier::Cranelift,
-            EngineFingerprint::of(&self.engine),
-        )
+    /// The keys to probe, best first: Cranelift, then Winch.
+    fn keys(&self, checksum: &[u8; 32]) -> Vec<CacheKey> {
+        let mut keys = Vec::with_capacity(2);
+        if self.policy != TierPolicy::WinchOnly {
+            keys.push(key(
+                &self.shared.cranelift.engine,
+                Tier::Cranelift,
+                checksum,
+            ));
+        }
+        if let Some(w) = &self.winch {
+            keys.push(key(&w.engine, Tier::Winch, checksum));
+        }
+        keys
+    }
+
+    fn best(&self, checksum: &[u8; 32]) -> Result<Option<(CacheKey, Module)>, CwError> {
+        self.shared
+            .chain
+            .load_first(&self.keys(checksum))
+            .map_err(CwError::Cache)
     }
 
     /// Compiles the metered form of `wasm` (already checked) into the cache chain, unless it
-    /// is there.
+    /// is there: with Cranelift, or with Winch at once and Cranelift on the tier-up thread.
     pub(crate) fn prepare(&self, checksum: &[u8; 32], wasm: &[u8]) -> Result<Module, CwError> {
-        let key = self.key(checksum);
-        if let Some(module) = self.chain.load(&key).map_err(CwError::Cache)? {
+        if let Some((_, module)) = self.best(checksum)? {
             return Ok(module);
         }
         let metered = metering::instrument(wasm).map_err(CwError::Check)?;
-        let module = Module::new(&self.engine, &metered).map_err(CwError::wasmtime)?;
-        self.compiles
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.chain.save(&key, &module).map_err(CwError::Cache)?;
+        let (engine, tier) = match &self.winch {
+            Some(w) if self.policy != TierPolicy::CraneliftOnly => (&w.engine, Tier::Winch),
+            _ => (&self.shared.cranelift.engine, Tier::Cranelift),
+        };
+        let module = Module::new(engine, &metered).map_err(CwError::wasmtime)?;
+        self.shared.compiles.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .chain
+            .save(&key(engine, tier, checksum), &module)
+            .map_err(CwError::Cache)?;
+        if tier == Tier::Winch && self.queued.lock().insert(*checksum) {
+            self.queue_tier_up(checksum, metered);
+        }
         Ok(module)
     }
 
-    /// The module of `checksum` from the chain, or compiled from `wasm()` on a miss.
+    fn queue_tier_up(&self, checksum: &[u8; 32], metered: Vec<u8>) {
+        let Some(tx) = &self.tier_up else { return };
+        self.shared.pending.fetch_add(1, Ordering::Acquire);
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            tx.try_send((*checksum, metered))
+        {
+            self.shared.pending.fetch_sub(1, Ordering::Release);
+            self.queued.lock().remove(checksum);
+            tracing::warn!("the tier-up queue is full: the contract stays on Winch for now");
+        }
+    }
+
+    /// Waits until the tier-up thread has nothing queued (at most `timeout`); whether it got
+    /// there.
+    pub(crate) fn wait_tier_up(&self, timeout: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        while self.shared.pending.load(Ordering::Acquire) > 0 {
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        true
+    }
+
+    /// The module of `checksum` from the chain (its best tier), or compiled from `wasm()` on
+    /// a miss.
     pub(crate) fn load(
         &self,
         checksum: &[u8; 32],
         wasm: impl FnOnce() -> Result<Vec<u8>, CwError>,
     ) -> Result<Module, CwError> {
-        let key = self.key(checksum);
-        match self.chain.load(&key).map_err(CwError::Cache)? {
-            Some(module) => Ok(module),
+        match self.best(checksum)? {
+            Some((key, module)) => {
+                // A Winch module still in the chain (after a restart, or a full queue): tier
+                // it up, unless it is queued already.
+                if key.tier() == Tier::Winch
+                    && self.policy == TierPolicy::WinchThenCranelift
+                    && self.queued.lock().insert(*checksum)
+                {
+                    let metered = metering::instrument(&wasm()?).map_err(CwError::Check)?;
+                    self.queue_tier_up(checksum, metered);
+                }
+                Ok(module)
+            }
             None => self.prepare(checksum, &wasm()?),
         }
     }
 
-    /// Pins the module of `checksum` (loading it first).
+    /// Pins `module` (the best tier the chain had for `checksum`).
     pub(crate) fn pin(&self, checksum: &[u8; 32], module: Module) {
-        self.chain.primary().pin(self.key(checksum), module);
+        let tier = if self.is_winch(&module) {
+            Tier::Winch
+        } else {
+            Tier::Cranelift
+        };
+        let key = key(module.engine(), tier, checksum);
+        self.shared.chain.primary().pin(key, module);
     }
 
-    /// Unpins `checksum`; whether it was pinned.
+    /// Unpins `checksum` (either tier); whether it was pinned.
     pub(crate) fn unpin(&self, checksum: &[u8; 32]) -> bool {
-        self.chain.primary().unpin(&self.key(checksum))
+        let mut any = false;
+        for key in self.keys(checksum) {
+            any |= self.shared.chain.primary().unpin(&key);
+        }
+        any
+    }
+
+    fn is_winch(&self, module: &Module) -> bool {
+        self.winch
+            .as_ref()
+            .is_some_and(|w| Engine::same(&w.engine, module.engine()))
     }
 
     pub(crate) fn stats(&self) -> Vec<cache_core::LayerStats> {
-        self.chain.stats()
+        self.shared.chain.stats()
     }
 
     pub(crate) fn compiles(&self) -> u64 {
-        self.compiles.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Cranelift compiles that replaced a Winch module.
+    pub(crate) fn tier_ups(&self) -> u64 {
+        self.shared.tier_ups.load(Ordering::Relaxed)
     }
 
     fn pre(
@@ -157,10 +348,11 @@ impl Runtime {
         {
             return Ok(pre.clone());
         }
-        let pre = self
-            .linker
-            .instantiate_pre(module)
-            .map_err(CwError::wasmtime)?;
+        let linker = match &self.winch {
+            Some(w) if self.is_winch(module) => &w.linker,
+            _ => &self.shared.cranelift.linker,
+        };
+        let pre = linker.instantiate_pre(module).map_err(CwError::wasmtime)?;
         if pres.len() >= MAX_PRES {
             pres.clear();
         }
@@ -184,7 +376,7 @@ impl Runtime {
             .memories(1)
             .build();
         env.gas.gas_limit = gas_limit;
-        let mut store = Store::new(&self.engine, env);
+        let mut store = Store::new(module.engine(), env);
         store.limiter(|env| &mut env.limits);
         let instance = pre
             .instantiate(&mut store)

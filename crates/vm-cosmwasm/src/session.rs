@@ -254,6 +254,16 @@ impl CwSession {
         Ok(outcome)
     }
 
+    /// Makes a fresh instance of the contract at `address`, ready for a call, and drops it:
+    /// the cost every call pays before the contract runs (cosmwasm-vm's `get_instance`), for
+    /// benchmarks and warm-up.
+    pub fn prepare_instance(&mut self, ctx: &CallContext, address: &str) -> Result<(), CwError> {
+        let record = registry::contract(&self.registry, address)?;
+        let code = registry::code(&self.registry, record.code_id)?;
+        self.instance(ctx, address, &code.checksum, false, 0)
+            .map(drop)
+    }
+
     /// Calls `query` of the contract at `address`, read-only: a write fails the call.
     pub fn query(
         &mut self,

@@ -299,7 +299,10 @@ fn cosmwasm(demo: &mut Demo, dir: &std::path::Path) -> Result<()> {
         let (code, _) = demo.timed("cw: store_code hackatom (0.3 MB)", || {
             Ok(session.store_code(&hackatom)?)
         })?;
-        let msg = br#"{"verifier":"cosmwasm1verifier","beneficiary":"cosmwasm1beneficiary"}"#;
+        let verifier = vm_cosmwasm::registry::addr_make("cosmwasm", "verifier")?;
+        let beneficiary = vm_cosmwasm::registry::addr_make("cosmwasm", "beneficiary")?;
+        let msg = format!(r#"{{"verifier":"{verifier}","beneficiary":"{beneficiary}"}}"#);
+        let msg = msg.as_bytes();
         let (addr, out) = demo.timed("cw: instantiate hackatom", || {
             Ok(session.instantiate(&ctx, code, msg, "hackatom", None)?)
         })?;
