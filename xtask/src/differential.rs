@@ -39,13 +39,13 @@ pub(crate) const PEER: &[(&str, &str, &str)] = &[
     ),
     (
         "store_code",
-        "cosmwasm/{contract}/store_code",
+        "cosmwasm/{contract}/compile",
         "cosmwasm_vm_store_code",
     ),
     (
         "instantiate_execute_commit_pinned",
-        "cosmwasm/{contract}/instantiate_execute_commit",
-        "cosmwasm_vm_pinned",
+        "cosmwasm/{contract}/call",
+        "cosmwasm_vm_instantiate_execute_commit",
     ),
 ];
 
@@ -205,7 +205,38 @@ mod tests {
         assert_eq!(got[0].group, "cosmwasm/hackatom/instantiate");
         assert_eq!(got[0].function, "cosmwasm_vm_pinned");
         assert_eq!(got[0].median_ns, 91234.5);
-        assert_eq!(got[1].group, "cosmwasm/cyberpunk/store_code");
+        assert_eq!(got[1].group, "cosmwasm/cyberpunk/compile");
+        assert_eq!(got[1].function, "cosmwasm_vm_store_code");
         assert_eq!(got[1].median_ns, 7.5e7);
+    }
+
+    #[test]
+    fn the_report_gives_the_ratio_to_cosmwasm_vm_of_the_same_run() {
+        let text = "{\"contract\":\"hackatom\",\"measure\":\"instantiate_pinned\",\"median_ns\":90000.0}\n\
+            {\"contract\":\"hackatom\",\"measure\":\"instantiate_fs\",\"median_ns\":2400000.0}";
+        let mut results = parse_timing(text, SystemTime::UNIX_EPOCH);
+        let strata = |function: &str, median_ns: f64| Measured {
+            group: "cosmwasm/hackatom/instantiate".into(),
+            function: function.into(),
+            parameter: String::new(),
+            median_ns,
+            measured_at: SystemTime::UNIX_EPOCH,
+        };
+        results.push(strata("pinned", 9000.0));
+        results.push(strata("fs", 1_200_000.0));
+        let report = crate::bench::render(
+            &results,
+            Path::new("/nonexistent"),
+            &std::collections::BTreeMap::new(),
+        );
+        assert!(
+            report.contains("| cosmwasm/hackatom/instantiate | 0.100x | 0.167x | met |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| cosmwasm/hackatom/instantiate | 0.500x | 0.334x | **missed** |"),
+            "{report}"
+        );
+        assert!(report.contains("| cosmwasm_vm_pinned | - | 90.00 µs |"), "{report}");
     }
 }
