@@ -298,9 +298,9 @@ pub fn cyberpunk(corpus: &Path) -> anyhow::Result<Scenario> {
         x("execute noop", GAS, json!({ "noop": {} })),
         x("execute mirror_env", GAS, json!({ "mirror_env": {} })),
         x(
-            "execute argon2 {mem 8, time 1}",
+            "execute argon2 {mem 32, time 1}",
             BIG_GAS,
-            json!({ "argon2": { "mem_cost": 8, "time_cost": 1 } }),
+            json!({ "argon2": { "mem_cost": 32, "time_cost": 1 } }),
         ),
         q("query denoms", json!({ "denoms": {} })),
     ];
