@@ -237,6 +237,9 @@ mod tests {
             report.contains("| cosmwasm/hackatom/instantiate | 0.500x | 0.334x | **missed** |"),
             "{report}"
         );
-        assert!(report.contains("| cosmwasm_vm_pinned | - | 90.00 µs |"), "{report}");
+        assert!(
+            report.contains("| cosmwasm_vm_pinned | - | 90.00 µs |"),
+            "{report}"
+        );
     }
 }
