@@ -13,8 +13,8 @@ use crate::common::{Call, Ctx, Entries, FailKind, Outcome, Side, contract_funds}
 
 /// Gas of an ordinary call (cosmwasm-vm's mock instances use 2e9 for a whole test).
 const GAS: u64 = 10_000_000_000;
-/// Gas of the loops that must end on gas, not on the memory limit (about 0.1 s of work).
-const LOOP_GAS: u64 = 300_000_000_000 / 100;
+/// Gas of the loops that must end on gas (cpu_loop, storage_loop): a few ms of work each.
+const LOOP_GAS: u64 = 3_000_000_000;
 /// Gas of calls that must end on the memory limit, not on gas, and of argon2.
 const BIG_GAS: u64 = 100_000_000_000;
 

@@ -155,7 +155,7 @@ mod imp {
 #[cfg(feature = "strata")]
 pub use imp::Strata;
 
-/// Until vm-cosmwasm's `CwVm` lands, the Strata side refuses to start.
+/// Built without the `strata` feature: the Strata side refuses to start.
 #[cfg(not(feature = "strata"))]
 pub struct Strata;
 

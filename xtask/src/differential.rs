@@ -79,7 +79,8 @@ fn build() -> Result<PathBuf> {
     let mut cmd = Command::new("nice");
     cmd.args(["-n", "10"])
         .arg(cargo)
-        .args(["build", "--release", "--locked", "--features", "strata"])
+        // Not `--locked`: differential/Cargo.lock follows whatever vm-cosmwasm depends on.
+        .args(["build", "--release", "--features", "strata"])
         .arg("--target-dir")
         .arg(&target)
         .current_dir(&dir)
