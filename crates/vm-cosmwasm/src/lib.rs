@@ -3,7 +3,10 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+mod check;
 mod env;
 pub mod gas;
+mod metering;
 
+pub use check::CheckError;
 pub use env::{CallError, DebugHandler, DebugInfo};
