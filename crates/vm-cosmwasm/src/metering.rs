@@ -352,3 +352,403 @@ pub(crate) fn instrument(wasm: &[u8]) -> Result<Vec<u8>, CheckError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use arbitrary::{Arbitrary, Unstructured};
+    use wasmtime::{Engine, Instance, Linker, Module, Store, Val};
+
+    use super::*;
+    use crate::check::tests::{capabilities, corpus};
+    use crate::check::{check_wasm, configure_engine};
+
+    fn engine() -> Engine {
+        let mut config = wasmtime::Config::new();
+        configure_engine(&mut config);
+        Engine::new(&config).expect("engine")
+    }
+
+    fn validate(wasm: &[u8]) {
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(wasm)
+            .expect("the instrumented module validates");
+    }
+
+    /// An instance of the instrumented `wasm` (imports trap).
+    fn instance(engine: &Engine, wasm: &[u8]) -> (Store<()>, Instance) {
+        let metered = instrument(wasm).expect("instrument");
+        validate(&metered);
+        let module = Module::new(engine, &metered).expect("compiles");
+        let mut linker = Linker::new(engine);
+        linker
+            .define_unknown_imports_as_traps(&module)
+            .expect("stub imports");
+        let mut store = Store::new(engine, ());
+        let instance = linker.instantiate(&mut store, &module).expect("instantiates");
+        (store, instance)
+    }
+
+    /// What a call leaves: its results (or the trap), the counter and the exhaustion flag.
+    struct Outcome {
+        results: Result<Vec<i64>, String>,
+        left: u64,
+        exhausted: i32,
+    }
+
+    fn call(store: &mut Store<()>, instance: &Instance, name: &str, args: &[Val], limit: u64) -> Outcome {
+        let left = instance.get_global(&mut *store, GAS_LEFT_EXPORT).expect("counter");
+        let flag = instance
+            .get_global(&mut *store, GAS_EXHAUSTED_EXPORT)
+            .expect("flag");
+        left.set(&mut *store, Val::I64(limit as i64)).expect("set");
+        flag.set(&mut *store, Val::I32(0)).expect("reset");
+        let func = instance.get_func(&mut *store, name).expect("export");
+        let mut results = vec![Val::I32(0); func.ty(&*store).results().len()];
+        let results = func
+            .call(&mut *store, args, &mut results)
+            .map(|()| {
+                results
+                    .iter()
+                    .map(|v| v.i64().or(v.i32().map(i64::from)).unwrap_or(0))
+                    .collect()
+            })
+            .map_err(|e| format!("{e:?}"));
+        Outcome {
+            results,
+            left: left.get(&mut *store).i64().expect("i64") as u64,
+            exhausted: flag.get(&mut *store).i32().expect("i32"),
+        }
+    }
+
+    /// Gas used by `name(args)` with a large limit, and its results.
+    fn gas(wat: &str, name: &str, args: &[Val]) -> (u64, Vec<i64>) {
+        let engine = engine();
+        let (mut store, instance) = instance(&engine, &wat::parse_str(wat).unwrap());
+        let limit = 1_000_000_000;
+        let out = call(&mut store, &instance, name, args, limit);
+        assert_eq!(out.exhausted, 0);
+        (limit - out.left, out.results.expect("the call returns"))
+    }
+
+    const OP: u64 = GAS_PER_OPERATION;
+    const ACC: u64 = GAS_PER_ACCOUNTING_OPERATION;
+
+    #[test]
+    fn the_cost_function_is_cosmwasm_vms() {
+        assert_eq!(cost(&Operator::Br { relative_depth: 3 }), 1610);
+        assert_eq!(cost(&Operator::Return), 1610);
+        assert_eq!(cost(&Operator::I64Const { value: 7 }), 115);
+        assert_eq!(cost(&Operator::I64Extend8S), 115);
+        assert_eq!(cost(&Operator::Block { blockty: wasmparser::BlockType::Empty }), 115);
+    }
+
+    #[test]
+    fn straight_line_code_is_charged_at_the_end() {
+        let wat = r#"(module (func (export "f") (result i32) i32.const 1 i32.const 2 i32.add))"#;
+        assert_eq!(gas(wat, "f", &[]), (3 * OP + ACC, vec![3]));
+    }
+
+    #[test]
+    fn a_loop_is_charged_per_iteration() {
+        let wat = r#"(module (func (export "f") (param $n i32) (result i32)
+            (loop $l
+              local.get $n
+              i32.const 1
+              i32.sub
+              local.tee $n
+              br_if $l)
+            local.get $n))"#;
+        for n in [1u64, 5, 100] {
+            // loop; n x (4 ops + br_if); the loop's end; local.get + the function's end.
+            let expected = ACC + n * (4 * OP + ACC) + ACC + (OP + ACC);
+            assert_eq!(gas(wat, "f", &[Val::I32(n as i32)]), (expected, vec![0]), "n={n}");
+        }
+    }
+
+    #[test]
+    fn br_table_skips_the_checks_it_jumps_over() {
+        let wat = r#"(module (func (export "f") (param i32) (result i32)
+            (block $a
+              (block $b
+                local.get 0
+                br_table $a $b $a)
+              i32.const 20
+              drop
+              i32.const 20
+              return)
+            i32.const 10))"#;
+        let head = 3 * OP + ACC; // block, block, local.get, br_table
+        // To $b: past the inner end's check; three ops and return.
+        assert_eq!(gas(wat, "f", &[Val::I32(1)]), (head + 3 * OP + ACC, vec![20]));
+        // To $a (index 0 and the default): past the outer end's check; const and the end.
+        assert_eq!(gas(wat, "f", &[Val::I32(0)]), (head + OP + ACC, vec![10]));
+        assert_eq!(gas(wat, "f", &[Val::I32(7)]), (head + OP + ACC, vec![10]));
+    }
+
+    #[test]
+    fn if_and_else_are_charged_on_the_path_taken() {
+        let wat = r#"(module (func (export "f") (param i32) (result i32)
+            local.get 0
+            if (result i32)
+              i32.const 1
+            else
+              i32.const 2
+              i32.const 3
+              drop
+            end))"#;
+        let head = OP + ACC;
+        assert_eq!(gas(wat, "f", &[Val::I32(1)]), (head + (OP + ACC) + ACC, vec![1]));
+        assert_eq!(gas(wat, "f", &[Val::I32(0)]), (head + (3 * OP + ACC) + ACC, vec![2]));
+    }
+
+    #[test]
+    fn calls_are_accounting_points_and_callees_are_metered() {
+        let wat = r#"(module
+            (func $g (result i32) i32.const 7)
+            (func (export "f") (result i32) call $g i32.const 1 i32.add))"#;
+        assert_eq!(gas(wat, "f", &[]), (ACC + (OP + ACC) + (2 * OP + ACC), vec![8]));
+    }
+
+    #[test]
+    fn locals_beyond_29_are_charged_at_the_start() {
+        let func = |name: &str, locals: usize, body: &str| {
+            format!(
+                r#"(func (export "{name}") (local {}) {body})"#,
+                "i64 ".repeat(locals)
+            )
+        };
+        let wat = format!(
+            "(module {} {} {} {})",
+            func("free", 29, "i32.const 0 drop"),
+            func("one", 30, "i32.const 0 drop"),
+            func("two", 31, "i32.const 0 drop"),
+            func("first_accounting", 31, ""),
+        );
+        assert_eq!(gas(&wat, "free", &[]).0, 2 * OP + ACC);
+        assert_eq!(gas(&wat, "one", &[]).0, OP + 2 * OP + ACC);
+        assert_eq!(gas(&wat, "two", &[]).0, 2 * OP + 2 * OP + ACC);
+        assert_eq!(gas(&wat, "first_accounting", &[]).0, 2 * OP + ACC);
+    }
+
+    #[test]
+    fn exhaustion_at_the_boundary_traps_and_keeps_the_counter() {
+        let engine = engine();
+        let wat = r#"(module (func (export "f") (param $n i32)
+            (loop $l
+              local.get $n
+              i32.const 1
+              i32.sub
+              local.tee $n
+              br_if $l)))"#;
+        let (mut store, instance) = instance(&engine, &wat::parse_str(wat).unwrap());
+        let n = 5;
+        let used = ACC + n * (4 * OP + ACC) + ACC + ACC;
+        let out = call(&mut store, &instance, "f", &[Val::I32(n as i32)], used);
+        assert_eq!((out.left, out.exhausted), (0, 0));
+        assert!(out.results.is_ok());
+
+        // One less: the last check (the function's end, 1,610) fails with 1,609 left, and the
+        // counter keeps them.
+        let out = call(&mut store, &instance, "f", &[Val::I32(n as i32)], used - 1);
+        assert_eq!((out.left, out.exhausted), (ACC - 1, 1));
+        assert!(out.results.unwrap_err().contains("unreachable"));
+
+        // Nothing at all: the first check fails.
+        let out = call(&mut store, &instance, "f", &[Val::I32(n as i32)], 0);
+        assert_eq!((out.left, out.exhausted), (0, 1));
+    }
+
+    #[test]
+    fn existing_globals_keep_their_indices() {
+        let wat = r#"(module
+            (import "env" "g" (global i32))
+            (global $own (mut i32) (i32.const 5))
+            (func (export "bump") (result i32)
+              global.get $own
+              i32.const 1
+              i32.add
+              global.set $own
+              global.get $own))"#;
+        let metered = instrument(&wat::parse_str(wat).unwrap()).unwrap();
+        validate(&metered);
+        let engine = engine();
+        let module = Module::new(&engine, &metered).unwrap();
+        let mut store = Store::new(&engine, ());
+        let imported = wasmtime::Global::new(
+            &mut store,
+            wasmtime::GlobalType::new(wasmtime::ValType::I32, wasmtime::Mutability::Const),
+            Val::I32(9),
+        )
+        .unwrap();
+        let instance = Instance::new(&mut store, &module, &[imported.into()]).unwrap();
+        let out = call(&mut store, &instance, "bump", &[], 10_000);
+        assert_eq!(out.results, Ok(vec![6]));
+        assert_eq!(10_000 - out.left, 5 * OP + ACC);
+        // The counter is the last global but one: 1 imported + 1 own.
+        let mut exports = Vec::new();
+        for payload in Parser::new(0).parse_all(&metered) {
+            if let Payload::ExportSection(reader) = payload.unwrap() {
+                for export in reader {
+                    let export = export.unwrap();
+                    exports.push((export.name.to_string(), export.index));
+                }
+            }
+        }
+        assert!(exports.contains(&(GAS_LEFT_EXPORT.to_string(), 2)));
+        assert!(exports.contains(&(GAS_EXHAUSTED_EXPORT.to_string(), 3)));
+    }
+
+    #[test]
+    fn modules_without_global_or_export_sections_get_them() {
+        for wat in [
+            "(module)",
+            r#"(module (memory 1) (data (i32.const 0) "abc") (func (export "f")) (@custom "x" "y"))"#,
+        ] {
+            let (mut store, instance) = instance(&engine(), &wat::parse_str(wat).unwrap());
+            assert!(instance.get_global(&mut store, GAS_LEFT_EXPORT).is_some(), "{wat}");
+            assert!(instance.get_global(&mut store, GAS_EXHAUSTED_EXPORT).is_some(), "{wat}");
+        }
+        // A start function is metered too: it runs at instantiation, while the counter is
+        // still 0, and runs out of gas (in cosmwasm-vm as well, whose counter starts at 0).
+        let wasm = wat::parse_str("(module (func) (start 0))").unwrap();
+        let metered = instrument(&wasm).unwrap();
+        validate(&metered);
+        let engine = engine();
+        let module = Module::new(&engine, &metered).unwrap();
+        let mut store = Store::new(&engine, ());
+        let err = Instance::new(&mut store, &module, &[]).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::UnreachableCodeReached)
+        );
+    }
+
+    #[test]
+    fn reserved_export_names_and_components_are_refused() {
+        for name in [GAS_LEFT_EXPORT, GAS_EXHAUSTED_EXPORT] {
+            let wasm = wat::parse_str(format!(r#"(module (func (export "{name}")))"#)).unwrap();
+            assert_eq!(
+                instrument(&wasm).unwrap_err().to_string(),
+                format!("module already exports \"{name}\", a name the gas metering reserves")
+            );
+        }
+        let component = wat::parse_str("(component)").unwrap();
+        assert_eq!(
+            instrument(&component).unwrap_err().to_string(),
+            "not a core wasm module"
+        );
+        assert!(instrument(b"\0asm\x01\0\0\0\x01").is_err());
+    }
+
+    #[test]
+    fn the_corpus_contracts_are_instrumented_and_run() {
+        let engine = engine();
+        for name in ["cosmwasm-hackatom.wasm", "cosmwasm-cyberpunk.wasm"] {
+            let Some(wasm) = corpus(name) else { continue };
+            check_wasm(&wasm, &capabilities()).expect("passes the checks");
+            let (mut store, instance) = instance(&engine, &wasm);
+            // A function without branches: the sum of its operators' costs.
+            let out = call(&mut store, &instance, "interface_version_8", &[], 10_000);
+            let expected = straight_line_cost(&wasm, "interface_version_8");
+            assert_eq!((10_000 - out.left, out.exhausted), (expected, 0), "{name}");
+            let out = call(&mut store, &instance, "allocate", &[Val::I32(100)], 10_000_000);
+            assert_eq!(out.exhausted, 0, "{name}");
+            assert!(out.results.is_ok(), "{name}");
+            assert!(out.left < 10_000_000 - ACC, "{name}");
+            // Too little gas for allocate: trapped by the metering, flag set.
+            let out = call(&mut store, &instance, "allocate", &[Val::I32(100)], 2_000);
+            assert_eq!(out.exhausted, 1, "{name}");
+        }
+    }
+
+    /// The summed cost of the operators of the exported function `name` of `wasm`.
+    fn straight_line_cost(wasm: &[u8], name: &str) -> u64 {
+        let mut imported = 0;
+        let mut index = None;
+        let mut bodies = Vec::new();
+        for payload in Parser::new(0).parse_all(wasm) {
+            match payload.unwrap() {
+                Payload::ImportSection(r) => {
+                    imported = r
+                        .into_imports()
+                        .filter(|i| matches!(i.as_ref().unwrap().ty, TypeRef::Func(_)))
+                        .count();
+                }
+                Payload::ExportSection(r) => {
+                    for e in r {
+                        let e = e.unwrap();
+                        if e.name == name {
+                            index = Some(e.index as usize);
+                        }
+                    }
+                }
+                Payload::CodeSectionEntry(body) => bodies.push(body),
+                _ => {}
+            }
+        }
+        let body = &bodies[index.expect("exported") - imported];
+        body.get_operators_reader()
+            .unwrap()
+            .into_iter()
+            .map(|op| cost(&op.unwrap()))
+            .sum()
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift), so that the runs repeat.
+    fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_module_wasm_smith_makes_is_instrumented_into_a_valid_module() {
+        let mut instrumented = 0;
+        for seed in 0..300 {
+            let data = bytes(seed, 4096);
+            let mut u = Unstructured::new(&data);
+            let Ok(mut config) = wasm_smith::Config::arbitrary(&mut u) else {
+                continue;
+            };
+            config.max_funcs = config.max_funcs.min(20);
+            config.max_instructions = config.max_instructions.min(300);
+            let Ok(module) = wasm_smith::Module::new(config, &mut u) else {
+                continue;
+            };
+            let wasm = module.to_bytes();
+            // The checks never panic; most of these modules fail them.
+            let _ = check_wasm(&wasm, &capabilities());
+            let exports_reserved = wasmparser::Parser::new(0).parse_all(&wasm).any(|p| {
+                matches!(p, Ok(Payload::ExportSection(r)) if r.clone().into_iter().any(|e| {
+                    e.is_ok_and(|e| e.name == GAS_LEFT_EXPORT || e.name == GAS_EXHAUSTED_EXPORT)
+                }))
+            });
+            if exports_reserved {
+                continue;
+            }
+            let metered = instrument(&wasm).expect("a valid module is instrumented");
+            validate(&metered);
+            instrumented += 1;
+        }
+        assert!(instrumented > 100, "only {instrumented} modules generated");
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        for seed in 0..2000 {
+            let mut data = bytes(seed, (seed % 300) as usize);
+            if seed % 2 == 0 {
+                let header = b"\0asm\x01\0\0\0";
+                data.splice(0..0, header.iter().copied());
+            }
+            let _ = check_wasm(&data, &capabilities());
+            let _ = instrument(&data);
+        }
+    }
+}
