@@ -80,7 +80,14 @@ const SUPPORTED_INTERFACE_VERSIONS: &[&str] = &["interface_version_8"];
 const REQUIRES_PREFIX: &str = "requires_";
 
 /// Entry points the host may call, besides the `ibc_*`/`ibc2_*` ones.
-const ENTRY_POINTS: &[&str] = &["instantiate", "execute", "query", "migrate", "sudo", "reply"];
+const ENTRY_POINTS: &[&str] = &[
+    "instantiate",
+    "execute",
+    "query",
+    "migrate",
+    "sudo",
+    "reply",
+];
 /// The IBC exports whose presence together makes a contract IBC-enabled in cosmwasm-vm.
 const REQUIRED_IBC_EXPORTS: &[&str] = &[
     "ibc_channel_open",
@@ -228,6 +235,18 @@ pub enum CheckError {
     /// The bytes are a component or another encoding, not a core module.
     #[error("not a core wasm module")]
     NotAModule,
+    /// A function body grew past wasm's size limit for a body when the metering was injected.
+    #[error(
+        "function {index} is too large once gas metering is added ({size} bytes, limit {limit})"
+    )]
+    MeteredBodyTooLarge {
+        /// Index of the function among the module's own functions.
+        index: u32,
+        /// Its size with the metering.
+        size: usize,
+        /// The limit (wasmparser's and wasmtime's).
+        limit: usize,
+    },
     /// The module already exports a name the metering rewrite adds.
     #[error("module already exports {name:?}, a name the gas metering reserves")]
     ReservedExport {
@@ -409,7 +428,7 @@ fn limited_set<'s>(items: impl ExactSizeIterator<Item = &'s str>, max_length: us
             break;
         }
     }
-    if out.len() + 1 <= max_length {
+    if out.len() < max_length {
         out.push('}');
         return out;
     }
@@ -421,7 +440,7 @@ fn limited_set<'s>(items: impl ExactSizeIterator<Item = &'s str>, max_length: us
         } else {
             format!(", ... {skipped} more")
         };
-        if previous + text.len() + 1 <= max_length {
+        if previous + text.len() < max_length {
             out.truncate(previous);
             out.push_str(&text);
             out.push('}');
@@ -731,7 +750,10 @@ pub(crate) mod tests {
             });
         let wasm = std::fs::read(dir.join(name)).ok();
         if wasm.is_none() {
-            eprintln!("corpus module {name} not found in {}: not checked", dir.display());
+            eprintln!(
+                "corpus module {name} not found in {}: not checked",
+                dir.display()
+            );
         }
         wasm
     }
@@ -1068,10 +1090,11 @@ pub(crate) mod tests {
             "Wasm contract contains function with more than 100 locals: 101"
         );
         assert_eq!(
-            refusal(&contract(&locals(100).repeat(100).replace(
-                "(func (local",
-                "(func (local i32"
-            ))),
+            refusal(&contract(
+                &locals(100)
+                    .repeat(100)
+                    .replace("(func (local", "(func (local i32")
+            )),
             "Wasm contract contains function with more than 100 locals: 101"
         );
         assert_eq!(
@@ -1083,11 +1106,9 @@ pub(crate) mod tests {
     #[test]
     fn bodies_are_validated_after_the_other_checks() {
         let bad_body = "(func (result i32) i64.const 0)";
-        assert!(
-            refusal(&contract(bad_body)).starts_with(
-                "Wasm bytecode could not be deserialized. Deserialization error: \"type mismatch"
-            )
-        );
+        assert!(refusal(&contract(bad_body)).starts_with(
+            "Wasm bytecode could not be deserialized. Deserialization error: \"type mismatch"
+        ));
         // The unavailable capability is reported first, as cosmwasm-vm does.
         assert_eq!(
             refusal(&contract(&format!(
@@ -1108,7 +1129,10 @@ pub(crate) mod tests {
             err.to_string(),
             "Could not compile: WebAssembly translation error: Error in middleware Gatekeeper: Reference type operation detected: TableSize { table: 0 }. Reference types are not supported."
         );
-        assert!(err.vm_message().starts_with("Error compiling Wasm: Could not compile"));
+        assert!(
+            err.vm_message()
+                .starts_with("Error compiling Wasm: Could not compile")
+        );
         assert_eq!(
             refusal(&contract("(func (result i32) ref.null func ref.is_null)")),
             "Could not compile: WebAssembly translation error: Error in middleware Gatekeeper: Reference type operation detected: RefNull { hty: Abstract { shared: false, ty: Func } }. Reference types are not supported."
@@ -1160,13 +1184,22 @@ pub(crate) mod tests {
     fn limited_sets_are_cut_as_cosmwasm_vm_cuts_them() {
         assert_eq!(limited_set([].into_iter(), 200), "{}");
         assert_eq!(limited_set(["a", "b"].into_iter(), 200), "{\"a\", \"b\"}");
-        assert_eq!(limited_set(["a", "b", "c"].into_iter(), 20), "{\"a\", \"b\", \"c\"}");
+        assert_eq!(
+            limited_set(["a", "b", "c"].into_iter(), 20),
+            "{\"a\", \"b\", \"c\"}"
+        );
         assert_eq!(
             limited_set(["aa", "bb", "cc", "dd", "ee"].into_iter(), 20),
             "{\"aa\", ... 4 more}"
         );
-        assert_eq!(limited_set(["aaaaaaaaaa"].into_iter(), 14), "{\"aaaaaaaaaa\"}");
-        assert_eq!(limited_set(["aaaaaaaaaa", "b"].into_iter(), 16), "{... 2 elements}");
+        assert_eq!(
+            limited_set(["aaaaaaaaaa"].into_iter(), 14),
+            "{\"aaaaaaaaaa\"}"
+        );
+        assert_eq!(
+            limited_set(["aaaaaaaaaa", "b"].into_iter(), 16),
+            "{... 2 elements}"
+        );
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub(crate) const GAS_EXHAUSTED_EXPORT: &str = "cw_gas_exhausted";
 /// The version of this rewrite, for cache keys: change it whenever the output changes.
 pub(crate) const METERING_VERSION: u32 = 1;
 
+/// The largest function body wasmparser and wasmtime accept (wasmparser's private
+/// `MAX_WASM_FUNCTION_SIZE`).
+const MAX_FUNCTION_BODY_BYTES: usize = 7_654_321;
+
 /// Gas of an ordinary operator (cosmwasm-vm's `GAS_PER_OPERATION`).
 pub(crate) const GAS_PER_OPERATION: u64 = 115;
 /// Gas of an accounting operator: 14 ordinary ones.
@@ -131,7 +135,10 @@ fn appended_globals(out: &mut Vec<u8>) {
 }
 
 fn appended_exports(out: &mut Vec<u8>, gas_left: u32, exhausted: u32) {
-    for (name, index) in [(GAS_LEFT_EXPORT, gas_left), (GAS_EXHAUSTED_EXPORT, exhausted)] {
+    for (name, index) in [
+        (GAS_LEFT_EXPORT, gas_left),
+        (GAS_EXHAUSTED_EXPORT, exhausted),
+    ] {
         name.encode(out);
         out.push(0x03); // global
         leb_u32(out, index);
@@ -247,6 +254,13 @@ pub(crate) fn instrument(wasm: &[u8]) -> Result<Vec<u8>, CheckError> {
                 let g = gas_left.unwrap_or(0);
                 let mut function = Vec::with_capacity(body.range().len() * 3 / 2);
                 meter_body(wasm, body, g, g.wrapping_add(1), &mut function)?;
+                if function.len() > MAX_FUNCTION_BODY_BYTES {
+                    return Err(CheckError::MeteredBodyTooLarge {
+                        index: code_count,
+                        size: function.len(),
+                        limit: MAX_FUNCTION_BODY_BYTES,
+                    });
+                }
                 function.len().encode(&mut code);
                 code.extend_from_slice(&function);
                 code_count = code_count.saturating_add(1);
@@ -384,7 +398,9 @@ mod tests {
             .define_unknown_imports_as_traps(&module)
             .expect("stub imports");
         let mut store = Store::new(engine, ());
-        let instance = linker.instantiate(&mut store, &module).expect("instantiates");
+        let instance = linker
+            .instantiate(&mut store, &module)
+            .expect("instantiates");
         (store, instance)
     }
 
@@ -395,8 +411,16 @@ mod tests {
         exhausted: i32,
     }
 
-    fn call(store: &mut Store<()>, instance: &Instance, name: &str, args: &[Val], limit: u64) -> Outcome {
-        let left = instance.get_global(&mut *store, GAS_LEFT_EXPORT).expect("counter");
+    fn call(
+        store: &mut Store<()>,
+        instance: &Instance,
+        name: &str,
+        args: &[Val],
+        limit: u64,
+    ) -> Outcome {
+        let left = instance
+            .get_global(&mut *store, GAS_LEFT_EXPORT)
+            .expect("counter");
         let flag = instance
             .get_global(&mut *store, GAS_EXHAUSTED_EXPORT)
             .expect("flag");
@@ -439,7 +463,12 @@ mod tests {
         assert_eq!(cost(&Operator::Return), 1610);
         assert_eq!(cost(&Operator::I64Const { value: 7 }), 115);
         assert_eq!(cost(&Operator::I64Extend8S), 115);
-        assert_eq!(cost(&Operator::Block { blockty: wasmparser::BlockType::Empty }), 115);
+        assert_eq!(
+            cost(&Operator::Block {
+                blockty: wasmparser::BlockType::Empty
+            }),
+            115
+        );
     }
 
     #[test]
@@ -461,7 +490,11 @@ mod tests {
         for n in [1u64, 5, 100] {
             // loop; n x (4 ops + br_if); the loop's end; local.get + the function's end.
             let expected = ACC + n * (4 * OP + ACC) + ACC + (OP + ACC);
-            assert_eq!(gas(wat, "f", &[Val::I32(n as i32)]), (expected, vec![0]), "n={n}");
+            assert_eq!(
+                gas(wat, "f", &[Val::I32(n as i32)]),
+                (expected, vec![0]),
+                "n={n}"
+            );
         }
     }
 
@@ -479,7 +512,10 @@ mod tests {
             i32.const 10))"#;
         let head = 3 * OP + ACC; // block, block, local.get, br_table
         // To $b: past the inner end's check; three ops and return.
-        assert_eq!(gas(wat, "f", &[Val::I32(1)]), (head + 3 * OP + ACC, vec![20]));
+        assert_eq!(
+            gas(wat, "f", &[Val::I32(1)]),
+            (head + 3 * OP + ACC, vec![20])
+        );
         // To $a (index 0 and the default): past the outer end's check; const and the end.
         assert_eq!(gas(wat, "f", &[Val::I32(0)]), (head + OP + ACC, vec![10]));
         assert_eq!(gas(wat, "f", &[Val::I32(7)]), (head + OP + ACC, vec![10]));
@@ -497,8 +533,14 @@ mod tests {
               drop
             end))"#;
         let head = OP + ACC;
-        assert_eq!(gas(wat, "f", &[Val::I32(1)]), (head + (OP + ACC) + ACC, vec![1]));
-        assert_eq!(gas(wat, "f", &[Val::I32(0)]), (head + (3 * OP + ACC) + ACC, vec![2]));
+        assert_eq!(
+            gas(wat, "f", &[Val::I32(1)]),
+            (head + (OP + ACC) + ACC, vec![1])
+        );
+        assert_eq!(
+            gas(wat, "f", &[Val::I32(0)]),
+            (head + (3 * OP + ACC) + ACC, vec![2])
+        );
     }
 
     #[test]
@@ -506,7 +548,10 @@ mod tests {
         let wat = r#"(module
             (func $g (result i32) i32.const 7)
             (func (export "f") (result i32) call $g i32.const 1 i32.add))"#;
-        assert_eq!(gas(wat, "f", &[]), (ACC + (OP + ACC) + (2 * OP + ACC), vec![8]));
+        assert_eq!(
+            gas(wat, "f", &[]),
+            (ACC + (OP + ACC) + (2 * OP + ACC), vec![8])
+        );
     }
 
     #[test]
@@ -605,8 +650,16 @@ mod tests {
             r#"(module (memory 1) (data (i32.const 0) "abc") (func (export "f")) (@custom "x" "y"))"#,
         ] {
             let (mut store, instance) = instance(&engine(), &wat::parse_str(wat).unwrap());
-            assert!(instance.get_global(&mut store, GAS_LEFT_EXPORT).is_some(), "{wat}");
-            assert!(instance.get_global(&mut store, GAS_EXHAUSTED_EXPORT).is_some(), "{wat}");
+            assert!(
+                instance.get_global(&mut store, GAS_LEFT_EXPORT).is_some(),
+                "{wat}"
+            );
+            assert!(
+                instance
+                    .get_global(&mut store, GAS_EXHAUSTED_EXPORT)
+                    .is_some(),
+                "{wat}"
+            );
         }
         // A start function is metered too: it runs at instantiation, while the counter is
         // still 0, and runs out of gas (in cosmwasm-vm as well, whose counter starts at 0).
@@ -641,6 +694,34 @@ mod tests {
     }
 
     #[test]
+    fn a_body_that_outgrows_the_size_limit_is_refused() {
+        // 400,000 nested blocks: 2 bytes each for `block` and 1 for `end` in the input
+        // (1.2 MB), about 26 bytes more per `end` with its check.
+        let depth = 400_000;
+        let mut body = Vec::new();
+        body.push(0); // no locals
+        for _ in 0..depth {
+            body.extend_from_slice(&[0x02, 0x40]);
+        }
+        body.extend(std::iter::repeat_n(0x0b, depth + 1));
+        let mut code = Vec::new();
+        1u32.encode(&mut code);
+        body.len().encode(&mut code);
+        code.extend_from_slice(&body);
+        let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+        section(&mut wasm, 1, &[1, 0x60, 0, 0]);
+        section(&mut wasm, 3, &[1, 0]);
+        section(&mut wasm, CODE_ID, &code);
+        validate(&wasm);
+        let err = instrument(&wasm).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("function 0 is too large once gas metering is added ("),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_corpus_contracts_are_instrumented_and_run() {
         let engine = engine();
         for name in ["cosmwasm-hackatom.wasm", "cosmwasm-cyberpunk.wasm"] {
@@ -651,7 +732,13 @@ mod tests {
             let out = call(&mut store, &instance, "interface_version_8", &[], 10_000);
             let expected = straight_line_cost(&wasm, "interface_version_8");
             assert_eq!((10_000 - out.left, out.exhausted), (expected, 0), "{name}");
-            let out = call(&mut store, &instance, "allocate", &[Val::I32(100)], 10_000_000);
+            let out = call(
+                &mut store,
+                &instance,
+                "allocate",
+                &[Val::I32(100)],
+                10_000_000,
+            );
             assert_eq!(out.exhausted, 0, "{name}");
             assert!(out.results.is_ok(), "{name}");
             assert!(out.left < 10_000_000 - ACC, "{name}");
