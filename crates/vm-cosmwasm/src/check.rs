@@ -737,12 +737,12 @@ pub(crate) fn configure_engine(config: &mut wasmtime::Config) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// A corpus module: from `$STRATA_CORPUS`, else `../shared/corpus` beside the workspace
     /// (as the benches find it). `None` when the corpus is absent (a fresh clone).
-    pub(crate) fn corpus(name: &str) -> Option<Vec<u8>> {
+    fn corpus(name: &str) -> Option<Vec<u8>> {
         let dir = std::env::var_os("STRATA_CORPUS")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| {
@@ -759,7 +759,7 @@ pub(crate) mod tests {
     }
 
     /// The capabilities cosmwasm-vm's tests configure (wasmd's set).
-    pub(crate) fn capabilities() -> BTreeSet<String> {
+    fn capabilities() -> BTreeSet<String> {
         [
             "cosmwasm_1_1",
             "cosmwasm_1_2",

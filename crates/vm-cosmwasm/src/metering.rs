@@ -373,8 +373,34 @@ mod tests {
     use wasmtime::{Engine, Instance, Linker, Module, Store, Val};
 
     use super::*;
-    use crate::check::tests::{capabilities, corpus};
     use crate::check::{check_wasm, configure_engine};
+
+    /// A corpus module: from `$STRATA_CORPUS`, else `../shared/corpus` beside the workspace
+    /// (as the benches find it). `None` when the corpus is absent (a fresh clone).
+    fn corpus(name: &str) -> Option<Vec<u8>> {
+        let dir = std::env::var_os("STRATA_CORPUS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+            });
+        let wasm = std::fs::read(dir.join(name)).ok();
+        if wasm.is_none() {
+            eprintln!(
+                "corpus module {name} not found in {}: not checked",
+                dir.display()
+            );
+        }
+        wasm
+    }
+
+    /// Every capability the corpus contracts require.
+    fn capabilities() -> std::collections::BTreeSet<String> {
+        ["1_1", "1_2", "1_3", "1_4", "2_0", "2_1", "2_2"]
+            .into_iter()
+            .map(|v| format!("cosmwasm_{v}"))
+            .chain(["iterator", "staking", "stargate"].map(String::from))
+            .collect()
+    }
 
     fn engine() -> Engine {
         let mut config = wasmtime::Config::new();
@@ -824,6 +850,106 @@ mod tests {
             instrumented += 1;
         }
         assert!(instrumented > 100, "only {instrumented} modules generated");
+    }
+
+    /// A wasm-smith module shaped like a contract (the exports a contract has, `env` imports,
+    /// one memory) within what the engine runs, or `None`.
+    fn smith_contract(data: &[u8]) -> Option<Vec<u8>> {
+        let mut u = Unstructured::new(data);
+        let mut config = wasm_smith::Config::arbitrary(&mut u).ok()?;
+        config.available_imports = Some(
+            wat::parse_str(
+                r#"(module
+                  (import "env" "db_read" (func (param i32) (result i32)))
+                  (import "env" "debug" (func (param i32)))
+                  (import "env" "abort" (func (param i32))))"#,
+            )
+            .ok()?,
+        );
+        config.exports = Some(
+            wat::parse_str(
+                r#"(module
+                  (func (export "interface_version_8") unreachable)
+                  (func (export "allocate") (param i32) (result i32) unreachable)
+                  (func (export "deallocate") (param i32) unreachable)
+                  (func (export "run") (result i32) unreachable))"#,
+            )
+            .ok()?,
+        );
+        config.min_memories = 1;
+        config.max_memories = 1;
+        config.max_tables = config.max_tables.min(1);
+        config.memory64_enabled = false;
+        config.max_memory32_bytes = 1 << 20;
+        config.simd_enabled = false;
+        config.relaxed_simd_enabled = false;
+        config.threads_enabled = false;
+        config.shared_everything_threads_enabled = false;
+        config.exceptions_enabled = false;
+        config.gc_enabled = false;
+        config.tail_call_enabled = false;
+        config.custom_page_sizes_enabled = false;
+        config.custom_descriptors_enabled = false;
+        config.wide_arithmetic_enabled = false;
+        config.extended_const_enabled = false;
+        config.max_funcs = config.max_funcs.min(10);
+        config.max_instructions = config.max_instructions.min(100);
+        let module = wasm_smith::Module::new(config, &mut u).ok()?;
+        Some(module.to_bytes())
+    }
+
+    /// A fresh instance of the metered module, or `None` when it does not instantiate (a data
+    /// segment out of bounds, a start function that runs out of gas, ...).
+    fn try_instance(engine: &Engine, module: &Module) -> Option<(Store<()>, Instance)> {
+        let mut linker = Linker::new(engine);
+        linker.define_unknown_imports_as_traps(module).ok()?;
+        let mut store = Store::new(engine, ());
+        let instance = linker.instantiate(&mut store, module).ok()?;
+        Some((store, instance))
+    }
+
+    #[test]
+    fn generated_contracts_run_out_exactly_one_gas_short() {
+        // For each generated contract that runs: the gas it used (U) as a limit runs it the
+        // same way and leaves 0; U - 1 runs out, sets the flag and traps.
+        let engine = engine();
+        let mut checked = 0;
+        for seed in 0..400u64 {
+            let Some(wasm) = smith_contract(&bytes(seed, 2048)) else {
+                continue;
+            };
+            let _ = check_wasm(&wasm, &capabilities());
+            let metered = instrument(&wasm).expect("a valid module is instrumented");
+            validate(&metered);
+            let Ok(module) = Module::new(&engine, &metered) else {
+                continue;
+            };
+            let limit = 50_000_000;
+            let Some((mut store, instance)) = try_instance(&engine, &module) else {
+                continue;
+            };
+            let first = call(&mut store, &instance, "run", &[], limit);
+            if first.exhausted == 1 {
+                continue;
+            }
+            let used = limit - first.left;
+            let (mut store, instance) = try_instance(&engine, &module).expect("again");
+            let exact = call(&mut store, &instance, "run", &[], used);
+            assert_eq!(exact.results, first.results, "seed {seed}");
+            assert_eq!((exact.left, exact.exhausted), (0, 0), "seed {seed}");
+            if used > 0 {
+                let (mut store, instance) = try_instance(&engine, &module).expect("again");
+                let short = call(&mut store, &instance, "run", &[], used - 1);
+                assert_eq!(short.exhausted, 1, "seed {seed}");
+                assert!(short.results.is_err(), "seed {seed}");
+                assert!(
+                    short.left < GAS_PER_ACCOUNTING_OPERATION * 1000,
+                    "seed {seed}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 50, "only {checked} contracts ran");
     }
 
     #[test]
