@@ -1147,6 +1147,54 @@ mod tests {
     }
 
     #[test]
+    fn more_refusals_and_passes_as_cosmwasm_vm_reports_them() {
+        // Each message as cosmwasm-vm 3.0.10's check_wasm and compile_module print it (run
+        // side by side over these modules and the ones of the tests above: all identical).
+        let gatekeeper = "Error compiling Wasm: Could not compile: WebAssembly translation error: Error in middleware Gatekeeper: Reference type operation detected: ";
+        let cases = [
+            (
+                contract("(func (result i32) i32.const 1 i32.const 2 i32.const 0 select (result i32))"),
+                format!("{gatekeeper}TypedSelect {{ ty: I32 }}. Reference types are not supported."),
+            ),
+            (
+                contract("(table 1 1 funcref) (func (result funcref) i32.const 0 table.get 0)"),
+                format!("{gatekeeper}TableGet {{ table: 0 }}. Reference types are not supported."),
+            ),
+            (
+                contract(r#"(data "abc")"#),
+                "Error during static Wasm validation: Wasm bytecode could not be deserialized. Deserialization error: \"passive data segments require the bulk-memory proposal (at offset 0x64)\"".to_string(),
+            ),
+            (
+                contract("(func (param externref))"),
+                "Error during static Wasm validation: Wasm bytecode could not be deserialized. Deserialization error: \"gc types are disallowed but found type which requires gc (at offset 0x17)\"".to_string(),
+            ),
+            (
+                contract("(func (result i32) (block (result i32 i32) i32.const 1 i32.const 2) drop)"),
+                "Error during static Wasm validation: Wasm contract contains function with more than 1 results".to_string(),
+            ),
+            (
+                Vec::new(),
+                "Error during static Wasm validation: Wasm bytecode could not be deserialized. Deserialization error: \"unexpected end-of-file (at offset 0x0)\"".to_string(),
+            ),
+            (
+                b"\0asm\x01\0\0\0\x01".to_vec(),
+                "Error during static Wasm validation: Wasm bytecode could not be deserialized. Deserialization error: \"unexpected end-of-file (at offset 0x9)\"".to_string(),
+            ),
+        ];
+        for (wasm, expected) in cases {
+            let err = check_wasm(&wasm, &capabilities()).unwrap_err();
+            assert_eq!(err.vm_message(), expected);
+        }
+        for accepted in [
+            "(type $t (func)) (table 1 1 funcref) (func i32.const 0 call_indirect (type $t))",
+            "(table 1 1 funcref) (func $f) (elem (i32.const 0) $f)",
+            "(func $s) (start $s)",
+        ] {
+            check_wasm(&contract(accepted), &capabilities()).expect(accepted);
+        }
+    }
+
+    #[test]
     fn floats_and_sign_extension_pass() {
         check_wasm(
             &contract(
