@@ -1251,9 +1251,14 @@ mod tests {
     }
 
     #[test]
-    fn an_engine_with_these_settings_builds() {
-        let mut config = wasmtime::Config::new();
-        configure_engine(&mut config);
-        wasmtime::Engine::new(&config).expect("engine");
+    fn an_engine_with_these_settings_builds_for_both_tiers() {
+        for strategy in [wasmtime::Strategy::Cranelift, wasmtime::Strategy::Winch] {
+            let mut config = wasmtime::Config::new();
+            config.strategy(strategy);
+            configure_engine(&mut config);
+            let engine = wasmtime::Engine::new(&config).expect("engine");
+            let wasm = contract("(func (param f64) (result f64) local.get 0 f64.sqrt)");
+            wasmtime::Module::new(&engine, &wasm).expect("compiles");
+        }
     }
 }

@@ -783,8 +783,17 @@ mod tests {
     /// `read_region` charge them (`GasConfig`'s defaults); the imports trap, so the rest is the
     /// metering's. Returns the gas used and the result, or `None` when gas ran out.
     fn call_raw(wasm: &[u8], entry: &str, args: &[&str], limit: u64) -> Option<(u64, String)> {
-        let engine = engine();
-        let (mut store, instance) = instance(&engine, wasm);
+        call_raw_on(&engine(), wasm, entry, args, limit)
+    }
+
+    fn call_raw_on(
+        engine: &Engine,
+        wasm: &[u8],
+        entry: &str,
+        args: &[&str],
+        limit: u64,
+    ) -> Option<(u64, String)> {
+        let (mut store, instance) = instance(engine, wasm);
         let left = instance.get_global(&mut store, GAS_LEFT_EXPORT).unwrap();
         left.set(&mut store, Val::I64(limit as i64)).unwrap();
         let memory = instance.get_memory(&mut store, "memory").unwrap();
@@ -931,6 +940,17 @@ mod tests {
             // The exact limit suffices; one less runs out.
             assert_eq!(call_raw(&wasm, "execute", &noop, used).unwrap().0, used);
             assert!(call_raw(&wasm, "execute", &noop, used - 1).is_none());
+            // The same gas on the Winch tier: the metering is in the bytecode.
+            let mut config = wasmtime::Config::new();
+            config.strategy(wasmtime::Strategy::Winch);
+            configure_engine(&mut config);
+            let winch = Engine::new(&config).unwrap();
+            assert_eq!(
+                call_raw_on(&winch, &wasm, "execute", &noop, limit)
+                    .unwrap()
+                    .0,
+                used
+            );
             let (used, _) = call_raw(
                 &wasm,
                 "execute",
