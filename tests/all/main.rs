@@ -3,6 +3,7 @@
 
 mod cache;
 mod crash_vm;
+mod cw_backend;
 mod fuzz;
 mod hostile_kv;
 mod kv;

@@ -145,6 +145,16 @@ fn allowed(krate: &str) -> &'static [&'static str] {
             "strata-fs",
             "wasmtime",
         ],
+        "vm-cosmwasm" => &[
+            "vm-host",
+            "cache-core",
+            "cache-pinned",
+            "cache-lru",
+            "cache-fs",
+            "store-index",
+            "store-commit",
+            "wasmtime",
+        ],
         "vmhost" => &["vm-host"],
         _ => &[],
     }

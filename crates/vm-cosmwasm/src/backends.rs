@@ -408,7 +408,8 @@ const GAS_COST_QUERY_RESPONSE_MULTIPLIER: u64 = 100;
 /// external gas, and out of gas when that is more than the call has left.
 ///
 /// - bank queries: from a [`BankQuerier`];
-/// - distribution queries: from an empty distribution state, as `MockQuerier`'s default;
+/// - staking and distribution queries: from an empty staking and distribution state, as
+///   `MockQuerier`'s defaults;
 /// - wasm queries: through the [`WasmQuerier`] hook, whose own gas is charged on top; without
 ///   one, `no such contract` (`no such code` for a code info query);
 /// - custom and gRPC queries: unsupported; a request that does not parse: an invalid request
@@ -455,6 +456,7 @@ impl DefaultQuerier {
         let answer = match &request {
             QueryRequest::Bank(q) => self.bank.query(q),
             QueryRequest::Custom(_) => unsupported("custom"),
+            QueryRequest::Staking(q) => cosmwasm_std::testing::StakingQuerier::default().query(q),
             QueryRequest::Distribution(q) => {
                 cosmwasm_std::testing::DistributionQuerier::default().query(q)
             }

@@ -76,8 +76,11 @@ fn kv_storage_iterators_are_snapshots_with_mock_storage_ids_and_charges() {
     // Start after end: empty, as MockStorage.
     assert_eq!(s.scan(Some(b"c"), Some(b"a"), Order::Ascending).0, Ok(3));
     assert_eq!(s.next(3), (Ok(None), ext(37)));
+    // Start equal to end: empty.
+    assert_eq!(s.scan(Some(b"a"), Some(b"a"), Order::Descending).0, Ok(4));
+    assert_eq!(s.next(4), (Ok(None), ext(37)));
     // Unknown ids are free errors.
-    for id in [0, 4, u32::MAX] {
+    for id in [0, 5, u32::MAX] {
         assert_eq!(
             s.next(id),
             (
@@ -262,6 +265,12 @@ fn bank_and_other_queries_match_the_mock_querier_byte_for_byte() {
         r#"{"grpc":{"path":"/x","data":""}}"#,
         r#"{"distribution":{"delegator_withdraw_address":{"delegator_address":"alice"}}}"#,
         r#"{"distribution":{"delegator_validators":{"delegator_address":"alice"}}}"#,
+        r#"{"staking":{"bonded_denom":{}}}"#,
+        r#"{"staking":{"all_validators":{}}}"#,
+        r#"{"staking":{"delegation":{"delegator":"alice","validator":"v"}}}"#,
+        r#"{"stargate":{"path":"/x","data":""}}"#,
+        r#"{"ibc":{"port_id":{}}}"#,
+        r#"{"unknown":{}}"#,
         r#"not json"#,
         r#"{}"#,
     ]
