@@ -287,15 +287,51 @@ fn every_import_links_with_cosmwasm_vm_signatures() {
         let Ok(wasm) = std::fs::read(dir.join(file)) else {
             continue;
         };
+        let mut types = Vec::new();
+        let mut checked = 0;
         for payload in wasmparser::Parser::new(0).parse_all(&wasm) {
-            if let wasmparser::Payload::ImportSection(reader) = payload.unwrap() {
-                for import in reader.into_imports() {
-                    let import = import.unwrap();
-                    assert_eq!(import.module, "env");
-                    assert!(NAMES.contains(&import.name), "{file}: {}", import.name);
+            match payload.unwrap() {
+                wasmparser::Payload::TypeSection(reader) => {
+                    for ty in reader.into_iter_err_on_gc_types() {
+                        types.push(ty.unwrap());
+                    }
                 }
+                wasmparser::Payload::ImportSection(reader) => {
+                    for import in reader.into_imports() {
+                        let import = import.unwrap();
+                        assert_eq!(import.module, "env");
+                        let wasmparser::TypeRef::Func(index) = import.ty else {
+                            panic!("{file}: {} is not a function", import.name);
+                        };
+                        // The contract's signature is the one the linker defines.
+                        let want = &types[index as usize];
+                        let host = h
+                            .linker
+                            .get(&mut h.store, "env", import.name)
+                            .unwrap_or_else(|_| panic!("{file}: {} is not defined", import.name))
+                            .into_func()
+                            .unwrap()
+                            .ty(&h.store);
+                        let kinds = |v: Vec<String>| v.join(",");
+                        let host_params = kinds(host.params().map(|t| t.to_string()).collect());
+                        let host_results = kinds(host.results().map(|t| t.to_string()).collect());
+                        let want_params =
+                            kinds(want.params().iter().map(|t| t.to_string()).collect());
+                        let want_results =
+                            kinds(want.results().iter().map(|t| t.to_string()).collect());
+                        assert_eq!(
+                            (host_params, host_results),
+                            (want_params, want_results),
+                            "{file}: {}",
+                            import.name
+                        );
+                        checked += 1;
+                    }
+                }
+                _ => {}
             }
         }
+        assert!(checked >= 13, "{file}: {checked} imports");
     }
 }
 
@@ -335,6 +371,33 @@ fn regions_are_checked_as_cosmwasm_vm_checks_them() {
     let (e, gas) = h.err::<u32, u32>("db_read", p);
     assert_eq!(e, comm("Region length too big. Got 65537, limit 65536"));
     assert_eq!(gas, HOST + read_cost(65537));
+    // Every one-region import refuses a region over its maximum, after charging the read.
+    for (name, max) in [
+        ("db_remove", MAX_LENGTH_DB_KEY),
+        ("addr_validate", MAX_LENGTH_HUMAN_ADDRESS),
+        ("debug", MAX_LENGTH_DEBUG),
+        ("abort", MAX_LENGTH_ABORT),
+        ("query_chain", MAX_LENGTH_QUERY_CHAIN_REQUEST),
+    ] {
+        let len = max as u32 + 1;
+        let p = h.raw_region(100, len, len);
+        let (r, gas) = match name {
+            "addr_validate" | "query_chain" => {
+                let (r, gas) = h.call::<u32, u32>(name, p);
+                (r.map(|_| ()), gas)
+            }
+            _ => h.call::<u32, ()>(name, p),
+        };
+        let e = r.unwrap_err();
+        assert_eq!(
+            e.downcast_ref::<CallError>(),
+            Some(&comm(&format!(
+                "Region length too big. Got {len}, limit {max}"
+            ))),
+            "{name}"
+        );
+        assert_eq!(gas, HOST + read_cost(len as usize), "{name}");
+    }
     // Valid but outside memory.
     let p = h.raw_region(200_000, 10, 10);
     let (e, gas) = h.err::<u32, u32>("db_read", p);
