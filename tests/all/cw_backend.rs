@@ -9,14 +9,13 @@ use vm_cosmwasm::backends::KvStorage;
 use vm_cosmwasm::gas::GasInfo;
 use vm_host::{Vm, VmConfig};
 
+/// Key-value entries.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 const LEDGER: &str = include_str!("../../crates/vm-host/contracts/ledger.wat");
 
 /// Every entry of a scan, and the gas of all its steps (the end included).
-fn drain(
-    s: &mut KvStorage,
-    start: Option<&[u8]>,
-    order: Order,
-) -> (Vec<(Vec<u8>, Vec<u8>)>, GasInfo) {
+fn drain(s: &mut KvStorage, start: Option<&[u8]>, order: Order) -> (Entries, GasInfo) {
     let (id, mut gas) = s.scan(start, None, order);
     let id = id.expect("scan");
     let mut out = Vec::new();
@@ -30,7 +29,7 @@ fn drain(
     }
 }
 
-fn entries(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn entries(pairs: &[(&str, &str)]) -> Entries {
     pairs
         .iter()
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
@@ -86,7 +85,7 @@ fn kv_storage_commits_survives_a_restart_and_scans_tables_and_writes() -> Result
     assert_eq!(from_c, entries(&[("e", "5"), ("c", "3"), ("bb", "22")]));
     // The first commit is unchanged.
     let mut old = vm.session(Some(root1))?;
-    let mut storage = KvStorage::new(old.kv(&m)?);
+    let storage = KvStorage::new(old.kv(&m)?);
     assert_eq!(storage.get(b"d").0?, Some(b"4".to_vec()));
     assert_eq!(storage.get(b"bb").0?, None);
     Ok(())
