@@ -398,6 +398,13 @@ fn regions_are_checked_as_cosmwasm_vm_checks_them() {
         );
         assert_eq!(gas, HOST + read_cost(len as usize), "{name}");
     }
+    // Over 8 MB a read costs the large rate (520 per byte, no base): an ed25519 batch's
+    // messages may be that long.
+    let len = 9_000_000;
+    let (big, small) = (h.raw_region(100, len, len), h.region(b""));
+    let (e, gas) = h.err::<(u32, u32, u32), u32>("ed25519_batch_verify", (big, small, small));
+    assert!(matches!(e, CallError::Communication(m) if m.starts_with("Tried to access memory")));
+    assert_eq!(gas, HOST + 520 * u64::from(len));
     // Valid but outside memory.
     let p = h.raw_region(200_000, 10, 10);
     let (e, gas) = h.err::<u32, u32>("db_read", p);
