@@ -408,8 +408,9 @@ const GAS_COST_QUERY_RESPONSE_MULTIPLIER: u64 = 100;
 /// external gas, and out of gas when that is more than the call has left.
 ///
 /// - bank queries: from a [`BankQuerier`];
-/// - staking and distribution queries: from an empty staking and distribution state, as
-///   `MockQuerier`'s defaults;
+/// - distribution queries: from an empty distribution state, as `MockQuerier`'s default;
+/// - anything cosmwasm-std's features leave out of `QueryRequest` (staking, stargate, IBC):
+///   an invalid request, as `MockQuerier` built with the same features answers;
 /// - wasm queries: through the [`WasmQuerier`] hook, whose own gas is charged on top; without
 ///   one, `no such contract` (`no such code` for a code info query);
 /// - custom and gRPC queries: unsupported; a request that does not parse: an invalid request
@@ -456,7 +457,6 @@ impl DefaultQuerier {
         let answer = match &request {
             QueryRequest::Bank(q) => self.bank.query(q),
             QueryRequest::Custom(_) => unsupported("custom"),
-            QueryRequest::Staking(q) => cosmwasm_std::testing::StakingQuerier::default().query(q),
             QueryRequest::Distribution(q) => {
                 cosmwasm_std::testing::DistributionQuerier::default().query(q)
             }

@@ -9,8 +9,9 @@
 //! through, as out of gas when the metering marked the counter exhausted.
 //!
 //! `write_to_contract` calls the contract's `allocate` from inside an import. Like cosmwasm-vm,
-//! it counts that as one more level of guest calls and refuses to pass [`MAX_CALL_DEPTH`]:
-//! the entry point's call must count as level 1 (`Environment::call_depth` is 1 while it runs).
+//! it counts that as one more level of guest calls and refuses to pass [`MAX_CALL_DEPTH`]; the
+//! entry point is level 1 and `Environment::call_depth` counts the levels above it (0 while
+//! the entry point runs, 1 inside an import's `allocate`).
 
 use cosmwasm_crypto::{
     CryptoError, ECDSA_PUBKEY_MAX_LEN, ECDSA_SIGNATURE_LEN, EDDSA_PUBKEY_LEN, HashFunction,
@@ -192,7 +193,8 @@ fn write_to_contract(c: &mut Ctx<'_>, data: &[u8]) -> HostResult<u32> {
         .exports
         .clone()
         .ok_or_else(|| CallError::Communication("instance exports are not set".into()))?;
-    if c.data().call_depth + 1 > MAX_CALL_DEPTH {
+    // The entry point's level, those of imports' guest calls in progress, and this one.
+    if 1 + c.data().call_depth + 1 > MAX_CALL_DEPTH {
         return Err(CallError::Generic("Maximum call depth exceeded.".into()).into());
     }
     c.data_mut().call_depth += 1;

@@ -266,8 +266,6 @@ fn bank_and_other_queries_match_the_mock_querier_byte_for_byte() {
         r#"{"distribution":{"delegator_withdraw_address":{"delegator_address":"alice"}}}"#,
         r#"{"distribution":{"delegator_validators":{"delegator_address":"alice"}}}"#,
         r#"{"staking":{"bonded_denom":{}}}"#,
-        r#"{"staking":{"all_validators":{}}}"#,
-        r#"{"staking":{"delegation":{"delegator":"alice","validator":"v"}}}"#,
         r#"{"stargate":{"path":"/x","data":""}}"#,
         r#"{"ibc":{"port_id":{}}}"#,
         r#"{"unknown":{}}"#,

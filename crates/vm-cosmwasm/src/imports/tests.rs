@@ -75,8 +75,8 @@ fn environment(
         exports: None,
         limits: StoreLimitsBuilder::new().build(),
         debug: None,
-        // The entry point's own level, as during a call.
-        call_depth: 1,
+        // As while an entry point runs.
+        call_depth: 0,
     }
 }
 
@@ -850,12 +850,13 @@ fn debug_abort_and_the_call_depth() {
     // allocate from an import is level 2 of 2: one level deeper is refused.
     let (k, v) = (h.region(b"k"), h.region(b"v"));
     h.ok::<(u32, u32), ()>("db_write", (k, v));
-    h.store.data_mut().call_depth = 2;
+    // (An import called from inside allocate, itself called from an import.)
+    h.store.data_mut().call_depth = 1;
     let (e, _) = h.err::<u32, u32>("db_read", k);
     assert_eq!(e, CallError::Generic("Maximum call depth exceeded.".into()));
-    h.store.data_mut().call_depth = 1;
+    h.store.data_mut().call_depth = 0;
     assert_ne!(h.ok::<u32, u32>("db_read", k).0, 0);
-    assert_eq!(h.store.data().call_depth, 1);
+    assert_eq!(h.store.data().call_depth, 0);
 
     // allocate returning 0; allocate running out of gas.
     h.set_mode(1);
@@ -864,7 +865,7 @@ fn debug_abort_and_the_call_depth() {
     h.set_mode(2);
     let (e, _) = h.err::<u32, u32>("db_read", k);
     assert_eq!(e, CallError::GasDepletion);
-    assert_eq!(h.store.data().call_depth, 1);
+    assert_eq!(h.store.data().call_depth, 0);
 }
 
 #[test]
