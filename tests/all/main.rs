@@ -2,6 +2,7 @@
 //! it links once.
 
 mod cache;
+mod cosmwasm;
 mod crash_vm;
 mod cw_backend;
 mod fuzz;

@@ -153,9 +153,10 @@ fn allowed(krate: &str) -> &'static [&'static str] {
             "cache-fs",
             "store-index",
             "store-commit",
+            "strata-fs",
             "wasmtime",
         ],
-        "vmhost" => &["vm-host"],
+        "vmhost" => &["vm-host", "vm-cosmwasm"],
         _ => &[],
     }
 }

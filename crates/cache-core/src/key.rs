@@ -199,6 +199,8 @@ pub enum Abi {
     Plain,
     /// vm-host's own ABI (`env.db_read`, `env.db_write`, `env.db_remove`).
     Strata,
+    /// The CosmWasm ABI (vm-cosmwasm): a fresh instance per call, gas metered by a rewrite.
+    CosmWasm,
 }
 
 /// The compiler that produced an artifact.
@@ -245,8 +247,11 @@ impl fmt::Display for Form {
 }
 
 impl Abi {
-    const ALL: [(Abi, u8, &'static str); 2] =
-        [(Abi::Plain, 0, "plain"), (Abi::Strata, 1, "strata")];
+    const ALL: [(Abi, u8, &'static str); 3] = [
+        (Abi::Plain, 0, "plain"),
+        (Abi::Strata, 1, "strata"),
+        (Abi::CosmWasm, 2, "cosmwasm"),
+    ];
 }
 
 impl fmt::Display for Abi {

@@ -105,6 +105,17 @@ impl Namespace {
         h.update(label);
         Namespace(h.finalize().into())
     }
+
+    /// A key space named by the embedder (for example a CosmWasm contract's address, whose
+    /// space outlives a migration to another code): sha256 of another tag and `name`, so it never
+    /// equals a module's or an instance's space.
+    pub fn named(name: &[u8]) -> Namespace {
+        let mut h = Sha256::new();
+        h.update(b"strata/v1/named-namespace\0");
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name);
+        Namespace(h.finalize().into())
+    }
 }
 
 impl Root {

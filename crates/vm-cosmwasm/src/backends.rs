@@ -416,20 +416,36 @@ const GAS_COST_QUERY_RESPONSE_MULTIPLIER: u64 = 100;
 /// - custom and gRPC queries: unsupported; a request that does not parse: an invalid request
 ///   naming the parse error.
 pub struct DefaultQuerier {
-    bank: BankQuerier,
+    /// The bank's configuration until the first bank query prepares it into `bank` (most
+    /// calls make none, and a querier lives for one call).
+    bank_config: BankConfig,
+    bank: Option<BankQuerier>,
     wasm: Option<Box<dyn WasmQuerier>>,
 }
 
 impl DefaultQuerier {
-    /// A querier answering bank queries from `bank`, with no wasm hook.
-    pub fn new(bank: BankQuerier) -> DefaultQuerier {
-        DefaultQuerier { bank, wasm: None }
+    /// A querier answering bank queries from `bank` and wasm queries through `wasm`.
+    pub fn new(bank: BankConfig, wasm: Option<Box<dyn WasmQuerier>>) -> DefaultQuerier {
+        DefaultQuerier {
+            bank_config: bank,
+            bank: None,
+            wasm,
+        }
     }
 
-    /// Sends wasm queries to `hook`.
-    pub fn with_wasm(mut self, hook: Box<dyn WasmQuerier>) -> DefaultQuerier {
-        self.wasm = Some(hook);
-        self
+    /// A querier answering bank queries from an already prepared `bank`.
+    pub fn with_bank(bank: BankQuerier, wasm: Option<Box<dyn WasmQuerier>>) -> DefaultQuerier {
+        DefaultQuerier {
+            bank_config: BankConfig::default(),
+            bank: Some(bank),
+            wasm,
+        }
+    }
+
+    fn bank(&mut self) -> &BankQuerier {
+        let config = &mut self.bank_config;
+        self.bank
+            .get_or_insert_with(|| BankQuerier::new(std::mem::take(config)))
     }
 
     fn answer(
@@ -455,7 +471,7 @@ impl DefaultQuerier {
         let unsupported =
             |kind: &str| SystemResult::Err(SystemError::UnsupportedRequest { kind: kind.into() });
         let answer = match &request {
-            QueryRequest::Bank(q) => self.bank.query(q),
+            QueryRequest::Bank(q) => self.bank().query(q),
             QueryRequest::Custom(_) => unsupported("custom"),
             QueryRequest::Distribution(q) => {
                 cosmwasm_std::testing::DistributionQuerier::default().query(q)

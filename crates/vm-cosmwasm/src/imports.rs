@@ -168,9 +168,10 @@ fn charge_linear(
 
 /// A backend error as the call's error (out of gas stays out of gas).
 fn backend_error(e: BackendError) -> CallError {
-    match e {
-        BackendError::OutOfGas => CallError::GasDepletion,
-        other => CallError::Backend(other),
+    if crate::gas::is_out_of_gas(&e) {
+        CallError::GasDepletion
+    } else {
+        CallError::Backend(e)
     }
 }
 

@@ -83,7 +83,7 @@ pub use cache_core::{LayerStats, Tier};
 pub use cache_fs::{PruneReport, Verification};
 pub use cache_redis::{Compression, Held, RedisConfig, RemoteStats};
 pub use host::HostState;
-pub use session::Session;
+pub use session::{Savepoint, Session};
 pub use store_commit::{CommitInfo, Deletion};
 pub use store_commit::{KvHandle, KvIter, KvQuota, KvQuotaExceeded, Namespace, Order};
 pub use store_index::{ModuleId, Root};

@@ -12,6 +12,9 @@ use crate::memory::{self, GUARD, RESERVATION};
 use crate::rewrite::{self, Form, MEMORY_EXPORT};
 use crate::{ModuleError, Phase, Value, ValueType, Vm, VmError, WasmtimeError};
 
+/// A point a [`Session`] can return to ([`Session::savepoint`]).
+pub struct Savepoint(store_commit::Checkpoint);
+
 /// A module instantiated in this session.
 struct Live {
     store: wasmtime::Store<HostState>,
@@ -409,6 +412,38 @@ impl Session {
             return Err(VmError::UnknownModule(*module));
         }
         Ok(self.inner.kv(&Namespace::of_module(module))?)
+    }
+
+    /// The key-value space `namespace` as the session sees it: for ABIs built on the host that
+    /// name their own spaces (vm-cosmwasm keys a contract's space by its address,
+    /// [`Namespace::named`]). Its data is committed with the session and covered by the root.
+    pub fn kv_space(&mut self, namespace: &Namespace) -> Result<store_commit::KvHandle, VmError> {
+        Ok(self.inner.kv(namespace)?)
+    }
+
+    /// A point the session's key-value spaces and deploys can [`rollback_to`](Self::rollback_to)
+    /// (for ABIs built on the host, whose failed calls must leave no trace). Only for sessions
+    /// that have instantiated no module of the host's own ABI: their live state is not covered,
+    /// so such a session is refused with [`VmError::BadArguments`].
+    pub fn savepoint(&mut self) -> Result<Savepoint, VmError> {
+        self.refuse_live_modules()?;
+        Ok(Savepoint(self.inner.checkpoint()?))
+    }
+
+    /// Returns the session's key-value spaces and deploys to `savepoint`; spaces opened after
+    /// it return to their committed state.
+    pub fn rollback_to(&mut self, savepoint: &Savepoint) -> Result<(), VmError> {
+        self.refuse_live_modules()?;
+        Ok(self.inner.rollback(&savepoint.0)?)
+    }
+
+    fn refuse_live_modules(&self) -> Result<(), VmError> {
+        if self.modules.values().any(|s| matches!(s, Slot::Live(_))) {
+            return Err(VmError::BadArguments(
+                "savepoints need a session that has instantiated no module of the host ABI".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Commits the session's state and returns its root (an existing commit's root when the

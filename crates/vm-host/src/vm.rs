@@ -494,6 +494,15 @@ impl Vm {
         &self.inner.dir
     }
 
+    /// How the VM's file cache checks artifacts (with [`CacheVerification::VmKey`], the VM's
+    /// own key): an ABI built on the host opens its own file cache with the same mode, so a
+    /// writer of the VM directory can forge none of its artifacts either.
+    ///
+    /// [`CacheVerification::VmKey`]: crate::CacheVerification::VmKey
+    pub fn file_cache_verification(&self) -> Verification {
+        self.inner.loader.fs().config().mode.clone()
+    }
+
     /// The settings the VM was opened with.
     pub fn config(&self) -> &VmConfig {
         &self.inner.config

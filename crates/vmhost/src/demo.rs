@@ -229,6 +229,9 @@ pub(crate) fn run() -> Result<()> {
     );
     print_layers(&stats.layers);
 
+    drop(vm);
+    cosmwasm(&mut demo, &dir.path().join("cosmwasm"))?;
+
     println!("\n{:<48} {:>12}", "step", "time");
     for step in &demo.steps {
         println!(
@@ -237,5 +240,83 @@ pub(crate) fn run() -> Result<()> {
             step.took.as_secs_f64() * 1e3
         );
     }
+    Ok(())
+}
+
+/// Where the corpus of third-party contracts is, if this machine has it.
+fn corpus() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("STRATA_CORPUS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "../shared/corpus".into());
+    dir.join("cosmwasm-hackatom.wasm").is_file().then_some(dir)
+}
+
+/// 6. CosmWasm: our counter contract (and CosmWasm's hackatom when the corpus is here):
+/// store, instantiate, execute, query, with the gas and the cache layers.
+fn cosmwasm(demo: &mut Demo, dir: &std::path::Path) -> Result<()> {
+    use vm_cosmwasm::{CallContext, CwConfig, CwVm};
+    println!("\n== CosmWasm ==");
+    let vm = CwVm::open(dir, CwConfig::default())?;
+    let mut session = vm.session(None)?;
+    let wasm = vm_cosmwasm::counter_wasm();
+    let (code, _) = demo.timed("cw: store_code (check, meter, compile) counter", || {
+        Ok(session.store_code(&wasm)?)
+    })?;
+    let ctx = CallContext::new("cosmwasm1demo", 500_000_000_000);
+    let (counter, out) = demo.timed("cw: instantiate counter", || {
+        Ok(session.instantiate(&ctx, code, br#"{"count":41}"#, "counter", None)?)
+    })?;
+    ensure!(out.is_ok(), "instantiate failed: {}", out.text());
+    println!(
+        "instantiated counter at {counter}: {} (gas {})",
+        out.text(),
+        out.gas.used()
+    );
+    let out = demo.timed("cw: execute increment", || {
+        Ok(session.execute(&ctx, &counter, br#"{"increment":{}}"#)?)
+    })?;
+    ensure!(out.is_ok(), "execute failed: {}", out.text());
+    println!("execute increment: gas {}", out.gas.used());
+    let root = session.commit()?;
+    let mut session = vm.session(Some(root))?;
+    let out = demo.timed("cw: query get_count", || {
+        Ok(session.query(&ctx, &counter, br#"{"get_count":{}}"#)?)
+    })?;
+    println!(
+        "query get_count: {} (gas {}), root {}",
+        out.text(),
+        out.gas.used(),
+        short(root)
+    );
+    ensure!(
+        out.text() == r#"{"ok":"eyJjb3VudCI6NDJ9"}"#,
+        "unexpected count: {}",
+        out.text()
+    );
+
+    if let Some(corpus) = corpus() {
+        let hackatom = std::fs::read(corpus.join("cosmwasm-hackatom.wasm"))?;
+        let (code, _) = demo.timed("cw: store_code hackatom (0.3 MB)", || {
+            Ok(session.store_code(&hackatom)?)
+        })?;
+        let verifier = vm_cosmwasm::registry::addr_make("cosmwasm", "verifier")?;
+        let beneficiary = vm_cosmwasm::registry::addr_make("cosmwasm", "beneficiary")?;
+        let msg = format!(r#"{{"verifier":"{verifier}","beneficiary":"{beneficiary}"}}"#);
+        let msg = msg.as_bytes();
+        let (addr, out) = demo.timed("cw: instantiate hackatom", || {
+            Ok(session.instantiate(&ctx, code, msg, "hackatom", None)?)
+        })?;
+        ensure!(out.is_ok(), "hackatom instantiate failed: {}", out.text());
+        println!("hackatom at {}: gas {}", short(&addr), out.gas.used());
+        let out = demo.timed("cw: query hackatom verifier", || {
+            Ok(session.query(&ctx, &addr, br#"{"verifier":{}}"#)?)
+        })?;
+        println!("hackatom verifier: {} (gas {})", out.text(), out.gas.used());
+        session.commit()?;
+    } else {
+        println!("(the corpus is absent: hackatom is skipped; set STRATA_CORPUS to run it)");
+    }
+    println!("cosmwasm cache layers ({} compiles):", vm.compiles());
+    print_layers(&vm.cache_stats());
     Ok(())
 }

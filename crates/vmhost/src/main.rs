@@ -7,6 +7,7 @@
 //! Any failure prints one line on stderr and exits non-zero, and changes nothing. Logs go to
 //! stderr, and only when `RUST_LOG` is set.
 
+mod cw;
 mod demo;
 mod size;
 
@@ -213,6 +214,11 @@ enum Command {
         /// .wasm or .wat files.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+    /// CosmWasm contracts: store, instantiate, execute, query, migrate, sudo, contracts.
+    Cw {
+        #[command(subcommand)]
+        command: cw::CwCommand,
     },
     /// Run the demonstration in a temporary directory (default settings).
     Demo,
@@ -448,6 +454,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Precompile { remote, paths } => precompile(&cli, *remote, paths)?,
+        Command::Cw { command } => {
+            let Some(dir) = &cli.dir else {
+                bail!("no VM directory: pass --dir DIR or set VMHOST_DIR");
+            };
+            return cw::run(dir, config(&cli)?, command);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

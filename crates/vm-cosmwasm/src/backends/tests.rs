@@ -235,7 +235,7 @@ fn both() -> (DefaultQuerier, MockQuerier) {
     let refs: Vec<(&str, &[Coin])> = balances.iter().map(|(a, c)| (*a, c.as_slice())).collect();
     let mut mock = MockQuerier::new(&refs);
     mock.bank.set_denom_metadata(&denoms);
-    (DefaultQuerier::new(BankQuerier::new(config)), mock)
+    (DefaultQuerier::new(config, None), mock)
 }
 
 #[test]
@@ -298,7 +298,7 @@ fn bank_and_other_queries_match_the_mock_querier_byte_for_byte() {
         Ok(expected)
     );
     // Supply sums the balances.
-    let supply = ours.bank.query(&BankQuery::Supply {
+    let supply = ours.bank().query(&BankQuery::Supply {
         denom: "ucosm".into(),
     });
     let SystemResult::Ok(ContractResult::Ok(bytes)) = supply else {
@@ -343,8 +343,8 @@ impl WasmQuerier for Echo {
 
 #[test]
 fn wasm_queries_go_to_the_hook_whose_gas_adds_to_the_querier_charge() {
-    let (ours, _) = both();
-    let mut ours = ours.with_wasm(Box::new(Echo));
+    let bank = BankQuerier::new(BankConfig::default());
+    let mut ours = DefaultQuerier::with_bank(bank, Some(Box::new(Echo)));
     let request = br#"{"wasm":{"smart":{"contract_addr":"c1","msg":"e30="}}}"#;
     let (answer, gas) = ours.query_raw(request, u64::MAX);
     let answer = answer.unwrap();

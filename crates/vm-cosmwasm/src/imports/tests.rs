@@ -10,7 +10,7 @@ use wasmtime::{
 
 use super::*;
 use crate::backend::{BackendApi, Querier, Storage};
-use crate::backends::{BankConfig, BankQuerier, Bech32Api, DefaultQuerier, KvStorage};
+use crate::backends::{BankConfig, Bech32Api, DefaultQuerier, KvStorage};
 use crate::env::Exports;
 use crate::gas::{GasConfig, GasState};
 use crate::memory::{REGION_SIZE, Region};
@@ -84,7 +84,7 @@ impl Harness {
     fn new() -> Harness {
         Harness::with(environment(
             Box::new(KvStorage::new(kv())),
-            Box::new(DefaultQuerier::new(BankQuerier::default())),
+            Box::new(DefaultQuerier::new(BankConfig::default(), None)),
             false,
         ))
     }
@@ -484,7 +484,7 @@ fn storage_imports_charge_as_cosmwasm_vm_with_mock_storage() {
 fn read_only_storage_refuses_writes_after_the_host_call_charge() {
     let mut h = Harness::with(environment(
         Box::new(KvStorage::new(kv())),
-        Box::new(DefaultQuerier::new(BankQuerier::default())),
+        Box::new(DefaultQuerier::new(BankConfig::default(), None)),
         true,
     ));
     let (k, v) = (h.region(b"k"), h.region(b"v"));
@@ -970,7 +970,7 @@ fn query_chain_with_the_default_querier_answers_bank_queries() {
     );
     let mut h = Harness::with(environment(
         Box::new(KvStorage::new(kv())),
-        Box::new(DefaultQuerier::new(BankQuerier::new(config))),
+        Box::new(DefaultQuerier::new(config, None)),
         false,
     ));
     let request = br#"{"bank":{"balance":{"address":"cosmwasm1abc","denom":"ucosm"}}}"#;

@@ -1,0 +1,561 @@
+//! The engine CosmWasm contracts run on, their module cache, and one call of an entry point.
+//!
+//! CosmWasm contracts keep no memory between calls: each call gets a fresh instance, its data
+//! segments applied by wasmtime's copy-on-write memory initialisation, from the pooling
+//! allocator (no mmap per call). The persistent memories of vm-host's own ABI are not used.
+//! Modules load through pinned -> LRU -> file cache -> compile, keyed by the checksum, the
+//! metering rewrite's version, [`Abi::CosmWasm`], the tier and the engine.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+
+use cache_core::{
+    Abi, CacheKey, EngineFingerprint, FallbackCache, Form, ModuleCache, Tier, WasmHash,
+};
+use cache_fs::{FsCache, FsCacheConfig, Verification};
+use cache_lru::LruCache;
+use cache_pinned::PinnedCache;
+use parking_lot::Mutex;
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, Store, StoreLimitsBuilder, Strategy,
+};
+
+use crate::env::{self, CallError, Environment, Exports};
+use crate::{CallFailure, CwError, FailureKind, TierPolicy, check, imports, memory, metering};
+
+type Chain = FallbackCache<PinnedCache, FallbackCache<LruCache, FsCache>>;
+
+/// The most instance-pre-resolutions kept (one per module); past it the map starts afresh.
+const MAX_PRES: usize = 1024;
+
+/// How many instances may live at once (pool slots).
+pub(crate) const POOL_INSTANCES: u32 = 128;
+
+/// The most Cranelift compiles waiting for the tier-up thread; past it a compile is dropped
+/// (the contract keeps running on Winch, and its next load from the chain queues it again).
+const TIER_UP_QUEUE: usize = 64;
+
+/// An engine and the linker of the imports on it.
+struct Compiler {
+    engine: Engine,
+    linker: Linker<Environment>,
+}
+
+/// What the runtime and its tier-up thread share.
+struct Shared {
+    cranelift: Compiler,
+    chain: Chain,
+    compiles: AtomicU64,
+    tier_ups: AtomicU64,
+    /// Compiles queued and not finished.
+    pending: AtomicU64,
+}
+
+pub(crate) struct Runtime {
+    shared: Arc<Shared>,
+    /// With [`TierPolicy::WinchThenCranelift`] or [`TierPolicy::WinchOnly`].
+    winch: Option<Compiler>,
+    policy: TierPolicy,
+    tier_up: Option<SyncSender<([u8; 32], Vec<u8>)>>,
+    pres: Mutex<HashMap<[u8; 32], InstancePre<Environment>>>,
+    /// Contracts whose Winch module was found in the chain and queued for a tier-up.
+    queued: Mutex<std::collections::HashSet<[u8; 32]>>,
+    pub(crate) memory_limit: usize,
+}
+
+fn engine_config(tier: Tier, memory_limit: usize) -> Config {
+    let mut config = Config::new();
+    check::configure_engine(&mut config);
+    config.strategy(match tier {
+        Tier::Winch => Strategy::Winch,
+        _ => Strategy::Cranelift,
+    });
+    config.memory_init_cow(true);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_core_instances(POOL_INSTANCES)
+        .total_memories(POOL_INSTANCES)
+        .total_tables(POOL_INSTANCES)
+        .max_memories_per_module(1)
+        .max_tables_per_module(1)
+        .max_memory_size(memory_limit);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+fn compiler(tier: Tier, memory_limit: usize) -> Result<Compiler, CwError> {
+    let engine = Engine::new(&engine_config(tier, memory_limit)).map_err(CwError::wasmtime)?;
+    let mut linker = Linker::new(&engine);
+    imports::define(&mut linker).map_err(CwError::wasmtime)?;
+    Ok(Compiler { engine, linker })
+}
+
+fn key(engine: &Engine, tier: Tier, checksum: &[u8; 32]) -> CacheKey {
+    CacheKey::from_parts(
+        WasmHash::from_bytes(*checksum),
+        Form::Runtime {
+            rewrite: metering::METERING_VERSION,
+        },
+        Abi::CosmWasm,
+        tier,
+        EngineFingerprint::of(engine),
+    )
+}
+
+impl Shared {
+    /// The tier-up thread: compiles each queued contract with Cranelift, saves it, and moves a
+    /// Winch pin to it. Ends when the runtime drops its sender.
+    fn run(&self, jobs: Receiver<([u8; 32], Vec<u8>)>, winch: Engine) {
+        for (checksum, metered) in jobs {
+            self.tier_up(checksum, &metered, &winch);
+            self.pending.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    fn tier_up(&self, checksum: [u8; 32], metered: &[u8], winch: &Engine) {
+        {
+            let ckey = key(&self.cranelift.engine, Tier::Cranelift, &checksum);
+            if matches!(self.chain.load(&ckey), Ok(Some(_))) {
+                return;
+            }
+            match Module::new(&self.cranelift.engine, metered) {
+                Ok(module) => {
+                    self.compiles.fetch_add(1, Ordering::Relaxed);
+                    self.tier_ups.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = self.chain.save(&ckey, &module) {
+                        tracing::warn!(error = %e, "saving a tier-up failed");
+                    }
+                    let wkey = key(winch, Tier::Winch, &checksum);
+                    if self.chain.primary().unpin(&wkey) {
+                        self.chain.primary().pin(ckey, module);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "a Cranelift tier-up failed"),
+            }
+        }
+    }
+}
+
+impl Runtime {
+    pub(crate) fn new(
+        cache_dir: &Path,
+        mode: Verification,
+        memory_limit: usize,
+        lru_bytes: u64,
+        fsync: bool,
+        policy: TierPolicy,
+    ) -> Result<Runtime, CwError> {
+        let cranelift = compiler(Tier::Cranelift, memory_limit)?;
+        let winch = match policy {
+            TierPolicy::CraneliftOnly => None,
+            _ => Some(compiler(Tier::Winch, memory_limit)?),
+        };
+        let mut engines = vec![cranelift.engine.clone()];
+        engines.extend(winch.as_ref().map(|w| w.engine.clone()));
+        let fs = FsCache::open_engines(
+            cache_dir,
+            &engines,
+            FsCacheConfig {
+                mode,
+                fsync,
+                ..FsCacheConfig::default()
+            },
+            Arc::new(strata_fs::RealFs),
+        )
+        .map_err(CwError::Cache)?;
+        let chain = FallbackCache::new(
+            PinnedCache::new(),
+            FallbackCache::new(LruCache::new(lru_bytes), fs),
+        );
+        let shared = Arc::new(Shared {
+            cranelift,
+            chain,
+            compiles: AtomicU64::new(0),
+            tier_ups: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+        });
+        let tier_up = match (&winch, policy) {
+            (Some(w), TierPolicy::WinchThenCranelift) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(TIER_UP_QUEUE);
+                let shared = Arc::clone(&shared);
+                let engine = w.engine.clone();
+                std::thread::Builder::new()
+                    .name("cw-tier-up".into())
+                    .spawn(move || shared.run(rx, engine))
+                    .map_err(|e| {
+                        CwError::Wasmtime(format!("cannot start the tier-up thread: {e}"))
+                    })?;
+                Some(tx)
+            }
+            _ => None,
+        };
+        Ok(Runtime {
+            shared,
+            winch,
+            policy,
+            tier_up,
+            pres: Mutex::new(HashMap::new()),
+            queued: Mutex::new(Default::default()),
+            memory_limit,
+        })
+    }
+
+    /// The keys to probe, best first: Cranelift, then Winch.
+    fn keys(&self, checksum: &[u8; 32]) -> Vec<CacheKey> {
+        let mut keys = Vec::with_capacity(2);
+        if self.policy != TierPolicy::WinchOnly {
+            keys.push(key(
+                &self.shared.cranelift.engine,
+                Tier::Cranelift,
+                checksum,
+            ));
+        }
+        if let Some(w) = &self.winch {
+            keys.push(key(&w.engine, Tier::Winch, checksum));
+        }
+        keys
+    }
+
+    fn best(&self, checksum: &[u8; 32]) -> Result<Option<(CacheKey, Module)>, CwError> {
+        self.shared
+            .chain
+            .load_first(&self.keys(checksum))
+            .map_err(CwError::Cache)
+    }
+
+    /// Compiles the metered form of `wasm` (already checked) into the cache chain, unless it
+    /// is there: with Cranelift, or with Winch at once and Cranelift on the tier-up thread.
+    pub(crate) fn prepare(&self, checksum: &[u8; 32], wasm: &[u8]) -> Result<Module, CwError> {
+        if let Some((_, module)) = self.best(checksum)? {
+            return Ok(module);
+        }
+        let metered = metering::instrument(wasm).map_err(CwError::Check)?;
+        let (engine, tier) = match &self.winch {
+            Some(w) if self.policy != TierPolicy::CraneliftOnly => (&w.engine, Tier::Winch),
+            _ => (&self.shared.cranelift.engine, Tier::Cranelift),
+        };
+        let module = Module::new(engine, &metered).map_err(CwError::wasmtime)?;
+        self.shared.compiles.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .chain
+            .save(&key(engine, tier, checksum), &module)
+            .map_err(CwError::Cache)?;
+        if tier == Tier::Winch && self.queued.lock().insert(*checksum) {
+            self.queue_tier_up(checksum, metered);
+        }
+        Ok(module)
+    }
+
+    fn queue_tier_up(&self, checksum: &[u8; 32], metered: Vec<u8>) {
+        let Some(tx) = &self.tier_up else { return };
+        self.shared.pending.fetch_add(1, Ordering::Acquire);
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            tx.try_send((*checksum, metered))
+        {
+            self.shared.pending.fetch_sub(1, Ordering::Release);
+            self.queued.lock().remove(checksum);
+            tracing::warn!("the tier-up queue is full: the contract stays on Winch for now");
+        }
+    }
+
+    /// Waits until the tier-up thread has nothing queued (at most `timeout`); whether it got
+    /// there.
+    pub(crate) fn wait_tier_up(&self, timeout: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        while self.shared.pending.load(Ordering::Acquire) > 0 {
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        true
+    }
+
+    /// The module of `checksum` from the chain (its best tier), or compiled from `wasm()` on
+    /// a miss.
+    pub(crate) fn load(
+        &self,
+        checksum: &[u8; 32],
+        wasm: impl FnOnce() -> Result<Vec<u8>, CwError>,
+    ) -> Result<Module, CwError> {
+        match self.best(checksum)? {
+            Some((key, module)) => {
+                // A Winch module still in the chain (after a restart, or a full queue): tier
+                // it up, unless it is queued already.
+                if key.tier() == Tier::Winch
+                    && self.policy == TierPolicy::WinchThenCranelift
+                    && self.queued.lock().insert(*checksum)
+                {
+                    let metered = metering::instrument(&wasm()?).map_err(CwError::Check)?;
+                    self.queue_tier_up(checksum, metered);
+                }
+                Ok(module)
+            }
+            None => self.prepare(checksum, &wasm()?),
+        }
+    }
+
+    /// Pins `module` (the best tier the chain had for `checksum`).
+    pub(crate) fn pin(&self, checksum: &[u8; 32], module: Module) {
+        let tier = if self.is_winch(&module) {
+            Tier::Winch
+        } else {
+            Tier::Cranelift
+        };
+        let key = key(module.engine(), tier, checksum);
+        self.shared.chain.primary().pin(key, module);
+    }
+
+    /// Unpins `checksum` (either tier); whether it was pinned.
+    pub(crate) fn unpin(&self, checksum: &[u8; 32]) -> bool {
+        let mut any = false;
+        for key in self.keys(checksum) {
+            any |= self.shared.chain.primary().unpin(&key);
+        }
+        any
+    }
+
+    fn is_winch(&self, module: &Module) -> bool {
+        self.winch
+            .as_ref()
+            .is_some_and(|w| Engine::same(&w.engine, module.engine()))
+    }
+
+    pub(crate) fn stats(&self) -> Vec<cache_core::LayerStats> {
+        self.shared.chain.stats()
+    }
+
+    pub(crate) fn compiles(&self) -> u64 {
+        self.shared.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Cranelift compiles that replaced a Winch module.
+    pub(crate) fn tier_ups(&self) -> u64 {
+        self.shared.tier_ups.load(Ordering::Relaxed)
+    }
+
+    fn pre(
+        &self,
+        checksum: &[u8; 32],
+        module: &Module,
+    ) -> Result<InstancePre<Environment>, CwError> {
+        let mut pres = self.pres.lock();
+        if let Some(pre) = pres.get(checksum)
+            && Module::same(pre.module(), module)
+        {
+            return Ok(pre.clone());
+        }
+        let linker = match &self.winch {
+            Some(w) if self.is_winch(module) => &w.linker,
+            _ => &self.shared.cranelift.linker,
+        };
+        let pre = linker.instantiate_pre(module).map_err(CwError::wasmtime)?;
+        if pres.len() >= MAX_PRES {
+            pres.clear();
+        }
+        pres.insert(*checksum, pre.clone());
+        Ok(pre)
+    }
+
+    /// A fresh instance of `module` over `env`, with `gas_limit` in its counter.
+    pub(crate) fn instantiate(
+        &self,
+        checksum: &[u8; 32],
+        module: &Module,
+        mut env: Environment,
+        gas_limit: u64,
+    ) -> Result<Instance, CwError> {
+        let pre = self.pre(checksum, module)?;
+        env.limits = StoreLimitsBuilder::new()
+            .memory_size(self.memory_limit)
+            .instances(1)
+            .tables(1)
+            .memories(1)
+            .build();
+        env.gas.gas_limit = gas_limit;
+        let mut store = Store::new(module.engine(), env);
+        store.limiter(|env| &mut env.limits);
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| CwError::Instantiation(e.to_string()))?;
+        let missing = |name: &str| CwError::Instantiation(format!("missing export `{name}`"));
+        let exports = Exports {
+            memory: instance
+                .get_memory(&mut store, "memory")
+                .ok_or_else(|| missing("memory"))?,
+            allocate: instance
+                .get_typed_func(&mut store, "allocate")
+                .map_err(|_| missing("allocate"))?,
+            deallocate: instance
+                .get_typed_func(&mut store, "deallocate")
+                .map_err(|_| missing("deallocate"))?,
+            gas_left: instance
+                .get_global(&mut store, metering::GAS_LEFT_EXPORT)
+                .ok_or_else(|| missing(metering::GAS_LEFT_EXPORT))?,
+            gas_exhausted: instance
+                .get_global(&mut store, metering::GAS_EXHAUSTED_EXPORT)
+                .ok_or_else(|| missing(metering::GAS_EXHAUSTED_EXPORT))?,
+        };
+        store.data_mut().exports = Some(exports);
+        env::set_gas_left(&mut store, gas_limit)
+            .map_err(|e| CwError::Instantiation(e.to_string()))?;
+        Ok(Instance { store, instance })
+    }
+}
+
+/// A live instance for one call.
+pub(crate) struct Instance {
+    pub(crate) store: Store<Environment>,
+    instance: wasmtime::Instance,
+}
+
+/// What a call's gas came to (cosmwasm-vm's `GasReport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GasReport {
+    /// The call's limit.
+    pub limit: u64,
+    /// What is left of it.
+    pub remaining: u64,
+    /// Gas the backend used outside the VM.
+    pub used_externally: u64,
+    /// Gas used inside the VM (`limit - used_externally - remaining`, saturating).
+    pub used_internally: u64,
+}
+
+impl GasReport {
+    /// All gas used: `limit - remaining`.
+    pub fn used(&self) -> u64 {
+        self.limit.saturating_sub(self.remaining)
+    }
+}
+
+impl Instance {
+    pub(crate) fn gas_report(&mut self) -> GasReport {
+        let limit = self.store.data().gas.gas_limit;
+        let used_externally = self.store.data().gas.externally_used;
+        let remaining = env::gas_left(&mut self.store).unwrap_or(0);
+        GasReport {
+            limit,
+            remaining,
+            used_externally,
+            used_internally: limit
+                .saturating_sub(used_externally)
+                .saturating_sub(remaining),
+        }
+    }
+
+    fn exhausted(&mut self) -> bool {
+        let Some(global) = self.store.data().exports.as_ref().map(|e| e.gas_exhausted) else {
+            return false;
+        };
+        let flag = Some(global.get(&mut self.store));
+        matches!(flag, Some(wasmtime::Val::I32(v)) if v != 0)
+    }
+
+    /// What a failed wasm or host call means: out of gas when the injected check tripped (or a
+    /// host function ran out), else the host function's error, else the trap.
+    fn failure(&mut self, err: wasmtime::Error) -> CallFailure {
+        if self.exhausted() {
+            return CallFailure::new(FailureKind::OutOfGas, "ran out of gas");
+        }
+        if let Some(e) = err.downcast_ref::<CallError>() {
+            let kind = match e {
+                CallError::GasDepletion => FailureKind::OutOfGas,
+                CallError::Aborted(_) => FailureKind::Aborted,
+                CallError::WriteAccessDenied => FailureKind::WriteAccessDenied,
+                CallError::Communication(_) => FailureKind::Communication,
+                CallError::Backend(_) => FailureKind::Backend,
+                _ => FailureKind::Host,
+            };
+            return CallFailure::new(kind, e.to_string());
+        }
+        let message = match err.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{err:#}"),
+        };
+        CallFailure::new(FailureKind::Trap, message)
+    }
+
+    fn failure_of(&mut self, err: CallError) -> CallFailure {
+        self.failure(wasmtime::Error::new(err))
+    }
+
+    /// Copies `data` into the contract through its `allocate` (as cosmwasm-vm passes the
+    /// arguments of an entry point).
+    fn pass(&mut self, data: &[u8]) -> Result<u32, CallFailure> {
+        let len = u32::try_from(data.len())
+            .map_err(|_| CallFailure::new(FailureKind::Communication, "argument too large"))?;
+        let allocate = self.exports().allocate.clone();
+        let ptr = match allocate.call(&mut self.store, len) {
+            Ok(ptr) => ptr,
+            Err(e) => return Err(self.failure(e)),
+        };
+        if ptr == 0 {
+            return Err(self.failure_of(CallError::Communication(
+                "allocate returned the zero address".into(),
+            )));
+        }
+        memory::write_region(&mut self.store, ptr, data).map_err(|e| self.failure_of(e))?;
+        Ok(ptr)
+    }
+
+    fn exports(&self) -> &Exports {
+        self.store
+            .data()
+            .exports
+            .as_ref()
+            .expect("set at instantiation")
+    }
+
+    /// Calls the entry point `name` with `args` (each passed as a region) and returns the
+    /// bytes of the region it returns (at most `max_result` of them), freed afterwards.
+    pub(crate) fn call_raw(
+        &mut self,
+        name: &str,
+        args: &[&[u8]],
+        max_result: usize,
+    ) -> Result<Vec<u8>, CallFailure> {
+        let mut ptrs = Vec::with_capacity(args.len());
+        for arg in args {
+            ptrs.push(wasmtime::Val::I32(self.pass(arg)? as i32));
+        }
+        let func = self
+            .instance
+            .get_func(&mut self.store, name)
+            .ok_or_else(|| {
+                CallFailure::new(
+                    FailureKind::Communication,
+                    format!("missing export `{name}`"),
+                )
+            })?;
+        let mut result = [wasmtime::Val::I32(0)];
+        let results = if func.ty(&self.store).results().len() == 1 {
+            &mut result[..]
+        } else {
+            return Err(CallFailure::new(
+                FailureKind::Communication,
+                format!("export `{name}` does not return one value"),
+            ));
+        };
+        if let Err(e) = func.call(&mut self.store, &ptrs, results) {
+            return Err(self.failure(e));
+        }
+        let ptr = results[0].unwrap_i32() as u32;
+        let data = memory::read_region(&mut self.store, ptr, max_result)
+            .map_err(|e| self.failure_of(e))?;
+        let deallocate = self.exports().deallocate.clone();
+        if let Err(e) = deallocate.call(&mut self.store, ptr) {
+            return Err(self.failure(e));
+        }
+        Ok(data)
+    }
+
+    /// The number of parameters of export `name`, if the instance exports a function by it.
+    pub(crate) fn arity(&mut self, name: &str) -> Option<usize> {
+        let func = self.instance.get_func(&mut self.store, name)?;
+        Some(func.ty(&self.store).params().len())
+    }
+}
