@@ -11,7 +11,8 @@ use crate::gas::{self, GasConfig, GasInfo, GasState};
 /// What a `debug` import receives besides the message.
 #[derive(Debug, Clone, Copy)]
 pub struct DebugInfo {
-    /// Gas left when `debug` was called (before its own charge).
+    /// Gas left after `debug`'s own charges (the host call and reading the message), as
+    /// cosmwasm-vm reports it.
     pub gas_remaining: u64,
 }
 
