@@ -46,6 +46,34 @@ fn query_json(out: &CallOutcome) -> serde_json::Value {
     serde_json::from_slice(&raw).expect("json payload")
 }
 
+/// `wasm` without its custom section `name` (another checksum, the same code).
+fn strip_custom_section(wasm: &[u8], name: &str) -> Vec<u8> {
+    let mut out = wasm[..8].to_vec();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        let payload = payload.expect("valid wasm");
+        if let wasmparser::Payload::CustomSection(c) = &payload
+            && c.name() == name
+        {
+            continue;
+        }
+        if let Some((id, range)) = payload.as_section() {
+            out.push(id);
+            let mut len = range.len();
+            loop {
+                let byte = (len & 0x7f) as u8;
+                len >>= 7;
+                if len == 0 {
+                    out.push(byte);
+                    break;
+                }
+                out.push(byte | 0x80);
+            }
+            out.extend_from_slice(&wasm[range]);
+        }
+    }
+    out
+}
+
 fn failure_kind(out: &CallOutcome) -> Option<FailureKind> {
     out.result.as_ref().err().map(|f| f.kind)
 }
@@ -279,11 +307,35 @@ fn hackatom_runs_unmodified() -> Result<()> {
     let steal = serde_json::json!({"steal_funds": {"recipient": beneficiary, "amount": [{"denom": "earth", "amount": "7"}]}});
     let out = s.sudo(&ctx(&creator), &contract, steal.to_string().as_bytes())?;
     assert!(out.is_ok(), "{}", out.text());
-    let (code2, _) = s.store_code(&wasm)?;
+    // Migrating to the same code: the contract sees its own migrate version (420) as the old
+    // one in MigrateInfo and refuses the downgrade; nothing changes.
+    let (same, _) = s.store_code(&wasm)?;
     let new_verifier = addr("new verifier");
     let msg = serde_json::json!({"verifier": new_verifier});
-    let out = s.migrate(&ctx(&creator), &contract, code2, msg.to_string().as_bytes())?;
+    let before = storage(&mut s, &contract);
+    let out = s.migrate(&ctx(&creator), &contract, same, msg.to_string().as_bytes())?;
+    assert_eq!(out.text(), r#"{"error":"Downgrade is not supported"}"#);
+    assert_eq!(storage(&mut s, &contract), before);
+    assert_eq!(s.contract(&contract)?.code_id, 1);
+    s.commit()?;
+
+    // From a code without a migrate version (hackatom without its `cw_migrate_version`
+    // section): the migration runs, the state stays and changes as the contract says.
+    let mut s = vm.session(vm.latest())?;
+    let (old, _) = s.store_code(&strip_custom_section(&wasm, "cw_migrate_version"))?;
+    let msg = serde_json::json!({"verifier": verifier, "beneficiary": beneficiary});
+    let (contract, out) = s.instantiate(
+        &ctx(&creator),
+        old,
+        msg.to_string().as_bytes(),
+        "old",
+        Some(&creator),
+    )?;
     assert!(out.is_ok(), "{}", out.text());
+    let msg = serde_json::json!({"verifier": new_verifier});
+    let out = s.migrate(&ctx(&creator), &contract, same, msg.to_string().as_bytes())?;
+    assert!(out.is_ok(), "{}", out.text());
+    assert_eq!(s.contract(&contract)?.code_id, same);
     let out = s.query(&ctx(&creator), &contract, br#"{"verifier":{}}"#)?;
     assert_eq!(
         query_json(&out),

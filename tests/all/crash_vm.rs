@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use vm_host::{ModuleId, Root, Value, Vm, VmConfig};
+use vm_host::{ModuleId, Root, TierPolicy, Value, Vm, VmConfig};
 
 const CHILD: &str = "STRATA_VM_CRASH_CHILD";
 
@@ -62,8 +62,21 @@ pub(crate) fn stored(count: i64) -> i64 {
 /// Lines: `ready`, `begin <base>` (a commit is about to start), `commit <root> <module> <value>`
 /// per module of a finished commit (the last module line is followed by `done <root>`),
 /// `deleting <root>` / `deleted <root>`.
+/// Odd rounds run with two tiers: Winch artifacts at deploy and Cranelift ones written by the
+/// tier-up thread, which the kill also cuts short.
+fn config(seed: u64) -> VmConfig {
+    VmConfig {
+        tier: if seed % 2 == 1 {
+            TierPolicy::WinchThenCranelift
+        } else {
+            TierPolicy::CraneliftOnly
+        },
+        ..VmConfig::default()
+    }
+}
+
 fn child(dir: &Path, seed: u64) -> Result<()> {
-    let vm = Vm::open(dir, VmConfig::default())?;
+    let vm = Vm::open(dir, config(seed))?;
     let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         rng ^= rng << 13;
@@ -274,7 +287,7 @@ fn crash_vm_sigkill_during_deploy_call_commit() -> Result<()> {
         let leftovers = cache_temp_files(dir.path())?;
         cache_temps_left += leftovers.len();
         // Reopen: the store cleans up, everything verifies.
-        let vm = Vm::open(dir.path(), VmConfig::default())?;
+        let vm = Vm::open(dir.path(), config(round))?;
         let after = cache_temp_files(dir.path())?;
         ensure!(
             after.is_empty(),

@@ -4,6 +4,7 @@
 mod cache;
 mod cosmwasm;
 mod crash_vm;
+mod cw_backend;
 mod fuzz;
 mod hostile_kv;
 mod kv;

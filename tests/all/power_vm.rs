@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
 use strata_fs::{Clock, Loss, NoSyncFs, PowerLossFs};
-use vm_host::{ModuleId, Root, Value, Vm, VmConfig, VmFiles};
+use vm_host::{ModuleId, Root, TierPolicy, Value, Vm, VmConfig, VmFiles};
 
 use crate::crash_vm::{check_sound, check_values, counter};
 
@@ -38,11 +38,22 @@ fn add(s: &mut vm_host::Session, m: &ModuleId, n: i64) -> Result<i64> {
     }
 }
 
+/// With two tiers, waits for the Cranelift compile a deploy queued, so that its file-system
+/// operations come at the same point of every run (the cuts count operations).
+fn settle(vm: &Vm) -> Result<()> {
+    ensure!(
+        vm.wait_tier_up(std::time::Duration::from_secs(120)),
+        "tier-up stuck"
+    );
+    Ok(())
+}
+
 /// Deploy A, commit; deploy B on it with a failing call, commit; a delta on a delta; delete the
 /// first commit; A is pinned after the first commit. Stops at the first error (the machine is off).
 fn scenario(vm: &Vm, done: &mut Done) -> Result<()> {
     let mut s = vm.session(None)?;
     let a = s.deploy(&counter(1))?;
+    settle(vm)?;
     let va = add(&mut s, &a, 3)?;
     done.in_flight = Some("commit 1");
     let r1 = s.commit()?;
@@ -56,6 +67,7 @@ fn scenario(vm: &Vm, done: &mut Done) -> Result<()> {
 
     let mut s = vm.session(Some(r1))?;
     let b = s.deploy(&counter(2))?;
+    settle(vm)?;
     let va = add(&mut s, &a, 4)?;
     ensure!(
         s.call(&b, "add_then_trap", &[Value::I64(100)]).is_err(),
@@ -86,9 +98,10 @@ struct Machine {
     fs: Arc<PowerLossFs>,
 }
 
-fn config() -> VmConfig {
+fn config(tier: TierPolicy) -> VmConfig {
     VmConfig {
         fsync: true,
+        tier,
         ..VmConfig::for_tests()
     }
 }
@@ -103,10 +116,10 @@ fn disk(root: &Path) -> Arc<PowerLossFs> {
     ))
 }
 
-fn boot(dir: &Path) -> Result<Machine> {
+fn boot(dir: &Path, tier: TierPolicy) -> Result<Machine> {
     let fs = disk(dir);
     let files = VmFiles { fs: fs.clone() };
-    let vm = Vm::open_with(dir, config(), files, |_| Ok(()))?;
+    let vm = Vm::open_with(dir, config(tier), files, |_| Ok(()))?;
     Ok(Machine { vm, fs })
 }
 
@@ -121,8 +134,9 @@ fn loss(k: u64) -> Loss {
 
 /// Reopens after the loss and checks it against what finished; returns whether the commit or
 /// delete in flight took effect.
-fn check(dir: &Path, done: &Done, what: &str) -> Result<bool> {
-    let vm = Vm::open(dir, config())?;
+fn check(dir: &Path, done: &Done, what: &str, tier: TierPolicy) -> Result<bool> {
+    let vm = Vm::open(dir, config(tier))?;
+    settle(&vm)?;
     check_sound(&vm, what)?;
     let on_disk: Vec<Root> = vm.commits().into_iter().map(|c| c.root).collect();
     let mut expected: HashMap<Root, &Vec<(ModuleId, i64)>> =
@@ -182,6 +196,17 @@ fn check(dir: &Path, done: &Done, what: &str) -> Result<bool> {
 
 #[test]
 fn power_loss_at_every_operation_of_deploy_call_commit_delete_through_the_vm() -> Result<()> {
+    power_loss_through_the_vm(TierPolicy::CraneliftOnly)
+}
+
+/// The same with two artifacts per module in the file cache: Winch at deploy, Cranelift from
+/// the tier-up thread (its writes are cut like any other).
+#[test]
+fn power_loss_through_the_vm_with_winch_and_cranelift_artifacts() -> Result<()> {
+    power_loss_through_the_vm(TierPolicy::WinchThenCranelift)
+}
+
+fn power_loss_through_the_vm(tier: TierPolicy) -> Result<()> {
     let stride: u64 = std::env::var("STRATA_POWER_STRIDE")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -189,7 +214,7 @@ fn power_loss_at_every_operation_of_deploy_call_commit_delete_through_the_vm() -
         .max(1);
     // A clean run counts the operations (after the open) of the store, cache and pins together.
     let dir = tempfile::tempdir()?;
-    let m = boot(dir.path())?;
+    let m = boot(dir.path(), tier)?;
     let base = m.fs.ops();
     let mut done = Done::default();
     scenario(&m.vm, &mut done)?;
@@ -201,7 +226,7 @@ fn power_loss_at_every_operation_of_deploy_call_commit_delete_through_the_vm() -
     let (mut cuts, mut in_flight, mut took_effect) = (0, 0, 0);
     for k in (0..=total).step_by(stride as usize) {
         let dir = tempfile::tempdir()?;
-        let m = boot(dir.path())?;
+        let m = boot(dir.path(), tier)?;
         m.fs.cut_at(m.fs.ops() + k);
         let mut done = Done::default();
         let result = scenario(&m.vm, &mut done);
@@ -217,14 +242,15 @@ fn power_loss_at_every_operation_of_deploy_call_commit_delete_through_the_vm() -
             done.in_flight,
             loss(k)
         );
-        let effect = check(dir.path(), &done, &what).with_context(|| what.clone())?;
+        let effect = check(dir.path(), &done, &what, tier).with_context(|| what.clone())?;
         cuts += 1;
         in_flight += u64::from(done.in_flight.is_some());
         took_effect += u64::from(effect);
     }
     println!(
-        "power_vm: {cuts} power cuts over {total} operations (store, cache and pins), \
-         {in_flight} failed a commit, pin or delete, {took_effect} of those were durable anyway"
+        "power_vm ({tier:?}): {cuts} power cuts over {total} operations (store, cache and \
+         pins), {in_flight} failed a commit, pin or delete, {took_effect} of those were durable \
+         anyway"
     );
     ensure!(in_flight > 0 && took_effect > 0 && took_effect < in_flight);
     Ok(())
@@ -246,7 +272,12 @@ fn power_loss_at_every_operation_of_creating_a_vm_directory() -> Result<()> {
         let mut opened = false;
         let mut committed = None;
         let result = (|| -> Result<()> {
-            let vm = Vm::open_with(&dir, config(), VmFiles { fs: fs.clone() }, |_| Ok(()))?;
+            let vm = Vm::open_with(
+                &dir,
+                config(TierPolicy::CraneliftOnly),
+                VmFiles { fs: fs.clone() },
+                |_| Ok(()),
+            )?;
             opened = true;
             let (id, root) = vm.deploy(&wasm)?;
             committed = Some(root);
@@ -259,7 +290,7 @@ fn power_loss_at_every_operation_of_creating_a_vm_directory() -> Result<()> {
             !opened || dir.join("store").is_dir(),
             "{what}: an opened VM directory was lost"
         );
-        let vm = Vm::open(&dir, config()).context(what.clone())?;
+        let vm = Vm::open(&dir, config(TierPolicy::CraneliftOnly)).context(what.clone())?;
         check_sound(&vm, &what)?;
         if let Some(root) = committed {
             ensure!(

@@ -11,7 +11,8 @@ use crate::gas::{self, GasConfig, GasInfo, GasState};
 /// What a `debug` import receives besides the message.
 #[derive(Debug, Clone, Copy)]
 pub struct DebugInfo {
-    /// Gas left when `debug` was called (before its own charge).
+    /// Gas left after `debug`'s own charges (the host call and reading the message), as
+    /// cosmwasm-vm reports it.
     pub gas_remaining: u64,
 }
 
@@ -81,11 +82,18 @@ impl Environment {
     }
 }
 
-/// The gas left in the instance's counter.
+/// The gas left in the instance's counter: 0 once an injected check ran out (the check leaves
+/// the counter as it was and sets the flag, as wasmer's metering does; cosmwasm-vm then reads
+/// `Exhausted` as 0 left).
 pub(crate) fn gas_left(
     store: &mut impl AsContextMut<Data = Environment>,
 ) -> Result<u64, CallError> {
     let exports = store.as_context().data().exports()?;
+    if let Val::I32(flag) = exports.gas_exhausted.get(store.as_context_mut())
+        && flag != 0
+    {
+        return Ok(0);
+    }
     match exports.gas_left.get(store.as_context_mut()) {
         Val::I64(v) => Ok(v as u64),
         _ => Err(CallError::Communication("gas counter is not an i64".into())),

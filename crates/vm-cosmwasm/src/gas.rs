@@ -3,7 +3,7 @@
 //!
 //! A call's gas is one counter, the injected `gas left` global of the instance (see
 //! `metering`): wasm operators decrement it through the injected checks, host functions through
-//! [`charge`] (cosmwasm-vm's `process_gas_info`). Gas used by the backend outside the VM
+//! `charge` (cosmwasm-vm's `process_gas_info`). Gas used by the backend outside the VM
 //! (storage, API and querier costs a chain charges) is also kept apart in
 //! [`GasState::externally_used`], so a report can split the total.
 

@@ -64,6 +64,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use backends::BankConfig;
+pub use check::CheckError;
 pub use env::{CallError, DebugHandler, DebugInfo};
 pub use gas::{GasConfig, GasInfo};
 pub use registry::ContractRecord;

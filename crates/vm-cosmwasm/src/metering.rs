@@ -1,85 +1,1159 @@
-//! STUB (lead's local scaffolding, replaced by the cwgas branch): adds the globals, no metering.
+//! The gas-metering rewrite of `store_code` ([`instrument`]): it injects into the bytecode
+//! exactly the checks cosmwasm-vm 3.0.10's metering middleware injects while compiling, with
+//! its cost function, so that any compiler runs the same accounting.
+//!
+//! cosmwasm-vm's middleware, reproduced here operator by operator:
+//! - every operator costs 115 gas, an *accounting* operator (a branch source or target:
+//!   `loop`, `end`, `if`, `else`, `br`, `br_if`, `br_table`, `call`, `call_indirect`,
+//!   `return`, and the exception, tail-call, GC and typed-reference branches) 1,610;
+//! - costs accumulate over the operators of a function; just before each accounting operator
+//!   the accumulated cost (that operator's own included) is charged by an injected check, and
+//!   the accumulator restarts at 0. The final `end` of a body is an accounting operator, so
+//!   nothing is left uncharged;
+//! - a function declaring more than 29 locals is charged 115 per local beyond 29 at its start:
+//!   added to the first check when the first operator is an accounting operator, else charged
+//!   by a check of its own before the first operator;
+//! - the check is `if counter < cost { exhausted = 1; unreachable } counter -= cost` (unsigned
+//!   compare): on exhaustion the counter keeps the value it had before the check.
+//!
+//! Two mutable globals are appended after all others, so no existing global index moves:
+//! [`GAS_LEFT_EXPORT`] (`i64`, read as `u64`, initially 0: the host sets it before each call)
+//! and [`GAS_EXHAUSTED_EXPORT`] (`i32`, 0 or 1). Every other byte of the module is copied as
+//! it was; function bodies are copied operator by operator with the checks inserted. The pass
+//! is linear in the module's size.
+
+use wasm_encoder::{Encode, Instruction};
+use wasmparser::{BinaryReader, FunctionBody, Operator, Parser, Payload, TypeRef};
+
 use crate::check::CheckError;
+
+/// The export name of the gas counter (`i64` global, read as `u64`).
 pub(crate) const GAS_LEFT_EXPORT: &str = "cw_gas_left";
+/// The export name of the exhaustion flag (`i32` global: 1 once a check ran out).
 pub(crate) const GAS_EXHAUSTED_EXPORT: &str = "cw_gas_exhausted";
-pub(crate) const METERING_VERSION: u32 = 0;
-fn leb(mut v: u32, out: &mut Vec<u8>) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            break;
-        }
-        out.push(b | 0x80);
+/// The version of this rewrite, for cache keys: change it whenever the output changes.
+pub(crate) const METERING_VERSION: u32 = 1;
+
+/// The largest function body wasmparser and wasmtime accept (wasmparser's private
+/// `MAX_WASM_FUNCTION_SIZE`).
+const MAX_FUNCTION_BODY_BYTES: usize = 7_654_321;
+
+/// Gas of an ordinary operator (cosmwasm-vm's `GAS_PER_OPERATION`).
+pub(crate) const GAS_PER_OPERATION: u64 = 115;
+/// Gas of an accounting operator: 14 ordinary ones.
+pub(crate) const GAS_PER_ACCOUNTING_OPERATION: u64 = GAS_PER_OPERATION * 14;
+/// Locals a function may declare before its start is charged for them
+/// (cosmwasm-vm's `CHARGED_LOCALS_THRESHOLD - 1`).
+pub(crate) const FREE_LOCALS: u64 = 29;
+
+/// Whether `op` is one of the operators before which the middleware charges.
+pub(crate) fn is_accounting(op: &Operator<'_>) -> bool {
+    matches!(
+        op,
+        Operator::Loop { .. }
+            | Operator::End
+            | Operator::If { .. }
+            | Operator::Else
+            | Operator::Br { .. }
+            | Operator::BrTable { .. }
+            | Operator::BrIf { .. }
+            | Operator::Call { .. }
+            | Operator::CallIndirect { .. }
+            | Operator::Return
+            | Operator::Throw { .. }
+            | Operator::ThrowRef
+            | Operator::Rethrow { .. }
+            | Operator::Delegate { .. }
+            | Operator::Catch { .. }
+            | Operator::ReturnCall { .. }
+            | Operator::ReturnCallIndirect { .. }
+            | Operator::BrOnCast { .. }
+            | Operator::BrOnCastFail { .. }
+            | Operator::CallRef { .. }
+            | Operator::ReturnCallRef { .. }
+            | Operator::BrOnNull { .. }
+            | Operator::BrOnNonNull { .. }
+    )
+}
+
+/// cosmwasm-vm's cost function.
+pub(crate) fn cost(op: &Operator<'_>) -> u64 {
+    if is_accounting(op) {
+        GAS_PER_ACCOUNTING_OPERATION
+    } else {
+        GAS_PER_OPERATION
     }
 }
-fn read_leb(d: &[u8]) -> (u32, usize) {
-    let mut v = 0u32;
-    let mut s = 0;
-    let mut i = 0;
-    loop {
-        let b = d[i];
-        v |= ((b & 0x7f) as u32) << s;
-        i += 1;
-        if b & 0x80 == 0 {
-            return (v, i);
-        }
-        s += 7;
+
+/// Section order of a core module (custom sections excepted), for inserting new sections.
+fn rank(id: u8) -> u8 {
+    match id {
+        1 => 1,   // type
+        2 => 2,   // import
+        3 => 3,   // function
+        4 => 4,   // table
+        5 => 5,   // memory
+        13 => 6,  // tag
+        6 => 7,   // global
+        7 => 8,   // export
+        8 => 9,   // start
+        9 => 10,  // element
+        12 => 11, // data count
+        10 => 12, // code
+        11 => 13, // data
+        _ => 0,   // custom (or unknown, which the parser refuses)
     }
 }
+const GLOBAL_RANK: u8 = 7;
+const EXPORT_RANK: u8 = 8;
+const GLOBAL_ID: u8 = 6;
+const EXPORT_ID: u8 = 7;
+const CODE_ID: u8 = 10;
+
+fn leb_u32(out: &mut Vec<u8>, value: u32) {
+    value.encode(out);
+}
+
+fn section(out: &mut Vec<u8>, id: u8, data: &[u8]) {
+    out.push(id);
+    (data.len()).encode(out);
+    out.extend_from_slice(data);
+}
+
+/// The count of a vector section and the bytes of its entries.
+fn split_count(wasm: &[u8], range: std::ops::Range<usize>) -> Result<(u32, &[u8]), CheckError> {
+    let mut reader = BinaryReader::new(&wasm[range.clone()], range.start);
+    let count = reader.read_var_u32()?;
+    let entries = &wasm[reader.original_position()..range.end];
+    Ok((count, entries))
+}
+
+/// The two appended globals: `i64` and `i32`, mutable, initially 0.
+fn appended_globals(out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0x7e, 0x01, 0x42, 0x00, 0x0b]);
+    out.extend_from_slice(&[0x7f, 0x01, 0x41, 0x00, 0x0b]);
+}
+
+fn appended_exports(out: &mut Vec<u8>, gas_left: u32, exhausted: u32) {
+    for (name, index) in [
+        (GAS_LEFT_EXPORT, gas_left),
+        (GAS_EXHAUSTED_EXPORT, exhausted),
+    ] {
+        name.encode(out);
+        out.push(0x03); // global
+        leb_u32(out, index);
+    }
+}
+
+/// Writes the global section with the two globals appended to `entries` (the module's own,
+/// if any) and returns the counter's index.
+fn write_globals(
+    out: &mut Vec<u8>,
+    imported: u32,
+    defined: u32,
+    entries: Option<(u32, &[u8])>,
+) -> u32 {
+    let mut data = Vec::new();
+    let (count, raw) = entries.unwrap_or((0, &[]));
+    leb_u32(&mut data, count.saturating_add(2));
+    data.extend_from_slice(raw);
+    appended_globals(&mut data);
+    section(out, GLOBAL_ID, &data);
+    imported.saturating_add(defined)
+}
+
+/// The injected check charging `cost`.
+fn check(out: &mut Vec<u8>, gas_left: u32, exhausted: u32, cost: u64) {
+    let cost = cost as i64;
+    for instruction in [
+        Instruction::GlobalGet(gas_left),
+        Instruction::I64Const(cost),
+        Instruction::I64LtU,
+        Instruction::If(wasm_encoder::BlockType::Empty),
+        Instruction::I32Const(1),
+        Instruction::GlobalSet(exhausted),
+        Instruction::Unreachable,
+        Instruction::End,
+        Instruction::GlobalGet(gas_left),
+        Instruction::I64Const(cost),
+        Instruction::I64Sub,
+        Instruction::GlobalSet(gas_left),
+    ] {
+        instruction.encode(out);
+    }
+}
+
+/// One function body with the checks injected (without its size prefix).
+fn meter_body(
+    wasm: &[u8],
+    body: &FunctionBody<'_>,
+    gas_left: u32,
+    exhausted: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), CheckError> {
+    let start = body.range().start;
+    let mut locals = 0u64;
+    for local in body.get_locals_reader()? {
+        locals = locals.saturating_add(u64::from(local?.0));
+    }
+    let mut reader = body.get_operators_reader()?;
+    out.extend_from_slice(&wasm[start..reader.original_position()]);
+
+    let charged_locals = locals.saturating_sub(FREE_LOCALS);
+    let mut first = true;
+    let mut accumulated = 0u64;
+    while !reader.eof() {
+        let op_start = reader.original_position();
+        let op = reader.read()?;
+        let op_end = reader.original_position();
+        let accounting = is_accounting(&op);
+        if first && charged_locals > 0 {
+            let locals_cost = GAS_PER_OPERATION.saturating_mul(charged_locals);
+            if accounting {
+                accumulated = accumulated.saturating_add(locals_cost);
+            } else {
+                check(out, gas_left, exhausted, locals_cost);
+            }
+        }
+        accumulated = accumulated.saturating_add(cost(&op));
+        if accounting {
+            check(out, gas_left, exhausted, accumulated);
+            accumulated = 0;
+        }
+        out.extend_from_slice(&wasm[op_start..op_end]);
+        first = false;
+    }
+    Ok(())
+}
+
+/// Rewrites `wasm` to meter gas exactly as cosmwasm-vm's middleware does (see the module
+/// documentation). Refuses a module that already exports [`GAS_LEFT_EXPORT`] or
+/// [`GAS_EXHAUSTED_EXPORT`], and bytes that do not parse as a core module.
 pub(crate) fn instrument(wasm: &[u8]) -> Result<Vec<u8>, CheckError> {
-    let mut out = wasm[..8].to_vec();
-    let mut nglobals = 0u32;
-    let mut have_globals = false;
-    let mut sections = Vec::new();
-    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        let payload = payload.map_err(|e| CheckError::Invalid(e.to_string()))?;
-        if let wasmparser::Payload::GlobalSection(r) = &payload {
-            nglobals = r.count();
-            have_globals = true;
-        }
-        if let Some((id, range)) = payload.as_section() {
-            sections.push((id, range));
-        }
-    }
-    let globals = |n: u32, rest: &[u8]| {
-        let mut d = Vec::new();
-        leb(n + 2, &mut d);
-        d.extend_from_slice(rest);
-        d.extend_from_slice(&[0x7e, 1, 0x42, 0, 0x0b, 0x7f, 1, 0x41, 0, 0x0b]);
-        d
-    };
-    let push = |out: &mut Vec<u8>, id: u8, d: &[u8]| {
-        out.push(id);
-        leb(d.len() as u32, out);
-        out.extend_from_slice(d);
-    };
-    for (id, range) in sections {
-        let data = &wasm[range];
-        match id {
-            6 => {
-                let (_, n) = read_leb(data);
-                push(&mut out, 6, &globals(nglobals, &data[n..]));
-            }
-            7 => {
-                if !have_globals {
-                    push(&mut out, 6, &globals(0, &[]));
+    let mut out = Vec::with_capacity(wasm.len() + wasm.len() / 2 + 64);
+    let mut imported_globals = 0u32;
+    let mut defined_globals = 0u32;
+    // Index of the counter, fixed once the global section is written.
+    let mut gas_left: Option<u32> = None;
+    let mut exports_written = false;
+    let mut code = Vec::new();
+    let mut code_count = 0u32;
+    let mut in_code = false;
+
+    for payload in Parser::new(0).parse_all(wasm) {
+        let payload = payload?;
+        match &payload {
+            Payload::Version { encoding, .. } => {
+                if *encoding != wasmparser::Encoding::Module {
+                    return Err(CheckError::NotAModule);
                 }
-                let (c, n) = read_leb(data);
-                let mut d = Vec::new();
-                leb(c + 2, &mut d);
-                d.extend_from_slice(&data[n..]);
-                for (i, name) in [GAS_LEFT_EXPORT, GAS_EXHAUSTED_EXPORT].iter().enumerate() {
-                    leb(name.len() as u32, &mut d);
-                    d.extend_from_slice(name.as_bytes());
-                    d.push(3);
-                    leb(nglobals + i as u32, &mut d);
-                }
-                push(&mut out, 7, &d);
+                out.extend_from_slice(&wasm[..8.min(wasm.len())]);
+                continue;
             }
-            _ => push(&mut out, id, data),
+            Payload::CodeSectionEntry(body) => {
+                let g = gas_left.unwrap_or(0);
+                let mut function = Vec::with_capacity(body.range().len() * 3 / 2);
+                meter_body(wasm, body, g, g.wrapping_add(1), &mut function)?;
+                if function.len() > MAX_FUNCTION_BODY_BYTES {
+                    return Err(CheckError::MeteredBodyTooLarge {
+                        index: code_count,
+                        size: function.len(),
+                        limit: MAX_FUNCTION_BODY_BYTES,
+                    });
+                }
+                function.len().encode(&mut code);
+                code.extend_from_slice(&function);
+                code_count = code_count.saturating_add(1);
+                continue;
+            }
+            Payload::End(_) => {
+                if in_code {
+                    let mut data = Vec::new();
+                    leb_u32(&mut data, code_count);
+                    data.extend_from_slice(&code);
+                    section(&mut out, CODE_ID, &data);
+                    in_code = false;
+                }
+                if gas_left.is_none() {
+                    gas_left = Some(write_globals(
+                        &mut out,
+                        imported_globals,
+                        defined_globals,
+                        None,
+                    ));
+                }
+                if !exports_written {
+                    let g = gas_left.unwrap_or(0);
+                    let mut data = Vec::new();
+                    leb_u32(&mut data, 2);
+                    appended_exports(&mut data, g, g.wrapping_add(1));
+                    section(&mut out, EXPORT_ID, &data);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let Some((id, range)) = payload.as_section() else {
+            continue;
+        };
+        // The code section ends where the next section starts.
+        if in_code {
+            let mut data = Vec::new();
+            leb_u32(&mut data, code_count);
+            data.extend_from_slice(&code);
+            section(&mut out, CODE_ID, &data);
+            in_code = false;
+        }
+        let r = rank(id);
+        if r > GLOBAL_RANK && gas_left.is_none() {
+            gas_left = Some(write_globals(
+                &mut out,
+                imported_globals,
+                defined_globals,
+                None,
+            ));
+        }
+        if r > EXPORT_RANK && !exports_written {
+            let g = gas_left.unwrap_or(0);
+            let mut data = Vec::new();
+            leb_u32(&mut data, 2);
+            appended_exports(&mut data, g, g.wrapping_add(1));
+            section(&mut out, EXPORT_ID, &data);
+            exports_written = true;
+        }
+        match payload {
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    if let TypeRef::Global(_) = import?.ty {
+                        imported_globals = imported_globals.saturating_add(1);
+                    }
+                }
+                section(&mut out, id, &wasm[range]);
+            }
+            Payload::GlobalSection(reader) => {
+                defined_globals = reader.count();
+                let entries = split_count(wasm, range)?;
+                gas_left = Some(write_globals(
+                    &mut out,
+                    imported_globals,
+                    defined_globals,
+                    Some(entries),
+                ));
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader.clone() {
+                    let name = export?.name;
+                    if name == GAS_LEFT_EXPORT || name == GAS_EXHAUSTED_EXPORT {
+                        return Err(CheckError::ReservedExport {
+                            name: name.to_string(),
+                        });
+                    }
+                }
+                let (count, entries) = split_count(wasm, range)?;
+                let g = gas_left.unwrap_or(0);
+                let mut data = Vec::new();
+                leb_u32(&mut data, count.saturating_add(2));
+                data.extend_from_slice(entries);
+                appended_exports(&mut data, g, g.wrapping_add(1));
+                section(&mut out, EXPORT_ID, &data);
+                exports_written = true;
+            }
+            Payload::CodeSectionStart { .. } => {
+                in_code = true;
+            }
+            _ => section(&mut out, id, &wasm[range]),
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use arbitrary::{Arbitrary, Unstructured};
+    use wasmtime::{Engine, Instance, Linker, Module, Store, Val};
+
+    use super::*;
+    use crate::check::{check_wasm, configure_engine};
+
+    /// A corpus module: from `$STRATA_CORPUS`, else `../shared/corpus` beside the workspace
+    /// (as the benches find it). `None` when the corpus is absent (a fresh clone).
+    fn corpus(name: &str) -> Option<Vec<u8>> {
+        let dir = std::env::var_os("STRATA_CORPUS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+            });
+        let wasm = std::fs::read(dir.join(name)).ok();
+        if wasm.is_none() {
+            eprintln!(
+                "corpus module {name} not found in {}: not checked",
+                dir.display()
+            );
+        }
+        wasm
+    }
+
+    /// Every capability the corpus contracts require.
+    fn capabilities() -> std::collections::BTreeSet<String> {
+        ["1_1", "1_2", "1_3", "1_4", "2_0", "2_1", "2_2"]
+            .into_iter()
+            .map(|v| format!("cosmwasm_{v}"))
+            .chain(["iterator", "staking", "stargate"].map(String::from))
+            .collect()
+    }
+
+    fn engine() -> Engine {
+        let mut config = wasmtime::Config::new();
+        configure_engine(&mut config);
+        Engine::new(&config).expect("engine")
+    }
+
+    fn validate(wasm: &[u8]) {
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(wasm)
+            .expect("the instrumented module validates");
+    }
+
+    /// An instance of the instrumented `wasm` (imports trap).
+    fn instance(engine: &Engine, wasm: &[u8]) -> (Store<()>, Instance) {
+        let metered = instrument(wasm).expect("instrument");
+        validate(&metered);
+        let module = Module::new(engine, &metered).expect("compiles");
+        let mut linker = Linker::new(engine);
+        linker
+            .define_unknown_imports_as_traps(&module)
+            .expect("stub imports");
+        let mut store = Store::new(engine, ());
+        let instance = linker
+            .instantiate(&mut store, &module)
+            .expect("instantiates");
+        (store, instance)
+    }
+
+    /// What a call leaves: its results (or the trap), the counter and the exhaustion flag.
+    struct Outcome {
+        results: Result<Vec<i64>, String>,
+        left: u64,
+        exhausted: i32,
+    }
+
+    fn call(
+        store: &mut Store<()>,
+        instance: &Instance,
+        name: &str,
+        args: &[Val],
+        limit: u64,
+    ) -> Outcome {
+        let left = instance
+            .get_global(&mut *store, GAS_LEFT_EXPORT)
+            .expect("counter");
+        let flag = instance
+            .get_global(&mut *store, GAS_EXHAUSTED_EXPORT)
+            .expect("flag");
+        left.set(&mut *store, Val::I64(limit as i64)).expect("set");
+        flag.set(&mut *store, Val::I32(0)).expect("reset");
+        let func = instance.get_func(&mut *store, name).expect("export");
+        let mut results = vec![Val::I32(0); func.ty(&*store).results().len()];
+        let results = func
+            .call(&mut *store, args, &mut results)
+            .map(|()| {
+                results
+                    .iter()
+                    .map(|v| v.i64().or(v.i32().map(i64::from)).unwrap_or(0))
+                    .collect()
+            })
+            .map_err(|e| format!("{e:?}"));
+        Outcome {
+            results,
+            left: left.get(&mut *store).i64().expect("i64") as u64,
+            exhausted: flag.get(&mut *store).i32().expect("i32"),
+        }
+    }
+
+    /// Gas used by `name(args)` with a large limit, and its results.
+    fn gas(wat: &str, name: &str, args: &[Val]) -> (u64, Vec<i64>) {
+        let engine = engine();
+        let (mut store, instance) = instance(&engine, &wat::parse_str(wat).unwrap());
+        let limit = 1_000_000_000;
+        let out = call(&mut store, &instance, name, args, limit);
+        assert_eq!(out.exhausted, 0);
+        (limit - out.left, out.results.expect("the call returns"))
+    }
+
+    const OP: u64 = GAS_PER_OPERATION;
+    const ACC: u64 = GAS_PER_ACCOUNTING_OPERATION;
+
+    #[test]
+    fn the_cost_function_is_cosmwasm_vms() {
+        assert_eq!(cost(&Operator::Br { relative_depth: 3 }), 1610);
+        assert_eq!(cost(&Operator::Return), 1610);
+        assert_eq!(cost(&Operator::I64Const { value: 7 }), 115);
+        assert_eq!(cost(&Operator::I64Extend8S), 115);
+        assert_eq!(
+            cost(&Operator::Block {
+                blockty: wasmparser::BlockType::Empty
+            }),
+            115
+        );
+    }
+
+    #[test]
+    fn straight_line_code_is_charged_at_the_end() {
+        let wat = r#"(module (func (export "f") (result i32) i32.const 1 i32.const 2 i32.add))"#;
+        assert_eq!(gas(wat, "f", &[]), (3 * OP + ACC, vec![3]));
+    }
+
+    #[test]
+    fn a_loop_is_charged_per_iteration() {
+        let wat = r#"(module (func (export "f") (param $n i32) (result i32)
+            (loop $l
+              local.get $n
+              i32.const 1
+              i32.sub
+              local.tee $n
+              br_if $l)
+            local.get $n))"#;
+        for n in [1u64, 5, 100] {
+            // loop; n x (4 ops + br_if); the loop's end; local.get + the function's end.
+            let expected = ACC + n * (4 * OP + ACC) + ACC + (OP + ACC);
+            assert_eq!(
+                gas(wat, "f", &[Val::I32(n as i32)]),
+                (expected, vec![0]),
+                "n={n}"
+            );
+        }
+    }
+
+    #[test]
+    fn br_table_skips_the_checks_it_jumps_over() {
+        let wat = r#"(module (func (export "f") (param i32) (result i32)
+            (block $a
+              (block $b
+                local.get 0
+                br_table $a $b $a)
+              i32.const 20
+              drop
+              i32.const 20
+              return)
+            i32.const 10))"#;
+        let head = 3 * OP + ACC; // block, block, local.get, br_table
+        // To $b: past the inner end's check; three ops and return.
+        assert_eq!(
+            gas(wat, "f", &[Val::I32(1)]),
+            (head + 3 * OP + ACC, vec![20])
+        );
+        // To $a (index 0 and the default): past the outer end's check; const and the end.
+        assert_eq!(gas(wat, "f", &[Val::I32(0)]), (head + OP + ACC, vec![10]));
+        assert_eq!(gas(wat, "f", &[Val::I32(7)]), (head + OP + ACC, vec![10]));
+    }
+
+    #[test]
+    fn if_and_else_are_charged_on_the_path_taken() {
+        let wat = r#"(module (func (export "f") (param i32) (result i32)
+            local.get 0
+            if (result i32)
+              i32.const 1
+            else
+              i32.const 2
+              i32.const 3
+              drop
+            end))"#;
+        let head = OP + ACC;
+        assert_eq!(
+            gas(wat, "f", &[Val::I32(1)]),
+            (head + (OP + ACC) + ACC, vec![1])
+        );
+        assert_eq!(
+            gas(wat, "f", &[Val::I32(0)]),
+            (head + (3 * OP + ACC) + ACC, vec![2])
+        );
+    }
+
+    #[test]
+    fn calls_are_accounting_points_and_callees_are_metered() {
+        let wat = r#"(module
+            (func $g (result i32) i32.const 7)
+            (func (export "f") (result i32) call $g i32.const 1 i32.add))"#;
+        assert_eq!(
+            gas(wat, "f", &[]),
+            (ACC + (OP + ACC) + (2 * OP + ACC), vec![8])
+        );
+    }
+
+    #[test]
+    fn locals_beyond_29_are_charged_at_the_start() {
+        let func = |name: &str, locals: usize, body: &str| {
+            format!(
+                r#"(func (export "{name}") (local {}) {body})"#,
+                "i64 ".repeat(locals)
+            )
+        };
+        let wat = format!(
+            "(module {} {} {} {})",
+            func("free", 29, "i32.const 0 drop"),
+            func("one", 30, "i32.const 0 drop"),
+            func("two", 31, "i32.const 0 drop"),
+            func("first_accounting", 31, ""),
+        );
+        assert_eq!(gas(&wat, "free", &[]).0, 2 * OP + ACC);
+        assert_eq!(gas(&wat, "one", &[]).0, OP + 2 * OP + ACC);
+        assert_eq!(gas(&wat, "two", &[]).0, 2 * OP + 2 * OP + ACC);
+        assert_eq!(gas(&wat, "first_accounting", &[]).0, 2 * OP + ACC);
+    }
+
+    #[test]
+    fn exhaustion_at_the_boundary_traps_and_keeps_the_counter() {
+        let engine = engine();
+        let wat = r#"(module (func (export "f") (param $n i32)
+            (loop $l
+              local.get $n
+              i32.const 1
+              i32.sub
+              local.tee $n
+              br_if $l)))"#;
+        let (mut store, instance) = instance(&engine, &wat::parse_str(wat).unwrap());
+        let n = 5;
+        let used = ACC + n * (4 * OP + ACC) + ACC + ACC;
+        let out = call(&mut store, &instance, "f", &[Val::I32(n as i32)], used);
+        assert_eq!((out.left, out.exhausted), (0, 0));
+        assert!(out.results.is_ok());
+
+        // One less: the last check (the function's end, 1,610) fails with 1,609 left, and the
+        // counter keeps them.
+        let out = call(&mut store, &instance, "f", &[Val::I32(n as i32)], used - 1);
+        assert_eq!((out.left, out.exhausted), (ACC - 1, 1));
+        assert!(out.results.unwrap_err().contains("unreachable"));
+
+        // Nothing at all: the first check fails.
+        let out = call(&mut store, &instance, "f", &[Val::I32(n as i32)], 0);
+        assert_eq!((out.left, out.exhausted), (0, 1));
+    }
+
+    #[test]
+    fn existing_globals_keep_their_indices() {
+        let wat = r#"(module
+            (import "env" "g" (global i32))
+            (global $own (mut i32) (i32.const 5))
+            (func (export "bump") (result i32)
+              global.get $own
+              i32.const 1
+              i32.add
+              global.set $own
+              global.get $own))"#;
+        let metered = instrument(&wat::parse_str(wat).unwrap()).unwrap();
+        validate(&metered);
+        let engine = engine();
+        let module = Module::new(&engine, &metered).unwrap();
+        let mut store = Store::new(&engine, ());
+        let imported = wasmtime::Global::new(
+            &mut store,
+            wasmtime::GlobalType::new(wasmtime::ValType::I32, wasmtime::Mutability::Const),
+            Val::I32(9),
+        )
+        .unwrap();
+        let instance = Instance::new(&mut store, &module, &[imported.into()]).unwrap();
+        let out = call(&mut store, &instance, "bump", &[], 10_000);
+        assert_eq!(out.results, Ok(vec![6]));
+        assert_eq!(10_000 - out.left, 5 * OP + ACC);
+        // The counter is the last global but one: 1 imported + 1 own.
+        let mut exports = Vec::new();
+        for payload in Parser::new(0).parse_all(&metered) {
+            if let Payload::ExportSection(reader) = payload.unwrap() {
+                for export in reader {
+                    let export = export.unwrap();
+                    exports.push((export.name.to_string(), export.index));
+                }
+            }
+        }
+        assert!(exports.contains(&(GAS_LEFT_EXPORT.to_string(), 2)));
+        assert!(exports.contains(&(GAS_EXHAUSTED_EXPORT.to_string(), 3)));
+    }
+
+    #[test]
+    fn modules_without_global_or_export_sections_get_them() {
+        for wat in [
+            "(module)",
+            r#"(module (memory 1) (data (i32.const 0) "abc") (func (export "f")) (@custom "x" "y"))"#,
+        ] {
+            let (mut store, instance) = instance(&engine(), &wat::parse_str(wat).unwrap());
+            assert!(
+                instance.get_global(&mut store, GAS_LEFT_EXPORT).is_some(),
+                "{wat}"
+            );
+            assert!(
+                instance
+                    .get_global(&mut store, GAS_EXHAUSTED_EXPORT)
+                    .is_some(),
+                "{wat}"
+            );
+        }
+        // A start function is metered too: it runs at instantiation, while the counter is
+        // still 0, and runs out of gas (in cosmwasm-vm as well, whose counter starts at 0).
+        let wasm = wat::parse_str("(module (func) (start 0))").unwrap();
+        let metered = instrument(&wasm).unwrap();
+        validate(&metered);
+        let engine = engine();
+        let module = Module::new(&engine, &metered).unwrap();
+        let mut store = Store::new(&engine, ());
+        let err = Instance::new(&mut store, &module, &[]).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::UnreachableCodeReached)
+        );
+    }
+
+    #[test]
+    fn reserved_export_names_and_components_are_refused() {
+        for name in [GAS_LEFT_EXPORT, GAS_EXHAUSTED_EXPORT] {
+            let wasm = wat::parse_str(format!(r#"(module (func (export "{name}")))"#)).unwrap();
+            assert_eq!(
+                instrument(&wasm).unwrap_err().to_string(),
+                format!("module already exports \"{name}\", a name the gas metering reserves")
+            );
+        }
+        let component = wat::parse_str("(component)").unwrap();
+        assert_eq!(
+            instrument(&component).unwrap_err().to_string(),
+            "not a core wasm module"
+        );
+        assert!(instrument(b"\0asm\x01\0\0\0\x01").is_err());
+    }
+
+    #[test]
+    fn a_body_that_outgrows_the_size_limit_is_refused() {
+        // 400,000 nested blocks: 2 bytes each for `block` and 1 for `end` in the input
+        // (1.2 MB), about 26 bytes more per `end` with its check.
+        let depth = 400_000;
+        let mut body = Vec::new();
+        body.push(0); // no locals
+        for _ in 0..depth {
+            body.extend_from_slice(&[0x02, 0x40]);
+        }
+        body.extend(std::iter::repeat_n(0x0b, depth + 1));
+        let mut code = Vec::new();
+        1u32.encode(&mut code);
+        body.len().encode(&mut code);
+        code.extend_from_slice(&body);
+        let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+        section(&mut wasm, 1, &[1, 0x60, 0, 0]);
+        section(&mut wasm, 3, &[1, 0]);
+        section(&mut wasm, CODE_ID, &code);
+        validate(&wasm);
+        let err = instrument(&wasm).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("function 0 is too large once gas metering is added ("),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_corpus_contracts_are_instrumented_and_run() {
+        let engine = engine();
+        for name in ["cosmwasm-hackatom.wasm", "cosmwasm-cyberpunk.wasm"] {
+            let Some(wasm) = corpus(name) else { continue };
+            check_wasm(&wasm, &capabilities()).expect("passes the checks");
+            let (mut store, instance) = instance(&engine, &wasm);
+            // A function without branches: the sum of its operators' costs.
+            let out = call(&mut store, &instance, "interface_version_8", &[], 10_000);
+            let expected = straight_line_cost(&wasm, "interface_version_8");
+            assert_eq!((10_000 - out.left, out.exhausted), (expected, 0), "{name}");
+            let out = call(
+                &mut store,
+                &instance,
+                "allocate",
+                &[Val::I32(100)],
+                10_000_000,
+            );
+            assert_eq!(out.exhausted, 0, "{name}");
+            assert!(out.results.is_ok(), "{name}");
+            assert!(out.left < 10_000_000 - ACC, "{name}");
+            // Too little gas for allocate: trapped by the metering, flag set.
+            let out = call(&mut store, &instance, "allocate", &[Val::I32(100)], 2_000);
+            assert_eq!(out.exhausted, 1, "{name}");
+        }
+    }
+
+    const ENV: &str = r#"{"block":{"height":12345,"time":"1571797419879305533","chain_id":"cosmos-testnet-14002"},"transaction":{"index":3},"contract":{"address":"cosmwasm14hj2tavq8fpesdwxxcu44rty3hh90vhujrvcmstl4zr3txmfvw9s4hmalr"}}"#;
+    const INFO: &str = r#"{"sender":"cosmwasm1pgm8hyk0pvphmlvfjc8wsvk4daluz5tgrw6pu5mfpemk74uxnx9qwrtv4f","funds":[]}"#;
+
+    /// cosmwasm-vm's `call_raw` on one instance with one gas counter: `allocate` and a host
+    /// write per argument, the entry point, a host read of its result and `deallocate`. The
+    /// host's region writes and read are charged as cosmwasm-vm's `write_region` and
+    /// `read_region` charge them (`GasConfig`'s defaults); the imports trap, so the rest is the
+    /// metering's. Returns the gas used and the result, or `None` when gas ran out.
+    fn call_raw(wasm: &[u8], entry: &str, args: &[&str], limit: u64) -> Option<(u64, String)> {
+        call_raw_on(&engine(), wasm, entry, args, limit)
+    }
+
+    fn call_raw_on(
+        engine: &Engine,
+        wasm: &[u8],
+        entry: &str,
+        args: &[&str],
+        limit: u64,
+    ) -> Option<(u64, String)> {
+        let (mut store, instance) = instance(engine, wasm);
+        let left = instance.get_global(&mut store, GAS_LEFT_EXPORT).unwrap();
+        left.set(&mut store, Val::I64(limit as i64)).unwrap();
+        let memory = instance.get_memory(&mut store, "memory").unwrap();
+        let allocate = instance
+            .get_typed_func::<u32, u32>(&mut store, "allocate")
+            .unwrap();
+        let region = |store: &mut Store<()>, ptr: u32| {
+            let mut raw = [0u8; 12];
+            memory.read(&mut *store, ptr as usize, &mut raw).unwrap();
+            let word = |i: usize| u32::from_le_bytes(raw[i..i + 4].try_into().unwrap());
+            (word(0), word(4), word(8))
+        };
+        let config = crate::gas::GasConfig::default();
+        let charge = |store: &mut Store<()>, cost: u64| {
+            let now = left.get(&mut *store).i64().unwrap() as u64;
+            let rest = now.checked_sub(cost)?;
+            left.set(&mut *store, Val::I64(rest as i64)).unwrap();
+            Some(())
+        };
+        let mut ptrs = Vec::new();
+        for arg in args {
+            let ptr = allocate.call(&mut store, arg.len() as u32).ok()?;
+            charge(
+                &mut store,
+                config.write_region_cost.total_cost(arg.len() as u64)?,
+            )?;
+            let (offset, capacity, _) = region(&mut store, ptr);
+            assert!(capacity as usize >= arg.len());
+            memory
+                .write(&mut store, offset as usize, arg.as_bytes())
+                .unwrap();
+            memory
+                .write(
+                    &mut store,
+                    ptr as usize + 8,
+                    &(arg.len() as u32).to_le_bytes(),
+                )
+                .unwrap();
+            ptrs.push(Val::I32(ptr as i32));
+        }
+        let func = instance.get_func(&mut store, entry).unwrap();
+        let mut result = [Val::I32(0)];
+        func.call(&mut store, &ptrs, &mut result).ok()?;
+        let ptr = result[0].i32().unwrap() as u32;
+        let (offset, _, length) = region(&mut store, ptr);
+        charge(&mut store, config.read_region_cost(length as usize)?)?;
+        let mut data = vec![0u8; length as usize];
+        memory.read(&store, offset as usize, &mut data).unwrap();
+        let deallocate = instance
+            .get_typed_func::<u32, ()>(&mut store, "deallocate")
+            .unwrap();
+        deallocate.call(&mut store, ptr).ok()?;
+        let left = left.get(&mut store).i64().unwrap() as u64;
+        Some((limit - left, String::from_utf8(data).unwrap()))
+    }
+
+    #[test]
+    fn a_small_contract_uses_the_gas_cosmwasm_vm_reports() {
+        // A bump allocator; `query` runs a loop 5 times and a br_table; `execute` declares 31
+        // locals. Gas measured with cosmwasm-vm 3.0.10 as in the corpus test below.
+        let wasm = wat::parse_str(
+            r#"(module
+              (memory (export "memory") 1)
+              (global $next (mut i32) (i32.const 1024))
+              (func (export "interface_version_8"))
+              (func $allocate (export "allocate") (param $size i32) (result i32)
+                (local $r i32)
+                global.get $next
+                local.set $r
+                local.get $r
+                local.get $r
+                i32.const 12
+                i32.add
+                i32.store
+                local.get $r
+                local.get $size
+                i32.store offset=4
+                local.get $r
+                i32.const 0
+                i32.store offset=8
+                local.get $r
+                i32.const 12
+                i32.add
+                local.get $size
+                i32.add
+                global.set $next
+                local.get $r)
+              (func (export "deallocate") (param i32))
+              (func (export "query") (param i32 i32) (result i32)
+                (local $n i32)
+                i32.const 5
+                local.set $n
+                (loop $l
+                  local.get $n
+                  i32.const 1
+                  i32.sub
+                  local.tee $n
+                  br_if $l)
+                (block $a
+                  (block $b
+                    i32.const 1
+                    br_table $a $b $a)
+                  nop)
+                i32.const 0
+                call $allocate)
+              (func (export "execute") (param i32 i32 i32) (result i32)
+                (local i64 i64 i64 i64 i64 i64 i64 i64 i64 i64 i64 i64 i64 i64 i64 i64
+                       i64 i64 i64 i64 i64 i64 i64 i64 i64 i64 i64 i64 i64 i64 i64)
+                i32.const 0
+                call $allocate))"#,
+        )
+        .unwrap();
+        let limit = 500_000_000_000;
+        let (used, result) = call_raw(&wasm, "query", &[ENV, "{}"], limit).unwrap();
+        assert_eq!((used, result.as_str()), (813_855, ""));
+        let (used, _) = call_raw(&wasm, "execute", &[ENV, INFO, "{}"], limit).unwrap();
+        assert_eq!(used, 1_082_385);
+    }
+
+    #[test]
+    fn corpus_calls_use_the_gas_cosmwasm_vm_reports() {
+        // Measured with cosmwasm-vm 3.0.10 (Instance::from_code with the mock backend,
+        // call_query_raw / call_execute_raw, the same env and info bytes): these calls run no
+        // import, so every unit of their gas is the metering's.
+        let limit = 500_000_000_000;
+        if let Some(wasm) = corpus("cosmwasm-hackatom.wasm") {
+            let (used, result) =
+                call_raw(&wasm, "query", &[ENV, r#"{"get_int":{}}"#], limit).unwrap();
+            assert_eq!(result, r#"{"ok":"eyJpbnQiOjE1NzMxNjI2fQ=="}"#);
+            assert_eq!(used, 6_294_235);
+        }
+        if let Some(wasm) = corpus("cosmwasm-cyberpunk.wasm") {
+            let (used, result) =
+                call_raw(&wasm, "query", &[ENV, r#"{"mirror_env":{}}"#], limit).unwrap();
+            assert!(result.starts_with(r#"{"ok":"eyJibG9jayI6eyJoZWlnaHQiOjEyMzQ1"#));
+            assert_eq!(used, 18_545_285);
+            let noop = [ENV, INFO, r#"{"noop":{}}"#];
+            let (used, result) = call_raw(&wasm, "execute", &noop, limit).unwrap();
+            assert_eq!(
+                result,
+                r#"{"ok":{"messages":[],"attributes":[],"events":[],"data":null}}"#
+            );
+            assert_eq!(used, 9_786_460);
+            // The exact limit suffices; one less runs out.
+            assert_eq!(call_raw(&wasm, "execute", &noop, used).unwrap().0, used);
+            assert!(call_raw(&wasm, "execute", &noop, used - 1).is_none());
+            // The same gas on the Winch tier: the metering is in the bytecode.
+            let mut config = wasmtime::Config::new();
+            config.strategy(wasmtime::Strategy::Winch);
+            configure_engine(&mut config);
+            let winch = Engine::new(&config).unwrap();
+            assert_eq!(
+                call_raw_on(&winch, &wasm, "execute", &noop, limit)
+                    .unwrap()
+                    .0,
+                used
+            );
+            let (used, _) = call_raw(
+                &wasm,
+                "execute",
+                &[ENV, INFO, r#"{"mirror_env":{}}"#],
+                limit,
+            )
+            .unwrap();
+            assert_eq!(used, 21_040_790);
+            let argon2 = r#"{"argon2":{"mem_cost":64,"time_cost":2}}"#;
+            let (used, result) = call_raw(&wasm, "execute", &[ENV, INFO, argon2], limit).unwrap();
+            assert!(result.contains(r#""data":"JGFyZ29uMmkkdj0xOSRtPTY0LHQ9MixwPTQk"#));
+            assert_eq!(used, 1_568_590_155);
+        }
+    }
+
+    /// The summed cost of the operators of the exported function `name` of `wasm`.
+    fn straight_line_cost(wasm: &[u8], name: &str) -> u64 {
+        let mut imported = 0;
+        let mut index = None;
+        let mut bodies = Vec::new();
+        for payload in Parser::new(0).parse_all(wasm) {
+            match payload.unwrap() {
+                Payload::ImportSection(r) => {
+                    imported = r
+                        .into_imports()
+                        .filter(|i| matches!(i.as_ref().unwrap().ty, TypeRef::Func(_)))
+                        .count();
+                }
+                Payload::ExportSection(r) => {
+                    for e in r {
+                        let e = e.unwrap();
+                        if e.name == name {
+                            index = Some(e.index as usize);
+                        }
+                    }
+                }
+                Payload::CodeSectionEntry(body) => bodies.push(body),
+                _ => {}
+            }
+        }
+        let body = &bodies[index.expect("exported") - imported];
+        body.get_operators_reader()
+            .unwrap()
+            .into_iter()
+            .map(|op| cost(&op.unwrap()))
+            .sum()
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift), so that the runs repeat.
+    fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_module_wasm_smith_makes_is_instrumented_into_a_valid_module() {
+        let mut instrumented = 0;
+        for seed in 0..300 {
+            let data = bytes(seed, 4096);
+            let mut u = Unstructured::new(&data);
+            let Ok(mut config) = wasm_smith::Config::arbitrary(&mut u) else {
+                continue;
+            };
+            config.max_funcs = config.max_funcs.min(20);
+            config.max_instructions = config.max_instructions.min(300);
+            let Ok(module) = wasm_smith::Module::new(config, &mut u) else {
+                continue;
+            };
+            let wasm = module.to_bytes();
+            // The checks never panic; most of these modules fail them.
+            let _ = check_wasm(&wasm, &capabilities());
+            let exports_reserved = wasmparser::Parser::new(0).parse_all(&wasm).any(|p| {
+                matches!(p, Ok(Payload::ExportSection(r)) if r.clone().into_iter().any(|e| {
+                    e.is_ok_and(|e| e.name == GAS_LEFT_EXPORT || e.name == GAS_EXHAUSTED_EXPORT)
+                }))
+            });
+            if exports_reserved {
+                continue;
+            }
+            let metered = instrument(&wasm).expect("a valid module is instrumented");
+            validate(&metered);
+            instrumented += 1;
+        }
+        assert!(instrumented > 100, "only {instrumented} modules generated");
+    }
+
+    /// A wasm-smith module shaped like a contract (the exports a contract has, `env` imports,
+    /// one memory) within what the engine runs, or `None`.
+    fn smith_contract(data: &[u8]) -> Option<Vec<u8>> {
+        let mut u = Unstructured::new(data);
+        let mut config = wasm_smith::Config::arbitrary(&mut u).ok()?;
+        config.available_imports = Some(
+            wat::parse_str(
+                r#"(module
+                  (import "env" "db_read" (func (param i32) (result i32)))
+                  (import "env" "debug" (func (param i32)))
+                  (import "env" "abort" (func (param i32))))"#,
+            )
+            .ok()?,
+        );
+        config.exports = Some(
+            wat::parse_str(
+                r#"(module
+                  (func (export "interface_version_8") unreachable)
+                  (func (export "allocate") (param i32) (result i32) unreachable)
+                  (func (export "deallocate") (param i32) unreachable)
+                  (func (export "run") (result i32) unreachable))"#,
+            )
+            .ok()?,
+        );
+        config.min_memories = 1;
+        config.max_memories = 1;
+        config.max_tables = config.max_tables.min(1);
+        config.memory64_enabled = false;
+        config.max_memory32_bytes = 1 << 20;
+        config.simd_enabled = false;
+        config.relaxed_simd_enabled = false;
+        config.threads_enabled = false;
+        config.shared_everything_threads_enabled = false;
+        config.exceptions_enabled = false;
+        config.gc_enabled = false;
+        config.tail_call_enabled = false;
+        config.custom_page_sizes_enabled = false;
+        config.custom_descriptors_enabled = false;
+        config.wide_arithmetic_enabled = false;
+        config.extended_const_enabled = false;
+        config.max_funcs = config.max_funcs.min(10);
+        config.max_instructions = config.max_instructions.min(100);
+        let module = wasm_smith::Module::new(config, &mut u).ok()?;
+        Some(module.to_bytes())
+    }
+
+    /// A fresh instance of the metered module, or `None` when it does not instantiate (a data
+    /// segment out of bounds, a start function that runs out of gas, ...).
+    fn try_instance(engine: &Engine, module: &Module) -> Option<(Store<()>, Instance)> {
+        let mut linker = Linker::new(engine);
+        linker.define_unknown_imports_as_traps(module).ok()?;
+        let mut store = Store::new(engine, ());
+        let instance = linker.instantiate(&mut store, module).ok()?;
+        Some((store, instance))
+    }
+
+    #[test]
+    fn generated_contracts_run_out_exactly_one_gas_short() {
+        // For each generated contract that runs: the gas it used (U) as a limit runs it the
+        // same way and leaves 0; U - 1 runs out, sets the flag and traps.
+        let engine = engine();
+        let mut checked = 0;
+        for seed in 0..400u64 {
+            let Some(wasm) = smith_contract(&bytes(seed, 2048)) else {
+                continue;
+            };
+            let _ = check_wasm(&wasm, &capabilities());
+            let metered = instrument(&wasm).expect("a valid module is instrumented");
+            validate(&metered);
+            let Ok(module) = Module::new(&engine, &metered) else {
+                continue;
+            };
+            let limit = 50_000_000;
+            let Some((mut store, instance)) = try_instance(&engine, &module) else {
+                continue;
+            };
+            let first = call(&mut store, &instance, "run", &[], limit);
+            if first.exhausted == 1 {
+                continue;
+            }
+            let used = limit - first.left;
+            let (mut store, instance) = try_instance(&engine, &module).expect("again");
+            let exact = call(&mut store, &instance, "run", &[], used);
+            assert_eq!(exact.results, first.results, "seed {seed}");
+            assert_eq!((exact.left, exact.exhausted), (0, 0), "seed {seed}");
+            if used > 0 {
+                let (mut store, instance) = try_instance(&engine, &module).expect("again");
+                let short = call(&mut store, &instance, "run", &[], used - 1);
+                assert_eq!(short.exhausted, 1, "seed {seed}");
+                assert!(short.results.is_err(), "seed {seed}");
+                assert!(
+                    short.left < GAS_PER_ACCOUNTING_OPERATION * 1000,
+                    "seed {seed}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 50, "only {checked} contracts ran");
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        for seed in 0..2000 {
+            let mut data = bytes(seed, (seed % 300) as usize);
+            if seed % 2 == 0 {
+                let header = b"\0asm\x01\0\0\0";
+                data.splice(0..0, header.iter().copied());
+            }
+            let _ = check_wasm(&data, &capabilities());
+            let _ = instrument(&data);
+        }
+    }
 }
