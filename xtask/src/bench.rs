@@ -53,7 +53,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 
 fn write_report(target: &Path, extra: &Path, since: SystemTime) -> Result<()> {
     let mut results = collect(&target.join("criterion"), since)?;
-    results.extend(crate::differential::peer_results(target, since));
+    let mut peer = crate::differential::peer_results(target, since);
+    crate::differential::align_with_strata(&mut peer, &results);
+    results.extend(peer);
     results.sort_by(|a, b| {
         (&a.group, &a.function, &a.parameter).cmp(&(&b.group, &b.function, &b.parameter))
     });
