@@ -656,7 +656,7 @@ mod tests {
             key.replace("original", "runtime"),
             key.replace("original", "runtime.01"),
             key.replace("original", "runtime.x"),
-            key.replace("plain", "cosmwasm"),
+            key.replace("plain", "evm"),
             key.replace("cranelift", "singlepass"),
             key.to_uppercase(),
             format!("{key}-x"),

@@ -85,8 +85,10 @@ fn setup(dir: &std::path::Path, config: CwConfig, c: &Contract) -> (CwVm, String
 }
 
 fn config(fsync: bool, lru_bytes: u64) -> CwConfig {
-    let mut vm = VmConfig::default();
-    vm.fsync = fsync;
+    let vm = VmConfig {
+        fsync,
+        ..VmConfig::default()
+    };
     let mut config = CwConfig::with_vm(vm);
     config.lru_bytes = lru_bytes;
     config

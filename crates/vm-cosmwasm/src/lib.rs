@@ -69,7 +69,7 @@ pub use env::{CallError, DebugHandler, DebugInfo};
 pub use gas::{GasConfig, GasInfo};
 pub use registry::ContractRecord;
 pub use runtime::GasReport;
-pub use session::{CallContext, CallOutcome, CwSession, MAX_QUERY_DEPTH, parse_response};
+pub use session::{CallContext, CallOutcome, CwSession, Entry, MAX_QUERY_DEPTH, parse_response};
 pub use vm_host::{Root, TierPolicy, Vm, VmConfig};
 
 /// A CosmWasm contract of our own, in WAT: a counter with JSON messages

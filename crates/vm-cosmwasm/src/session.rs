@@ -19,6 +19,9 @@ use crate::registry::{self, ContractRecord};
 use crate::runtime::{GasReport, Instance};
 use crate::{CallFailure, CwError, CwVm, FailureKind, check};
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// The most bytes an entry point may return (cosmwasm-vm's read limit for results).
 const MAX_RESULT: usize = 64 << 20;
 
@@ -138,7 +141,7 @@ impl CwSession {
     }
 
     /// The whole storage of the contract at `address`, sorted by key.
-    pub fn storage(&mut self, address: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, CwError> {
+    pub fn storage(&mut self, address: &str) -> Result<Vec<Entry>, CwError> {
         registry::contract(&self.registry, address)?;
         let space = self
             .host

@@ -251,7 +251,7 @@ fn corpus() -> Option<std::path::PathBuf> {
     dir.join("cosmwasm-hackatom.wasm").is_file().then_some(dir)
 }
 
-/// 6. CosmWasm: our counter contract (and CosmWasm's hackatom when the corpus is here):
+/// Part 6, CosmWasm: our counter contract (and CosmWasm's hackatom when the corpus is here):
 /// store, instantiate, execute, query, with the gas and the cache layers.
 fn cosmwasm(demo: &mut Demo, dir: &std::path::Path) -> Result<()> {
     use vm_cosmwasm::{CallContext, CwConfig, CwVm};
