@@ -20,7 +20,7 @@ use cache_lru::LruCache;
 use cache_pinned::PinnedCache;
 use parking_lot::Mutex;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module, ModuleExport,
     PoolingAllocationConfig, Store, StoreLimitsBuilder, Strategy,
 };
 
@@ -42,6 +42,8 @@ const TIER_UP_QUEUE: usize = 64;
 /// An engine and the linker of the imports on it.
 struct Compiler {
     engine: Engine,
+    /// The engine's fingerprint, computed once (it hashes every engine setting).
+    fingerprint: EngineFingerprint,
     linker: Linker<Environment>,
 }
 
@@ -61,7 +63,7 @@ pub(crate) struct Runtime {
     winch: Option<Compiler>,
     policy: TierPolicy,
     tier_up: Option<SyncSender<([u8; 32], Vec<u8>)>>,
-    pres: Mutex<HashMap<[u8; 32], InstancePre<Environment>>>,
+    pres: Mutex<HashMap<[u8; 32], Prepared>>,
     /// Contracts whose Winch module was found in the chain and queued for a tier-up.
     queued: Mutex<std::collections::HashSet<[u8; 32]>>,
     pub(crate) memory_limit: usize,
@@ -90,10 +92,14 @@ fn compiler(tier: Tier, memory_limit: usize) -> Result<Compiler, CwError> {
     let engine = Engine::new(&engine_config(tier, memory_limit)).map_err(CwError::wasmtime)?;
     let mut linker = Linker::new(&engine);
     imports::define(&mut linker).map_err(CwError::wasmtime)?;
-    Ok(Compiler { engine, linker })
+    Ok(Compiler {
+        fingerprint: EngineFingerprint::of(&engine),
+        engine,
+        linker,
+    })
 }
 
-fn key(engine: &Engine, tier: Tier, checksum: &[u8; 32]) -> CacheKey {
+fn key(engine: EngineFingerprint, tier: Tier, checksum: &[u8; 32]) -> CacheKey {
     CacheKey::from_parts(
         WasmHash::from_bytes(*checksum),
         Form::Runtime {
@@ -101,23 +107,23 @@ fn key(engine: &Engine, tier: Tier, checksum: &[u8; 32]) -> CacheKey {
         },
         Abi::CosmWasm,
         tier,
-        EngineFingerprint::of(engine),
+        engine,
     )
 }
 
 impl Shared {
     /// The tier-up thread: compiles each queued contract with Cranelift, saves it, and moves a
     /// Winch pin to it. Ends when the runtime drops its sender.
-    fn run(&self, jobs: Receiver<([u8; 32], Vec<u8>)>, winch: Engine) {
+    fn run(&self, jobs: Receiver<([u8; 32], Vec<u8>)>, winch: EngineFingerprint) {
         for (checksum, metered) in jobs {
-            self.tier_up(checksum, &metered, &winch);
+            self.tier_up(checksum, &metered, winch);
             self.pending.fetch_sub(1, Ordering::Release);
         }
     }
 
-    fn tier_up(&self, checksum: [u8; 32], metered: &[u8], winch: &Engine) {
+    fn tier_up(&self, checksum: [u8; 32], metered: &[u8], winch: EngineFingerprint) {
         {
-            let ckey = key(&self.cranelift.engine, Tier::Cranelift, &checksum);
+            let ckey = key(self.cranelift.fingerprint, Tier::Cranelift, &checksum);
             if matches!(self.chain.load(&ckey), Ok(Some(_))) {
                 return;
             }
@@ -181,7 +187,7 @@ impl Runtime {
             (Some(w), TierPolicy::WinchThenCranelift) => {
                 let (tx, rx) = std::sync::mpsc::sync_channel(TIER_UP_QUEUE);
                 let shared = Arc::clone(&shared);
-                let engine = w.engine.clone();
+                let engine = w.fingerprint;
                 std::thread::Builder::new()
                     .name("cw-tier-up".into())
                     .spawn(move || shared.run(rx, engine))
@@ -208,13 +214,13 @@ impl Runtime {
         let mut keys = Vec::with_capacity(2);
         if self.policy != TierPolicy::WinchOnly {
             keys.push(key(
-                &self.shared.cranelift.engine,
+                self.shared.cranelift.fingerprint,
                 Tier::Cranelift,
                 checksum,
             ));
         }
         if let Some(w) = &self.winch {
-            keys.push(key(&w.engine, Tier::Winch, checksum));
+            keys.push(key(w.fingerprint, Tier::Winch, checksum));
         }
         keys
     }
@@ -233,15 +239,15 @@ impl Runtime {
             return Ok(module);
         }
         let metered = metering::instrument(wasm).map_err(CwError::Check)?;
-        let (engine, tier) = match &self.winch {
-            Some(w) if self.policy != TierPolicy::CraneliftOnly => (&w.engine, Tier::Winch),
-            _ => (&self.shared.cranelift.engine, Tier::Cranelift),
+        let (compiler, tier) = match &self.winch {
+            Some(w) if self.policy != TierPolicy::CraneliftOnly => (w, Tier::Winch),
+            _ => (&self.shared.cranelift, Tier::Cranelift),
         };
-        let module = Module::new(engine, &metered).map_err(CwError::wasmtime)?;
+        let module = Module::new(&compiler.engine, &metered).map_err(CwError::wasmtime)?;
         self.shared.compiles.fetch_add(1, Ordering::Relaxed);
         self.shared
             .chain
-            .save(&key(engine, tier, checksum), &module)
+            .save(&key(compiler.fingerprint, tier, checksum), &module)
             .map_err(CwError::Cache)?;
         if tier == Tier::Winch && self.queued.lock().insert(*checksum) {
             self.queue_tier_up(checksum, metered);
@@ -300,12 +306,10 @@ impl Runtime {
 
     /// Pins `module` (the best tier the chain had for `checksum`).
     pub(crate) fn pin(&self, checksum: &[u8; 32], module: Module) {
-        let tier = if self.is_winch(&module) {
-            Tier::Winch
-        } else {
-            Tier::Cranelift
+        let key = match &self.winch {
+            Some(w) if self.is_winch(&module) => key(w.fingerprint, Tier::Winch, checksum),
+            _ => key(self.shared.cranelift.fingerprint, Tier::Cranelift, checksum),
         };
-        let key = key(module.engine(), tier, checksum);
         self.shared.chain.primary().pin(key, module);
     }
 
@@ -337,27 +341,36 @@ impl Runtime {
         self.shared.tier_ups.load(Ordering::Relaxed)
     }
 
-    fn pre(
-        &self,
-        checksum: &[u8; 32],
-        module: &Module,
-    ) -> Result<InstancePre<Environment>, CwError> {
+    fn prepared(&self, checksum: &[u8; 32], module: &Module) -> Result<Prepared, CwError> {
         let mut pres = self.pres.lock();
-        if let Some(pre) = pres.get(checksum)
-            && Module::same(pre.module(), module)
+        if let Some(p) = pres.get(checksum)
+            && Module::same(p.pre.module(), module)
         {
-            return Ok(pre.clone());
+            return Ok(p.clone());
         }
         let linker = match &self.winch {
             Some(w) if self.is_winch(module) => &w.linker,
             _ => &self.shared.cranelift.linker,
         };
         let pre = linker.instantiate_pre(module).map_err(CwError::wasmtime)?;
+        let export = |name: &str| {
+            module
+                .get_export_index(name)
+                .ok_or_else(|| CwError::Instantiation(format!("missing export `{name}`")))
+        };
+        let prepared = Prepared {
+            memory: export("memory")?,
+            allocate: export("allocate")?,
+            deallocate: export("deallocate")?,
+            gas_left: export(metering::GAS_LEFT_EXPORT)?,
+            gas_exhausted: export(metering::GAS_EXHAUSTED_EXPORT)?,
+            pre,
+        };
         if pres.len() >= MAX_PRES {
             pres.clear();
         }
-        pres.insert(*checksum, pre.clone());
-        Ok(pre)
+        pres.insert(*checksum, prepared.clone());
+        Ok(prepared)
     }
 
     /// A fresh instance of `module` over `env`, with `gas_limit` in its counter.
@@ -368,7 +381,7 @@ impl Runtime {
         mut env: Environment,
         gas_limit: u64,
     ) -> Result<Instance, CwError> {
-        let pre = self.pre(checksum, module)?;
+        let prepared = self.prepared(checksum, module)?;
         env.limits = StoreLimitsBuilder::new()
             .memory_size(self.memory_limit)
             .instances(1)
@@ -378,32 +391,44 @@ impl Runtime {
         env.gas.gas_limit = gas_limit;
         let mut store = Store::new(module.engine(), env);
         store.limiter(|env| &mut env.limits);
-        let instance = pre
+        let instance = prepared
+            .pre
             .instantiate(&mut store)
             .map_err(|e| CwError::Instantiation(e.to_string()))?;
         let missing = |name: &str| CwError::Instantiation(format!("missing export `{name}`"));
+        let mut get = |export: &ModuleExport| instance.get_module_export(&mut store, export);
+        let memory = get(&prepared.memory).and_then(Extern::into_memory);
+        let allocate = get(&prepared.allocate).and_then(Extern::into_func);
+        let deallocate = get(&prepared.deallocate).and_then(Extern::into_func);
+        let gas_left = get(&prepared.gas_left).and_then(Extern::into_global);
+        let gas_exhausted = get(&prepared.gas_exhausted).and_then(Extern::into_global);
         let exports = Exports {
-            memory: instance
-                .get_memory(&mut store, "memory")
-                .ok_or_else(|| missing("memory"))?,
-            allocate: instance
-                .get_typed_func(&mut store, "allocate")
-                .map_err(|_| missing("allocate"))?,
-            deallocate: instance
-                .get_typed_func(&mut store, "deallocate")
-                .map_err(|_| missing("deallocate"))?,
-            gas_left: instance
-                .get_global(&mut store, metering::GAS_LEFT_EXPORT)
-                .ok_or_else(|| missing(metering::GAS_LEFT_EXPORT))?,
-            gas_exhausted: instance
-                .get_global(&mut store, metering::GAS_EXHAUSTED_EXPORT)
-                .ok_or_else(|| missing(metering::GAS_EXHAUSTED_EXPORT))?,
+            memory: memory.ok_or_else(|| missing("memory"))?,
+            allocate: allocate
+                .and_then(|f| f.typed(&store).ok())
+                .ok_or_else(|| missing("allocate"))?,
+            deallocate: deallocate
+                .and_then(|f| f.typed(&store).ok())
+                .ok_or_else(|| missing("deallocate"))?,
+            gas_left: gas_left.ok_or_else(|| missing(metering::GAS_LEFT_EXPORT))?,
+            gas_exhausted: gas_exhausted.ok_or_else(|| missing(metering::GAS_EXHAUSTED_EXPORT))?,
         };
         store.data_mut().exports = Some(exports);
         env::set_gas_left(&mut store, gas_limit)
             .map_err(|e| CwError::Instantiation(e.to_string()))?;
         Ok(Instance { store, instance })
     }
+}
+
+/// A module's instance-pre and its exports the host uses, resolved once per module.
+#[derive(Clone)]
+struct Prepared {
+    pre: InstancePre<Environment>,
+    memory: ModuleExport,
+    allocate: ModuleExport,
+    deallocate: ModuleExport,
+    gas_left: ModuleExport,
+    gas_exhausted: ModuleExport,
 }
 
 /// A live instance for one call.
