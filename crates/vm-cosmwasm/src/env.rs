@@ -82,11 +82,17 @@ impl Environment {
     }
 }
 
-/// The gas left in the instance's counter.
+/// The gas left in the instance's counter: 0 once the metering marked it exhausted, as
+/// cosmwasm-vm's `get_gas_left` reads it (a call that ran out reports its whole limit used).
 pub(crate) fn gas_left(
     store: &mut impl AsContextMut<Data = Environment>,
 ) -> Result<u64, CallError> {
     let exports = store.as_context().data().exports()?;
+    // Once the metering marked the counter exhausted, nothing is left (wasmer's
+    // `MeteringPoints::Exhausted`, which cosmwasm-vm reads as 0).
+    if matches!(exports.gas_exhausted.get(store.as_context_mut()), Val::I32(v) if v != 0) {
+        return Ok(0);
+    }
     match exports.gas_left.get(store.as_context_mut()) {
         Val::I64(v) => Ok(v as u64),
         _ => Err(CallError::Communication("gas counter is not an i64".into())),
