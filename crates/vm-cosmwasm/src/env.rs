@@ -82,16 +82,15 @@ impl Environment {
     }
 }
 
-/// The gas left in the instance's counter: 0 once an injected check ran out (the check leaves
-/// the counter as it was and sets the flag, as wasmer's metering does; cosmwasm-vm then reads
-/// `Exhausted` as 0 left).
+/// The gas left in the instance's counter: 0 once the metering marked it exhausted, as
+/// cosmwasm-vm's `get_gas_left` reads it (a call that ran out reports its whole limit used).
 pub(crate) fn gas_left(
     store: &mut impl AsContextMut<Data = Environment>,
 ) -> Result<u64, CallError> {
     let exports = store.as_context().data().exports()?;
-    if let Val::I32(flag) = exports.gas_exhausted.get(store.as_context_mut())
-        && flag != 0
-    {
+    // Once the metering marked the counter exhausted, nothing is left (wasmer's
+    // `MeteringPoints::Exhausted`, which cosmwasm-vm reads as 0).
+    if matches!(exports.gas_exhausted.get(store.as_context_mut()), Val::I32(v) if v != 0) {
         return Ok(0);
     }
     match exports.gas_left.get(store.as_context_mut()) {

@@ -865,6 +865,8 @@ fn debug_abort_and_the_call_depth() {
     h.set_mode(2);
     let (e, _) = h.err::<u32, u32>("db_read", k);
     assert_eq!(e, CallError::GasDepletion);
+    // Marked exhausted: nothing is left, whatever the counter holds.
+    assert_eq!(h.gas_left(), 0);
     assert_eq!(h.store.data().call_depth, 0);
 }
 
