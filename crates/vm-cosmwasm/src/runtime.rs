@@ -520,7 +520,7 @@ impl Instance {
         };
         if ptr == 0 {
             return Err(self.failure_of(CallError::Communication(
-                "allocate returned the zero address".into(),
+                "Got a zero Wasm address".into(),
             )));
         }
         memory::write_region(&mut self.store, ptr, data).map_err(|e| self.failure_of(e))?;

@@ -204,21 +204,7 @@ impl CwSession {
         address: &str,
         msg: &[u8],
     ) -> Result<CallOutcome, CwError> {
-        let record = registry::contract(&self.registry, address)?;
-        let code = registry::code(&self.registry, record.code_id)?;
-        let savepoint = self.host.lock().savepoint()?;
-        let env = self.env(ctx, address)?;
-        let info = info_json(ctx)?;
-        let outcome = self.run(
-            ctx,
-            address,
-            &code.checksum,
-            false,
-            "execute",
-            &[&env, &info, msg],
-        )?;
-        self.settle(&savepoint, &outcome)?;
-        Ok(outcome)
+        self.writing_call(ctx, address, "execute", true, msg)
     }
 
     /// Calls `sudo` of the contract at `address` (the chain's privileged entry point).
@@ -228,7 +214,7 @@ impl CwSession {
         address: &str,
         msg: &[u8],
     ) -> Result<CallOutcome, CwError> {
-        self.env_msg_call(ctx, address, "sudo", msg)
+        self.writing_call(ctx, address, "sudo", false, msg)
     }
 
     /// Calls `reply` of the contract at `address` with the JSON `Reply` `msg`.
@@ -238,21 +224,34 @@ impl CwSession {
         address: &str,
         msg: &[u8],
     ) -> Result<CallOutcome, CwError> {
-        self.env_msg_call(ctx, address, "reply", msg)
+        self.writing_call(ctx, address, "reply", false, msg)
     }
 
-    fn env_msg_call(
+    /// A call that may write: `entry` of the contract at `address` with `(env, [info,] msg)`,
+    /// after a savepoint it rolls back to when the call fails.
+    fn writing_call(
         &mut self,
         ctx: &CallContext,
         address: &str,
         entry: &str,
+        with_info: bool,
         msg: &[u8],
     ) -> Result<CallOutcome, CwError> {
         let record = registry::contract(&self.registry, address)?;
         let code = registry::code(&self.registry, record.code_id)?;
         let savepoint = self.host.lock().savepoint()?;
         let env = self.env(ctx, address)?;
-        let outcome = self.run(ctx, address, &code.checksum, false, entry, &[&env, msg])?;
+        let info = if with_info {
+            info_json(ctx)?
+        } else {
+            Vec::new()
+        };
+        let args: &[&[u8]] = if with_info {
+            &[&env, &info, msg]
+        } else {
+            &[&env, msg]
+        };
+        let outcome = self.run(ctx, address, &code.checksum, false, entry, args)?;
         self.settle(&savepoint, &outcome)?;
         Ok(outcome)
     }
