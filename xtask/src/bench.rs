@@ -430,12 +430,6 @@ pub(crate) const TARGETS: &[Target] = &[
         per: "baseline_cranelift/672KiB",
         max: 0.2,
     },
-    Target::Under {
-        what: "deploy to first call of hackatom, empty cache, Winch then Cranelift, within cosmwasm-vm's store_code (75-151 ms here; peer not rebuilt in this run)",
-        group: "tiers/deploy_to_first_call/hackatom",
-        function: "winch_then_cranelift",
-        max_ns: 151e6,
-    },
     Target::Ratio {
         what: "calls after the tier-up within 5% of Cranelift only",
         group: "tiers/calls_after_tier_up",
@@ -472,12 +466,6 @@ pub(crate) const TARGETS: &[Target] = &[
         function: "fs",
         max_ns: 0.8e6,
     },
-    Target::Under {
-        what: "CosmWasm deploy to first call of hackatom on Winch under 75 ms (cosmwasm-vm's store_code: 75-151 ms)",
-        group: "cosmwasm/hackatom/compile",
-        function: "deploy_to_first_call_winch",
-        max_ns: 75e6,
-    },
     // Issue 14, measured side by side: cosmwasm-vm's timings (`differential timing`, run by
     // this same `cargo xtask bench`) join the Strata groups as `cosmwasm_vm_*`
     // (xtask/src/differential.rs, PEER). The limits are the issue's: 15 µs against 92 µs,
@@ -504,24 +492,10 @@ pub(crate) const TARGETS: &[Target] = &[
         max: 0.334,
     },
     Target::Ratio {
-        what: "CosmWasm store_code (Cranelift) against cosmwasm-vm's store_code (singlepass; reported, 1x shown)",
-        group: "cosmwasm/*/compile",
-        function: "store_code",
-        per: "cosmwasm_vm_store_code",
-        max: 1.0,
-    },
-    Target::Ratio {
         what: "CosmWasm deploy to first call on Winch within cosmwasm-vm's store_code (same run)",
         group: "cosmwasm/*/compile",
         function: "deploy_to_first_call_winch",
         per: "cosmwasm_vm_store_code",
-        max: 1.0,
-    },
-    Target::Ratio {
-        what: "CosmWasm instantiate + execute + durable commit against cosmwasm-vm's instantiate + execute + storage write-back, no fsync (reported, 1x shown)",
-        group: "cosmwasm/*/call",
-        function: "instantiate_execute_commit",
-        per: "cosmwasm_vm_instantiate_execute_commit",
         max: 1.0,
     },
 ];

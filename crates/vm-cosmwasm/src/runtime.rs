@@ -519,9 +519,7 @@ impl Instance {
             Err(e) => return Err(self.failure(e)),
         };
         if ptr == 0 {
-            return Err(self.failure_of(CallError::Communication(
-                "Got a zero Wasm address".into(),
-            )));
+            return Err(self.failure_of(CallError::Communication("Got a zero Wasm address".into())));
         }
         memory::write_region(&mut self.store, ptr, data).map_err(|e| self.failure_of(e))?;
         Ok(ptr)
