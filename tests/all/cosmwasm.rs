@@ -109,6 +109,11 @@ fn counter_state_persists_across_commits_and_a_restart() -> Result<()> {
     let out = s.query(&ctx, &counter, br#"{"get_count":{}}"#)?;
     assert_eq!(query_json(&out), serde_json::json!({"count": 2}));
     assert_eq!(s.contracts()?.len(), 1);
+    assert_eq!(
+        vm.compiles(),
+        0,
+        "the first VM's drop waited for its background write to the file cache"
+    );
     Ok(())
 }
 

@@ -329,8 +329,8 @@ impl CwVm {
         self.inner.runtime.compiles()
     }
 
-    /// Waits (at most `timeout`) until no Cranelift compile is queued or running; whether none
-    /// is.
+    /// Waits (at most `timeout`) until the background thread is idle: no Cranelift tier-up and
+    /// no write of a compiled contract to the file cache queued or running; whether it is.
     pub fn wait_tier_up(&self, timeout: std::time::Duration) -> bool {
         self.inner.runtime.wait_tier_up(timeout)
     }

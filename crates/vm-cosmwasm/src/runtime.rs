@@ -9,8 +9,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
 
 use cache_core::{
     Abi, CacheKey, EngineFingerprint, FallbackCache, Form, ModuleCache, Tier, WasmHash,
@@ -35,9 +36,22 @@ const MAX_PRES: usize = 1024;
 /// How many instances may live at once (pool slots).
 pub(crate) const POOL_INSTANCES: u32 = 128;
 
-/// The most Cranelift compiles waiting for the tier-up thread; past it a compile is dropped
-/// (the contract keeps running on Winch, and its next load from the chain queues it again).
-const TIER_UP_QUEUE: usize = 64;
+/// The most jobs waiting for the background thread. Past it a Cranelift tier-up is dropped
+/// (the contract keeps running on Winch, and its next load from the chain queues it again),
+/// and an artifact is written to the file cache by the caller itself.
+const BACKGROUND_QUEUE: usize = 64;
+
+/// Work for the background thread, in the order it was queued.
+enum Job {
+    /// Write a compiled module to the file cache: after it has been served, off the deploy's
+    /// critical path. The memory layers got it at once.
+    Save(CacheKey, Module),
+    /// Compile a contract's metered form with Cranelift, save it through every layer, and move
+    /// a Winch pin to it.
+    TierUp([u8; 32], Vec<u8>),
+    /// End the thread (the runtime is dropping).
+    Stop,
+}
 
 /// An engine and the linker of the imports on it.
 struct Compiler {
@@ -53,8 +67,10 @@ struct Shared {
     chain: Chain,
     compiles: AtomicU64,
     tier_ups: AtomicU64,
-    /// Compiles queued and not finished.
+    /// Background jobs queued and not finished.
     pending: AtomicU64,
+    /// Set when the runtime drops: queued tier-ups are skipped (queued saves still run).
+    closing: AtomicBool,
 }
 
 pub(crate) struct Runtime {
@@ -62,7 +78,9 @@ pub(crate) struct Runtime {
     /// With [`TierPolicy::WinchThenCranelift`] or [`TierPolicy::WinchOnly`].
     winch: Option<Compiler>,
     policy: TierPolicy,
-    tier_up: Option<SyncSender<([u8; 32], Vec<u8>)>>,
+    /// The background thread's queue.
+    jobs: SyncSender<Job>,
+    worker: Option<JoinHandle<()>>,
     pres: Mutex<HashMap<[u8; 32], Prepared>>,
     /// Contracts whose Winch module was found in the chain and queued for a tier-up.
     queued: Mutex<std::collections::HashSet<[u8; 32]>>,
@@ -112,12 +130,29 @@ fn key(engine: EngineFingerprint, tier: Tier, checksum: &[u8; 32]) -> CacheKey {
 }
 
 impl Shared {
-    /// The tier-up thread: compiles each queued contract with Cranelift, saves it, and moves a
-    /// Winch pin to it. Ends when the runtime drops its sender.
-    fn run(&self, jobs: Receiver<([u8; 32], Vec<u8>)>, winch: EngineFingerprint) {
-        for (checksum, metered) in jobs {
-            self.tier_up(checksum, &metered, winch);
+    /// The background thread: runs each job in turn, until [`Job::Stop`].
+    fn run(&self, jobs: Receiver<Job>, winch: Option<EngineFingerprint>) {
+        for job in jobs {
+            match job {
+                Job::Save(key, module) => self.save_files(&key, &module),
+                Job::TierUp(checksum, metered) => {
+                    if let Some(winch) = winch
+                        && !self.closing.load(Ordering::Acquire)
+                    {
+                        self.tier_up(checksum, &metered, winch);
+                    }
+                }
+                Job::Stop => return,
+            }
             self.pending.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Writes `module` to the file cache. A failure costs a compile after a restart, no more:
+    /// it is logged, and counted by the file cache's own stats.
+    fn save_files(&self, key: &CacheKey, module: &Module) {
+        if let Err(e) = self.chain.fallback().fallback().save(key, module) {
+            tracing::warn!(error = %e, "writing a compiled contract to the file cache failed");
         }
     }
 
@@ -141,6 +176,21 @@ impl Shared {
                 }
                 Err(e) => tracing::warn!(error = %e, "a Cranelift tier-up failed"),
             }
+        }
+    }
+}
+
+/// Drop waits for the background thread: queued file writes finish (so a VM opened next on
+/// the same directory finds them), a Cranelift compile under way finishes, queued ones are
+/// skipped (the next load of such a contract queues it again).
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Release);
+        if self.jobs.send(Job::Stop).is_ok()
+            && let Some(worker) = self.worker.take()
+            && worker.join().is_err()
+        {
+            tracing::error!("the background thread of the CosmWasm runtime panicked");
         }
     }
 }
@@ -182,27 +232,25 @@ impl Runtime {
             compiles: AtomicU64::new(0),
             tier_ups: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
         });
-        let tier_up = match (&winch, policy) {
-            (Some(w), TierPolicy::WinchThenCranelift) => {
-                let (tx, rx) = std::sync::mpsc::sync_channel(TIER_UP_QUEUE);
-                let shared = Arc::clone(&shared);
-                let engine = w.fingerprint;
-                std::thread::Builder::new()
-                    .name("cw-tier-up".into())
-                    .spawn(move || shared.run(rx, engine))
-                    .map_err(|e| {
-                        CwError::Wasmtime(format!("cannot start the tier-up thread: {e}"))
-                    })?;
-                Some(tx)
-            }
-            _ => None,
+        let (tx, rx) = std::sync::mpsc::sync_channel(BACKGROUND_QUEUE);
+        let worker = {
+            let shared = Arc::clone(&shared);
+            let winch = winch.as_ref().map(|w| w.fingerprint);
+            std::thread::Builder::new()
+                .name("cw-background".into())
+                .spawn(move || shared.run(rx, winch))
+                .map_err(|e| {
+                    CwError::Wasmtime(format!("cannot start the background thread: {e}"))
+                })?
         };
         Ok(Runtime {
             shared,
             winch,
             policy,
-            tier_up,
+            jobs: tx,
+            worker: Some(worker),
             pres: Mutex::new(HashMap::new()),
             queued: Mutex::new(Default::default()),
             memory_limit,
@@ -232,43 +280,75 @@ impl Runtime {
             .map_err(CwError::Cache)
     }
 
+    /// The module of `checksum` if a layer holds it (its best tier).
+    pub(crate) fn cached(&self, checksum: &[u8; 32]) -> Result<Option<Module>, CwError> {
+        Ok(self.best(checksum)?.map(|(_, module)| module))
+    }
+
     /// Compiles the metered form of `wasm` (already checked) into the cache chain, unless it
     /// is there: with Cranelift, or with Winch at once and Cranelift on the tier-up thread.
     pub(crate) fn prepare(&self, checksum: &[u8; 32], wasm: &[u8]) -> Result<Module, CwError> {
-        if let Some((_, module)) = self.best(checksum)? {
+        if let Some(module) = self.cached(checksum)? {
             return Ok(module);
         }
-        let metered = metering::instrument(wasm).map_err(CwError::Check)?;
+        self.compile(
+            checksum,
+            metering::instrument(wasm).map_err(CwError::Check)?,
+        )
+    }
+
+    /// Compiles `metered` (the metering rewrite's output for `checksum`), with Winch when the
+    /// policy has it. The memory layers get the module at once; the file cache gets it from
+    /// the background thread, after this returns. With [`TierPolicy::WinchThenCranelift`] its
+    /// Cranelift compile is queued.
+    pub(crate) fn compile(&self, checksum: &[u8; 32], metered: Vec<u8>) -> Result<Module, CwError> {
         let (compiler, tier) = match &self.winch {
             Some(w) if self.policy != TierPolicy::CraneliftOnly => (w, Tier::Winch),
             _ => (&self.shared.cranelift, Tier::Cranelift),
         };
         let module = Module::new(&compiler.engine, &metered).map_err(CwError::wasmtime)?;
         self.shared.compiles.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .chain
-            .save(&key(compiler.fingerprint, tier, checksum), &module)
-            .map_err(CwError::Cache)?;
-        if tier == Tier::Winch && self.queued.lock().insert(*checksum) {
+        self.save(key(compiler.fingerprint, tier, checksum), &module);
+        if tier == Tier::Winch
+            && self.policy == TierPolicy::WinchThenCranelift
+            && self.queued.lock().insert(*checksum)
+        {
             self.queue_tier_up(checksum, metered);
         }
         Ok(module)
     }
 
-    fn queue_tier_up(&self, checksum: &[u8; 32], metered: Vec<u8>) {
-        let Some(tx) = &self.tier_up else { return };
-        self.shared.pending.fetch_add(1, Ordering::Acquire);
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            tx.try_send((*checksum, metered))
+    /// Saves `module` in the LRU layer now and queues its write to the file cache (written
+    /// here when the queue is full: an artifact is never dropped). The pinned layer takes
+    /// modules only through `pin`.
+    fn save(&self, key: CacheKey, module: &Module) {
+        if let Err(e) = self.shared.chain.fallback().primary().save(&key, module) {
+            tracing::warn!(error = %e, "saving a compiled contract in memory failed");
+        }
+        if let Err(TrySendError::Full(Job::Save(key, module))) =
+            self.send(Job::Save(key, module.clone()))
         {
+            self.shared.save_files(&key, &module);
+        }
+    }
+
+    /// Queues `job` for the background thread; the job back if the queue is full.
+    fn send(&self, job: Job) -> Result<(), TrySendError<Job>> {
+        self.shared.pending.fetch_add(1, Ordering::Acquire);
+        self.jobs.try_send(job).inspect_err(|_| {
             self.shared.pending.fetch_sub(1, Ordering::Release);
+        })
+    }
+
+    fn queue_tier_up(&self, checksum: &[u8; 32], metered: Vec<u8>) {
+        if self.send(Job::TierUp(*checksum, metered)).is_err() {
             self.queued.lock().remove(checksum);
             tracing::warn!("the tier-up queue is full: the contract stays on Winch for now");
         }
     }
 
-    /// Waits until the tier-up thread has nothing queued (at most `timeout`); whether it got
-    /// there.
+    /// Waits until the background thread has nothing queued or running (tier-ups and file
+    /// writes; at most `timeout`); whether it got there.
     pub(crate) fn wait_tier_up(&self, timeout: std::time::Duration) -> bool {
         let end = std::time::Instant::now() + timeout;
         while self.shared.pending.load(Ordering::Acquire) > 0 {

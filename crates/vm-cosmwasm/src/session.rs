@@ -17,7 +17,7 @@ use crate::env::Environment;
 use crate::gas::GasInfo;
 use crate::registry::{self, ContractRecord};
 use crate::runtime::{GasReport, Instance};
-use crate::{CallFailure, CwError, CwVm, FailureKind, check};
+use crate::{CallFailure, CwError, CwVm, FailureKind, check, metering};
 
 /// A key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
@@ -118,9 +118,25 @@ impl CwSession {
     /// Checks `wasm` as cosmwasm-vm's `check_wasm` does, stores it under a new code id and
     /// compiles its metered form into the caches. Returns the code id and the checksum.
     pub fn store_code(&mut self, wasm: &[u8]) -> Result<(u64, [u8; 32]), CwError> {
-        check::check_wasm(wasm, &self.vm.inner.config.capabilities).map_err(CwError::Check)?;
+        let capabilities = &self.vm.inner.config.capabilities;
+        let runtime = &self.vm.inner.runtime;
         let checksum: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(wasm).into();
-        self.vm.inner.runtime.prepare(&checksum, wasm)?;
+        if runtime.cached(&checksum)?.is_some() {
+            check::check_wasm(wasm, capabilities).map_err(CwError::Check)?;
+        } else {
+            // The check and the metering rewrite each read the whole module: run them side by
+            // side. The check's verdict comes first, as if they ran in turn.
+            let (checked, metered) = std::thread::scope(|scope| {
+                let metered = scope.spawn(|| metering::instrument(wasm));
+                let checked = check::check_wasm(wasm, capabilities);
+                let metered = metered
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (checked, metered)
+            });
+            checked.map_err(CwError::Check)?;
+            runtime.compile(&checksum, metered.map_err(CwError::Check)?)?;
+        }
         let code_id = registry::store_code(&self.registry, checksum, wasm)?;
         Ok((code_id, checksum))
     }
