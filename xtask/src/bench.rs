@@ -56,6 +56,26 @@ fn write_report(target: &Path, extra: &Path, since: SystemTime) -> Result<()> {
     let mut peer = crate::differential::peer_results(target, since);
     crate::differential::align_with_strata(&mut peer, &results);
     results.extend(peer);
+    let out = root().join("docs/BENCHMARKS.md");
+    // A filtered run or `--report` (not a full run) keeps the groups and the other
+    // measurements it has no results for, as the report on disk gives them (with the time
+    // they were measured): a fresh target directory does not wipe the report.
+    if since == SystemTime::UNIX_EPOCH
+        && let Ok(previous) = std::fs::read_to_string(&out)
+    {
+        let (earlier, others) = parse_report(&previous);
+        let measured: std::collections::BTreeSet<String> =
+            results.iter().map(|m| m.group.clone()).collect();
+        results.extend(earlier.into_iter().filter(|m| !measured.contains(&m.group)));
+        for (name, text) in others {
+            let file = extra.join(&name);
+            if !file.exists() {
+                std::fs::create_dir_all(extra)
+                    .and_then(|()| std::fs::write(&file, format!("{text}\n")))
+                    .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            }
+        }
+    }
     results.sort_by(|a, b| {
         (&a.group, &a.function, &a.parameter).cmp(&(&b.group, &b.function, &b.parameter))
     });
@@ -63,7 +83,6 @@ fn write_report(target: &Path, extra: &Path, since: SystemTime) -> Result<()> {
     let plots_dir = root().join("docs/plots");
     let plots = plot::write_all(&results, &plots_dir)?;
     let report = render(&results, extra, &plots);
-    let out = root().join("docs/BENCHMARKS.md");
     std::fs::write(&out, report).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     eprintln!(
         "wrote {} ({} benchmarks, {} plots)",
@@ -193,6 +212,90 @@ pub(crate) fn format_ns(ns: f64) -> String {
     } else {
         format!("{:.2} s", ns / 1e9)
     }
+}
+
+/// The inverse of [`format_ns`] (to its precision).
+fn parse_ns(text: &str) -> Option<f64> {
+    let (number, unit) = text.trim().split_once(' ')?;
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "ps" => 1e-3,
+        "ns" => 1.0,
+        "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        _ => return None,
+    };
+    Some(number * scale)
+}
+
+/// The inverse of [`utc_minute`].
+fn parse_utc_minute(text: &str) -> Option<SystemTime> {
+    let text = text.trim().strip_suffix(" UTC")?;
+    let (date, time) = text.split_once(' ')?;
+    let mut date = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
+    let (hour, minute) = time.split_once(':')?;
+    let (hour, minute): (u64, u64) = (hour.parse().ok()?, minute.parse().ok()?);
+    // Days from the civil date (the inverse of the computation in `utc_minute`).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(days * 86_400 + hour * 3600 + minute * 60))
+}
+
+/// The results and the other measurements of a report written by [`render`].
+fn parse_report(report: &str) -> (Vec<Measured>, BTreeMap<String, String>) {
+    let mut results = Vec::new();
+    let mut others = BTreeMap::new();
+    let mut group: Option<String> = None;
+    let mut when = SystemTime::UNIX_EPOCH;
+    let mut other: Option<(String, Vec<&str>)> = None;
+    let mut in_others = false;
+    let flush = |other: &mut Option<(String, Vec<&str>)>, others: &mut BTreeMap<String, String>| {
+        if let Some((name, lines)) = other.take() {
+            others.insert(name, lines.join("\n").trim().to_owned());
+        }
+    };
+    for line in report.lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            flush(&mut other, &mut others);
+            in_others = heading.starts_with("Other measurements");
+            group = (!in_others && heading != "Targets").then(|| heading.to_owned());
+            when = SystemTime::UNIX_EPOCH;
+        } else if let Some(name) = line.strip_prefix("### ").filter(|_| in_others) {
+            flush(&mut other, &mut others);
+            other = Some((name.to_owned(), Vec::new()));
+        } else if let Some((_, lines)) = other.as_mut() {
+            lines.push(line);
+        } else if let Some(t) = line
+            .strip_prefix("Measured ")
+            .and_then(|t| t.strip_suffix('.'))
+        {
+            when = parse_utc_minute(t).unwrap_or(SystemTime::UNIX_EPOCH);
+        } else if let Some(group) = &group
+            && let [function, parameter, median, _ratio] = line
+                .trim_matches('|')
+                .split(" | ")
+                .map(str::trim)
+                .collect::<Vec<_>>()[..]
+            && let Some(median_ns) = parse_ns(median)
+        {
+            results.push(Measured {
+                group: group.clone(),
+                function: function.to_owned(),
+                parameter: if parameter == "-" { "" } else { parameter }.to_owned(),
+                median_ns,
+                measured_at: when,
+            });
+        }
+    }
+    flush(&mut other, &mut others);
+    (results, others)
 }
 
 /// The baseline of `m` in its group: same parameter if there is one, else the unparameterised one.
@@ -681,6 +784,42 @@ mod tests {
         assert_eq!(m.parameter, "");
         assert_eq!(m.median_ns, 1500.5);
         assert_eq!(parse("{}", EST), None);
+    }
+
+    #[test]
+    fn a_report_reads_back_as_it_was_written() {
+        let m = |g: &str, f: &str, p: &str, ns: f64, at: u64| Measured {
+            group: g.into(),
+            function: f.into(),
+            parameter: p.into(),
+            median_ns: ns,
+            measured_at: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
+        };
+        let all = vec![
+            m("a/b", "baseline_x", "", 2_500_000.0, 1_764_556_260),
+            m("a/b", "y", "", 125_000.0, 1_764_556_260),
+            m("c", "baseline", "16KiB", 0.5, 1_764_560_000 / 60 * 60),
+            m(
+                "c",
+                "host/db_read_1MiB",
+                "16KiB",
+                61.5,
+                1_764_560_000 / 60 * 60,
+            ),
+        ];
+        let extra = std::env::temp_dir().join(format!("xtask-report-{}", std::process::id()));
+        std::fs::create_dir_all(&extra).unwrap();
+        std::fs::write(extra.join("rss.md"), "| a | b |\n|---|---|\n| 1 | 2 |\n").unwrap();
+        let report = render(&all, &extra, &BTreeMap::new());
+        std::fs::remove_dir_all(&extra).unwrap();
+        let (back, others) = parse_report(&report);
+        assert_eq!(back, all, "{report}");
+        assert_eq!(others["rss.md"], "| a | b |\n|---|---|\n| 1 | 2 |");
+        assert_eq!(
+            parse_utc_minute("1970-01-01 00:00 UTC"),
+            Some(SystemTime::UNIX_EPOCH)
+        );
+        assert_eq!(parse_ns("1.5 parsecs"), None);
     }
 
     #[test]
