@@ -1,6 +1,7 @@
 //! The cross-crate integration tests of Strata, in one test binary (as wasmtime does) so that
 //! it links once.
 
+mod budget;
 mod cache;
 mod cosmwasm;
 mod crash_vm;

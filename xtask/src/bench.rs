@@ -603,6 +603,37 @@ pub(crate) const TARGETS: &[Target] = &[
     },
 ];
 
+/// How to read a group's figures, printed under its table (groups matched as in [`TARGETS`]):
+/// what a run showed, with the date, so that a later run's table can be read against it.
+const NOTES: &[(&str, &str)] = &[
+    (
+        "tiers/compile_adversarial/deep_nesting",
+        "Nested blocks (strata-harness `adversarial`; size axis: the module in KiB). Measured \
+         2026-12-01: Cranelift is quadratic in the depth, each doubling 2.7-3.4x (4,096 blocks \
+         1.06 s; in the probe behind `vm_host::CompileCost`, 8,192 took 2.7-3.2 s and 16,384 \
+         12.7 s); Winch is linear, 85x faster at 4,096.",
+    ),
+    (
+        "tiers/compile_adversarial/huge_function",
+        "One straight-line function. Measured 2026-12-01: both tiers linear, Cranelift about \
+         1.3 ms per KiB (5.9 s for 3 MB in the probe), Winch 20x faster. The budget still stops \
+         one function estimated past 3 s (about 1 MB of such code).",
+    ),
+    (
+        "tiers/compile_adversarial/many_locals",
+        "`i64` locals all live across a loop. Measured 2026-12-01: Cranelift is quadratic in \
+         the locals (4,096: 1.16 s), then falls off a cliff: 8,192 took 1.8-2.1 s and 16,384 \
+         116 s in the probe, for a 296 KiB module. Winch stays at milliseconds, 224x faster at \
+         4,096. The worst input found, and the reason for the compile budget.",
+    ),
+    (
+        "tiers/compile_adversarial/huge_br_table",
+        "One `br_table` over 64 blocks. Measured 2026-12-01: both tiers linear in the entries, \
+         Winch 6x faster; wasmtime refuses a `br_table` of more than 65,520 targets, so this \
+         shape stays cheap.",
+    ),
+];
+
 fn group_matches(pattern: &str, group: &str) -> bool {
     let (p, g): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), group.split('/').collect());
     p.len() == g.len() && p.iter().zip(&g).all(|(p, g)| *p == "*" || p == g)
@@ -745,6 +776,9 @@ pub(crate) fn render(
                 format_ns(m.median_ns),
                 ratio
             );
+        }
+        for (_, note) in NOTES.iter().filter(|(p, _)| group_matches(p, group)) {
+            let _ = write!(out, "\n{note}\n");
         }
         if let Some(file) = plots.get(group) {
             let _ = write!(

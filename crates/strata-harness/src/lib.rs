@@ -12,6 +12,9 @@
 //! persistence), pauses, stops and restarts it, and kills it when dropped; the remote cache
 //! layer's tests and benchmarks use it.
 //!
+//! [`adversarial`] builds valid wasm modules shaped to make an optimising compiler slow (deep
+//! nesting, one huge function, many locals, huge `br_table`s), each grown by a size parameter.
+//!
 //! # Example
 //!
 //! ```
@@ -37,6 +40,7 @@
 
 #![deny(missing_docs)]
 
+pub mod adversarial;
 mod redis;
 
 pub use redis::RedisServer;

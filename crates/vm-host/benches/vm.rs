@@ -2,7 +2,8 @@
 //! split into its parts next to plain wasmtime (`call_path`), session open + call + commit over
 //! small and large memories, calls per second on one core, the time per unit of fuel of plain
 //! wasm loops and host-function loops (`host_costs`), and the compiler tiers (`tiers/*`): Winch
-//! against Cranelift compiles of the corpus, deploy to first call of hackatom with an empty
+//! against Cranelift compiles of the corpus and of adversarial modules (`tiers/compile_adversarial/*`,
+//! with their compile-budget estimates), deploy to first call of hackatom with an empty
 //! cache, calls after the tier-up.
 //!
 //! The corpus (sql.js, hackatom) is read from `$STRATA_CORPUS`, else `../shared/corpus`; its
@@ -13,7 +14,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use vm_host::{HostState, ModuleId, Root, TierPolicy, Value, Vm, VmConfig, VmError};
+use strata_harness::adversarial::Shape;
+use vm_host::{
+    CompileBudget, CompileCost, HostState, ModuleId, Root, TierPolicy, Value, Vm, VmConfig, VmError,
+};
 use wasmtime::{FuncType, Instance, Linker, ValType};
 
 const COUNTER: &str = include_str!("../contracts/counter.wat");
@@ -718,6 +722,89 @@ fn tier_compile(c: &mut Criterion) {
     group.finish();
 }
 
+/// The sizes of each adversarial shape: the largest Cranelift compile of each about a second
+/// (the group of a shape runs in about half a minute with ten samples), and, for the
+/// super-linear shapes, past the point where the growth shows.
+const ADVERSARIAL_SIZES: [(Shape, [u32; 4]); 4] = [
+    (Shape::DeepNesting, [512, 1024, 2048, 4096]),
+    (Shape::HugeFunction, [2048, 8192, 32768, 65536]),
+    (Shape::ManyLocals, [512, 1024, 2048, 4096]),
+    // wasmtime refuses a `br_table` of more than 65,520 targets.
+    (Shape::HugeBrTable, [1024, 4096, 16384, 32768]),
+];
+
+/// Compile time of the adversarial modules (strata-harness's `adversarial`) by each tier, one
+/// group per shape whose parameter is the module's size in KiB (so `cargo xtask bench` plots
+/// time against size for both tiers); Cranelift is the baseline. Leaves each module's
+/// structural estimate ([`CompileCost`]) against the default budget in
+/// `strata-bench/compile-budget.txt`.
+fn tier_compile_adversarial(c: &mut Criterion) {
+    let cranelift = tier_engine(false);
+    let winch = tier_engine(true);
+    let budget = CompileBudget::default();
+    let mut estimates = String::from(
+        "Structural estimate of each adversarial module's Cranelift compile (vm_host::CompileCost) \
+         against the default budget (3 s per function, 60 s per module):\n\n\
+         | shape | size | module | estimate | default budget |\n|---|---|---|---|---|\n",
+    );
+    for (shape, sizes) in ADVERSARIAL_SIZES {
+        let mut group = c.benchmark_group(format!("tiers/compile_adversarial/{}", shape.name()));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(3));
+        for size in sizes {
+            let wasm = shape.module(size);
+            let kib = format!("{:.1}KiB", wasm.len() as f64 / 1024.0);
+            let cost = CompileCost::of(&wasm).expect("parses");
+            let verdict = match budget.check(&cost) {
+                Ok(()) => "under".to_owned(),
+                Err(_) => "over".to_owned(),
+            };
+            estimates.push_str(&format!(
+                "| {} | {size} | {kib} | {:.1} ms | {verdict} |\n",
+                shape.name(),
+                cost.total_us() as f64 / 1000.0
+            ));
+            group.bench_function(BenchmarkId::new("baseline_cranelift", &kib), |b| {
+                b.iter(|| wasmtime::Module::new(&cranelift, &wasm).expect("compiles"))
+            });
+            group.bench_function(BenchmarkId::new("winch", &kib), |b| {
+                b.iter(|| wasmtime::Module::new(&winch, &wasm).expect("compiles"))
+            });
+        }
+        group.finish();
+        // Larger sizes, estimated only (their compiles would take the group past a minute).
+        for size in [sizes[3] * 2, sizes[3] * 4] {
+            let wasm = shape.module(size);
+            let cost = CompileCost::of(&wasm).expect("parses");
+            let verdict = match budget.check(&cost) {
+                Ok(()) => "under".to_owned(),
+                Err(_) => "over".to_owned(),
+            };
+            estimates.push_str(&format!(
+                "| {} | {size} (not compiled) | {:.1}KiB | {:.1} ms | {verdict} |\n",
+                shape.name(),
+                wasm.len() as f64 / 1024.0,
+                cost.total_us() as f64 / 1000.0
+            ));
+        }
+    }
+    extra_report("compile-budget.txt", &estimates);
+}
+
+/// Leaves `text` where `cargo xtask bench` collects extra measurements:
+/// `$CARGO_TARGET_DIR/strata-bench/<name>` (else the workspace's `target/`).
+fn extra_report(name: &str, text: &str) {
+    let out = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+        .join("strata-bench");
+    if std::fs::create_dir_all(&out).is_ok() {
+        let _ = std::fs::write(out.join(name), text);
+    }
+}
+
 /// Deploy of hackatom into an empty VM (no cache at all) and its first call (`allocate(16)`),
 /// by tier policy. Its imports are stubbed (`Vm::open_with_host`). Each iteration waits,
 /// untimed, for the previous VM's background Cranelift compile.
@@ -798,6 +885,7 @@ criterion_group!(
     calls_after_dirtying,
     host_costs,
     tier_compile,
+    tier_compile_adversarial,
     tier_deploy,
     tier_calls
 );

@@ -69,6 +69,7 @@
 
 #![deny(missing_docs)]
 
+mod budget;
 mod host;
 mod loader;
 mod memory;
@@ -79,6 +80,7 @@ mod vm;
 
 use std::path::PathBuf;
 
+pub use budget::{CompileBudget, CompileCost, OverBudget};
 pub use cache_core::{LayerStats, Tier};
 pub use cache_fs::{PruneReport, Verification};
 pub use cache_redis::{Compression, Held, RedisConfig, RemoteStats};
@@ -141,6 +143,15 @@ pub struct VmConfig {
     /// ([`TierPolicy::WinchThenCranelift`]); more are dropped (counted in
     /// [`TierStats::dropped`]) and queued again by a later load. Default 256.
     pub tier_up_queue: usize,
+    /// The most a module may cost Cranelift to compile, by its structural estimate
+    /// ([`CompileCost`], read at deploy in the same pass as the ABI checks). A module over it
+    /// is compiled with Winch only, and never tiered up, under a policy that has Winch
+    /// (counted in [`TierStats::over_budget`], with a warning), and refused with
+    /// [`VmError::OverCompileBudget`] under [`TierPolicy::CraneliftOnly`]. Checked on every
+    /// Cranelift compile path: deploy, loads after a miss, the tier-up queue, and the Cranelift
+    /// fallback for modules Winch cannot compile. Default [`CompileBudget::default`] (3 s per
+    /// function, 60 s per module, estimated); `None` for no limit.
+    pub cranelift_budget: Option<CompileBudget>,
 }
 
 /// Which compiler tiers a [`Vm`] uses. The tier is part of every cache key; Winch artifacts
@@ -203,6 +214,7 @@ impl Default for VmConfig {
             remote: None,
             tier: TierPolicy::CraneliftOnly,
             tier_up_queue: 256,
+            cranelift_budget: Some(CompileBudget::default()),
         }
     }
 }
@@ -402,6 +414,11 @@ pub enum VmError {
     /// layer that is down is not an error: its loads are misses.
     #[error("remote cache: {0}")]
     RemoteCache(#[source] cache_redis::RedisCacheError),
+    /// The module's estimated Cranelift compile cost is over [`VmConfig::cranelift_budget`] and
+    /// the policy ([`TierPolicy::CraneliftOnly`], or a module Winch cannot compile) leaves no
+    /// other compiler.
+    #[error("module refused: {0}")]
+    OverCompileBudget(OverBudget),
     /// An error from wasmtime outside a call (engine setup, linking, instantiation).
     #[error("wasmtime: {0}")]
     Wasmtime(#[source] WasmtimeError),

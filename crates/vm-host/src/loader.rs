@@ -33,7 +33,7 @@ use wasmtime::{Engine, InstancePre, Linker, Module};
 
 use crate::host::HostState;
 use crate::rewrite::{self, Form, Shape};
-use crate::{TierPolicy, VmError};
+use crate::{CompileBudget, CompileCost, OverBudget, TierPolicy, VmError};
 
 /// A loaded module, ready to instantiate.
 #[derive(Clone)]
@@ -115,6 +115,10 @@ pub(crate) struct Loader {
     linker: Linker<HostState>,
     winch: Option<(WinchEngine, EngineFingerprint)>,
     policy: TierPolicy,
+    budget: Option<CompileBudget>,
+    /// Modules found over the budget since the VM opened: never queued for a tier-up (and
+    /// their bytecode not read again to try).
+    over_budget: Mutex<HashSet<ModuleId>>,
     pinned: Arc<PinnedCache>,
     lru: Arc<LruCache>,
     fs: Arc<FsCache>,
@@ -192,6 +196,7 @@ impl Loader {
         winch: Option<WinchEngine>,
         policy: TierPolicy,
         tier_up_queue: usize,
+        budget: Option<CompileBudget>,
         lru: LruCache,
         fs: FsCache,
         remote: Option<Remote>,
@@ -233,6 +238,8 @@ impl Loader {
                     done: AtomicU64::new(0),
                     dropped: AtomicU64::new(0),
                     failed: AtomicU64::new(0),
+                    #[cfg(test)]
+                    gate: Gate::default(),
                 }),
                 tier_up_queue,
             )
@@ -243,6 +250,8 @@ impl Loader {
             linker,
             winch,
             policy,
+            budget,
+            over_budget: Mutex::new(HashSet::new()),
             pinned,
             lru,
             fs,
@@ -345,6 +354,32 @@ impl Loader {
         }
     }
 
+    /// Modules found over the compile budget since the VM opened.
+    pub(crate) fn over_budget(&self) -> u64 {
+        self.over_budget.lock().len() as u64
+    }
+
+    /// Checks `cost` against the Cranelift compile budget; a module over it is noted, with a
+    /// warning the first time.
+    pub(crate) fn check_budget(&self, id: &ModuleId, cost: &CompileCost) -> Result<(), OverBudget> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        budget.check(cost).inspect_err(|over| {
+            if self.over_budget.lock().insert(*id) {
+                if self.policy == TierPolicy::CraneliftOnly {
+                    tracing::warn!(module = %id, %over, "refused: over the Cranelift compile budget");
+                } else {
+                    tracing::warn!(
+                        module = %id,
+                        %over,
+                        "over the Cranelift compile budget: Winch only, never tiered up"
+                    );
+                }
+            }
+        })
+    }
+
     /// Waits up to `timeout` until the tier-up queue is empty and no compile runs; whether it
     /// is (true without a tier-up thread).
     pub(crate) fn wait_tier_up(&self, timeout: Duration) -> bool {
@@ -361,11 +396,15 @@ impl Loader {
         true
     }
 
-    /// Queues the Cranelift compile of `id` (once per module while queued or running).
-    fn queue_tier_up(&self, id: &ModuleId, runtime: Vec<u8>) {
+    /// Queues the Cranelift compile of `id` (once per module while queued or running), unless
+    /// its `cost` is over the budget: the one way into the tier-up thread.
+    fn queue_tier_up(&self, id: &ModuleId, runtime: Vec<u8>, cost: &CompileCost) {
         let (Some(t), Some(winch)) = (&self.tier_up, self.winch_key(id)) else {
             return;
         };
+        if self.check_budget(id, cost).is_err() {
+            return;
+        }
         t.queue(Job {
             id: *id,
             cranelift: self.key(id),
@@ -398,9 +437,10 @@ impl Loader {
                 if key.tier() == Tier::Winch
                     && let Some(t) = &self.tier_up
                     && !t.shared.queued.lock().contains(id)
+                    && !self.over_budget.lock().contains(id)
                 {
                     match runtime_form(id, source) {
-                        Ok(runtime) => self.queue_tier_up(id, runtime),
+                        Ok((runtime, cost)) => self.queue_tier_up(id, runtime, &cost),
                         Err(e) => tracing::warn!(module = %id, error = %e, "no tier-up"),
                     }
                 }
@@ -561,7 +601,10 @@ impl Loader {
         source: Source<'_>,
     ) -> Result<Module, VmError> {
         let start = std::time::Instant::now();
-        let runtime = runtime_form(id, source)?;
+        let (runtime, cost) = runtime_form(id, source)?;
+        if key.tier() == Tier::Cranelift {
+            self.check_budget(id, &cost)?;
+        }
         let module =
             Module::new(self.engine_of(key.tier()), &runtime).map_err(VmError::invalid_wasmtime)?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
@@ -572,7 +615,7 @@ impl Loader {
         // A cache that cannot take the module costs a recompile later, never this call.
         let _ = self.chain.save(key, &module);
         if key.tier() == Tier::Winch {
-            self.queue_tier_up(id, runtime);
+            self.queue_tier_up(id, runtime, &cost);
         }
         Ok(module)
     }
@@ -613,16 +656,20 @@ impl Loader {
     }
 }
 
-/// The runtime form of `id` from `source` (stored bytecode is checked against the id).
-fn runtime_form(id: &ModuleId, source: Source<'_>) -> Result<Vec<u8>, VmError> {
+/// The runtime form of `id` from `source` (stored bytecode is checked against the id) and the
+/// estimate of its Cranelift compile cost (of the original bytecode: the rewrite leaves the
+/// code section as it is).
+fn runtime_form(id: &ModuleId, source: Source<'_>) -> Result<(Vec<u8>, CompileCost), VmError> {
     match source {
         Source::Stored(read) => {
             let wasm = read()?;
             check_bytecode(id, &wasm)?;
             let shape = rewrite::shape(&wasm)?;
-            rewrite::rewrite(&wasm, &shape, Form::Runtime)
+            Ok((rewrite::rewrite(&wasm, &shape, Form::Runtime)?, shape.cost))
         }
-        Source::Checked { wasm, shape } => rewrite::rewrite(wasm, shape, Form::Runtime),
+        Source::Checked { wasm, shape } => {
+            Ok((rewrite::rewrite(wasm, shape, Form::Runtime)?, shape.cost))
+        }
     }
 }
 
@@ -657,6 +704,33 @@ struct TierUpShared {
     done: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
+    /// Holds the thread between taking a job and compiling it (tests of the queue's bound).
+    #[cfg(test)]
+    gate: Gate,
+}
+
+/// A gate the tier-up thread passes after taking a job: closed, it holds that job, so the
+/// queue fills by its bound alone, whatever the timing.
+#[cfg(test)]
+#[derive(Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+}
+
+#[cfg(test)]
+impl Gate {
+    fn set(&self, closed: bool) {
+        *self.closed.lock() = closed;
+        self.opened.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut closed = self.closed.lock();
+        while *closed {
+            self.opened.wait(&mut closed);
+        }
+    }
 }
 
 impl TierUp {
@@ -694,6 +768,8 @@ impl TierUp {
 impl TierUpShared {
     fn run(&self, jobs: Receiver<Job>) {
         while let Ok(job) = jobs.recv() {
+            #[cfg(test)]
+            self.gate.pass();
             self.tier_up(&job);
             self.queued.lock().remove(&job.id);
             self.finish_one();
@@ -780,6 +856,71 @@ impl TierUpShared {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Value, Vm, VmConfig};
+
+    #[test]
+    fn a_full_tier_up_queue_drops_and_later_loads_queue_again_until_all_are_on_cranelift() {
+        const MODULES: u64 = 4;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = VmConfig {
+            tier: TierPolicy::WinchThenCranelift,
+            tier_up_queue: 1,
+            ..VmConfig::for_tests()
+        };
+        let vm = Vm::open(dir.path(), config).expect("vm");
+        let gate = &vm
+            .inner
+            .loader
+            .tier_up
+            .as_ref()
+            .expect("tier-up")
+            .shared
+            .gate;
+        // Closed, the thread holds at most the one job it took: the queue's bound alone
+        // decides what is dropped.
+        gate.set(true);
+        let mut root = None;
+        let mut ids = Vec::new();
+        for n in 0..MODULES {
+            let wasm = wat::parse_str(format!(
+                r#"(module (func (export "f") (result i32) (i32.const {n})))"#
+            ))
+            .expect("wat");
+            let (id, r) = vm.deploy(&wasm).expect("deploys");
+            ids.push(id);
+            root = Some(r);
+        }
+        let tiers = vm.stats().tiers;
+        // One job held by the thread (or still in the queue), at most one in the queue.
+        assert!(tiers.dropped >= MODULES - 2, "{tiers:?}");
+        assert_eq!(tiers.dropped + tiers.queue_depth, MODULES, "{tiers:?}");
+        assert_eq!(tiers.winch_modules, MODULES, "{tiers:?}");
+        gate.set(false);
+        let load_all = || {
+            let mut session = vm.session(root).expect("session");
+            for (n, id) in ids.iter().enumerate() {
+                let result = session.call(id, "f", &[]).expect("call");
+                assert_eq!(result, vec![Value::I32(n as i32)]);
+            }
+        };
+        // Each round queues every module still on Winch; at least the first one queued after
+        // an idle wait fits, so every round tiers up at least one.
+        for _ in 0..MODULES {
+            assert!(vm.wait_tier_up(Duration::from_secs(120)));
+            load_all();
+        }
+        assert!(vm.wait_tier_up(Duration::from_secs(120)));
+        load_all();
+        let tiers = vm.stats().tiers;
+        assert_eq!(tiers.tier_ups, MODULES, "{tiers:?}");
+        assert_eq!(
+            (tiers.cranelift_modules, tiers.winch_modules),
+            (MODULES, 0),
+            "{tiers:?}"
+        );
+        assert!(tiers.dropped >= MODULES - 2, "{tiers:?}");
+        assert_eq!((tiers.failed, tiers.over_budget), (0, 0), "{tiers:?}");
+    }
 
     #[test]
     fn resolved_modules_are_bounded_and_follow_the_module_the_chain_returns() {

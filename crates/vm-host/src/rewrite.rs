@@ -19,6 +19,7 @@ use std::ops::Range;
 use wasm_encoder::{DataSection, ExportKind, ExportSection, RawSection, SectionId};
 use wasmparser::{DataKind, ExternalKind, Parser, Payload, TypeRef, ValType};
 
+use crate::budget::CostCounter;
 use crate::{ModuleError, VmError};
 
 /// The version of the rewrite, part of every cache key of a rewritten form. Bump it whenever
@@ -54,6 +55,9 @@ pub(crate) struct Shape {
     /// The largest initial size among the module's tables, in elements (0 without a table).
     /// Known only at deploy (not read back from a compiled runtime form).
     pub(crate) largest_table: u64,
+    /// The estimate of its Cranelift compile cost, read in the same pass. Known only from the
+    /// bytecode (not read back from a compiled runtime form).
+    pub(crate) cost: crate::CompileCost,
 }
 
 /// Which form to produce.
@@ -139,8 +143,13 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
     let mut shape = Shape::default();
     let mut memories = 0;
     let mut function = 0u32;
+    let mut cost = CostCounter::default();
     for payload in Parser::new(0).parse_all(wasm) {
-        match payload.map_err(malformed)? {
+        let payload = payload.map_err(malformed)?;
+        if !matches!(payload, Payload::CodeSectionEntry(_)) {
+            cost.payload(&payload).map_err(malformed)?;
+        }
+        match payload {
             Payload::Version {
                 encoding: wasmparser::Encoding::Component,
                 ..
@@ -212,16 +221,19 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
                 }
             }
             Payload::CodeSectionEntry(body) => {
+                let mut counted = cost.function(&body).map_err(malformed)?;
                 let mut ops = body.get_operators_reader().map_err(malformed)?;
                 while !ops.eof() {
-                    if let Some(instruction) = stateful_instruction(&ops.read().map_err(malformed)?)
-                    {
+                    let op = ops.read().map_err(malformed)?;
+                    counted.operator(&op);
+                    if let Some(instruction) = stateful_instruction(&op) {
                         return Err(VmError::InvalidModule(ModuleError::StatefulInstruction {
                             instruction,
                             function,
                         }));
                     }
                 }
+                cost.add(counted);
                 function += 1;
             }
             Payload::ExportSection(reader) => {
@@ -244,6 +256,7 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
         ));
     }
     shape.has_memory = memories == 1;
+    shape.cost = cost.finish();
     Ok(shape)
 }
 

@@ -10,7 +10,7 @@ use crate::host::{self, GlobalValue, HostBlob, HostState};
 use crate::loader::{Loaded, Source};
 use crate::memory::{self, GUARD, RESERVATION};
 use crate::rewrite::{self, Form, MEMORY_EXPORT};
-use crate::{ModuleError, Phase, Value, ValueType, Vm, VmError, WasmtimeError};
+use crate::{ModuleError, Phase, TierPolicy, Value, ValueType, Vm, VmError, WasmtimeError};
 
 /// A point a [`Session`] can return to ([`Session::savepoint`]).
 pub struct Savepoint(store_commit::Checkpoint);
@@ -108,6 +108,9 @@ impl Session {
     /// Deploys `wasm`: validates it against the host ABI, runs its genesis initialisation
     /// (active data segments and start function) once, and stores the bytecode and the
     /// resulting state under its module id. The runtime form is compiled into the caches.
+    /// A module whose estimated Cranelift compile cost ([`crate::CompileCost`]) is over
+    /// [`crate::VmConfig::cranelift_budget`] is refused under [`TierPolicy::CraneliftOnly`]
+    /// ([`VmError::OverCompileBudget`]) and otherwise runs on Winch only, never tiered up.
     ///
     /// The wasm is hashed once (its module id, [`Bytecode::hash`]), copied once (into that
     /// `Bytecode`, which the store keeps until commit), parsed once for its shape and rewritten
@@ -127,6 +130,14 @@ impl Session {
                 limit: vm.config.table_elements,
             }));
         }
+        // Over the Cranelift compile budget: refused when Cranelift is the only compiler, else
+        // on Winch only (genesis too; the loader never queues its tier-up).
+        let over_budget = vm.loader.check_budget(&id, &shape.cost).err();
+        if let Some(over) = over_budget
+            && vm.config.tier == TierPolicy::CraneliftOnly
+        {
+            return Err(over.into());
+        }
         let limits = self.vm.limits();
         // Genesis writes go to the module's key-value space; a failed genesis leaves none.
         let kv = self.inner.kv(&Namespace::of_module(&id))?;
@@ -139,9 +150,10 @@ impl Session {
             let winch = vm.genesis_winch.as_ref().and_then(|(engine, linker)| {
                 Some((engine, linker, Module::new(engine, &genesis).ok()?))
             });
-            let (genesis_engine, genesis_linker, module) = match winch {
-                Some(winch) => winch,
-                None => (
+            let (genesis_engine, genesis_linker, module) = match (winch, over_budget) {
+                (Some(winch), _) => winch,
+                (None, Some(over)) => return Err(over.into()),
+                (None, None) => (
                     &vm.genesis_engine,
                     &vm.genesis_linker,
                     Module::new(&vm.genesis_engine, &genesis).map_err(VmError::invalid_wasmtime)?,

@@ -131,6 +131,10 @@ pub struct TierStats {
     pub dropped: u64,
     /// Tier-ups whose Cranelift compile failed (the module stays on Winch).
     pub failed: u64,
+    /// Modules found over [`VmConfig::cranelift_budget`](crate::VmConfig::cranelift_budget):
+    /// kept on Winch and never queued for a tier-up (or, under
+    /// [`TierPolicy::CraneliftOnly`](crate::TierPolicy::CraneliftOnly), refused).
+    pub over_budget: u64,
 }
 
 /// What [`Vm::verify`] found.
@@ -457,6 +461,7 @@ impl Vm {
             winch_runtime,
             config.tier,
             config.tier_up_queue,
+            config.cranelift_budget,
             LruCache::new(config.lru_bytes),
             fs,
             remote,
@@ -726,6 +731,7 @@ impl Vm {
                     queue_depth,
                     dropped,
                     failed,
+                    over_budget: inner.loader.over_budget(),
                 }
             },
             remote: inner.loader.remote().map(RedisCache::remote_stats),
