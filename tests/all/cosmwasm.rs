@@ -474,3 +474,44 @@ fn winch_and_cranelift_give_the_same_results_and_gas_and_winch_tiers_up() -> Res
     );
     Ok(())
 }
+
+#[test]
+fn a_contract_over_the_cranelift_budget_is_refused_or_stays_on_winch() -> Result<()> {
+    // Any contract is over a budget of 1 µs; vm-host's tests cover the estimate itself.
+    let tiny = vm_cosmwasm::CompileBudget {
+        function_us: 1,
+        module_us: 1,
+    };
+    let open = |tier| -> Result<(tempfile::TempDir, CwVm)> {
+        let dir = tempfile::tempdir()?;
+        let mut config = CwConfig::for_tests();
+        config.tier = tier;
+        config.vm.cranelift_budget = Some(tiny);
+        let vm = CwVm::open(dir.path(), config)?;
+        Ok((dir, vm))
+    };
+    let ctx = CallContext::new(addr("alice"), GAS);
+
+    let (_d1, cranelift) = open(vm_cosmwasm::TierPolicy::CraneliftOnly)?;
+    let mut s = cranelift.session(None)?;
+    let err = s.store_code(&vm_cosmwasm::counter_wasm()).unwrap_err();
+    assert!(
+        matches!(err, CwError::Vm(vm_cosmwasm::VmError::OverCompileBudget(_))),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("over the budget"), "{err}");
+    assert_eq!(cranelift.compiles(), 0);
+    assert!(s.contracts()?.is_empty());
+
+    let (_d2, tiered) = open(vm_cosmwasm::TierPolicy::WinchThenCranelift)?;
+    let mut s = tiered.session(None)?;
+    let (code, _) = s.store_code(&vm_cosmwasm::counter_wasm())?;
+    let (counter, out) = s.instantiate(&ctx, code, br#"{"count":1}"#, "c", None)?;
+    assert!(out.is_ok(), "{}", out.text());
+    assert!(tiered.wait_tier_up(std::time::Duration::from_secs(120)));
+    assert_eq!(tiered.over_budget(), 1);
+    assert_eq!(tiered.tier_ups(), 0);
+    assert_eq!(tiered.compiles(), 1, "only the Winch compile");
+    assert!(s.execute(&ctx, &counter, br#"{"increment":{}}"#)?.is_ok());
+    Ok(())
+}

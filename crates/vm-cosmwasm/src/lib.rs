@@ -70,7 +70,7 @@ pub use gas::{GasConfig, GasInfo};
 pub use registry::ContractRecord;
 pub use runtime::GasReport;
 pub use session::{CallContext, CallOutcome, CwSession, Entry, MAX_QUERY_DEPTH, parse_response};
-pub use vm_host::{Root, TierPolicy, Vm, VmConfig};
+pub use vm_host::{CompileBudget, Root, TierPolicy, Vm, VmConfig, VmError};
 
 /// A CosmWasm contract of our own, in WAT: a counter with JSON messages
 /// (`{"count":N}` at instantiate, `{"increment":{}}`, `{"reset":{"count":N}}`, and the query
@@ -274,6 +274,7 @@ impl CwVm {
             config.lru_bytes,
             config.vm.fsync,
             config.tier,
+            config.vm.cranelift_budget,
         )?;
         let api: Arc<dyn backend::BackendApi> =
             Arc::new(backends::Bech32Api::new(config.bech32_prefix.clone()));
@@ -333,6 +334,13 @@ impl CwVm {
     /// no write of a compiled contract to the file cache queued or running; whether it is.
     pub fn wait_tier_up(&self, timeout: std::time::Duration) -> bool {
         self.inner.runtime.wait_tier_up(timeout)
+    }
+
+    /// How many tier-ups were skipped because the contract's estimated Cranelift compile time
+    /// is over `VmConfig::cranelift_budget` (the contract stays on Winch; under
+    /// [`TierPolicy::CraneliftOnly`] store_code refuses such a contract instead).
+    pub fn over_budget(&self) -> u64 {
+        self.inner.runtime.over_budget()
     }
 
     /// How many Winch modules a background Cranelift compile replaced.

@@ -25,6 +25,8 @@ use wasmtime::{
     PoolingAllocationConfig, Store, StoreLimitsBuilder, Strategy,
 };
 
+use vm_host::{CompileBudget, CompileCost, VmError};
+
 use crate::env::{self, CallError, Environment, Exports};
 use crate::{CallFailure, CwError, FailureKind, TierPolicy, check, imports, memory, metering};
 
@@ -71,6 +73,10 @@ struct Shared {
     pending: AtomicU64,
     /// Set when the runtime drops: queued tier-ups are skipped (queued saves still run).
     closing: AtomicBool,
+    /// The most a Cranelift compile may be estimated to take (vm-host's estimate).
+    budget: Option<CompileBudget>,
+    /// Tier-ups skipped because the contract is over the budget: it stays on Winch.
+    over_budget: AtomicU64,
 }
 
 pub(crate) struct Runtime {
@@ -117,6 +123,11 @@ fn compiler(tier: Tier, memory_limit: usize) -> Result<Compiler, CwError> {
     })
 }
 
+/// `bytes` in lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn key(engine: EngineFingerprint, tier: Tier, checksum: &[u8; 32]) -> CacheKey {
     CacheKey::from_parts(
         WasmHash::from_bytes(*checksum),
@@ -148,6 +159,17 @@ impl Shared {
         }
     }
 
+    /// Whether Cranelift may compile `metered`: its estimated compile time within the budget.
+    fn within_budget(&self, metered: &[u8]) -> Result<(), CwError> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        let cost = CompileCost::of(metered)?;
+        budget
+            .check(&cost)
+            .map_err(|over| CwError::Vm(VmError::from(over)))
+    }
+
     /// Writes `module` to the file cache. A failure costs a compile after a restart, no more:
     /// it is logged, and counted by the file cache's own stats.
     fn save_files(&self, key: &CacheKey, module: &Module) {
@@ -160,6 +182,14 @@ impl Shared {
         {
             let ckey = key(self.cranelift.fingerprint, Tier::Cranelift, &checksum);
             if matches!(self.chain.load(&ckey), Ok(Some(_))) {
+                return;
+            }
+            if let Err(over) = self.within_budget(metered) {
+                self.over_budget.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    contract = %hex(&checksum),
+                    "{over}: the contract stays on Winch"
+                );
                 return;
             }
             match Module::new(&self.cranelift.engine, metered) {
@@ -203,6 +233,7 @@ impl Runtime {
         lru_bytes: u64,
         fsync: bool,
         policy: TierPolicy,
+        budget: Option<CompileBudget>,
     ) -> Result<Runtime, CwError> {
         let cranelift = compiler(Tier::Cranelift, memory_limit)?;
         let winch = match policy {
@@ -233,6 +264,8 @@ impl Runtime {
             tier_ups: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            budget,
+            over_budget: AtomicU64::new(0),
         });
         let (tx, rx) = std::sync::mpsc::sync_channel(BACKGROUND_QUEUE);
         let worker = {
@@ -306,6 +339,11 @@ impl Runtime {
             Some(w) if self.policy != TierPolicy::CraneliftOnly => (w, Tier::Winch),
             _ => (&self.shared.cranelift, Tier::Cranelift),
         };
+        // Winch compiles in linear time; a Cranelift compile is estimated first (for a tier-up
+        // that happens on the background thread, off the deploy's path).
+        if tier == Tier::Cranelift {
+            self.shared.within_budget(&metered)?;
+        }
         let module = Module::new(&compiler.engine, &metered).map_err(CwError::wasmtime)?;
         self.shared.compiles.fetch_add(1, Ordering::Relaxed);
         self.save(key(compiler.fingerprint, tier, checksum), &module);
@@ -414,6 +452,11 @@ impl Runtime {
 
     pub(crate) fn compiles(&self) -> u64 {
         self.shared.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Tier-ups skipped because the contract's estimated Cranelift compile is over the budget.
+    pub(crate) fn over_budget(&self) -> u64 {
+        self.shared.over_budget.load(Ordering::Relaxed)
     }
 
     /// Cranelift compiles that replaced a Winch module.
