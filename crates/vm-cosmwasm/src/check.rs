@@ -737,12 +737,12 @@ pub(crate) fn configure_engine(config: &mut wasmtime::Config) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A corpus module: from `$STRATA_CORPUS`, else `../shared/corpus` beside the workspace
     /// (as the benches find it). `None` when the corpus is absent (a fresh clone).
-    fn corpus(name: &str) -> Option<Vec<u8>> {
+    pub(crate) fn corpus(name: &str) -> Option<Vec<u8>> {
         let dir = std::env::var_os("STRATA_CORPUS")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| {

@@ -65,6 +65,7 @@ const CODE_INVALID: u32 = 1;
 type Ctx<'a> = Caller<'a, Environment>;
 /// A key recovery of cosmwasm-crypto: (hash, signature, recovery parameter) to the key.
 type RecoverFn = fn(&[u8], &[u8], u8) -> Result<Vec<u8>, CryptoError>;
+type VerifyFn = fn(&[u8], &[u8], &[u8]) -> Result<bool, CryptoError>;
 type HostResult<T> = Result<T, wasmtime::Error>;
 
 /// Defines every `env` import of cosmwasm-vm 3.0.10 in `linker`.
@@ -404,22 +405,45 @@ fn ecdsa_recover_errors(e: &CryptoError) -> bool {
     )
 }
 
+/// One signature check as cosmwasm-vm runs it: the host-call charge, the three regions (message
+/// or hash, signature, key) read within `limits`, the check's own cost, then the result code.
+fn verify(
+    c: &mut Ctx<'_>,
+    ptrs: [u32; 3],
+    limits: [usize; 3],
+    cost: fn(&crate::gas::GasConfig) -> u64,
+    check: VerifyFn,
+    expected: fn(&CryptoError) -> bool,
+) -> HostResult<u32> {
+    charge_host_call(c)?;
+    let message = read_region(c, ptrs[0], limits[0])?;
+    let signature = read_region(c, ptrs[1], limits[1])?;
+    let pubkey = read_region(c, ptrs[2], limits[2])?;
+    let cost = cost(&c.data().gas_config);
+    charge(c, cost)?;
+    Ok(verify_code(check(&message, &signature, &pubkey), expected)?)
+}
+
+const ECDSA_LIMITS: [usize; 3] = [
+    MESSAGE_HASH_MAX_LEN,
+    ECDSA_SIGNATURE_LEN,
+    ECDSA_PUBKEY_MAX_LEN,
+];
+
 fn secp256k1_verify_import(
     mut c: Ctx<'_>,
     hash_ptr: u32,
     signature_ptr: u32,
     pubkey_ptr: u32,
 ) -> HostResult<u32> {
-    charge_host_call(&mut c)?;
-    let hash = read_region(&mut c, hash_ptr, MESSAGE_HASH_MAX_LEN)?;
-    let signature = read_region(&mut c, signature_ptr, ECDSA_SIGNATURE_LEN)?;
-    let pubkey = read_region(&mut c, pubkey_ptr, ECDSA_PUBKEY_MAX_LEN)?;
-    let cost = c.data().gas_config.secp256k1_verify_cost;
-    charge(&mut c, cost)?;
-    Ok(verify_code(
-        secp256k1_verify(&hash, &signature, &pubkey),
+    verify(
+        &mut c,
+        [hash_ptr, signature_ptr, pubkey_ptr],
+        ECDSA_LIMITS,
+        |g| g.secp256k1_verify_cost,
+        secp256k1_verify,
         ecdsa_verify_errors,
-    )?)
+    )
 }
 
 fn secp256r1_verify_import(
@@ -428,16 +452,14 @@ fn secp256r1_verify_import(
     signature_ptr: u32,
     pubkey_ptr: u32,
 ) -> HostResult<u32> {
-    charge_host_call(&mut c)?;
-    let hash = read_region(&mut c, hash_ptr, MESSAGE_HASH_MAX_LEN)?;
-    let signature = read_region(&mut c, signature_ptr, ECDSA_SIGNATURE_LEN)?;
-    let pubkey = read_region(&mut c, pubkey_ptr, ECDSA_PUBKEY_MAX_LEN)?;
-    let cost = c.data().gas_config.secp256r1_verify_cost;
-    charge(&mut c, cost)?;
-    Ok(verify_code(
-        secp256r1_verify(&hash, &signature, &pubkey),
+    verify(
+        &mut c,
+        [hash_ptr, signature_ptr, pubkey_ptr],
+        ECDSA_LIMITS,
+        |g| g.secp256r1_verify_cost,
+        secp256r1_verify,
         ecdsa_verify_errors,
-    )?)
+    )
 }
 
 /// The result of a key recovery as cosmwasm-vm packs it: the key's region address in the low
@@ -512,16 +534,18 @@ fn ed25519_verify_import(
     signature_ptr: u32,
     pubkey_ptr: u32,
 ) -> HostResult<u32> {
-    charge_host_call(&mut c)?;
-    let message = read_region(&mut c, message_ptr, MAX_LENGTH_ED25519_MESSAGE)?;
-    let signature = read_region(&mut c, signature_ptr, MAX_LENGTH_ED25519_SIGNATURE)?;
-    let pubkey = read_region(&mut c, pubkey_ptr, EDDSA_PUBKEY_LEN)?;
-    let cost = c.data().gas_config.ed25519_verify_cost;
-    charge(&mut c, cost)?;
-    Ok(verify_code(
-        ed25519_verify(&message, &signature, &pubkey),
+    verify(
+        &mut c,
+        [message_ptr, signature_ptr, pubkey_ptr],
+        [
+            MAX_LENGTH_ED25519_MESSAGE,
+            MAX_LENGTH_ED25519_SIGNATURE,
+            EDDSA_PUBKEY_LEN,
+        ],
+        |g| g.ed25519_verify_cost,
+        ed25519_verify,
         ed25519_errors,
-    )?)
+    )
 }
 
 fn ed25519_batch_verify_import(

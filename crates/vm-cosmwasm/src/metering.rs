@@ -373,25 +373,8 @@ mod tests {
     use wasmtime::{Engine, Instance, Linker, Module, Store, Val};
 
     use super::*;
+    use crate::check::tests::corpus;
     use crate::check::{check_wasm, configure_engine};
-
-    /// A corpus module: from `$STRATA_CORPUS`, else `../shared/corpus` beside the workspace
-    /// (as the benches find it). `None` when the corpus is absent (a fresh clone).
-    fn corpus(name: &str) -> Option<Vec<u8>> {
-        let dir = std::env::var_os("STRATA_CORPUS")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
-            });
-        let wasm = std::fs::read(dir.join(name)).ok();
-        if wasm.is_none() {
-            eprintln!(
-                "corpus module {name} not found in {}: not checked",
-                dir.display()
-            );
-        }
-        wasm
-    }
 
     /// Every capability the corpus contracts require.
     fn capabilities() -> std::collections::BTreeSet<String> {
