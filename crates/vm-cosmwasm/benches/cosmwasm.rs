@@ -7,8 +7,10 @@
 //!   engine settings (`baseline_wasmtime_pooling`, its imports defined as traps);
 //! - `cosmwasm/<contract>/call`: instantiate + execute + commit from pinned (a durable
 //!   commit: fsync on), and instantiate + query;
-//! - `cosmwasm/<contract>/compile`: store_code in an empty VM (check, meter, compile, persist)
-//!   with Cranelift and with Winch, and a deploy to the end of the first execute on Winch.
+//! - `cosmwasm/<contract>/compile`: store_code in an empty VM (check, meter, compile, commit,
+//!   and the VM's drop, which waits for the background write to the file cache) with Cranelift
+//!   and with Winch, and a deploy to the end of the first execute on Winch (the VM dropped
+//!   outside the timing: its file write is off the deploy's path).
 //!
 //! cosmwasm-vm's figures for the same steps come from `differential timing`, run by
 //! `cargo xtask bench` in the same run.
