@@ -299,14 +299,20 @@ fn must_use_strata_fs(rel: &str) -> bool {
 }
 
 /// The lines of library source `text` that call the file system around strata-fs. An inline
-/// `#[cfg(test)] mod tests { .. }` (by convention last in its file) is a unit test, excepted;
+/// `#[cfg(test)] mod tests { .. }` (by convention last in its file, private or `pub(crate)`) is a
+/// unit test, excepted;
 /// so is a line that reads `/proc` (procfs is the kernel's interface, not storage: e.g. the
 /// store's pagemap reader).
 fn fs_offences(text: &str) -> Vec<String> {
-    let code = text
-        .split("#[cfg(test)]\nmod tests {")
-        .next()
-        .unwrap_or_default();
+    // The unit tests' module may be shared with sibling modules' tests (`pub(crate)`).
+    let code = [
+        "#[cfg(test)]\nmod tests {",
+        "#[cfg(test)]\npub(crate) mod tests {",
+    ]
+    .iter()
+    .fold(text, |code, start| {
+        code.split(start).next().unwrap_or_default()
+    });
     let mut found = Vec::new();
     for line in code.lines() {
         let calls = FS_CALLS.iter().any(|call| line.contains(call));
@@ -362,6 +368,7 @@ fn the_strata_fs_rule_catches_each_form_and_only_its_exceptions_pass() {
         "use strata_fs::{File, Fs};",
         "let f = File::open(\"/proc/self/pagemap\").ok();",
         "fn f() {}\n#[cfg(test)]\nmod tests {\n    use std::fs;\n}",
+        "fn f() {}\n#[cfg(test)]\npub(crate) mod tests {\n    use std::fs;\n}",
     ] {
         assert!(fs_offences(fine).is_empty(), "{fine}");
     }
