@@ -370,3 +370,127 @@ fn with_winch_then_cranelift_only_cranelift_reaches_the_fleet() -> Result<()> {
     assert_eq!(layer(&second, "redis").hits, 1);
     Ok(())
 }
+
+/// Something that is not Redis on the port (another service, a proxy gone wrong, a server
+/// answering junk): every load is a miss within the bound, uploads fail quietly, the breaker
+/// opens, and a VM on it deploys and calls as if there were no remote layer.
+#[test]
+fn a_server_answering_garbage_costs_misses_and_calls_go_on() -> Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("redis://127.0.0.1:{}/", listener.local_addr()?.port());
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let junk: &[&[u8]] = &[
+                    b"HTTP/1.1 400 Bad Request\r\n\r\n",
+                    b"$99999999999999\r\n",
+                    b":12\r\n$5\r\nab",
+                    b"\x00\xff\xfe garbage \r\n\r\n",
+                ];
+                let mut request = [0u8; 4096];
+                while stream.read(&mut request).is_ok_and(|got| got > 0) {
+                    if stream.write_all(junk[n % junk.len()]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let engine = Engine::default();
+    let config = redis_config("garbage", MAC_KEY);
+    let wat = r#"(module (func (export "f") (result i32) i32.const 13))"#;
+    let key = CacheKey::new(&engine, wat.as_bytes());
+    let cache = RedisCache::open(&url, &engine, config.clone())?;
+    for attempt in 0..6 {
+        let started = Instant::now();
+        assert!(cache.load(&key)?.is_none(), "attempt {attempt}");
+        let waited = started.elapsed();
+        assert!(waited < BOUND, "attempt {attempt} waited {waited:?}");
+    }
+    cache.save(&key, &Module::new(&engine, wat)?)?;
+    assert!(cache.flush(Duration::from_secs(10)));
+    let stats = cache.remote_stats();
+    assert_eq!(stats.uploads, 0, "{stats:?}");
+    assert!(stats.failures >= 3 && stats.breaker_trips >= 1, "{stats:?}");
+    assert_eq!(cache.stats()[0].hits, 0);
+
+    let dir = tempfile::tempdir()?;
+    let mut remote = RemoteCache::new(&url, config.mac_key.clone());
+    remote.config = config;
+    let node = Vm::open(
+        dir.path(),
+        VmConfig {
+            remote: Some(remote),
+            ..VmConfig::for_tests()
+        },
+    )?;
+    let (counter, _) = node.deploy(&wat::parse_str(COUNTER)?)?;
+    assert_eq!(add(&node, &counter, 3)?, Value::I64(3));
+    assert_eq!(add(&node, &counter, 4)?, Value::I64(7));
+    assert_eq!(node.stats().compiles, 1);
+    Ok(())
+}
+
+/// A full Redis (`maxmemory` reached, `allkeys-lru`): uploads that cannot fit are refused by
+/// the server (an error reply) and counted, loads are misses, and the node compiles; once there
+/// is room again, uploads and hits resume.
+#[test]
+fn a_full_redis_refuses_uploads_and_the_node_compiles() -> Result<()> {
+    let server = own_server();
+    let mut con = raw(&server);
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query(&mut con)?;
+    // Below what the empty server already uses: nothing more fits, whatever is evicted.
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query(&mut con)?;
+    let config = redis_config("full", MAC_KEY);
+    let wasm = wat::parse_str(COUNTER)?;
+    let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+
+    let first = vm(a.path(), &server, config.clone())?;
+    let (counter, _) = first.deploy(&wasm)?;
+    assert_eq!(add(&first, &counter, 2)?, Value::I64(2));
+    assert!(first.flush_remote(Duration::from_secs(10)));
+    let remote = first.stats().remote.expect("remote");
+    assert_eq!(remote.uploads, 0, "{remote:?}");
+    assert!(remote.failures >= 1, "the OOM reply is counted: {remote:?}");
+    assert!(
+        !remote.breaker_open,
+        "an error reply is not an outage: {remote:?}"
+    );
+    drop(first);
+
+    let second = vm(b.path(), &server, config.clone())?;
+    second.deploy(&wasm)?;
+    assert_eq!(add(&second, &counter, 1)?, Value::I64(1));
+    assert_eq!(second.stats().compiles, 1, "nothing in Redis: compiled");
+    drop(second);
+
+    // Room again: the next node's upload lands, and a fourth node hits it.
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut con)?;
+    let c = tempfile::tempdir()?;
+    let third = vm(c.path(), &server, config.clone())?;
+    third.deploy(&wasm)?;
+    assert!(third.flush_remote(Duration::from_secs(10)));
+    assert_eq!(third.stats().remote.expect("remote").uploads, 1);
+    drop(third);
+    let d = tempfile::tempdir()?;
+    let fourth = vm(d.path(), &server, config)?;
+    fourth.deploy(&wasm)?;
+    assert_eq!(add(&fourth, &counter, 5)?, Value::I64(5));
+    assert_eq!(fourth.stats().compiles, 0);
+    assert_eq!(layer(&fourth, "redis").hits, 1);
+    Ok(())
+}

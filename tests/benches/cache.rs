@@ -258,7 +258,8 @@ fn bench_large_vs_compile(c: &mut Criterion, engine: &Engine, name: &str, fx: &F
     group.finish();
 }
 
-/// FS hits against the floors: mapping the plain artifact, and hashing + deserializing it.
+/// FS hits against the floors: mapping the plain artifact, deserializing it from memory, and
+/// hashing + deserializing it; and the Redis hits against the same floors.
 fn bench_vs_floor(c: &mut Criterion, engine: &Engine, name: &str, fx: &Fixture) {
     let key = fx.key;
     let mut group = c.benchmark_group(format!("cache/{name}/vs_floor"));
@@ -278,6 +279,14 @@ fn bench_vs_floor(c: &mut Criterion, engine: &Engine, name: &str, fx: &Fixture) 
             black_box(digest);
             // SAFETY: `artifact` is `Module::serialize` output of this engine, in memory.
             unsafe { Module::deserialize(engine, &fx.artifact) }.expect("load")
+        })
+    });
+    // The floor of any load from bytes in memory (a Redis hit's): wasmtime copies them into
+    // fresh pages, where a file hit maps pages the page cache already holds.
+    group.bench_function("deserialize_bytes", |b| {
+        b.iter(|| {
+            // SAFETY: `artifact` is `Module::serialize` output of this engine, in memory.
+            unsafe { Module::deserialize(engine, black_box(&fx.artifact)) }.expect("load")
         })
     });
     group.bench_function("fs_trusted_hit", |b| {

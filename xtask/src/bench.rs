@@ -616,6 +616,15 @@ pub(crate) const TARGETS: &[Target] = &[
 /// what a run showed, with the date, so that a later run's table can be read against it.
 const NOTES: &[(&str, &str)] = &[
     (
+        "cache/*/vs_floor",
+        "Issue 15's Redis targets (a Redis hit within 3x of the default FS hit), missed for \
+         hackatom and sql.js since the FS hit maps its file (2026-12-01). `deserialize_bytes` \
+         is the floor of any load from bytes in memory: wasmtime puts them into fresh pages, \
+         2-3 µs per 4 KiB page on this VM, where a file hit maps pages the page cache holds. \
+         On its own it is 1.5x (hackatom) to 1.9x (sql.js) the FS hit; the Redis hit adds the \
+         transfer and the tag (docs/SCALE-OUT.md).",
+    ),
+    (
         "cosmwasm/hackatom/compile",
         "Issue 16's deploy target, missed. Where the time goes (a probe, release, 2026-12-01 \
          04:50, this machine at the speed of this run): the check and the metering rewrite side \

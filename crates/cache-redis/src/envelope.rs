@@ -111,6 +111,47 @@ pub(crate) fn seal(
     out
 }
 
+/// The tag of a value hashed as it arrives: [`Tagger::feed`] with every longer prefix of the
+/// value, then [`open`] with [`Tagger::finish`]. Hashing trusts nothing in the value: it covers
+/// bytes `0..104` and everything from 136, whatever they say.
+pub(crate) struct Tagger {
+    hasher: blake3::Hasher,
+    /// Bytes of the value hashed so far (0, or `HEADER_LEN` and more).
+    done: usize,
+}
+
+impl Tagger {
+    pub(crate) fn new(tag_key: &[u8; 32]) -> Self {
+        Tagger {
+            hasher: blake3::Hasher::new_keyed(tag_key),
+            done: 0,
+        }
+    }
+
+    /// Hashes what `prefix` adds to the prefix fed before. Every prefix fed must be a prefix of
+    /// the value later given to [`open`]: bytes already hashed are not read again (the reader
+    /// feeds the buffer it fills, whose filled bytes never change).
+    pub(crate) fn feed(&mut self, prefix: &[u8]) {
+        if prefix.len() < HEADER_LEN {
+            return;
+        }
+        if self.done == 0 {
+            self.hasher.update(&prefix[..TAG_AT]);
+            self.done = HEADER_LEN;
+        }
+        if prefix.len() > self.done {
+            self.hasher.update(&prefix[self.done..]);
+            self.done = prefix.len();
+        }
+    }
+
+    /// The tag of `value`, the whole of what was fed in parts.
+    pub(crate) fn finish(mut self, value: &[u8]) -> blake3::Hash {
+        self.feed(value);
+        self.hasher.finalize()
+    }
+}
+
 /// A checked envelope: the payload's tag matched.
 pub(crate) struct Opened<'a> {
     pub(crate) payload: &'a [u8],
@@ -134,13 +175,14 @@ impl Opened<'_> {
     }
 }
 
-/// Checks `value` as the envelope of `key` under `tag_key`, with an artifact of at most
-/// `max_artifact` bytes. Nothing after the header is trusted before the tag matched.
+/// Checks `value` as the envelope of `key` under the key of `tagger`, with an artifact of at
+/// most `max_artifact` bytes. Nothing after the header is trusted before the tag matched.
+/// `tagger` has hashed parts of `value` already, or nothing ([`Tagger::new`]).
 pub(crate) fn open<'a>(
-    tag_key: &[u8; 32],
     key: &CacheKey,
     value: &'a [u8],
     max_artifact: u64,
+    tagger: Tagger,
 ) -> Result<Opened<'a>, BadEntry> {
     if value.len() < HEADER_LEN {
         return Err(BadEntry::Short {
@@ -173,7 +215,7 @@ pub(crate) fn open<'a>(
     }
     let expected: [u8; 32] = value[TAG_AT..HEADER_LEN].try_into().expect("32 bytes");
     // `blake3::Hash`'s equality is constant-time.
-    if tag(tag_key, &value[..TAG_AT], payload) != blake3::Hash::from_bytes(expected) {
+    if tagger.finish(value) != blake3::Hash::from_bytes(expected) {
         return Err(BadEntry::Tag);
     }
     Ok(Opened {
@@ -198,39 +240,82 @@ mod tests {
         )
     }
 
+    fn open_all<'a>(
+        tag_key: &[u8; 32],
+        key: &CacheKey,
+        value: &'a [u8],
+        max: u64,
+    ) -> Result<Opened<'a>, BadEntry> {
+        open(key, value, max, Tagger::new(tag_key))
+    }
+
+    #[test]
+    fn a_tag_hashed_in_parts_as_the_value_arrives_is_the_tag_of_the_whole() {
+        let secret = tag_key(b"fleet secret");
+        let artifact: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let sealed = seal(&secret, &key(1), artifact.len() as u64, &artifact, false);
+        for step in [1, 100, 135, 136, 137, 4096, 131_072, 1 << 20] {
+            let mut tagger = Tagger::new(&secret);
+            let mut at = 0;
+            while at < sealed.len() {
+                at = (at + step).min(sealed.len());
+                tagger.feed(&sealed[..at]);
+            }
+            let opened = open(&key(1), &sealed, 1 << 20, tagger).expect("valid");
+            assert_eq!(
+                &*opened.artifact().expect("plain"),
+                &artifact[..],
+                "step {step}"
+            );
+            // Fed with part of the value only, then opened with a damaged rest: refused.
+            let mut tagger = Tagger::new(&secret);
+            tagger.feed(&sealed[..step.min(sealed.len() - 1)]);
+            let mut bad = sealed.clone();
+            *bad.last_mut().expect("bytes") ^= 1;
+            assert_eq!(
+                open(&key(1), &bad, 1 << 20, tagger).err(),
+                Some(BadEntry::Tag),
+                "step {step}"
+            );
+        }
+    }
+
     #[test]
     fn every_damage_of_an_envelope_is_refused() {
         let secret = tag_key(b"fleet secret");
         let artifact = b"an artifact, not really".to_vec();
         let sealed = seal(&secret, &key(1), artifact.len() as u64, &artifact, false);
-        let opened = open(&secret, &key(1), &sealed, 1 << 20).expect("valid");
+        let opened = open_all(&secret, &key(1), &sealed, 1 << 20).expect("valid");
         assert_eq!(&*opened.artifact().expect("plain"), &artifact[..]);
 
         assert_eq!(
-            open(&secret, &key(2), &sealed, 1 << 20).err(),
+            open_all(&secret, &key(2), &sealed, 1 << 20).err(),
             Some(BadEntry::OtherKey)
         );
         assert_eq!(
-            open(&tag_key(b"other"), &key(1), &sealed, 1 << 20).err(),
+            open_all(&tag_key(b"other"), &key(1), &sealed, 1 << 20).err(),
             Some(BadEntry::Tag)
         );
         assert_eq!(
-            open(&secret, &key(1), &sealed[..sealed.len() - 1], 1 << 20).err(),
+            open_all(&secret, &key(1), &sealed[..sealed.len() - 1], 1 << 20).err(),
             Some(BadEntry::Length)
         );
         assert_eq!(
-            open(&secret, &key(1), &sealed[..10], 1 << 20).err(),
+            open_all(&secret, &key(1), &sealed[..10], 1 << 20).err(),
             Some(BadEntry::Short { len: 10 })
         );
         assert_eq!(
-            open(&secret, &key(1), &sealed, 4).err(),
+            open_all(&secret, &key(1), &sealed, 4).err(),
             Some(BadEntry::Length)
         );
         // Every single flipped bit is caught, wherever it is.
         for at in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[at] ^= 0x10;
-            assert!(open(&secret, &key(1), &bad, 1 << 20).is_err(), "byte {at}");
+            assert!(
+                open_all(&secret, &key(1), &bad, 1 << 20).is_err(),
+                "byte {at}"
+            );
         }
     }
 
@@ -240,17 +325,17 @@ mod tests {
         let artifact = vec![7u8; 100_000];
         let payload = zstd::bulk::compress(&artifact, 3).expect("compress");
         let sealed = seal(&secret, &key(1), artifact.len() as u64, &payload, true);
-        let opened = open(&secret, &key(1), &sealed, 1 << 20).expect("valid");
+        let opened = open_all(&secret, &key(1), &sealed, 1 << 20).expect("valid");
         assert_eq!(&*opened.artifact().expect("decompresses"), &artifact[..]);
         // A header announcing fewer bytes than the frame holds (sealed with the key: only a
         // holder of the key could do this) still cannot make the reader allocate more.
         let sealed = seal(&secret, &key(1), 10, &payload, true);
-        let opened = open(&secret, &key(1), &sealed, 1 << 20).expect("tag matches");
+        let opened = open_all(&secret, &key(1), &sealed, 1 << 20).expect("tag matches");
         assert_eq!(opened.artifact().err(), Some(BadEntry::Decompress));
         // Over the artifact limit: refused before decompressing.
         let sealed = seal(&secret, &key(1), artifact.len() as u64, &payload, true);
         assert_eq!(
-            open(&secret, &key(1), &sealed, 1000).err(),
+            open_all(&secret, &key(1), &sealed, 1000).err(),
             Some(BadEntry::Length)
         );
     }

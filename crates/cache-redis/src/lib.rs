@@ -44,6 +44,8 @@
 #![deny(missing_docs)]
 
 mod envelope;
+mod fetch;
+mod sealed;
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -273,6 +275,11 @@ struct Shared {
     lease_ttl: Duration,
     /// Idle connections (a load takes one, or connects).
     pool: Mutex<Vec<redis::Connection>>,
+    /// Idle connections of the read path ([`fetch::Reader`]), each with its warm buffer; empty
+    /// and unused when the address needs the `redis` crate (TLS).
+    readers: Mutex<Vec<fetch::Reader>>,
+    /// Whether loads read through [`fetch::Reader`] (TCP and Unix sockets).
+    fast_reads: bool,
     breaker: Breaker,
     counters: StatCounters,
     remote: Remote,
@@ -289,6 +296,16 @@ enum Failed {
     Skipped,
     /// Tried and failed (counted in `failures`, fed to the breaker).
     Redis(redis::RedisError),
+    /// A read-path connection failed (counted in `failures`, fed to the breaker).
+    Io,
+}
+
+/// What a load found.
+enum Got {
+    /// No value (0), or one over the limit: nothing downloaded.
+    Len(u64),
+    /// A value within the limit, checked: the module, or why it is a bad entry.
+    Opened(Result<Module, BadEntry>),
 }
 
 impl Shared {
@@ -310,43 +327,106 @@ impl Shared {
     }
 
     /// Runs `f` on a pooled connection, through the breaker. A connection that failed is
-    /// dropped; one that answered (even with an error reply) goes back to the pool.
+    /// dropped; one that answered (even with an error reply) goes back to the pool. A pooled
+    /// connection the server has closed (it restarted) is replaced by a new one, once, without
+    /// counting a failure.
     fn call<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, Failed> {
         if !self.breaker.allow() {
             return Err(Failed::Skipped);
         }
-        let pooled = self.pool.lock().pop();
-        let mut con = match pooled.map_or_else(|| self.connect(), Ok) {
-            Ok(con) => con,
-            Err(e) => return Err(self.failed(e)),
-        };
-        match f(&mut con) {
-            Ok(value) => {
-                self.breaker.success();
-                self.pool.lock().push(con);
-                Ok(value)
-            }
-            Err(e) => {
-                // An error reply leaves the connection usable and the server reachable.
-                if e.code().is_some() {
+        let mut pooled = self.pool.lock().pop();
+        loop {
+            let was_pooled = pooled.is_some();
+            let mut con = match pooled.take().map_or_else(|| self.connect(), Ok) {
+                Ok(con) => con,
+                Err(e) => return Err(self.failed(e)),
+            };
+            match f(&mut con) {
+                Ok(value) => {
                     self.breaker.success();
                     self.pool.lock().push(con);
-                    self.remote.failures.incr();
-                    return Err(Failed::Redis(e));
+                    return Ok(value);
                 }
-                Err(self.failed(e))
+                Err(e) if was_pooled && e.is_connection_dropped() && !e.is_timeout() => {
+                    tracing::debug!(error = %e, "pooled redis connection closed; reconnecting");
+                }
+                Err(e) => {
+                    // An error reply leaves the connection usable and the server reachable.
+                    if e.code().is_some() {
+                        self.breaker.success();
+                        self.pool.lock().push(con);
+                        self.remote.failures.incr();
+                        return Err(Failed::Redis(e));
+                    }
+                    return Err(self.failed(e));
+                }
             }
         }
     }
 
     fn failed(&self, e: redis::RedisError) -> Failed {
+        self.count_failure(&e);
+        Failed::Redis(e)
+    }
+
+    fn count_failure(&self, e: &dyn std::fmt::Display) {
         self.remote.failures.incr();
         self.breaker.failure();
         tracing::debug!(error = %e, "redis call failed");
-        Failed::Redis(e)
+    }
+
+    /// Runs `f` on a pooled read-path connection, through the breaker, as [`Shared::call`]
+    /// does. `Ok(Err(reply))` is an error reply (the connection stays pooled).
+    fn read_call<T>(
+        &self,
+        mut f: impl FnMut(&mut fetch::Reader) -> Result<T, fetch::FetchError>,
+    ) -> Result<Result<T, String>, Failed> {
+        if !self.breaker.allow() {
+            return Err(Failed::Skipped);
+        }
+        let mut pooled = self.readers.lock().pop();
+        loop {
+            let was_pooled = pooled.is_some();
+            let mut reader = match pooled.take() {
+                Some(reader) => reader,
+                None => {
+                    let info = self.client.get_connection_info();
+                    match fetch::Reader::connect(info, self.connect_timeout, self.io_timeout) {
+                        Some(Ok(reader)) => reader,
+                        Some(Err(e)) => {
+                            self.count_failure(&e);
+                            return Err(Failed::Io);
+                        }
+                        None => return Err(Failed::Io),
+                    }
+                }
+            };
+            let result = f(&mut reader);
+            reader.trim();
+            match result {
+                Ok(value) => {
+                    self.breaker.success();
+                    self.readers.lock().push(reader);
+                    return Ok(Ok(value));
+                }
+                Err(fetch::FetchError::Reply(message)) => {
+                    self.breaker.success();
+                    self.readers.lock().push(reader);
+                    self.remote.failures.incr();
+                    return Ok(Err(message));
+                }
+                Err(e) if was_pooled && e.is_connection_closed() => {
+                    tracing::debug!(error = %e, "pooled redis connection closed; reconnecting");
+                }
+                Err(e) => {
+                    self.count_failure(&e);
+                    return Err(Failed::Io);
+                }
+            }
+        }
     }
 
     fn load(&self, key: &CacheKey) -> Result<Option<Module>, CacheError> {
@@ -360,65 +440,89 @@ impl Shared {
         // The length first: a value over the limit is refused without being downloaded. Then
         // at most `limit` bytes, whatever the value became in between (a value replaced in
         // between fails its checks like any other bad entry).
-        let got = self.call(|con| {
-            let len: u64 = redis::cmd("STRLEN").arg(&entry).query(con)?;
-            if len == 0 || len > limit {
-                return Ok((len, Vec::new()));
+        let got = if self.fast_reads {
+            match self.read_call(|reader| {
+                let len = reader.strlen(&entry)?;
+                if len == 0 || len > limit {
+                    return Ok(Got::Len(len));
+                }
+                let mut tagger = envelope::Tagger::new(&self.tag_key);
+                let value = reader.get_bounded(&entry, limit, &mut |part| tagger.feed(part))?;
+                Ok(Got::Opened(self.open(key, value, tagger)))
+            }) {
+                Ok(Ok(got)) => Ok(got),
+                Ok(Err(reply)) if reply.starts_with("WRONGTYPE") => Err(true),
+                _ => Err(false),
             }
-            let value: Vec<u8> = redis::cmd("GETRANGE")
-                .arg(&entry)
-                .arg(0)
-                .arg(limit - 1)
-                .query(con)?;
-            Ok((len, value))
-        });
-        let (len, value) = match got {
-            Ok(found) => found,
-            Err(Failed::Redis(e)) if e.code() == Some("WRONGTYPE") => {
-                self.reject(&entry, BadEntry::WrongType);
-                return Ok(None);
-            }
-            Err(_) => {
-                self.counters.misses.incr();
-                return Ok(None);
-            }
-        };
-        if len == 0 {
-            self.counters.misses.incr();
-            return Ok(None);
-        }
-        if len > limit {
-            self.reject(&entry, BadEntry::TooLarge { len, limit });
-            return Ok(None);
-        }
-        let opened = match envelope::open(&self.tag_key, key, &value, self.max_artifact_bytes) {
-            Ok(opened) => opened,
-            Err(bad) => {
-                self.reject(&entry, bad);
-                return Ok(None);
+        } else {
+            match self.call(|con| {
+                let len: u64 = redis::cmd("STRLEN").arg(&entry).query(con)?;
+                if len == 0 || len > limit {
+                    return Ok(Got::Len(len));
+                }
+                let value: Vec<u8> = redis::cmd("GETRANGE")
+                    .arg(&entry)
+                    .arg(0)
+                    .arg(limit - 1)
+                    .query(con)?;
+                let tagger = envelope::Tagger::new(&self.tag_key);
+                Ok(Got::Opened(self.open(key, &value, tagger)))
+            }) {
+                Ok(got) => Ok(got),
+                Err(Failed::Redis(e)) => Err(e.code() == Some("WRONGTYPE")),
+                Err(_) => Err(false),
             }
         };
-        let artifact = match opened.artifact() {
-            Ok(artifact) => artifact,
-            Err(bad) => {
-                self.reject(&entry, bad);
-                return Ok(None);
-            }
-        };
-        // SAFETY: `Module::deserialize` trusts its input to be an artifact this wasmtime build
-        // produced. These are exactly the bytes whose keyed tag just matched: sealed by a holder
-        // of the fleet's MAC key, which only nodes serializing with an engine of this key's
-        // fingerprint (checked above, and part of the tagged key) hold.
-        match unsafe { Module::deserialize(&self.engine, &artifact) } {
-            Ok(module) => {
+        match got {
+            Ok(Got::Opened(Ok(module))) => {
                 self.counters.hits.incr();
                 Ok(Some(module))
             }
-            Err(e) => {
-                self.reject(&entry, BadEntry::Refused(e.to_string().replace('\n', " ")));
+            Ok(Got::Opened(Err(bad))) => {
+                self.reject(&entry, bad);
+                Ok(None)
+            }
+            Ok(Got::Len(len)) if len > limit => {
+                self.reject(&entry, BadEntry::TooLarge { len, limit });
+                Ok(None)
+            }
+            Err(true) => {
+                self.reject(&entry, BadEntry::WrongType);
+                Ok(None)
+            }
+            Ok(Got::Len(_)) | Err(false) => {
+                self.counters.misses.incr();
                 Ok(None)
             }
         }
+    }
+
+    /// The module in `value`, the envelope of `key`, once its tag matched (`tagger` may have
+    /// hashed part of it already, as it arrived).
+    fn open(
+        &self,
+        key: &CacheKey,
+        value: &[u8],
+        tagger: envelope::Tagger,
+    ) -> Result<Module, BadEntry> {
+        let opened = envelope::open(key, value, self.max_artifact_bytes, tagger)?;
+        let artifact = opened.artifact()?;
+        let module = match sealed::memfd(&artifact) {
+            // SAFETY: `Module::deserialize_open_file` trusts the file to hold an artifact this
+            // wasmtime build produced, unchanged for the module's lifetime. It holds exactly
+            // the bytes whose keyed tag just matched: sealed by a holder of the fleet's MAC
+            // key, which only nodes serializing with an engine of this key's fingerprint
+            // (checked by `load`, and part of the tagged key) hold. And it cannot change: a
+            // memfd of this process only, sealed against writes, size changes and unsealing.
+            // A memfd is anonymous memory with a file handle, not storage (no path, nothing
+            // durable): not a file-system call for strata-fs to make.
+            Ok(memfd) => unsafe {
+                Module::deserialize_open_file(&self.engine, std::fs::File::from(memfd))
+            },
+            // SAFETY: as above, the bytes whose tag matched, copied by wasmtime.
+            Err(_) => unsafe { Module::deserialize(&self.engine, &artifact) },
+        };
+        module.map_err(|e| BadEntry::Refused(e.to_string().replace('\n', " ")))
     }
 
     /// A bad entry: a miss, counted, deleted on a best-effort basis.
@@ -535,8 +639,13 @@ impl RedisCache {
             ));
         }
         let client = redis::Client::open(url).map_err(RedisCacheError::Url)?;
+        let fast_reads = matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::Unix(_)
+        );
         let shared = Arc::new(Shared {
             client,
+            fast_reads,
             engine: engine.clone(),
             fingerprint: EngineFingerprint::of(engine),
             tag_key: envelope::tag_key(&config.mac_key),
@@ -547,6 +656,7 @@ impl RedisCache {
             compression: config.compression,
             lease_ttl: config.lease_ttl,
             pool: Mutex::new(Vec::new()),
+            readers: Mutex::new(Vec::new()),
             breaker: Breaker {
                 threshold: config.breaker_failures,
                 cooldown: config.breaker_cooldown,
