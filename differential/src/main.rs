@@ -1,8 +1,9 @@
 //! The differential test of vm-cosmwasm against cosmwasm-vm 3.0.10, and cosmwasm-vm's cache
 //! timings. Run through `cargo xtask differential` and `cargo xtask bench`.
 //!
-//! - `compare [--corpus DIR] [--no-sweep] [--reference-twice]`: runs the hackatom and cyberpunk
-//!   scenarios on both implementations in one process and compares, for every step, the
+//! - `compare [--corpus DIR] [--no-sweep] [--reference-twice] [--tier cranelift|winch]`: runs
+//!   the hackatom and cyberpunk scenarios on both implementations in one process (vm-cosmwasm
+//!   on Cranelift, or with `--tier winch` on Winch) and compares, for every step, the
 //!   response bytes, the gas used (and its internal/external split), the error kind of failing
 //!   calls and the contract's whole storage after the step; then the gas sweep around the exact
 //!   out-of-gas limit of a few calls. Prints a table; exits non-zero on any difference.
@@ -43,6 +44,7 @@ struct Args {
     reference_twice: bool,
     runs: usize,
     only: Option<String>,
+    tier: strata::Tier,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Args> {
@@ -54,6 +56,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
         reference_twice: false,
         runs: 100,
         only: None,
+        tier: strata::Tier::Cranelift,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -69,6 +72,13 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
                     .context("--runs takes a number")?
             }
             "--only" => parsed.only = Some(it.next().context("--only takes a scenario")?.clone()),
+            "--tier" => {
+                parsed.tier = match it.next().map(String::as_str) {
+                    Some("cranelift") => strata::Tier::Cranelift,
+                    Some("winch") => strata::Tier::Winch,
+                    _ => bail!("--tier takes cranelift or winch"),
+                }
+            }
             other => bail!("unknown argument `{other}`"),
         }
     }
@@ -85,7 +95,7 @@ fn run() -> anyhow::Result<bool> {
             Ok(true)
         }
         _ => bail!(
-            "usage: strata-differential compare [--corpus DIR] [--no-sweep] [--reference-twice] [--only hackatom|cyberpunk]\n       strata-differential timing [--corpus DIR] [--runs N]"
+            "usage: strata-differential compare [--corpus DIR] [--no-sweep] [--reference-twice] [--only hackatom|cyberpunk] [--tier cranelift|winch]\n       strata-differential timing [--corpus DIR] [--runs N]"
         ),
     }
 }
@@ -95,7 +105,7 @@ fn side0(args: &Args, setup: &Setup) -> anyhow::Result<Box<dyn Side>> {
     if args.reference_twice {
         Ok(Box::new(reference::Reference::new(setup)?))
     } else {
-        Ok(Box::new(strata::Strata::new(setup)?))
+        Ok(Box::new(strata::Strata::new(setup, args.tier)?))
     }
 }
 

@@ -2,10 +2,19 @@
 //! Each call runs in its own session, committed after it (a block per call), so state also
 //! goes through the commit store between steps.
 
+/// The compiler tier the Strata side compiles with (`compare --tier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// `TierPolicy::CraneliftOnly`, vm-cosmwasm's default.
+    Cranelift,
+    /// `TierPolicy::WinchOnly`: every call on the Winch tier and its form of the metering.
+    Winch,
+}
+
 #[cfg(feature = "strata")]
 mod imp {
     use anyhow::{Context as _, anyhow};
-    use vm_cosmwasm::{BankConfig, CallContext, CwConfig, CwVm, FailureKind};
+    use vm_cosmwasm::{BankConfig, CallContext, CwConfig, CwVm, FailureKind, TierPolicy};
 
     use crate::common::{
         Call, Ctx, Entries, FailKind, Failure, Gas, Outcome, Setup, Side, block, transaction,
@@ -19,9 +28,13 @@ mod imp {
     }
 
     impl Strata {
-        pub fn new(setup: &Setup) -> anyhow::Result<Strata> {
+        pub fn new(setup: &Setup, tier: super::Tier) -> anyhow::Result<Strata> {
             let dir = tempfile::tempdir()?;
             let mut config = CwConfig::for_tests();
+            config.tier = match tier {
+                super::Tier::Cranelift => TierPolicy::CraneliftOnly,
+                super::Tier::Winch => TierPolicy::WinchOnly,
+            };
             config.memory_limit = setup.memory_limit as usize;
             config.capabilities = setup.capabilities.iter().cloned().collect();
             config.bech32_prefix = setup.bech32_prefix.to_owned();
@@ -161,7 +174,7 @@ pub struct Strata;
 
 #[cfg(not(feature = "strata"))]
 impl Strata {
-    pub fn new(_setup: &crate::common::Setup) -> anyhow::Result<Strata> {
+    pub fn new(_setup: &crate::common::Setup, _tier: Tier) -> anyhow::Result<Strata> {
         anyhow::bail!("this build has no Strata side (feature `strata`): use --reference-twice")
     }
 }

@@ -626,16 +626,22 @@ const NOTES: &[(&str, &str)] = &[
     ),
     (
         "cosmwasm/hackatom/compile",
-        "Issue 16's deploy target, missed. Where the time goes (a probe, release, 2026-12-01 \
-         04:50, this machine at the speed of this run): the check and the metering rewrite side \
-         by side 10-12 ms; the Winch compile of the metered module 84-106 ms; the LRU save 0-4 \
-         ms; the file cache write is off the path (background thread). The metered module is \
-         715 KB against the original's 289 KB (a 12-operator check before each of about 21,000 \
-         branch points), and Winch compiles the original alone in 50-62 ms (best of 6; 78-87 ms \
-         on one core): wasmtime's Winch, even on both cores, is about as fast as cosmwasm-vm's \
-         whole store_code (singlepass with its metering inline). Closing the gap needs a \
-         smaller check in the bytecode (a call to one metering function per check would cut \
-         the code but slow every call) or a faster baseline compiler.",
+        "Issue 16's deploy target. Where the time goes (probes, release, 2026-12-01 06:20-06:35, \
+         the other core often busy): the check and the metering rewrite side by side 3.8-3.9 \
+         ms (the check took 5.8 before its gatekeeper pass scanned with a visitor); the Winch \
+         compile of the metered module 50-65 ms; the LRU save and the registry write under 0.1 \
+         ms; instantiate 0.2-0.6 ms, the execute 0.1-0.4 ms; the file cache write is off the \
+         path (background thread). Winch compiles the call form of the metering (`i64.const \
+         cost; call $charge` before each of about 21,000 accounting operators: 410 KB, against \
+         715 KB for the inline check and 296 KB for the original). Medians of 20, one quiet \
+         probe run (06:35), hackatom / cyberpunk: the inline form on the former engine \
+         settings 63.2 / 46.7 ms, the call form on them 53.0 / 40.1, on the Winch engine's \
+         settings (Cranelift's trampolines at OptLevel::None with the single-pass register \
+         allocator, no address map) 47.1 / 34.2, the original module there 40.0 / 26.1. What \
+         is left is Winch itself: its \
+         codegen and the x64 emission it shares with Cranelift are 45% of the compile's \
+         samples, Cranelift's trampolines for the 229 exported and table functions 9%. The \
+         margin on hackatom is thin: a run with the other core busy can miss it.",
     ),
     (
         "tiers/compile_adversarial/deep_nesting",

@@ -5,7 +5,7 @@
 //! (`differential/target`), never as part of `cargo xtask ci`:
 //! - `differential [ARGS...]`: `compare`, which prints the step table and fails on any
 //!   difference between vm-cosmwasm and cosmwasm-vm (ARGS go to it: `--no-sweep`,
-//!   `--only hackatom`, `--corpus DIR`);
+//!   `--only hackatom`, `--corpus DIR`, `--tier winch`);
 //! - in `bench`: `timing`, whose medians (cosmwasm-vm's instantiate from pinned, memory and
 //!   file system, store_code, instantiate + execute + commit) join the run's results in the
 //!   groups of the Strata benchmarks they compare with (see [`PEER`]), so that the report

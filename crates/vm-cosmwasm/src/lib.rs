@@ -12,7 +12,9 @@
 //!   and table limits, function and local limits, `requires_*` capabilities, wasm features),
 //!   stores the wasm once under its checksum, and compiles the *metered* form: a bytecode
 //!   rewrite that injects cosmwasm-vm's gas metering (its cost per operator, its accounting
-//!   points) into the module, so gas is identical whatever compiles it.
+//!   points) into the module, so gas is identical whatever compiles it. Cranelift compiles the
+//!   checks inline; Winch, whose compile a deploy waits for, a call of one charging function
+//!   per check (less code to compile, the same gas at the same points).
 //! - **Calls.** `instantiate`, `execute`, `query` (read-only), `migrate` (two or three
 //!   arguments), `sudo` and `reply`, with `Env`, `MessageInfo` and `MigrateInfo` as
 //!   cosmwasm-vm passes them. A call returns the contract's raw `ContractResult` and its

@@ -4,7 +4,9 @@
 //! segments applied by wasmtime's copy-on-write memory initialisation, from the pooling
 //! allocator (no mmap per call). The persistent memories of vm-host's own ABI are not used.
 //! Modules load through pinned -> LRU -> file cache -> compile, keyed by the checksum, the
-//! metering rewrite's version, [`Abi::CosmWasm`], the tier and the engine.
+//! metering rewrite's form and version, [`Abi::CosmWasm`], the tier and the engine. Each tier
+//! compiles its own form of the rewrite ([`form`]): Winch the compact call form (a deploy waits
+//! for that compile), Cranelift the inline form (the fastest code).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,6 +30,7 @@ use wasmtime::{
 use vm_host::{CompileBudget, CompileCost, VmError};
 
 use crate::env::{self, CallError, Environment, Exports};
+use crate::metering::CheckForm;
 use crate::{CallFailure, CwError, FailureKind, TierPolicy, check, imports, memory, metering};
 
 type Chain = FallbackCache<PinnedCache, FallbackCache<LruCache, FsCache>>;
@@ -48,8 +51,8 @@ enum Job {
     /// Write a compiled module to the file cache: after it has been served, off the deploy's
     /// critical path. The memory layers got it at once.
     Save(CacheKey, Module),
-    /// Compile a contract's metered form with Cranelift, save it through every layer, and move
-    /// a Winch pin to it.
+    /// Meter a contract's wasm (checked, stored) in Cranelift's form, compile it with
+    /// Cranelift, save it through every layer, and move a Winch pin to it.
     TierUp([u8; 32], Vec<u8>),
     /// End the thread (the runtime is dropping).
     Stop,
@@ -96,10 +99,24 @@ pub(crate) struct Runtime {
 fn engine_config(tier: Tier, memory_limit: usize) -> Config {
     let mut config = Config::new();
     check::configure_engine(&mut config);
-    config.strategy(match tier {
-        Tier::Winch => Strategy::Winch,
-        _ => Strategy::Cranelift,
-    });
+    match tier {
+        Tier::Winch => {
+            config.strategy(Strategy::Winch);
+            // A deploy waits for this compile; none of these change what the code computes.
+            // Winch leaves the trampolines between the host and wasm (one per exported or
+            // table function, one per imported type) to Cranelift: compile them without
+            // optimisation and with the single-pass register allocator. And no address map
+            // (machine code to wasm offsets): it only puts offsets into the backtraces of
+            // traps, which no result, message or log of this crate shows.
+            config
+                .cranelift_opt_level(wasmtime::OptLevel::None)
+                .cranelift_regalloc_algorithm(wasmtime::RegallocAlgorithm::SinglePass)
+                .generate_address_map(false);
+        }
+        _ => {
+            config.strategy(Strategy::Cranelift);
+        }
+    }
     config.memory_init_cow(true);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_core_instances(POOL_INSTANCES)
@@ -128,11 +145,22 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The form of the metering rewrite `tier` compiles: Winch the call form (less code to
+/// compile), Cranelift the inline form (faster code).
+pub(crate) fn form(tier: Tier) -> CheckForm {
+    match tier {
+        Tier::Winch => CheckForm::Call,
+        _ => CheckForm::Inline,
+    }
+}
+
+/// The cache key of `checksum` on `tier`: its rewrite number is the version of the tier's form,
+/// so that an artifact of another rewrite is never loaded.
 fn key(engine: EngineFingerprint, tier: Tier, checksum: &[u8; 32]) -> CacheKey {
     CacheKey::from_parts(
         WasmHash::from_bytes(*checksum),
         Form::Runtime {
-            rewrite: metering::METERING_VERSION,
+            rewrite: form(tier).version(),
         },
         Abi::CosmWasm,
         tier,
@@ -146,11 +174,11 @@ impl Shared {
         for job in jobs {
             match job {
                 Job::Save(key, module) => self.save_files(&key, &module),
-                Job::TierUp(checksum, metered) => {
+                Job::TierUp(checksum, wasm) => {
                     if let Some(winch) = winch
                         && !self.closing.load(Ordering::Acquire)
                     {
-                        self.tier_up(checksum, &metered, winch);
+                        self.tier_up(checksum, &wasm, winch);
                     }
                 }
                 Job::Stop => return,
@@ -178,12 +206,20 @@ impl Shared {
         }
     }
 
-    fn tier_up(&self, checksum: [u8; 32], metered: &[u8], winch: EngineFingerprint) {
+    fn tier_up(&self, checksum: [u8; 32], wasm: &[u8], winch: EngineFingerprint) {
         {
             let ckey = key(self.cranelift.fingerprint, Tier::Cranelift, &checksum);
             if matches!(self.chain.load(&ckey), Ok(Some(_))) {
                 return;
             }
+            let metered = match metering::instrument(wasm, form(Tier::Cranelift)) {
+                Ok(metered) => metered,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metering a contract for its tier-up failed");
+                    return;
+                }
+            };
+            let metered = &metered[..];
             if let Err(over) = self.within_budget(metered) {
                 self.over_budget.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -324,21 +360,35 @@ impl Runtime {
         if let Some(module) = self.cached(checksum)? {
             return Ok(module);
         }
-        self.compile(
-            checksum,
-            metering::instrument(wasm).map_err(CwError::Check)?,
-        )
+        let metered = metering::instrument(wasm, self.deploy_form()).map_err(CwError::Check)?;
+        self.compile(checksum, wasm, metered)
     }
 
-    /// Compiles `metered` (the metering rewrite's output for `checksum`), with Winch when the
-    /// policy has it. The memory layers get the module at once; the file cache gets it from
-    /// the background thread, after this returns. With [`TierPolicy::WinchThenCranelift`] its
-    /// Cranelift compile is queued.
-    pub(crate) fn compile(&self, checksum: &[u8; 32], metered: Vec<u8>) -> Result<Module, CwError> {
-        let (compiler, tier) = match &self.winch {
+    /// The compiler a cache miss compiles with: Winch when the policy has it.
+    fn deploy_compiler(&self) -> (&Compiler, Tier) {
+        match &self.winch {
             Some(w) if self.policy != TierPolicy::CraneliftOnly => (w, Tier::Winch),
             _ => (&self.shared.cranelift, Tier::Cranelift),
-        };
+        }
+    }
+
+    /// The form of the metering rewrite [`Runtime::compile`] takes.
+    pub(crate) fn deploy_form(&self) -> CheckForm {
+        form(self.deploy_compiler().1)
+    }
+
+    /// Compiles `metered` (the metering rewrite of `wasm`, in [`Runtime::deploy_form`], for
+    /// `checksum`), with Winch when the policy has it. The memory layers get the module at
+    /// once; the file cache gets it from the background thread, after this returns. With
+    /// [`TierPolicy::WinchThenCranelift`] its Cranelift compile is queued (the thread meters
+    /// `wasm` in Cranelift's form).
+    pub(crate) fn compile(
+        &self,
+        checksum: &[u8; 32],
+        wasm: &[u8],
+        metered: Vec<u8>,
+    ) -> Result<Module, CwError> {
+        let (compiler, tier) = self.deploy_compiler();
         // Winch compiles in linear time; a Cranelift compile is estimated first (for a tier-up
         // that happens on the background thread, off the deploy's path).
         if tier == Tier::Cranelift {
@@ -351,7 +401,7 @@ impl Runtime {
             && self.policy == TierPolicy::WinchThenCranelift
             && self.queued.lock().insert(*checksum)
         {
-            self.queue_tier_up(checksum, metered);
+            self.queue_tier_up(checksum, wasm.to_vec());
         }
         Ok(module)
     }
@@ -378,8 +428,8 @@ impl Runtime {
         })
     }
 
-    fn queue_tier_up(&self, checksum: &[u8; 32], metered: Vec<u8>) {
-        if self.send(Job::TierUp(*checksum, metered)).is_err() {
+    fn queue_tier_up(&self, checksum: &[u8; 32], wasm: Vec<u8>) {
+        if self.send(Job::TierUp(*checksum, wasm)).is_err() {
             self.queued.lock().remove(checksum);
             tracing::warn!("the tier-up queue is full: the contract stays on Winch for now");
         }
@@ -413,8 +463,7 @@ impl Runtime {
                     && self.policy == TierPolicy::WinchThenCranelift
                     && self.queued.lock().insert(*checksum)
                 {
-                    let metered = metering::instrument(&wasm()?).map_err(CwError::Check)?;
-                    self.queue_tier_up(checksum, metered);
+                    self.queue_tier_up(checksum, wasm()?);
                 }
                 Ok(module)
             }
@@ -517,7 +566,7 @@ impl Runtime {
         let instance = prepared
             .pre
             .instantiate(&mut store)
-            .map_err(|e| CwError::Instantiation(e.to_string()))?;
+            .map_err(|e| CwError::Instantiation(cause(&e)))?;
         let missing = |name: &str| CwError::Instantiation(format!("missing export `{name}`"));
         let mut get = |export: &ModuleExport| instance.get_module_export(&mut store, export);
         let memory = get(&prepared.memory).and_then(Extern::into_memory);
@@ -540,6 +589,17 @@ impl Runtime {
         env::set_gas_left(&mut store, gas_limit)
             .map_err(|e| CwError::Instantiation(e.to_string()))?;
         Ok(Instance { store, instance })
+    }
+}
+
+/// What went wrong in a wasm call or an instantiation: the trap, else the root cause. Never the
+/// wasm backtrace a trap carries: its frames and offsets are those of the metered module, whose
+/// form differs between the tiers (and Winch modules have no address map), so it would make a
+/// message depend on the tier.
+fn cause(err: &wasmtime::Error) -> String {
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => err.root_cause().to_string(),
     }
 }
 
@@ -620,11 +680,7 @@ impl Instance {
             };
             return CallFailure::new(kind, e.to_string());
         }
-        let message = match err.downcast_ref::<wasmtime::Trap>() {
-            Some(trap) => trap.to_string(),
-            None => format!("{err:#}"),
-        };
-        CallFailure::new(FailureKind::Trap, message)
+        CallFailure::new(FailureKind::Trap, cause(&err))
     }
 
     fn failure_of(&mut self, err: CallError) -> CallFailure {

@@ -126,8 +126,9 @@ impl CwSession {
         } else {
             // The check and the metering rewrite each read the whole module: run them side by
             // side. The check's verdict comes first, as if they ran in turn.
+            let form = runtime.deploy_form();
             let (checked, metered) = std::thread::scope(|scope| {
-                let metered = scope.spawn(|| metering::instrument(wasm));
+                let metered = scope.spawn(|| metering::instrument(wasm, form));
                 let checked = check::check_wasm(wasm, capabilities);
                 let metered = metered
                     .join()
@@ -135,7 +136,7 @@ impl CwSession {
                 (checked, metered)
             });
             checked.map_err(CwError::Check)?;
-            runtime.compile(&checksum, metered.map_err(CwError::Check)?)?;
+            runtime.compile(&checksum, wasm, metered.map_err(CwError::Check)?)?;
         }
         let code_id = registry::store_code(&self.registry, checksum, wasm)?;
         Ok((code_id, checksum))
