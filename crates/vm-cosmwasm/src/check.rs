@@ -794,6 +794,19 @@ pub(crate) fn configure_engine(config: &mut wasmtime::Config) {
 pub(crate) mod tests {
     use super::*;
 
+    /// Deterministic pseudo-random bytes (xorshift), so that the runs repeat.
+    pub(crate) fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     /// A corpus module: from `$STRATA_CORPUS`, else `../shared/corpus` beside the workspace
     /// (as the benches find it). `None` when the corpus is absent (a fresh clone).
     pub(crate) fn corpus(name: &str) -> Option<Vec<u8>> {
@@ -1323,15 +1336,7 @@ pub(crate) mod tests {
         use arbitrary::{Arbitrary, Unstructured};
         let (mut allowed, mut refused) = (0, 0);
         for seed in 0..600u64 {
-            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-            let data: Vec<u8> = (0..4096)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let data = bytes(seed, 4096);
             let mut u = Unstructured::new(&data);
             let Ok(config) = wasm_smith::Config::arbitrary(&mut u) else {
                 continue;

@@ -525,7 +525,7 @@ mod tests {
     use wasmtime::{Engine, Instance, Linker, Module, Store, Val};
 
     use super::*;
-    use crate::check::tests::corpus;
+    use crate::check::tests::{bytes, corpus};
     use crate::check::{check_wasm, configure_engine};
 
     /// Every capability the corpus contracts require.
@@ -1173,19 +1173,6 @@ mod tests {
             .into_iter()
             .map(|op| cost(&op.unwrap()))
             .sum()
-    }
-
-    /// Deterministic pseudo-random bytes (xorshift), so that the runs repeat.
-    fn bytes(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     #[test]
