@@ -756,15 +756,11 @@ fn tier_compile_adversarial(c: &mut Criterion) {
         for size in sizes {
             let wasm = shape.module(size);
             let kib = format!("{:.1}KiB", wasm.len() as f64 / 1024.0);
-            let cost = CompileCost::of(&wasm).expect("parses");
-            let verdict = match budget.check(&cost) {
-                Ok(()) => "under".to_owned(),
-                Err(_) => "over".to_owned(),
-            };
-            estimates.push_str(&format!(
-                "| {} | {size} | {kib} | {:.1} ms | {verdict} |\n",
+            estimates.push_str(&estimate_row(
+                &budget,
                 shape.name(),
-                cost.total_us() as f64 / 1000.0
+                &size.to_string(),
+                &wasm,
             ));
             group.bench_function(BenchmarkId::new("baseline_cranelift", &kib), |b| {
                 b.iter(|| wasmtime::Module::new(&cranelift, &wasm).expect("compiles"))
@@ -776,21 +772,31 @@ fn tier_compile_adversarial(c: &mut Criterion) {
         group.finish();
         // Larger sizes, estimated only (their compiles would take the group past a minute).
         for size in [sizes[3] * 2, sizes[3] * 4] {
-            let wasm = shape.module(size);
-            let cost = CompileCost::of(&wasm).expect("parses");
-            let verdict = match budget.check(&cost) {
-                Ok(()) => "under".to_owned(),
-                Err(_) => "over".to_owned(),
-            };
-            estimates.push_str(&format!(
-                "| {} | {size} (not compiled) | {:.1}KiB | {:.1} ms | {verdict} |\n",
+            let label = format!("{size} (not compiled)");
+            estimates.push_str(&estimate_row(
+                &budget,
                 shape.name(),
-                wasm.len() as f64 / 1024.0,
-                cost.total_us() as f64 / 1000.0
+                &label,
+                &shape.module(size),
             ));
         }
     }
     extra_report("compile-budget.txt", &estimates);
+}
+
+/// One row of the compile-budget table: the module's size, its estimate and the verdict.
+fn estimate_row(budget: &CompileBudget, shape: &str, size: &str, wasm: &[u8]) -> String {
+    let cost = CompileCost::of(wasm).expect("parses");
+    let verdict = if budget.check(&cost).is_ok() {
+        "under"
+    } else {
+        "over"
+    };
+    format!(
+        "| {shape} | {size} | {:.1}KiB | {:.1} ms | {verdict} |\n",
+        wasm.len() as f64 / 1024.0,
+        cost.total_us() as f64 / 1000.0
+    )
 }
 
 /// Leaves `text` where `cargo xtask bench` collects extra measurements:

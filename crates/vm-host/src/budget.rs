@@ -12,7 +12,8 @@
 
 use wasmparser::{FunctionBody, Operator, Parser, Payload};
 
-use crate::{ModuleError, VmError};
+use crate::VmError;
+use crate::rewrite::{invalid, malformed};
 
 /// A structural estimate of a module's Cranelift compile cost, in microseconds of one core of
 /// the development machine (an x86-64 laptop-class core), from one pass over its code.
@@ -56,9 +57,9 @@ impl CompileCost {
                     encoding: wasmparser::Encoding::Component,
                     ..
                 } => {
-                    return Err(VmError::InvalidModule(ModuleError::Unsupported(
-                        "components are not supported, deploy a core module".to_owned(),
-                    )));
+                    return Err(invalid(
+                        "components are not supported, deploy a core module",
+                    ));
                 }
                 payload => counter.payload(&payload).map_err(malformed)?,
             }
@@ -170,13 +171,6 @@ impl From<OverBudget> for VmError {
     fn from(over: OverBudget) -> Self {
         VmError::OverCompileBudget(over)
     }
-}
-
-fn malformed(source: wasmparser::BinaryReaderError) -> VmError {
-    VmError::InvalidModule(ModuleError::Parse {
-        message: crate::one_line(&source.to_string()),
-        source,
-    })
 }
 
 /// Accumulates a [`CompileCost`] over the payloads of one parse (shared with the deploy's

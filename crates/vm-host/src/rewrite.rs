@@ -68,14 +68,14 @@ pub(crate) enum Form {
 }
 
 /// A feature the host cannot run or persist.
-fn invalid(message: impl std::fmt::Display) -> VmError {
+pub(crate) fn invalid(message: impl std::fmt::Display) -> VmError {
     VmError::InvalidModule(ModuleError::Unsupported(crate::one_line(
         &message.to_string(),
     )))
 }
 
 /// Bytes wasmparser cannot read.
-fn malformed(source: wasmparser::BinaryReaderError) -> VmError {
+pub(crate) fn malformed(source: wasmparser::BinaryReaderError) -> VmError {
     VmError::InvalidModule(ModuleError::Parse {
         message: crate::one_line(&source.to_string()),
         source,
