@@ -69,6 +69,22 @@ impl<P: ModuleCache, F: ModuleCache> FallbackCache<P, F> {
     pub fn fallback(&self) -> &F {
         &self.fallback
     }
+
+    /// Saves `module` in the front layer only, a failure counted in its `errors` as
+    /// [`ModuleCache::save`] counts it (for a caller that fills the layers at different times,
+    /// e.g. the memory layer at once and the disk behind it from a background thread).
+    pub fn save_primary(&self, key: &CacheKey, module: &Module) {
+        if self.primary.save(key, module).is_err() {
+            self.primary_errors.other.incr();
+        }
+    }
+
+    /// Saves `module` in the layer behind only, a failure counted in its `errors`.
+    pub fn save_fallback(&self, key: &CacheKey, module: &Module) {
+        if self.fallback.save(key, module).is_err() {
+            self.fallback_errors.other.incr();
+        }
+    }
 }
 
 impl<P: ModuleCache, F: ModuleCache> ModuleCache for FallbackCache<P, F> {
@@ -119,12 +135,8 @@ impl<P: ModuleCache, F: ModuleCache> ModuleCache for FallbackCache<P, F> {
     }
 
     fn save(&self, key: &CacheKey, module: &Module) -> Result<(), CacheError> {
-        if self.primary.save(key, module).is_err() {
-            self.primary_errors.other.incr();
-        }
-        if self.fallback.save(key, module).is_err() {
-            self.fallback_errors.other.incr();
-        }
+        self.save_primary(key, module);
+        self.save_fallback(key, module);
         Ok(())
     }
 

@@ -66,7 +66,7 @@ struct Compiler {
     linker: Linker<Environment>,
 }
 
-/// What the runtime and its tier-up thread share.
+/// What the runtime and its background thread share.
 struct Shared {
     cranelift: Compiler,
     chain: Chain,
@@ -140,11 +140,6 @@ fn compiler(tier: Tier, memory_limit: usize) -> Result<Compiler, CwError> {
     })
 }
 
-/// `bytes` in lower-case hex.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The form of the metering rewrite `tier` compiles: Winch the call form (less code to
 /// compile), Cranelift the inline form (faster code).
 pub(crate) fn form(tier: Tier) -> CheckForm {
@@ -199,11 +194,9 @@ impl Shared {
     }
 
     /// Writes `module` to the file cache. A failure costs a compile after a restart, no more:
-    /// it is logged, and counted by the file cache's own stats.
+    /// it is counted in the file cache layer's `errors`, as the chain counts its own saves.
     fn save_files(&self, key: &CacheKey, module: &Module) {
-        if let Err(e) = self.chain.fallback().fallback().save(key, module) {
-            tracing::warn!(error = %e, "writing a compiled contract to the file cache failed");
-        }
+        self.chain.fallback().save_fallback(key, module);
     }
 
     fn tier_up(&self, checksum: [u8; 32], wasm: &[u8], winch: EngineFingerprint) {
@@ -223,7 +216,7 @@ impl Shared {
             if let Err(over) = self.within_budget(metered) {
                 self.over_budget.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
-                    contract = %hex(&checksum),
+                    contract = %WasmHash::from_bytes(checksum),
                     "{over}: the contract stays on Winch"
                 );
                 return;
@@ -354,16 +347,6 @@ impl Runtime {
         Ok(self.best(checksum)?.map(|(_, module)| module))
     }
 
-    /// Compiles the metered form of `wasm` (already checked) into the cache chain, unless it
-    /// is there: with Cranelift, or with Winch at once and Cranelift on the tier-up thread.
-    pub(crate) fn prepare(&self, checksum: &[u8; 32], wasm: &[u8]) -> Result<Module, CwError> {
-        if let Some(module) = self.cached(checksum)? {
-            return Ok(module);
-        }
-        let metered = metering::instrument(wasm, self.deploy_form()).map_err(CwError::Check)?;
-        self.compile(checksum, wasm, metered)
-    }
-
     /// The compiler a cache miss compiles with: Winch when the policy has it.
     fn deploy_compiler(&self) -> (&Compiler, Tier) {
         match &self.winch {
@@ -397,10 +380,7 @@ impl Runtime {
         let module = Module::new(&compiler.engine, &metered).map_err(CwError::wasmtime)?;
         self.shared.compiles.fetch_add(1, Ordering::Relaxed);
         self.save(key(compiler.fingerprint, tier, checksum), &module);
-        if tier == Tier::Winch
-            && self.policy == TierPolicy::WinchThenCranelift
-            && self.queued.lock().insert(*checksum)
-        {
+        if self.claims_tier_up(tier, checksum) {
             self.queue_tier_up(checksum, wasm.to_vec());
         }
         Ok(module)
@@ -410,11 +390,11 @@ impl Runtime {
     /// here when the queue is full: an artifact is never dropped). The pinned layer takes
     /// modules only through `pin`.
     fn save(&self, key: CacheKey, module: &Module) {
-        if let Err(e) = self.shared.chain.fallback().primary().save(&key, module) {
-            tracing::warn!(error = %e, "saving a compiled contract in memory failed");
-        }
-        if let Err(TrySendError::Full(Job::Save(key, module))) =
+        self.shared.chain.fallback().save_primary(&key, module);
+        // Full, or the thread gone: written here.
+        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
             self.send(Job::Save(key, module.clone()))
+            && let Job::Save(key, module) = job
         {
             self.shared.save_files(&key, &module);
         }
@@ -426,6 +406,14 @@ impl Runtime {
         self.jobs.try_send(job).inspect_err(|_| {
             self.shared.pending.fetch_sub(1, Ordering::Release);
         })
+    }
+
+    /// Whether a module of `tier` for `checksum` is to be tiered up now: a Winch module under
+    /// [`TierPolicy::WinchThenCranelift`] not queued already (it is marked queued).
+    fn claims_tier_up(&self, tier: Tier, checksum: &[u8; 32]) -> bool {
+        tier == Tier::Winch
+            && self.policy == TierPolicy::WinchThenCranelift
+            && self.queued.lock().insert(*checksum)
     }
 
     fn queue_tier_up(&self, checksum: &[u8; 32], wasm: Vec<u8>) {
@@ -459,15 +447,18 @@ impl Runtime {
             Some((key, module)) => {
                 // A Winch module still in the chain (after a restart, or a full queue): tier
                 // it up, unless it is queued already.
-                if key.tier() == Tier::Winch
-                    && self.policy == TierPolicy::WinchThenCranelift
-                    && self.queued.lock().insert(*checksum)
-                {
+                if self.claims_tier_up(key.tier(), checksum) {
                     self.queue_tier_up(checksum, wasm()?);
                 }
                 Ok(module)
             }
-            None => self.prepare(checksum, &wasm()?),
+            None => {
+                // Already checked at store_code; metered in the form the deploy tier takes.
+                let wasm = wasm()?;
+                let metered =
+                    metering::instrument(&wasm, self.deploy_form()).map_err(CwError::Check)?;
+                self.compile(checksum, &wasm, metered)
+            }
         }
     }
 
