@@ -662,27 +662,20 @@ fn all_allowed(body: &FunctionBody<'_>) -> bool {
 /// The visitor of [`all_allowed`]: whether the gatekeeper allows an operator, by its proposal.
 struct Allowed;
 
-/// Whether [`gatekeeper`] allows the operators of a proposal (as wasmparser names it).
-macro_rules! allowed_proposal {
-    (mvp) => {
-        true
-    };
-    (sign_extension) => {
-        true
-    };
-    (saturating_float_to_int) => {
-        true
-    };
-    ($other:ident) => {
-        false
-    };
+/// Whether [`gatekeeper`] allows the operators of a proposal (as wasmparser names it): the one
+/// list both the fast scan and the exact pass read.
+const fn allowed_proposal(proposal: &str) -> bool {
+    matches!(
+        proposal.as_bytes(),
+        b"mvp" | b"sign_extension" | b"saturating_float_to_int"
+    )
 }
 
 macro_rules! define_allowed {
     ($( @$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*))*) => {
         $(
             fn $visit(&mut self $($(, _: $argty)*)?) -> bool {
-                allowed_proposal!($proposal)
+                allowed_proposal(stringify!($proposal))
             }
         )*
     };
@@ -709,9 +702,12 @@ fn gatekeeper(op: &Operator<'_>) -> Result<(), CheckError> {
         "Exception handling operation",
         "Exception handling is not supported.",
     );
-    let (what, tail) = match proposal_of(op) {
-        // Floats (MVP float operators and saturating conversions) are allowed.
-        "mvp" | "sign_extension" | "saturating_float_to_int" => return Ok(()),
+    let proposal = proposal_of(op);
+    // Floats (MVP float operators and saturating conversions) are allowed.
+    if allowed_proposal(proposal) {
+        return Ok(());
+    }
+    let (what, tail) = match proposal {
         "reference_types" | "function_references" | "tail_call" => REF,
         "legacy_exceptions" | "exceptions" => EXC,
         "threads" => (
