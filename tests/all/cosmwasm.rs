@@ -493,7 +493,8 @@ fn a_contract_over_the_cranelift_budget_is_refused_or_stays_on_winch() -> Result
     let ctx = CallContext::new(addr("alice"), GAS);
 
     let (_d1, cranelift) = open(vm_cosmwasm::TierPolicy::CraneliftOnly)?;
-    let mut s = cranelift.session(None)?;
+    let mut refused = cranelift.session(None)?;
+    let s = &mut refused;
     let err = s.store_code(&vm_cosmwasm::counter_wasm()).unwrap_err();
     assert!(
         matches!(err, CwError::Vm(vm_cosmwasm::VmError::OverCompileBudget(_))),
@@ -505,7 +506,9 @@ fn a_contract_over_the_cranelift_budget_is_refused_or_stays_on_winch() -> Result
 
     let (_d2, tiered) = open(vm_cosmwasm::TierPolicy::WinchThenCranelift)?;
     let mut s = tiered.session(None)?;
-    let (code, _) = s.store_code(&vm_cosmwasm::counter_wasm())?;
+    let (code, checksum) = s.store_code(&vm_cosmwasm::counter_wasm())?;
+    // The refused store_code stored no code.
+    assert!(refused.wasm(&checksum).is_err());
     let (counter, out) = s.instantiate(&ctx, code, br#"{"count":1}"#, "c", None)?;
     assert!(out.is_ok(), "{}", out.text());
     assert!(tiered.wait_tier_up(std::time::Duration::from_secs(120)));
