@@ -641,7 +641,10 @@ const NOTES: &[(&str, &str)] = &[
          is left is Winch itself: its \
          codegen and the x64 emission it shares with Cranelift are 45% of the compile's \
          samples, Cranelift's trampolines for the 229 exported and table functions 9%. The \
-         margin on hackatom is thin: a run with the other core busy can miss it.",
+         margin on hackatom is thin: a run with the other core busy can miss it. Both sides write their file cache: cosmwasm-vm's \
+         store_code inside the timed call, Strata's on its background thread after the deploy \
+         returns (joined before the next iteration, untimed); a node's next store_code or \
+         restart does not wait for it either way.",
     ),
     (
         "tiers/compile_adversarial/deep_nesting",
