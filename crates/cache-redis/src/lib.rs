@@ -2,7 +2,8 @@
 //! is compiled once per fleet instead of once per node, and a fleet-wide compile lease.
 //!
 //! [`RedisCache`] implements [`ModuleCache`] over one Redis server with the `redis` crate's
-//! synchronous client (no async runtime). It sits below the file cache:
+//! synchronous client (no async runtime); a load reads the value on connections of its own,
+//! straight into a warm buffer, hashing it as it arrives. It sits below the file cache:
 //! `pinned -> LRU -> fs -> redis -> compile`.
 //!
 //! - Key: `strata:v1:` followed by the whole [`CacheKey`] text (module id, form, ABI, tier,
@@ -275,11 +276,8 @@ struct Shared {
     lease_ttl: Duration,
     /// Idle connections (a load takes one, or connects).
     pool: Mutex<Vec<redis::Connection>>,
-    /// Idle connections of the read path ([`fetch::Reader`]), each with its warm buffer; empty
-    /// and unused when the address needs the `redis` crate (TLS).
+    /// Idle connections of the read path ([`fetch::Reader`]), each with its warm buffer.
     readers: Mutex<Vec<fetch::Reader>>,
-    /// Whether loads read through [`fetch::Reader`] (TCP and Unix sockets).
-    fast_reads: bool,
     breaker: Breaker,
     counters: StatCounters,
     remote: Remote,
@@ -294,10 +292,9 @@ const RENEW: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis
 enum Failed {
     /// Circuit open: not tried.
     Skipped,
-    /// Tried and failed (counted in `failures`, fed to the breaker).
-    Redis(redis::RedisError),
-    /// A read-path connection failed (counted in `failures`, fed to the breaker).
-    Io,
+    /// Tried and failed: counted in `failures`, and fed to the breaker unless the server
+    /// answered (an error reply).
+    Tried,
 }
 
 /// What a load found.
@@ -359,7 +356,7 @@ impl Shared {
                         self.breaker.success();
                         self.pool.lock().push(con);
                         self.remote.failures.incr();
-                        return Err(Failed::Redis(e));
+                        return Err(Failed::Tried);
                     }
                     return Err(self.failed(e));
                 }
@@ -369,7 +366,7 @@ impl Shared {
 
     fn failed(&self, e: redis::RedisError) -> Failed {
         self.count_failure(&e);
-        Failed::Redis(e)
+        Failed::Tried
     }
 
     fn count_failure(&self, e: &dyn std::fmt::Display) {
@@ -395,12 +392,11 @@ impl Shared {
                 None => {
                     let info = self.client.get_connection_info();
                     match fetch::Reader::connect(info, self.connect_timeout, self.io_timeout) {
-                        Some(Ok(reader)) => reader,
-                        Some(Err(e)) => {
+                        Ok(reader) => reader,
+                        Err(e) => {
                             self.count_failure(&e);
-                            return Err(Failed::Io);
+                            return Err(Failed::Tried);
                         }
-                        None => return Err(Failed::Io),
                     }
                 }
             };
@@ -423,7 +419,7 @@ impl Shared {
                 }
                 Err(e) => {
                     self.count_failure(&e);
-                    return Err(Failed::Io);
+                    return Err(Failed::Tried);
                 }
             }
         }
@@ -440,38 +436,18 @@ impl Shared {
         // The length first: a value over the limit is refused without being downloaded. Then
         // at most `limit` bytes, whatever the value became in between (a value replaced in
         // between fails its checks like any other bad entry).
-        let got = if self.fast_reads {
-            match self.read_call(|reader| {
-                let len = reader.strlen(&entry)?;
-                if len == 0 || len > limit {
-                    return Ok(Got::Len(len));
-                }
-                let mut tagger = envelope::Tagger::new(&self.tag_key);
-                let value = reader.get_bounded(&entry, limit, &mut |part| tagger.feed(part))?;
-                Ok(Got::Opened(self.open(key, value, tagger)))
-            }) {
-                Ok(Ok(got)) => Ok(got),
-                Ok(Err(reply)) if reply.starts_with("WRONGTYPE") => Err(true),
-                _ => Err(false),
+        let got = match self.read_call(|reader| {
+            let len = reader.strlen(&entry)?;
+            if len == 0 || len > limit {
+                return Ok(Got::Len(len));
             }
-        } else {
-            match self.call(|con| {
-                let len: u64 = redis::cmd("STRLEN").arg(&entry).query(con)?;
-                if len == 0 || len > limit {
-                    return Ok(Got::Len(len));
-                }
-                let value: Vec<u8> = redis::cmd("GETRANGE")
-                    .arg(&entry)
-                    .arg(0)
-                    .arg(limit - 1)
-                    .query(con)?;
-                let tagger = envelope::Tagger::new(&self.tag_key);
-                Ok(Got::Opened(self.open(key, &value, tagger)))
-            }) {
-                Ok(got) => Ok(got),
-                Err(Failed::Redis(e)) => Err(e.code() == Some("WRONGTYPE")),
-                Err(_) => Err(false),
-            }
+            let mut tagger = envelope::Tagger::new(&self.tag_key);
+            let value = reader.get_bounded(&entry, limit, &mut |part| tagger.feed(part))?;
+            Ok(Got::Opened(self.open(key, value, tagger)))
+        }) {
+            Ok(Ok(got)) => Ok(got),
+            Ok(Err(reply)) if reply.starts_with("WRONGTYPE") => Err(true),
+            _ => Err(false),
         };
         match got {
             Ok(Got::Opened(Ok(module))) => {
@@ -639,13 +615,8 @@ impl RedisCache {
             ));
         }
         let client = redis::Client::open(url).map_err(RedisCacheError::Url)?;
-        let fast_reads = matches!(
-            client.get_connection_info().addr(),
-            redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::Unix(_)
-        );
         let shared = Arc::new(Shared {
             client,
-            fast_reads,
             engine: engine.clone(),
             fingerprint: EngineFingerprint::of(engine),
             tag_key: envelope::tag_key(&config.mac_key),
