@@ -173,9 +173,7 @@ impl Reader {
             return Err(protocol("GETRANGE answered more than asked"));
         }
         let len = len as usize;
-        if self.value.capacity() > RETAINED_VALUE_BYTES && len <= RETAINED_VALUE_BYTES {
-            self.value = Vec::new();
-        }
+        // (`trim` released a buffer grown past what is kept, after the last load.)
         self.value.clear();
         self.value.reserve(len);
         // What the inbox already holds, then the rest straight into the value.

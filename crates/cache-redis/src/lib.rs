@@ -491,10 +491,8 @@ impl Shared {
             // (checked by `load`, and part of the tagged key) hold. And it cannot change: a
             // memfd of this process only, sealed against writes, size changes and unsealing.
             // A memfd is anonymous memory with a file handle, not storage (no path, nothing
-            // durable): not a file-system call for strata-fs to make.
-            Ok(memfd) => unsafe {
-                Module::deserialize_open_file(&self.engine, std::fs::File::from(memfd))
-            },
+            // durable): no file-system call, so nothing for strata-fs to make.
+            Ok(memfd) => unsafe { Module::deserialize_open_file(&self.engine, memfd.into()) },
             // SAFETY: as above, the bytes whose tag matched, copied by wasmtime.
             Err(_) => unsafe { Module::deserialize(&self.engine, &artifact) },
         };
