@@ -118,7 +118,7 @@ pub(crate) fn cost(op: &Operator<'_>) -> u64 {
 }
 
 /// Section order of a core module (custom sections excepted), for inserting new sections.
-fn rank(id: u8) -> u8 {
+const fn rank(id: u8) -> u8 {
     match id {
         1 => 1,   // type
         2 => 2,   // import
@@ -136,16 +136,16 @@ fn rank(id: u8) -> u8 {
         _ => 0,   // custom (or unknown, which the parser refuses)
     }
 }
-const TYPE_RANK: u8 = 1;
-const FUNCTION_RANK: u8 = 3;
-const GLOBAL_RANK: u8 = 7;
-const EXPORT_RANK: u8 = 8;
-const CODE_RANK: u8 = 12;
 const TYPE_ID: u8 = 1;
 const FUNCTION_ID: u8 = 3;
 const GLOBAL_ID: u8 = 6;
 const EXPORT_ID: u8 = 7;
 const CODE_ID: u8 = 10;
+const TYPE_RANK: u8 = rank(TYPE_ID);
+const FUNCTION_RANK: u8 = rank(FUNCTION_ID);
+const GLOBAL_RANK: u8 = rank(GLOBAL_ID);
+const EXPORT_RANK: u8 = rank(EXPORT_ID);
+const CODE_RANK: u8 = rank(CODE_ID);
 
 /// The charging function's type, `[i64] -> []`.
 const CHARGE_TYPE: [u8; 4] = [0x60, 0x01, 0x7e, 0x00];
@@ -185,21 +185,21 @@ fn appended_exports(out: &mut Vec<u8>, gas_left: u32, exhausted: u32) {
     }
 }
 
-/// Writes the global section with the two globals appended to `entries` (the module's own,
-/// if any) and returns the counter's index.
-fn write_globals(
+/// Writes section `id`: the module's own entries (`existing`: their count and bytes, or none
+/// when the module lacks the section) followed by `added` entries that `tail` writes.
+fn extend_vector(
     out: &mut Vec<u8>,
-    imported: u32,
-    defined: u32,
-    entries: Option<(u32, &[u8])>,
-) -> u32 {
-    let mut data = Vec::new();
-    let (count, raw) = entries.unwrap_or((0, &[]));
-    leb_u32(&mut data, count.saturating_add(2));
-    data.extend_from_slice(raw);
-    appended_globals(&mut data);
-    section(out, GLOBAL_ID, &data);
-    imported.saturating_add(defined)
+    id: u8,
+    existing: Option<(u32, &[u8])>,
+    added: u32,
+    tail: impl FnOnce(&mut Vec<u8>),
+) {
+    let (count, entries) = existing.unwrap_or((0, &[]));
+    let mut data = Vec::with_capacity(entries.len() + 64);
+    leb_u32(&mut data, count.saturating_add(added));
+    data.extend_from_slice(entries);
+    tail(&mut data);
+    section(out, id, &data);
 }
 
 /// Where the injected checks find the counter, the flag and, in [`CheckForm::Call`], the
@@ -361,26 +361,25 @@ impl Rewrite<'_> {
         }
         let call = self.form == CheckForm::Call;
         if call && rank > TYPE_RANK && self.charge_type.is_none() {
-            let mut data = vec![1];
-            data.extend_from_slice(&CHARGE_TYPE);
-            section(&mut self.out, TYPE_ID, &data);
+            extend_vector(&mut self.out, TYPE_ID, None, 1, |d| {
+                d.extend_from_slice(&CHARGE_TYPE)
+            });
             self.charge_type = Some(0);
         }
         if call && rank > FUNCTION_RANK && self.charge.is_none() {
-            let mut data = vec![1];
-            leb_u32(&mut data, self.charge_type.unwrap_or(0));
-            section(&mut self.out, FUNCTION_ID, &data);
+            let ty = self.charge_type.unwrap_or(0);
+            extend_vector(&mut self.out, FUNCTION_ID, None, 1, |d| leb_u32(d, ty));
             self.charge = Some(self.imported_funcs);
         }
         if rank > GLOBAL_RANK && self.gas_left.is_none() {
-            self.gas_left = Some(write_globals(&mut self.out, self.imported_globals, 0, None));
+            extend_vector(&mut self.out, GLOBAL_ID, None, 2, appended_globals);
+            self.gas_left = Some(self.imported_globals);
         }
         if rank > EXPORT_RANK && !self.exports_written {
             let checks = self.checks();
-            let mut data = Vec::new();
-            leb_u32(&mut data, 2);
-            appended_exports(&mut data, checks.gas_left, checks.exhausted);
-            section(&mut self.out, EXPORT_ID, &data);
+            extend_vector(&mut self.out, EXPORT_ID, None, 2, |d| {
+                appended_exports(d, checks.gas_left, checks.exhausted)
+            });
             self.exports_written = true;
         }
         if call && rank > CODE_RANK && !self.code_written {
@@ -391,19 +390,14 @@ impl Rewrite<'_> {
     /// The code section: `count` metered bodies, and the charging function's with
     /// [`CheckForm::Call`].
     fn write_code(&mut self, count: u32, bodies: &[u8]) {
-        let mut data = Vec::with_capacity(bodies.len() + 64);
+        let code = Some((count, bodies));
         match self.form {
-            CheckForm::Inline => {
-                leb_u32(&mut data, count);
-                data.extend_from_slice(bodies);
-            }
+            CheckForm::Inline => extend_vector(&mut self.out, CODE_ID, code, 0, |_| {}),
             CheckForm::Call => {
-                leb_u32(&mut data, count.saturating_add(1));
-                data.extend_from_slice(bodies);
-                self.checks().charge_body(&mut data);
+                let checks = self.checks();
+                extend_vector(&mut self.out, CODE_ID, code, 1, |d| checks.charge_body(d));
             }
         }
-        section(&mut self.out, CODE_ID, &data);
         self.code_written = true;
     }
 
@@ -453,12 +447,10 @@ impl Rewrite<'_> {
                     let len = u32::try_from(group?.types().len()).unwrap_or(u32::MAX);
                     types = types.saturating_add(len);
                 }
-                let (count, entries) = split_count(wasm, range)?;
-                let mut data = Vec::with_capacity(entries.len() + 8);
-                leb_u32(&mut data, count.saturating_add(1));
-                data.extend_from_slice(entries);
-                data.extend_from_slice(&CHARGE_TYPE);
-                section(&mut self.out, TYPE_ID, &data);
+                let existing = split_count(wasm, range)?;
+                extend_vector(&mut self.out, TYPE_ID, Some(existing), 1, |d| {
+                    d.extend_from_slice(&CHARGE_TYPE)
+                });
                 self.charge_type = Some(types);
             }
             Payload::ImportSection(reader) => {
@@ -477,21 +469,22 @@ impl Rewrite<'_> {
             }
             Payload::FunctionSection(reader) if call => {
                 let (count, entries) = split_count(wasm, range)?;
-                let mut data = Vec::with_capacity(entries.len() + 8);
-                leb_u32(&mut data, count.saturating_add(1));
-                data.extend_from_slice(entries);
-                leb_u32(&mut data, self.charge_type.unwrap_or(0));
-                section(&mut self.out, FUNCTION_ID, &data);
+                let ty = self.charge_type.unwrap_or(0);
+                extend_vector(&mut self.out, FUNCTION_ID, Some((count, entries)), 1, |d| {
+                    leb_u32(d, ty)
+                });
                 self.charge = Some(self.imported_funcs.saturating_add(reader.count()));
             }
             Payload::GlobalSection(reader) => {
-                let entries = split_count(wasm, range)?;
-                self.gas_left = Some(write_globals(
+                let existing = split_count(wasm, range)?;
+                extend_vector(
                     &mut self.out,
-                    self.imported_globals,
-                    reader.count(),
-                    Some(entries),
-                ));
+                    GLOBAL_ID,
+                    Some(existing),
+                    2,
+                    appended_globals,
+                );
+                self.gas_left = Some(self.imported_globals.saturating_add(reader.count()));
             }
             Payload::ExportSection(reader) => {
                 for export in reader.clone() {
@@ -502,13 +495,11 @@ impl Rewrite<'_> {
                         });
                     }
                 }
-                let (count, entries) = split_count(wasm, range)?;
+                let existing = split_count(wasm, range)?;
                 let checks = self.checks();
-                let mut data = Vec::new();
-                leb_u32(&mut data, count.saturating_add(2));
-                data.extend_from_slice(entries);
-                appended_exports(&mut data, checks.gas_left, checks.exhausted);
-                section(&mut self.out, EXPORT_ID, &data);
+                extend_vector(&mut self.out, EXPORT_ID, Some(existing), 2, |d| {
+                    appended_exports(d, checks.gas_left, checks.exhausted)
+                });
                 self.exports_written = true;
             }
             // The bodies follow, one payload each; the section is written when it ends.
