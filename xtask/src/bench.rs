@@ -66,14 +66,7 @@ fn write_report(target: &Path, extra: &Path, since: SystemTime) -> Result<()> {
         && let Ok(previous) = std::fs::read_to_string(&out)
     {
         let (earlier, others) = parse_report(&previous);
-        let groups = |all: &[Measured]| -> std::collections::BTreeSet<String> {
-            all.iter().map(|m| m.group.clone()).collect()
-        };
-        let (ours, reported) = (groups(&results), groups(&earlier));
-        peer.retain(|m| ours.contains(&m.group) || !reported.contains(&m.group));
-        results.extend(peer);
-        let measured = groups(&results);
-        results.extend(earlier.into_iter().filter(|m| !measured.contains(&m.group)));
+        results = merge_with_report(results, std::mem::take(&mut peer), earlier);
         for (name, text) in others {
             let file = extra.join(&name);
             if !file.exists() {
@@ -100,6 +93,41 @@ fn write_report(target: &Path, extra: &Path, since: SystemTime) -> Result<()> {
         plots.len()
     );
     Ok(())
+}
+
+/// Merges the results found in the target directory (and cosmwasm-vm's timings that join their
+/// groups) with a report's: per group, the newer run wins whole. So a target directory holding
+/// an old run of a group (another worktree measured it since) does not replace the report's
+/// newer one, and a group's ratios stay within one run. A report's times are whole minutes: a
+/// report written from these same results is never newer than they are.
+fn merge_with_report(
+    results: Vec<Measured>,
+    peer: Vec<Measured>,
+    earlier: Vec<Measured>,
+) -> Vec<Measured> {
+    let newest = |all: &[Measured]| {
+        let mut newest: BTreeMap<String, SystemTime> = BTreeMap::new();
+        for m in all {
+            let t = newest.entry(m.group.clone()).or_insert(m.measured_at);
+            *t = (*t).max(m.measured_at);
+        }
+        newest
+    };
+    let (ours, reported) = (newest(&results), newest(&earlier));
+    let report_wins = |group: &str| match (ours.get(group), reported.get(group)) {
+        (Some(ours), Some(reported)) => reported > ours,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    let mut merged: Vec<Measured> = results
+        .into_iter()
+        .filter(|m| !report_wins(&m.group))
+        .collect();
+    merged.extend(peer.into_iter().filter(|m| {
+        !report_wins(&m.group) && (ours.contains_key(&m.group) || !reported.contains_key(&m.group))
+    }));
+    merged.extend(earlier.into_iter().filter(|m| report_wins(&m.group)));
+    merged
 }
 
 /// Results older than this before the newest of their group belong to another run.
@@ -894,6 +922,44 @@ mod tests {
             Some(SystemTime::UNIX_EPOCH)
         );
         assert_eq!(parse_ns("1.5 parsecs"), None);
+    }
+
+    #[test]
+    fn the_newer_run_of_a_group_wins_whole_whichever_side_holds_it() {
+        let m = |g: &str, f: &str, ns: f64, at: u64| Measured {
+            group: g.into(),
+            function: f.into(),
+            parameter: String::new(),
+            median_ns: ns,
+            measured_at: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
+        };
+        // The target directory: "a" measured at 1,000 s (stale), "b" at 1,000 s (fresh).
+        let results = vec![m("a", "x", 1.0, 1_000), m("b", "x", 2.0, 1_000)];
+        // cosmwasm-vm's timings joining both groups.
+        let peer = vec![m("a", "peer", 3.0, 1_000), m("b", "peer", 4.0, 1_000)];
+        // The report: "a" measured since (2,000 s) elsewhere, "b" before (500 s), "c" only here.
+        let earlier = vec![
+            m("a", "x", 5.0, 2_000),
+            m("a", "peer", 6.0, 2_000),
+            m("b", "x", 7.0, 500),
+            m("c", "x", 8.0, 500),
+        ];
+        let mut merged = merge_with_report(results, peer, earlier);
+        merged.sort_by(|a, b| (&a.group, &a.function).cmp(&(&b.group, &b.function)));
+        let got: Vec<(&str, &str, f64)> = merged
+            .iter()
+            .map(|m| (m.group.as_str(), m.function.as_str(), m.median_ns))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", "peer", 6.0),
+                ("a", "x", 5.0),
+                ("b", "peer", 4.0),
+                ("b", "x", 2.0),
+                ("c", "x", 8.0),
+            ]
+        );
     }
 
     #[test]
