@@ -645,12 +645,13 @@ pub(crate) const TARGETS: &[Target] = &[
 const NOTES: &[(&str, &str)] = &[
     (
         "cache/*/vs_floor",
-        "Issue 15's Redis targets (a Redis hit within 3x of the default FS hit), missed for \
-         hackatom and sql.js since the FS hit maps its file (2026-12-01). `deserialize_bytes` \
-         is the floor of any load from bytes in memory: wasmtime puts them into fresh pages, \
-         2-3 µs per 4 KiB page on this VM, where a file hit maps pages the page cache holds. \
-         On its own it is 1.5x (hackatom) to 1.9x (sql.js) the FS hit; the Redis hit adds the \
-         transfer and the tag (docs/SCALE-OUT.md).",
+        "`deserialize_bytes` is the floor of a load from bytes in memory: wasmtime puts them \
+         into fresh pages, 2-3 µs per 4 KiB page on this VM, where a file hit maps pages the \
+         page cache holds. A Redis hit avoids most of it since 2026-12-01: the checked bytes \
+         go into a memfd whose pages are kept and written again once no module maps it \
+         (hackatom 3.25x the FS hit before, sql.js 4.15x; docs/SCALE-OUT.md). esbuild's value \
+         is over the 16 MiB a connection's buffer keeps, so its hit still reads into fresh \
+         pages.",
     ),
     (
         "cosmwasm/hackatom/compile",
