@@ -91,18 +91,26 @@ impl MemfdPool {
             .min_by_key(|(_, f)| f.len.abs_diff(len))
             .map(|(i, _)| i);
         if let Some(i) = free
-            && *held - files[i].len + len <= self.budget
+            && (*held - files[i].len).saturating_add(len) <= self.budget
         {
             let mut pooled = files.swap_remove(i);
             *held = *held - pooled.len + len;
             pooled.len = len;
             return Ok(Some(pooled));
         }
-        if files.len() >= MAX_FILES || *held + len > self.budget {
+        if files.len() >= MAX_FILES || held.saturating_add(len) > self.budget {
             return Ok(None);
         }
         let file = memfd_create("strata-redis-artifact", MemfdFlags::CLOEXEC)?;
         let own = reopen(&file, OFlags::RDONLY)?;
+        drop(file);
+        if !unshared(own.as_fd()) {
+            // A file nothing else holds, refused a lease: this kernel grants none (leases
+            // disabled), so no pooled file could ever be written again. No pool.
+            *held = u64::MAX;
+            tracing::warn!("no file leases on this system: Redis hits load from fresh memory");
+            return Ok(None);
+        }
         *held += len;
         Ok(Some(Pooled { own, len }))
     }
