@@ -489,14 +489,11 @@ impl StoreFiles {
             (true, SyncMode::WholeFileSystem) => {
                 fs.syncfs(&self.lock).map_err(io_err("syncfs", tmp))?;
             }
-            (true, _) => {
-                for p in &to_sync {
-                    fs.sync_file(p).map_err(io_err("fsync", p))?;
-                }
-                for d in dirs.iter().rev() {
-                    fs.sync_dir(d).map_err(io_err("fsync", d))?;
-                }
-            }
+            // In any order, so all at once: nothing in the directory counts until it is renamed
+            // into place, after every one of these.
+            (true, _) => fs
+                .sync_batch(&to_sync, &dirs)
+                .map_err(io_err("fsync", tmp))?,
         }
         Ok(())
     }

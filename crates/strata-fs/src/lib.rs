@@ -43,7 +43,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 #[cfg(feature = "testing")]
@@ -154,6 +154,21 @@ pub trait Fs: Send + Sync + fmt::Debug {
     fn set_mtime(&self, file: &File, time: SystemTime) -> io::Result<()>;
 
     // Built from the above.
+
+    /// Makes every file of `files` (data and metadata, as [`sync_file`](Fs::sync_file)) and
+    /// every directory of `dirs` (as [`sync_dir`](Fs::sync_dir)) durable, in no promised order:
+    /// a crash part-way may leave any of them durable and the others not. For a set whose order
+    /// does not matter (the inside of a directory not yet renamed into place), so that the file
+    /// system can batch them. The default syncs them one by one; [`RealFs`] issues them at once.
+    fn sync_batch(&self, files: &[PathBuf], dirs: &[PathBuf]) -> io::Result<()> {
+        for file in files {
+            self.sync_file(file)?;
+        }
+        for dir in dirs {
+            self.sync_dir(dir)?;
+        }
+        Ok(())
+    }
 
     /// Creates `path` and its missing parents, each new directory made durable by syncing its
     /// parent (syncing a directory does not persist its own name, so without this a power cut

@@ -4,10 +4,22 @@ use std::ffi::OsString;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::{BLOCK, Fs, Zeros, is_zero};
+
+/// The most threads [`RealFs::sync_batch`] syncs from.
+const SYNC_THREADS: usize = 8;
+
+/// Syncs every `step`-th path of `paths` from the `first`.
+fn sync_share(paths: &[&Path], first: usize, step: usize) -> io::Result<()> {
+    paths
+        .iter()
+        .skip(first)
+        .step_by(step)
+        .try_for_each(|path| File::open(path)?.sync_all())
+}
 
 /// The real file system.
 #[derive(Debug, Default, Clone, Copy)]
@@ -68,6 +80,42 @@ impl Fs for RealFs {
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         File::open(path)?.sync_all()
+    }
+
+    /// Issued at once from up to [`SYNC_THREADS`] threads: a journaling file system (ext4's
+    /// jbd2, XFS's log) commits the syncs that wait together in one journal commit, where one
+    /// after another each waits for a commit of its own.
+    fn sync_batch(&self, files: &[PathBuf], dirs: &[PathBuf]) -> io::Result<()> {
+        let all: Vec<&Path> = files.iter().chain(dirs).map(PathBuf::as_path).collect();
+        let threads = all.len().min(SYNC_THREADS);
+        if threads <= 1 {
+            return sync_share(&all, 0, 1);
+        }
+        std::thread::scope(|scope| {
+            let all = &all;
+            let mut here = vec![0];
+            let mut workers = Vec::new();
+            for share in 1..threads {
+                match std::thread::Builder::new()
+                    .name("strata-sync".into())
+                    .spawn_scoped(scope, move || sync_share(all, share, threads))
+                {
+                    Ok(worker) => workers.push(worker),
+                    // No thread: this one syncs that share too.
+                    Err(_) => here.push(share),
+                }
+            }
+            let mut result = here
+                .into_iter()
+                .try_for_each(|share| sync_share(all, share, threads));
+            for worker in workers {
+                let synced = worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                result = result.and(synced);
+            }
+            result
+        })
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

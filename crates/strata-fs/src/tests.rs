@@ -25,6 +25,34 @@ fn sparse_files_read_back_whole_and_new_files_are_exclusive() {
 }
 
 #[test]
+fn a_sync_batch_syncs_from_threads_and_reports_a_failed_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = RealFs;
+    let dirs: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("d{i}"))).collect();
+    let mut files = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        fs.create_dir(dir).unwrap();
+        for j in 0..7 {
+            let file = dir.join(format!("f{j}"));
+            fs.write_file(&file, &[i as u8; 100], Zeros::Write, 0o444)
+                .unwrap();
+            files.push(file);
+        }
+    }
+    // More paths than threads, and none.
+    fs.sync_batch(&files, &dirs).unwrap();
+    fs.sync_batch(&[], &[]).unwrap();
+    fs.sync_batch(&files[..1], &[]).unwrap();
+    // A path that cannot be synced fails the batch, in whichever share it falls.
+    for at in [0, 5, 20] {
+        let mut with_missing = files.clone();
+        with_missing.insert(at, tmp.path().join("missing"));
+        let err = fs.sync_batch(&with_missing, &dirs).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "missing at {at}");
+    }
+}
+
+#[test]
 fn write_file_sets_the_mode() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, zeros) in [("dense", Zeros::Write), ("sparse", Zeros::Holes)] {
@@ -216,6 +244,31 @@ mod testing {
                 Op::SyncDir
             ]
         );
+    }
+
+    /// A batch is modelled as its syncs in reverse order, one step each: a cut part-way keeps
+    /// the directory's entries synced before the files in it.
+    #[test]
+    fn a_cut_inside_a_sync_batch_keeps_the_syncs_before_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let fs = PowerLossFs::real(root);
+        let p = |n: &str| root.join(n);
+        fs.create_dir(&p("d")).unwrap();
+        fs.sync_dir(root).unwrap();
+        for n in ["d/a", "d/b"] {
+            fs.write_file(&p(n), n.as_bytes(), Zeros::Write, 0o444)
+                .unwrap();
+        }
+        // Cut after the batch's first step: the directory synced, neither file.
+        fs.cut_at(fs.ops() + 1);
+        let err = fs.sync_batch(&[p("d/a"), p("d/b")], &[p("d")]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(EIO));
+        fs.power_cut(Loss::Unsynced).unwrap();
+        // Entries kept, contents lost: what a commit directory never renamed into place may
+        // hold after a crash (open removes it).
+        assert_eq!(std::fs::read(p("d/a")).unwrap(), b"");
+        assert_eq!(std::fs::read(p("d/b")).unwrap(), b"");
     }
 
     /// The loss model on its own, by path: what each kind of sync makes durable, and what the
