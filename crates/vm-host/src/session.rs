@@ -3,13 +3,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+use rustc_hash::FxBuildHasher;
+
 use store_index::{Bytecode, ModuleId, Namespace, Root};
 use wasmtime::{Instance, Module, Val};
 
 use crate::host::{self, GlobalValue, HostBlob, HostState};
 use crate::loader::{Loaded, Source};
 use crate::memory::{self, GUARD, RESERVATION};
-use crate::rewrite::{self, Form, MEMORY_EXPORT};
+use crate::rewrite::{self, Form, MEMORY_EXPORT, RESERVED_PREFIX};
 use crate::{ModuleError, Phase, TierPolicy, Value, ValueType, Vm, VmError, WasmtimeError};
 
 /// A point a [`Session`] can return to ([`Session::savepoint`]).
@@ -24,9 +26,22 @@ struct Live {
     global_handles: Vec<(u32, wasmtime::Global)>,
     /// The mutable globals after the last successful call.
     globals: Vec<(u32, GlobalValue)>,
-    /// Exported functions called so far, with their parameter types and result count: looked
-    /// up once per instance, not at every call. At most one entry per export.
-    funcs: HashMap<String, (wasmtime::Func, std::sync::Arc<[ValueType]>, usize)>,
+    /// Exported functions called so far: looked up once per instance, not at every call. At
+    /// most one entry per export.
+    funcs: HashMap<Box<str>, Export, FxBuildHasher>,
+    /// The argument and result buffers of `Func::call`, reused by every call.
+    args: Vec<Val>,
+    results: Vec<Val>,
+}
+
+/// An exported function of a live instance.
+struct Export {
+    func: wasmtime::Func,
+    params: Box<[ValueType]>,
+    results: usize,
+    /// No call of it can change the session's state ([`rewrite::Shape::read_only`]): it runs
+    /// without a checkpoint, and the globals are not read back after it.
+    read_only: bool,
 }
 
 /// The host state of a module this session touched.
@@ -43,7 +58,7 @@ enum Slot {
 pub struct Session {
     vm: Vm,
     inner: store_commit::Session,
-    modules: HashMap<ModuleId, Slot>,
+    modules: HashMap<ModuleId, Slot, FxBuildHasher>,
     fuel: Option<u64>,
     /// The fuel the last call consumed.
     last_fuel: Option<u64>,
@@ -77,7 +92,7 @@ impl Session {
         Ok(Session {
             vm,
             inner,
-            modules: HashMap::new(),
+            modules: HashMap::default(),
             fuel: None,
             last_fuel: None,
         })
@@ -252,72 +267,99 @@ impl Session {
 
     /// Calls `function` of `module` with `args`. A call that fails (trap, out of fuel, host
     /// error) leaves no trace: memory, globals and key-value data are as before it.
+    ///
+    /// A call of an export that cannot change state (no function it reaches by direct calls
+    /// writes memory or a global, calls a host function or calls indirectly; decided at the
+    /// rewrite) takes no checkpoint and reads no globals back: on failure there is nothing to
+    /// undo.
     pub fn call(
         &mut self,
         module: &ModuleId,
         function: &str,
         args: &[Value],
     ) -> Result<Vec<Value>, VmError> {
-        self.ensure_live(module)?;
         let fuel = self.fuel.unwrap_or(self.vm.inner.config.default_fuel);
-        let checkpoint = self.inner.call_checkpoint()?;
-        let Some(Slot::Live(live)) = self.modules.get_mut(module) else {
-            unreachable!("ensure_live made the module live");
-        };
-        let (func, params, result_count) = match live.funcs.get(function) {
-            Some(known) => known.clone(),
-            None => {
-                let func = live
-                    .instance
-                    .get_func(&mut live.store, function)
-                    .ok_or_else(|| VmError::UnknownFunction(function.to_owned()))?;
-                let ty = func.ty(&live.store);
-                let params: std::sync::Arc<[ValueType]> = ty
-                    .params()
-                    .map(|p| ValueType::from_wasmtime(&p))
-                    .collect::<Result<_, _>>()?;
-                let known = (func, params, ty.results().len());
-                live.funcs.insert(function.to_owned(), known.clone());
-                known
+        let live = match self.modules.get_mut(module) {
+            Some(Slot::Live(live)) => live,
+            _ => {
+                self.ensure_live(module)?;
+                match self.modules.get_mut(module) {
+                    Some(Slot::Live(live)) => live,
+                    _ => unreachable!("ensure_live made the module live"),
+                }
             }
         };
-        if params.len() != args.len() || params.iter().zip(args).any(|(p, a)| *p != a.ty()) {
+        let Live {
+            store,
+            instance,
+            loaded,
+            global_handles,
+            globals,
+            funcs,
+            args: arg_vals,
+            results,
+        } = &mut **live;
+        let export = match funcs.get(function) {
+            Some(export) => export,
+            None => {
+                let export = lookup(store, instance, loaded, function)?;
+                funcs.entry(function.into()).or_insert(export)
+            }
+        };
+        if export.params.len() != args.len()
+            || export.params.iter().zip(args).any(|(p, a)| *p != a.ty())
+        {
             let given: Vec<ValueType> = args.iter().map(Value::ty).collect();
             return Err(VmError::BadArguments(format!(
                 "{function:?} takes ({}), given ({})",
-                join(&params),
+                join(&export.params),
                 join(&given)
             )));
         }
-        let args: Vec<Val> = args.iter().map(|a| a.to_wasmtime()).collect();
-        let mut results = vec![Val::I32(0); result_count];
-        live.store.set_fuel(fuel).map_err(VmError::wasmtime)?;
-        let outcome = func
-            .call(&mut live.store, &args, &mut results)
-            .map_err(|e| call_error(e, fuel, Phase::Call))
-            .and_then(|()| {
-                host::read_globals(&mut live.store, &live.global_handles)
-                    .map_err(VmError::corrupt_state(module))
-            });
-        self.last_fuel = Some(fuel - live.store.get_fuel().unwrap_or(0));
+        let checkpoint = match export.read_only {
+            true => None,
+            false => Some(self.inner.call_checkpoint()?),
+        };
+        arg_vals.clear();
+        arg_vals.extend(args.iter().copied().map(Value::to_wasmtime));
+        results.clear();
+        results.resize(export.results, Val::I32(0));
+        store.set_fuel(fuel).map_err(VmError::wasmtime)?;
+        let outcome = export
+            .func
+            .call(&mut *store, arg_vals, results)
+            .map_err(|e| call_error(e, fuel, Phase::Call));
+        let outcome = match (outcome, export.read_only) {
+            (Ok(()), true) => Ok(None),
+            (Ok(()), false) => host::read_globals(store, global_handles)
+                .map(Some)
+                .map_err(VmError::corrupt_state(module)),
+            (Err(err), _) => Err(err),
+        };
+        self.last_fuel = Some(fuel - store.get_fuel().unwrap_or(0));
         match outcome {
-            Ok(globals) => {
-                live.globals = globals;
-                live.store.data_mut().end_call();
+            Ok(written) => {
+                if let Some(written) = written {
+                    *globals = written;
+                    store.data_mut().end_call();
+                }
                 self.vm.inner.calls.fetch_add(1, Ordering::Relaxed);
                 results.iter().map(Value::from_wasmtime).collect()
             }
             Err(err) => {
                 // Undo the call: memory (content and size) and key-value data (its undo log)
-                // from the checkpoint, globals from the last good values. The instance is
-                // dropped, as wasmtime's view of the memory size may be stale now.
+                // from the checkpoint, globals from the last good values; a read-only call has
+                // nothing to undo. The instance is dropped, as wasmtime's view of the memory
+                // size may be stale now.
                 let Some(Slot::Live(live)) = self.modules.remove(module) else {
                     unreachable!("the module was live");
                 };
                 let Live { globals, .. } = *live;
                 self.modules
                     .insert(*module, Slot::Idle(HostBlob { globals }));
-                self.inner.rollback(&checkpoint)?;
+                if let Some(checkpoint) = checkpoint {
+                    self.inner.rollback(&checkpoint)?;
+                }
                 Err(err)
             }
         }
@@ -386,7 +428,9 @@ impl Session {
             loaded,
             global_handles,
             globals: blob.globals,
-            funcs: HashMap::new(),
+            funcs: HashMap::default(),
+            args: Vec::new(),
+            results: Vec::new(),
         })
     }
 
@@ -475,6 +519,36 @@ impl Session {
         tracing::info!(%root, "committed");
         Ok(root)
     }
+}
+
+/// Looks `function` up among the instance's exports (not the host's own, `__strata_`), with its
+/// types and whether it is read-only.
+fn lookup(
+    store: &mut wasmtime::Store<HostState>,
+    instance: &Instance,
+    loaded: &Loaded,
+    function: &str,
+) -> Result<Export, VmError> {
+    let func = match function.starts_with(RESERVED_PREFIX) {
+        true => None,
+        false => instance.get_func(&mut *store, function),
+    }
+    .ok_or_else(|| VmError::UnknownFunction(function.to_owned()))?;
+    let ty = func.ty(&*store);
+    let params = ty
+        .params()
+        .map(|p| ValueType::from_wasmtime(&p))
+        .collect::<Result<_, _>>()?;
+    // Refused before it runs, like a parameter type: a result the caller cannot be given.
+    for result in ty.results() {
+        ValueType::from_wasmtime(&result)?;
+    }
+    Ok(Export {
+        func,
+        params,
+        results: ty.results().len(),
+        read_only: loaded.shape.read_only.contains(function),
+    })
 }
 
 fn join(types: &[ValueType]) -> String {
