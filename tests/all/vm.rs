@@ -331,6 +331,35 @@ fn read_only_calls_between_writing_calls_keep_rollbacks_exact() -> Result<()> {
     Ok(())
 }
 
+/// What the last call consumed is read from its store when asked: it survives calls of other
+/// modules that are refused before they run, and reads of another module's memory.
+#[test]
+fn last_call_fuel_follows_the_last_call_that_ran() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (counter, _) = vm.deploy(&wasm(COUNTER))?;
+    let (abi, root) = vm.deploy(&wasm(ABI))?;
+    let mut s = vm.session(Some(root))?;
+    assert_eq!(s.last_call_fuel(), None);
+    s.call(&counter, "add", &[Value::I64(1)])?;
+    let add = s.last_call_fuel().expect("ran");
+    s.call(&counter, "get", &[])?;
+    let get = s.last_call_fuel().expect("ran");
+    assert!(0 < get && get < add, "get {get}, add {add}");
+    s.call(&abi, "nothing", &[]).expect_err("unknown function");
+    assert_eq!(s.last_call_fuel(), Some(get));
+    s.read_memory(&abi, 0, 4)?;
+    assert_eq!(s.last_call_fuel(), Some(get));
+    s.call(&abi, "peek", &[Value::I32(0)])?;
+    let peek = s.last_call_fuel().expect("ran");
+    s.call(&counter, "get", &[Value::I32(0)])
+        .expect_err("bad arguments");
+    assert_eq!(s.last_call_fuel(), Some(peek));
+    s.call(&counter, "get", &[])?;
+    assert_eq!(s.last_call_fuel(), Some(get));
+    Ok(())
+}
+
 /// The host's own exports (`__strata_`) are not the module's functions: a read-only marker
 /// cannot be called under its own name.
 #[test]
