@@ -244,6 +244,142 @@ fn failed_calls_leave_no_trace() -> Result<()> {
     Ok(())
 }
 
+/// A contract whose writing calls rewrite 80 OS pages (320 KiB) at once: past the store's
+/// threshold (64 pages), so from the second call checkpoint on the memory is write-tracked.
+const FILLER: &str = r#"(module
+  (memory 8)
+  (global $last (mut i32) (i32.const 0))
+  (func $fill (export "fill") (param $byte i32)
+    (global.set $last (local.get $byte))
+    (memory.fill (i32.const 0) (local.get $byte) (i32.const 327680)))
+  (func (export "fill_then_trap") (param $byte i32)
+    (call $fill (local.get $byte))
+    (drop (memory.grow (i32.const 1)))
+    (unreachable))
+  (func (export "read") (param $addr i32) (result i32)
+    (i32.load8_u (local.get $addr)))
+  (func (export "last") (result i32)
+    (global.get $last))
+  (func (export "pages") (result i32)
+    (memory.size)))"#;
+
+/// Read-only calls take no checkpoint; a writing call that fails after one must still return to
+/// the state of the last successful call, with an untracked memory (counter: one page written
+/// per call) and with a write-tracked one (filler).
+#[test]
+fn read_only_calls_between_writing_calls_keep_rollbacks_exact() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (counter, root) = vm.deploy(&wasm(COUNTER))?;
+    let mut s = vm.session(Some(root))?;
+    s.call(&counter, "add", &[Value::I64(3)])?;
+    assert_eq!(s.call(&counter, "get", &[])?, [Value::I64(3)]);
+    assert_eq!(s.call(&counter, "memory_count", &[])?, [Value::I64(3)]);
+    let err = s
+        .call(&counter, "add_then_trap", &[Value::I64(100)])
+        .expect_err("traps");
+    assert!(matches!(err, VmError::Trap { .. }), "{err}");
+    assert_eq!(s.call(&counter, "get", &[])?, [Value::I64(3)]);
+    assert_eq!(s.call(&counter, "memory_count", &[])?, [Value::I64(3)]);
+    assert_eq!(s.call(&counter, "stored_count", &[])?, [Value::I64(3)]);
+    assert_eq!(s.call(&counter, "pages", &[])?, [Value::I32(1)]);
+    // A failing read-only call (out of bounds, out of fuel) undoes nothing and loses nothing.
+    s.call(&counter, "add", &[Value::I64(4)])?;
+    let err = s
+        .call(&counter, "peek", &[Value::I32(1 << 20)])
+        .expect_err("out of bounds");
+    assert!(matches!(err, VmError::Trap { .. }), "{err}");
+    s.set_fuel(10_000);
+    let err = s.call(&counter, "spin", &[]).expect_err("runs out of fuel");
+    assert!(matches!(err, VmError::OutOfFuel(10_000)), "{err}");
+    s.set_fuel(1_000_000);
+    s.call(&counter, "add_then_trap", &[Value::I64(100)])
+        .expect_err("traps");
+    assert_eq!(s.call(&counter, "get", &[])?, [Value::I64(7)]);
+    assert_eq!(s.call(&counter, "memory_count", &[])?, [Value::I64(7)]);
+    let after = s.commit()?;
+    // The same without the read-only and the failed calls (`stored_count` writes what it
+    // reads into memory, so the twin makes that call too).
+    let mut twin = vm.session(Some(root))?;
+    twin.call(&counter, "add", &[Value::I64(3)])?;
+    twin.call(&counter, "stored_count", &[])?;
+    twin.call(&counter, "add", &[Value::I64(4)])?;
+    assert_eq!(twin.commit()?, after);
+
+    let (filler, root) = vm.deploy(&wasm(FILLER))?;
+    let mut s = vm.session(Some(root))?;
+    let at = |s: &mut vm_host::Session, addr: i32| -> Result<Value> {
+        Ok(s.call(&filler, "read", &[Value::I32(addr)])?[0])
+    };
+    for byte in 1..=4 {
+        s.call(&filler, "fill", &[Value::I32(byte)])?;
+        assert_eq!(at(&mut s, 0)?, Value::I32(byte));
+        assert_eq!(at(&mut s, 327_679)?, Value::I32(byte));
+        s.call(&filler, "fill_then_trap", &[Value::I32(9)])
+            .expect_err("traps");
+        for addr in [0, 4096, 200_000, 327_679] {
+            assert_eq!(at(&mut s, addr)?, Value::I32(byte), "after fill {byte}");
+        }
+        assert_eq!(at(&mut s, 327_680)?, Value::I32(0));
+        assert_eq!(s.call(&filler, "last", &[])?, [Value::I32(byte)]);
+        assert_eq!(s.call(&filler, "pages", &[])?, [Value::I32(8)]);
+    }
+    let root = s.commit()?;
+    let mut s = vm.session(Some(root))?;
+    assert_eq!(at(&mut s, 100_000)?, Value::I32(4));
+    assert_eq!(s.call(&filler, "last", &[])?, [Value::I32(4)]);
+    Ok(())
+}
+
+/// What the last call consumed is read from its store when asked: it survives calls of other
+/// modules that are refused before they run, and reads of another module's memory.
+#[test]
+fn last_call_fuel_follows_the_last_call_that_ran() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (counter, _) = vm.deploy(&wasm(COUNTER))?;
+    let (abi, root) = vm.deploy(&wasm(ABI))?;
+    let mut s = vm.session(Some(root))?;
+    assert_eq!(s.last_call_fuel(), None);
+    s.call(&counter, "add", &[Value::I64(1)])?;
+    let add = s.last_call_fuel().expect("ran");
+    s.call(&counter, "get", &[])?;
+    let get = s.last_call_fuel().expect("ran");
+    assert!(0 < get && get < add, "get {get}, add {add}");
+    s.call(&abi, "nothing", &[]).expect_err("unknown function");
+    assert_eq!(s.last_call_fuel(), Some(get));
+    s.read_memory(&abi, 0, 4)?;
+    assert_eq!(s.last_call_fuel(), Some(get));
+    s.call(&abi, "peek", &[Value::I32(0)])?;
+    let peek = s.last_call_fuel().expect("ran");
+    s.call(&counter, "get", &[Value::I32(0)])
+        .expect_err("bad arguments");
+    assert_eq!(s.last_call_fuel(), Some(peek));
+    s.call(&counter, "get", &[])?;
+    assert_eq!(s.last_call_fuel(), Some(get));
+    Ok(())
+}
+
+/// The host's own exports (`__strata_`) are not the module's functions: a read-only marker
+/// cannot be called under its own name.
+#[test]
+fn host_exports_are_not_callable() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let vm = open(dir.path())?;
+    let (counter, root) = vm.deploy(&wasm(COUNTER))?;
+    let mut s = vm.session(Some(root))?;
+    for name in [
+        "__strata_readonly_get",
+        "__strata_memory",
+        "__strata_global_0",
+    ] {
+        let err = s.call(&counter, name, &[]).expect_err(name);
+        assert!(matches!(err, VmError::UnknownFunction(_)), "{err}");
+    }
+    assert_eq!(s.call(&counter, "get", &[])?, [Value::I64(0)]);
+    Ok(())
+}
+
 #[test]
 fn memory_grows_persists_and_respects_the_limit() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -254,3 +254,72 @@ fn call_checkpoints_match_a_model() {
     crate::mapping::set_tracking(true);
     crate::session::TRACK_AFTER.with(|t| t.set(64));
 }
+
+/// vm-host takes no call checkpoint before a call that cannot write (a read-only export): the
+/// next call checkpoint then follows a stretch of reads, and a failed writing call still rolls
+/// back to the state the last successful call left, with and without write tracking.
+#[test]
+fn reads_without_a_call_checkpoint_keep_rollbacks_exact() {
+    for (track_after, tracking) in [(0, true), (0, false), (64, true)] {
+        crate::session::TRACK_AFTER.with(|t| t.set(track_after));
+        crate::mapping::set_tracking(tracking);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreConfig {
+                fsync: false,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        let code = b"\0asm\x01\0\0\0r".to_vec();
+        let id = ModuleId::of_wasm(&code);
+        let mut s = store.session(None).unwrap();
+        s.deploy(Bytecode::hash(&code[..]), vec![7; 8 * PAGE_SIZE], vec![])
+            .unwrap();
+        let root = s.commit().unwrap();
+        let mut s = store.session(Some(root)).unwrap();
+        let m = s.memory(&id, 68 * PAGE_SIZE).unwrap();
+        let mut model = vec![7u8; 8 * PAGE_SIZE];
+        let write = |model: &mut Vec<u8>, at: usize, byte: u8| {
+            model[at] = byte;
+            // SAFETY: inside the memory; nothing else uses it.
+            unsafe { *m.base().add(at) = byte };
+        };
+        let read = || {
+            // SAFETY: nothing writes the memory meanwhile.
+            unsafe { std::slice::from_raw_parts(m.base(), m.len()) }.to_vec()
+        };
+        for round in 0..4u8 {
+            // A writing call: a checkpoint, then pages written (more than 64 OS pages in the
+            // first two rounds, so the default threshold starts tracking too).
+            let _before = s.call_checkpoint().unwrap();
+            let pages = if round < 2 { 80 } else { 3 };
+            let len = model.len();
+            for page in 0..pages {
+                let at = (page * 4096 + usize::from(round) * 13) % len;
+                write(&mut model, at, round + 1);
+            }
+            // Read-only calls: no checkpoint, no writes.
+            assert!(read() == model, "round {round}");
+            assert!(read() == model, "round {round}");
+            // A failing writing call: everything it did is undone.
+            let checkpoint = s.call_checkpoint().unwrap();
+            for page in (0..(8 * PAGE_SIZE) / 4096).step_by(3) {
+                // SAFETY: inside the memory.
+                unsafe { *m.base().add(page * 4096 + 5) = 0xee };
+            }
+            m.grow_to(m.len() + PAGE_SIZE).unwrap();
+            // SAFETY: inside the grown memory.
+            unsafe { *m.base().add(m.len() - 1) = 1 };
+            s.rollback(&checkpoint).unwrap();
+            assert_eq!(m.len(), 8 * PAGE_SIZE);
+            assert!(read() == model, "round {round}, tracking {tracking}");
+        }
+        drop(m);
+        let root = s.commit().unwrap();
+        assert!(store.read_memory(&root, &id).unwrap() == model);
+    }
+    crate::mapping::set_tracking(true);
+    crate::session::TRACK_AFTER.with(|t| t.set(64));
+}

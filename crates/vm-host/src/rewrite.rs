@@ -9,11 +9,16 @@
 //!   active segment is dropped after instantiation, so using it traps as an empty one does) and
 //!   without the start section.
 //!
+//! The runtime form also names the exports whose calls cannot change persistent state (see
+//! [`Shape::read_only`]): each is exported a second time as `__strata_readonly_<name>`, so a
+//! cached artifact carries the analysis without its bytecode.
+//!
 //! Both forms are deterministic functions of the original bytes and of [`REWRITE_VERSION`], so
 //! a cache key made of the module id and that version (`cache_core::Form::Runtime`) names the
 //! same artifact on every node without rewriting anything. Sections are copied byte for byte
 //! except the three that change.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 
 use wasm_encoder::{DataSection, ExportKind, ExportSection, RawSection, SectionId};
@@ -26,12 +31,17 @@ use crate::{ModuleError, VmError};
 /// the output of [`rewrite`] changes for any input (and update the golden digests of the test
 /// `rewrite_output_is_pinned_by_its_version`), so that no node loads an artifact of another
 /// rewrite under the same key.
-pub(crate) const REWRITE_VERSION: u32 = 1;
+pub(crate) const REWRITE_VERSION: u32 = 2;
 
+/// The prefix of every export the rewrite adds; refused in a deployed module's own exports.
+pub(crate) const RESERVED_PREFIX: &str = "__strata_";
 /// The export name under which both forms expose the module's memory.
 pub(crate) const MEMORY_EXPORT: &str = "__strata_memory";
 /// The export prefix of the module's mutable globals, followed by the global index.
 pub(crate) const GLOBAL_EXPORT_PREFIX: &str = "__strata_global_";
+/// The export prefix that marks a read-only export in the runtime form, followed by the
+/// export's own name (a second export of the same function).
+pub(crate) const READ_ONLY_EXPORT_PREFIX: &str = "__strata_readonly_";
 
 /// The type of a mutable global the host saves and restores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +68,13 @@ pub(crate) struct Shape {
     /// The estimate of its Cranelift compile cost, read in the same pass. Known only from the
     /// bytecode (not read back from a compiled runtime form).
     pub(crate) cost: crate::CompileCost,
+    /// The exported functions no call of which can change persistent state: no function
+    /// reachable from them by direct calls writes memory (a store, an atomic store or
+    /// read-modify-write, `memory.grow`, `fill`, `copy`, `init`) or a global, calls an
+    /// imported function (a host function may write memory or key-value data), or calls
+    /// indirectly (through a table or a reference, or by resuming a continuation). Read back
+    /// from a compiled runtime form's `__strata_readonly_` exports.
+    pub(crate) read_only: BTreeSet<String>,
 }
 
 /// Which form to produce.
@@ -111,6 +128,14 @@ pub(crate) fn runtime_shape(module: &wasmtime::Module) -> Result<Shape, VmError>
                 }
             };
             shape.mutable_globals.push((index, kind));
+        } else if let Some(name) = export.name().strip_prefix(READ_ONLY_EXPORT_PREFIX) {
+            if export.ty().func().is_none() {
+                return Err(invalid(format!(
+                    "malformed host export {:?}",
+                    export.name()
+                )));
+            }
+            shape.read_only.insert(name.to_owned());
         }
     }
     shape.mutable_globals.sort_by_key(|(index, _)| *index);
@@ -135,6 +160,141 @@ fn stateful_instruction(op: &wasmparser::Operator<'_>) -> Option<&'static str> {
     })
 }
 
+/// What an instruction can do to the state a call leaves behind, for [`Shape::read_only`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Nothing that outlives the call (locals, the operand stack, reads, traps).
+    None,
+    /// A direct call (or tail call) of this function index: what that function may do.
+    Call(u32),
+    /// It may change persistent state, or it calls code this analysis cannot see.
+    Writes,
+}
+
+fn effect(op: &wasmparser::Operator<'_>) -> Effect {
+    use wasmparser::Operator as O;
+    match op {
+        O::Call { function_index } | O::ReturnCall { function_index } => {
+            Effect::Call(*function_index)
+        }
+        _ if may_write(op) => Effect::Writes,
+        _ => Effect::None,
+    }
+}
+
+/// Whether an operator may write state or call unseen code, decided by its name in
+/// wasmparser's operator list, at compile time, so that an operator a later wasmparser adds
+/// is classified by the same rules (and one this version does not list counts as a write):
+/// stores and atomic read-modify-writes, every `*.set` but `local.set` (`global.set`, and the
+/// GC and table ones), `*.grow`, `*.fill`, `*.copy` and `*.init*` (memory's, and the GC and
+/// table ones, which are refused or touch no committed state: counted anyway), every call but
+/// the direct ones [`effect`] takes first (indirect, by reference), and stack switching
+/// (`resume`, `switch`, `suspend`: they run a continuation's function).
+const fn writes_by_name(visit: &str) -> bool {
+    const fn find(haystack: &[u8], needle: &[u8]) -> bool {
+        let mut start = 0;
+        while start + needle.len() <= haystack.len() {
+            let mut i = 0;
+            while i < needle.len() && haystack[start + i] == needle[i] {
+                i += 1;
+            }
+            if i == needle.len() {
+                return true;
+            }
+            start += 1;
+        }
+        false
+    }
+    const fn ends(haystack: &[u8], needle: &[u8]) -> bool {
+        if needle.len() > haystack.len() {
+            return false;
+        }
+        let start = haystack.len() - needle.len();
+        let mut i = 0;
+        while i < needle.len() {
+            if haystack[start + i] != needle[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    let name = visit.as_bytes();
+    (ends(name, b"_set") && !find(name, b"visit_local_"))
+        || find(name, b"store")
+        || find(name, b"_rmw")
+        || ends(name, b"_grow")
+        || ends(name, b"_fill")
+        || ends(name, b"_copy")
+        || find(name, b"_init")
+        || find(name, b"call")
+        || find(name, b"resume")
+        || find(name, b"switch")
+        || find(name, b"suspend")
+        || find(name, b"discard")
+}
+
+macro_rules! define_may_write {
+    ($( @$proposal:ident $op:ident $({ $($arg:ident: $argty:ty),* })? => $visit:ident ($($ann:tt)*))*) => {
+        /// [`writes_by_name`] of the operator (direct calls included: [`effect`] takes them
+        /// first).
+        fn may_write(op: &wasmparser::Operator<'_>) -> bool {
+            match op {
+                $(
+                    wasmparser::Operator::$op { .. } => {
+                        const WRITES: bool = writes_by_name(stringify!($visit));
+                        WRITES
+                    }
+                )*
+                // `Operator` is non-exhaustive: an operator this list lacks may do anything.
+                _ => true,
+            }
+        }
+    };
+}
+wasmparser::for_each_operator!(define_may_write);
+
+/// The direct calls of a module's functions and which of them change state in their own code:
+/// the read-only analysis of [`shape`].
+#[derive(Debug, Default)]
+struct CallGraph {
+    /// Imported functions, the first indices: each may change state.
+    imported: u32,
+    /// Per defined function, in index order: whether its own code may change state.
+    writes: Vec<bool>,
+    /// Direct calls as (callee, caller).
+    edges: Vec<(u32, u32)>,
+}
+
+impl CallGraph {
+    /// Per function index: whether a call of it may change state. The least fixpoint of
+    /// "writes itself or calls a function that may", spread from the writers along the
+    /// reverse edges: linear in the calls after one sort, and a cycle of functions none of
+    /// which writes stays read-only.
+    fn may_write(mut self) -> Vec<bool> {
+        let mut may = vec![true; self.imported as usize];
+        may.extend(self.writes);
+        self.edges.sort_unstable();
+        self.edges.dedup();
+        let mut pending: Vec<u32> = (0..)
+            .zip(&may)
+            .filter_map(|(f, m)| m.then_some(f))
+            .collect();
+        while let Some(callee) = pending.pop() {
+            let start = self.edges.partition_point(|(c, _)| *c < callee);
+            for &(_, caller) in self.edges[start..].iter().take_while(|(c, _)| *c == callee) {
+                if let Some(m) = may.get_mut(caller as usize)
+                    && !*m
+                {
+                    *m = true;
+                    pending.push(caller);
+                }
+            }
+        }
+        may
+    }
+}
+
 /// Reads the module's structure and refuses what the host cannot run or persist, including
 /// code that mutates a table or drops a segment ([`ModuleError::StatefulInstruction`]). The
 /// original code is scanned: the rewrite copies the code section unchanged and emits no
@@ -144,6 +304,8 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
     let mut memories = 0;
     let mut function = 0u32;
     let mut cost = CostCounter::default();
+    let mut calls = CallGraph::default();
+    let mut exported_funcs = Vec::new();
     for payload in Parser::new(0).parse_all(wasm) {
         let payload = payload.map_err(malformed)?;
         if !matches!(payload, Payload::CodeSectionEntry(_)) {
@@ -220,9 +382,11 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
                     shape.largest_table = shape.largest_table.max(table.ty.initial);
                 }
             }
+            Payload::CodeSectionStart { .. } => calls.imported = function,
             Payload::CodeSectionEntry(body) => {
                 let mut counted = cost.function(&body).map_err(malformed)?;
                 let mut ops = body.get_operators_reader().map_err(malformed)?;
+                let mut writes = false;
                 while !ops.eof() {
                     let op = ops.read().map_err(malformed)?;
                     counted.operator(&op);
@@ -232,18 +396,27 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
                             function,
                         }));
                     }
+                    match effect(&op) {
+                        Effect::None => {}
+                        Effect::Call(callee) => calls.edges.push((callee, function)),
+                        Effect::Writes => writes = true,
+                    }
                 }
+                calls.writes.push(writes);
                 cost.add(counted);
                 function += 1;
             }
             Payload::ExportSection(reader) => {
                 for export in reader {
                     let export = export.map_err(malformed)?;
-                    if export.name.starts_with("__strata_") {
+                    if export.name.starts_with(RESERVED_PREFIX) {
                         return Err(invalid(format!(
                             "export {:?} uses the reserved prefix `__strata_`",
                             export.name
                         )));
+                    }
+                    if matches!(export.kind, ExternalKind::Func | ExternalKind::FuncExact) {
+                        exported_funcs.push((export.name, export.index));
                     }
                 }
             }
@@ -257,6 +430,12 @@ pub(crate) fn shape(wasm: &[u8]) -> Result<Shape, VmError> {
     }
     shape.has_memory = memories == 1;
     shape.cost = cost.finish();
+    let may_write = calls.may_write();
+    shape.read_only = exported_funcs
+        .into_iter()
+        .filter(|(_, f)| may_write.get(*f as usize) == Some(&false))
+        .map(|(name, _)| name.to_owned())
+        .collect();
     Ok(shape)
 }
 
@@ -289,12 +468,12 @@ pub(crate) fn rewrite(wasm: &[u8], shape: &Shape, form: Form) -> Result<Vec<u8>,
             continue;
         };
         if !exports_written && id != 0 && comes_after_exports(id) {
-            module.section(&host_exports(shape, None)?);
+            module.section(&host_exports(shape, form, None)?);
             exports_written = true;
         }
         match payload {
             Payload::ExportSection(reader) => {
-                module.section(&host_exports(shape, Some(reader))?);
+                module.section(&host_exports(shape, form, Some(reader))?);
                 exports_written = true;
             }
             Payload::StartSection { .. } if form == Form::Runtime => {}
@@ -313,17 +492,20 @@ pub(crate) fn rewrite(wasm: &[u8], shape: &Shape, form: Form) -> Result<Vec<u8>,
         }
     }
     if !exports_written {
-        module.section(&host_exports(shape, None)?);
+        module.section(&host_exports(shape, form, None)?);
     }
     Ok(module.finish())
 }
 
-/// The module's own exports followed by those of its memory and mutable globals.
+/// The module's own exports followed by those of its memory and mutable globals, and in the
+/// runtime form the read-only markers.
 fn host_exports(
     shape: &Shape,
+    form: Form,
     existing: Option<wasmparser::ExportSectionReader<'_>>,
 ) -> Result<ExportSection, VmError> {
     let mut exports = ExportSection::new();
+    let mut read_only = Vec::new();
     if let Some(reader) = existing {
         for export in reader {
             let export = export.map_err(malformed)?;
@@ -335,6 +517,12 @@ fn host_exports(
                 ExternalKind::Tag => ExportKind::Tag,
             };
             exports.export(export.name, kind, export.index);
+            if form == Form::Runtime
+                && kind == ExportKind::Func
+                && shape.read_only.contains(export.name)
+            {
+                read_only.push((export.name, export.index));
+            }
         }
     }
     if shape.has_memory {
@@ -345,6 +533,13 @@ fn host_exports(
             &format!("{GLOBAL_EXPORT_PREFIX}{index}"),
             ExportKind::Global,
             *index,
+        );
+    }
+    for (name, index) in read_only {
+        exports.export(
+            &format!("{READ_ONLY_EXPORT_PREFIX}{name}"),
+            ExportKind::Func,
+            index,
         );
     }
     Ok(exports)
@@ -397,7 +592,15 @@ mod tests {
         }
         assert!(!saw_start);
         assert_eq!(segments, vec![Vec::new(), b"passive".to_vec()]);
-        assert_eq!(exports, ["get", MEMORY_EXPORT, "__strata_global_0"]);
+        assert_eq!(
+            exports,
+            [
+                "get",
+                MEMORY_EXPORT,
+                "__strata_global_0",
+                "__strata_readonly_get"
+            ]
+        );
         let genesis = rewrite(&wasm, &shape, Form::Genesis).expect("rewrite");
         wasmparser::validate(&genesis).expect("genesis form is valid");
         assert_ne!(genesis, runtime);
@@ -410,8 +613,8 @@ mod tests {
     /// The sha256 of [`SAMPLE`]'s runtime and genesis forms under [`REWRITE_VERSION`]
     /// (`SAMPLE` is part of the golden test: changing it means recording new digests).
     const GOLDEN: (u32, &str, &str) = (
-        1,
-        "15be2059f37408c553e8e29680621e7fb971f99627bb412788a1a1d719b9748e",
+        2,
+        "d34177dc5d0ef58bcee0afed7808a418b99f6a09e6d0d4b0944903502ebe0087",
         "54c07588b5bb853eec7d1ea9b7e00ed519f91d2714118134a1edf91c52da896d",
     );
 
@@ -484,5 +687,177 @@ mod tests {
             .expect_err("bad magic")
             .to_string();
         assert!(err.contains("magic") && !err.contains('\n'), "{err}");
+    }
+
+    fn read_only(text: &str) -> Vec<String> {
+        shape(&wat(text))
+            .expect("shape")
+            .read_only
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn counter_reads_are_read_only_and_its_writes_are_not() {
+        let wasm = wat(include_str!("../contracts/counter.wat"));
+        let found = shape(&wasm).expect("shape").read_only;
+        for name in [
+            "get",
+            "peek",
+            "pages",
+            "memory_count",
+            "genesis_runs",
+            "greeting",
+        ] {
+            assert!(found.contains(name), "{name} is read-only: {found:?}");
+        }
+        // A store, a global.set or an import call of its own, or through `$add`; `stored_count`
+        // calls db_read, an import.
+        for name in [
+            "increment",
+            "add",
+            "poke",
+            "grow",
+            "stored_count",
+            "add_then_trap",
+        ] {
+            assert!(!found.contains(name), "{name} may write: {found:?}");
+        }
+    }
+
+    #[test]
+    fn read_only_follows_direct_calls_through_cycles() {
+        let found = read_only(
+            r#"(module
+                (import "env" "h" (func $h))
+                (memory 1)
+                (global $g (mut i32) (i32.const 0))
+                (table 1 funcref)
+                (type $t (func))
+                (func $pure)
+                (func $store (i32.store (i32.const 0) (i32.const 1)))
+                (func $set (global.set $g (i32.const 1)))
+                (func $fill (memory.fill (i32.const 0) (i32.const 0) (i32.const 1)))
+                (func $rmw (drop (i32.atomic.rmw.add (i32.const 0) (i32.const 1))))
+                (func $simd (v128.store (i32.const 0) (v128.const i64x2 0 0)))
+                (func $calls_store (call $store))
+                (func $calls_calls_store (call $calls_store))
+                (func $tail (return_call $store))
+                (func $even (param i32) (if (local.get 0) (then (call $odd (i32.sub (local.get 0) (i32.const 1))))))
+                (func $odd (param i32) (if (local.get 0) (then (call $even (i32.sub (local.get 0) (i32.const 1))))))
+                (func $self (param i32) (local i32) (local.set 1 (i32.load (local.get 0)))
+                    (f32.copysign (f32.const 1) (f32.const -1)) (drop)
+                    (if (local.get 0) (then (call $self (i32.sub (local.get 0) (i32.const 1))))))
+                (func $loop_a (call $loop_b) (call $store))
+                (func $loop_b (call $loop_a))
+                (func $indirect (call_indirect (type $t) (i32.const 0)))
+                (func $import (call $h))
+                (export "pure" (func $pure))
+                (export "store" (func $store))
+                (export "set" (func $set))
+                (export "fill" (func $fill))
+                (export "rmw" (func $rmw))
+                (export "simd" (func $simd))
+                (export "calls_store" (func $calls_store))
+                (export "calls_calls_store" (func $calls_calls_store))
+                (export "tail" (func $tail))
+                (export "even" (func $even))
+                (export "odd" (func $odd))
+                (export "self" (func $self))
+                (export "self again" (func $self))
+                (export "loop_b" (func $loop_b))
+                (export "indirect" (func $indirect))
+                (export "import" (func $import))
+                (export "reexported import" (func $h)))"#,
+        );
+        assert_eq!(found, ["even", "odd", "pure", "self", "self again"]);
+    }
+
+    #[test]
+    fn operators_are_classified_by_name() {
+        for pure in [
+            "visit_local_set",
+            "visit_local_tee",
+            "visit_global_get",
+            "visit_i32_load",
+            "visit_v128_load8_lane",
+            "visit_i64_atomic_load",
+            "visit_memory_size",
+            "visit_f32_copysign",
+            "visit_drop",
+            "visit_unreachable",
+            "visit_throw",
+        ] {
+            assert!(!writes_by_name(pure), "{pure}");
+        }
+        for writes in [
+            "visit_i32_store8",
+            "visit_v128_store64_lane",
+            "visit_i64_atomic_store32",
+            "visit_i32_atomic_rmw8_cmpxchg_u",
+            "visit_global_set",
+            "visit_global_atomic_set",
+            "visit_struct_set",
+            "visit_array_set",
+            "visit_array_init_data",
+            "visit_memory_grow",
+            "visit_memory_fill",
+            "visit_memory_copy",
+            "visit_memory_init",
+            "visit_call_indirect",
+            "visit_return_call_indirect",
+            "visit_call_ref",
+            "visit_return_call_ref",
+            "visit_resume",
+        ] {
+            assert!(writes_by_name(writes), "{writes}");
+        }
+        use wasmparser::Operator as O;
+        assert_eq!(effect(&O::Call { function_index: 3 }), Effect::Call(3));
+        assert_eq!(
+            effect(&O::ReturnCall { function_index: 4 }),
+            Effect::Call(4)
+        );
+        assert_eq!(effect(&O::LocalSet { local_index: 0 }), Effect::None);
+        assert_eq!(effect(&O::GlobalSet { global_index: 0 }), Effect::Writes);
+        assert_eq!(effect(&O::MemoryGrow { mem: 0 }), Effect::Writes);
+        assert_eq!(
+            effect(&O::CallIndirect {
+                type_index: 0,
+                table_index: 0
+            }),
+            Effect::Writes
+        );
+    }
+
+    #[test]
+    fn the_runtime_form_carries_the_read_only_exports() {
+        let text = r#"(module
+            (memory 1)
+            (func $r (result i32) (i32.load (i32.const 0)))
+            (func $w (i32.store (i32.const 0) (i32.const 1)))
+            (export "read" (func $r))
+            (export "also read" (func $r))
+            (export "write" (func $w))
+            (export "__strata_readonly_x_is_only_a_name" (func $r)))"#;
+        // The reserved prefix is refused in a deployed module, so no marker is ever forged.
+        assert!(shape(&wat(text)).is_err());
+        let wasm = wat(&text.replace(
+            "(export \"__strata_readonly_x_is_only_a_name\" (func $r))",
+            "",
+        ));
+        let parsed = shape(&wasm).expect("shape");
+        assert_eq!(parsed.read_only.len(), 2);
+        let engine = wasmtime::Engine::default();
+        let runtime = rewrite(&wasm, &parsed, Form::Runtime).expect("rewrite");
+        let module = wasmtime::Module::new(&engine, &runtime).expect("compiles");
+        assert_eq!(
+            runtime_shape(&module).expect("shape").read_only,
+            parsed.read_only
+        );
+        // The genesis form needs no markers.
+        let genesis = rewrite(&wasm, &parsed, Form::Genesis).expect("rewrite");
+        let module = wasmtime::Module::new(&engine, &genesis).expect("compiles");
+        assert!(runtime_shape(&module).expect("shape").read_only.is_empty());
     }
 }

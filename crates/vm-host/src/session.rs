@@ -3,13 +3,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+use rustc_hash::FxBuildHasher;
+
 use store_index::{Bytecode, ModuleId, Namespace, Root};
-use wasmtime::{Instance, Module, Val};
+use wasmtime::{Instance, Module, ValRaw};
 
 use crate::host::{self, GlobalValue, HostBlob, HostState};
 use crate::loader::{Loaded, Source};
 use crate::memory::{self, GUARD, RESERVATION};
-use crate::rewrite::{self, Form, MEMORY_EXPORT};
+use crate::rewrite::{self, Form, MEMORY_EXPORT, RESERVED_PREFIX};
 use crate::{ModuleError, Phase, TierPolicy, Value, ValueType, Vm, VmError, WasmtimeError};
 
 /// A point a [`Session`] can return to ([`Session::savepoint`]).
@@ -24,9 +26,27 @@ struct Live {
     global_handles: Vec<(u32, wasmtime::Global)>,
     /// The mutable globals after the last successful call.
     globals: Vec<(u32, GlobalValue)>,
-    /// Exported functions called so far, with their parameter types and result count: looked
-    /// up once per instance, not at every call. At most one entry per export.
-    funcs: HashMap<String, (wasmtime::Func, std::sync::Arc<[ValueType]>, usize)>,
+    /// Exported functions called so far, looked up once per instance, not at every call: at
+    /// most one entry per export, found by name through `func_index`.
+    funcs: Vec<(Box<str>, Export)>,
+    func_index: HashMap<Box<str>, usize, FxBuildHasher>,
+    /// The entry of `funcs` the latest call used: a repeated call compares one name and hashes
+    /// nothing.
+    last_func: usize,
+    /// The argument and result buffer of `Func::call_unchecked`, reused by every call.
+    raw: Vec<ValRaw>,
+}
+
+/// An exported function of a live instance.
+struct Export {
+    func: wasmtime::Func,
+    /// The function's own parameter and result types, read from it at lookup (a function with
+    /// other than number types is refused there).
+    params: Box<[ValueType]>,
+    results: Box<[ValueType]>,
+    /// No call of it can change the session's state ([`rewrite::Shape::read_only`]): it runs
+    /// without a checkpoint, and the globals are not read back after it.
+    read_only: bool,
 }
 
 /// The host state of a module this session touched.
@@ -36,6 +56,18 @@ enum Slot {
     Idle(HostBlob),
 }
 
+/// The fuel the last call of a session consumed, or where to read it.
+#[derive(Debug, Clone, Copy)]
+enum LastFuel {
+    /// No call has run.
+    None,
+    Known(u64),
+    /// The last call succeeded in the hot module's store, given this much fuel: it consumed
+    /// that minus what the store has left, read when asked (or when the module is parked),
+    /// not after every call.
+    InHot(u64),
+}
+
 /// A session over one base commit: deploys, calls, and at most one commit at the end.
 ///
 /// Dropping a session without committing discards everything it did. A session is `Send`:
@@ -43,10 +75,13 @@ enum Slot {
 pub struct Session {
     vm: Vm,
     inner: store_commit::Session,
-    modules: HashMap<ModuleId, Slot>,
+    /// The module of the latest call, kept out of `modules` so that the next call of it finds
+    /// it without a lookup. A module is in `hot` or in `modules`, never in both.
+    hot: Option<(ModuleId, Box<Live>)>,
+    modules: HashMap<ModuleId, Slot, FxBuildHasher>,
     fuel: Option<u64>,
     /// The fuel the last call consumed.
-    last_fuel: Option<u64>,
+    last_fuel: LastFuel,
 }
 
 fn call_error(err: wasmtime::Error, fuel: u64, during: Phase) -> VmError {
@@ -77,9 +112,10 @@ impl Session {
         Ok(Session {
             vm,
             inner,
-            modules: HashMap::new(),
+            hot: None,
+            modules: HashMap::default(),
             fuel: None,
-            last_fuel: None,
+            last_fuel: LastFuel::None,
         })
     }
 
@@ -102,7 +138,14 @@ impl Session {
     /// functions), whether it succeeded or failed; a call refused before it ran (unknown
     /// function, bad arguments) leaves it unchanged. `None` before the first call that ran.
     pub fn last_call_fuel(&self) -> Option<u64> {
-        self.last_fuel
+        match self.last_fuel {
+            LastFuel::None => None,
+            LastFuel::Known(used) => Some(used),
+            LastFuel::InHot(given) => self
+                .hot
+                .as_ref()
+                .map(|(_, live)| given - live.store.get_fuel().unwrap_or(0)),
+        }
     }
 
     /// Deploys `wasm`: validates it against the host ABI, runs its genesis initialisation
@@ -238,7 +281,18 @@ impl Session {
         Ok((params, results))
     }
 
+    /// Puts the hot module back among the others.
+    fn park(&mut self) {
+        if let Some((id, live)) = self.hot.take() {
+            if let LastFuel::InHot(given) = self.last_fuel {
+                self.last_fuel = LastFuel::Known(given - live.store.get_fuel().unwrap_or(0));
+            }
+            self.modules.insert(id, Slot::Live(live));
+        }
+    }
+
     fn load(&mut self, module: &ModuleId) -> Result<Loaded, VmError> {
+        self.park();
         if let Some(Slot::Live(live)) = self.modules.get(module) {
             return Ok(live.loaded.clone());
         }
@@ -252,78 +306,125 @@ impl Session {
 
     /// Calls `function` of `module` with `args`. A call that fails (trap, out of fuel, host
     /// error) leaves no trace: memory, globals and key-value data are as before it.
+    ///
+    /// A call of an export that cannot change state (no function it reaches by direct calls
+    /// writes memory or a global, calls a host function or calls indirectly; decided at the
+    /// rewrite) takes no checkpoint and reads no globals back: on failure there is nothing to
+    /// undo.
     pub fn call(
         &mut self,
         module: &ModuleId,
         function: &str,
         args: &[Value],
     ) -> Result<Vec<Value>, VmError> {
-        self.ensure_live(module)?;
         let fuel = self.fuel.unwrap_or(self.vm.inner.config.default_fuel);
-        let checkpoint = self.inner.call_checkpoint()?;
-        let Some(Slot::Live(live)) = self.modules.get_mut(module) else {
-            unreachable!("ensure_live made the module live");
+        if !matches!(&self.hot, Some((id, _)) if id == module) {
+            self.ensure_live(module)?;
+            let Some(Slot::Live(live)) = self.modules.remove(module) else {
+                unreachable!("ensure_live made the module live");
+            };
+            self.hot = Some((*module, live));
+        }
+        let Some((_, live)) = &mut self.hot else {
+            unreachable!("the module was made hot");
         };
-        let (func, params, result_count) = match live.funcs.get(function) {
-            Some(known) => known.clone(),
-            None => {
-                let func = live
-                    .instance
-                    .get_func(&mut live.store, function)
-                    .ok_or_else(|| VmError::UnknownFunction(function.to_owned()))?;
-                let ty = func.ty(&live.store);
-                let params: std::sync::Arc<[ValueType]> = ty
-                    .params()
-                    .map(|p| ValueType::from_wasmtime(&p))
-                    .collect::<Result<_, _>>()?;
-                let known = (func, params, ty.results().len());
-                live.funcs.insert(function.to_owned(), known.clone());
-                known
-            }
-        };
-        if params.len() != args.len() || params.iter().zip(args).any(|(p, a)| *p != a.ty()) {
+        let Live {
+            store,
+            instance,
+            loaded,
+            global_handles,
+            globals,
+            funcs,
+            func_index,
+            last_func,
+            raw,
+        } = &mut **live;
+        if funcs
+            .get(*last_func)
+            .is_none_or(|(name, _)| **name != *function)
+        {
+            *last_func = match func_index.get(function) {
+                Some(index) => *index,
+                None => {
+                    let export = lookup(store, instance, loaded, function)?;
+                    funcs.push((function.into(), export));
+                    func_index.insert(function.into(), funcs.len() - 1);
+                    funcs.len() - 1
+                }
+            };
+        }
+        let export = &funcs[*last_func].1;
+        if export.params.len() != args.len()
+            || export.params.iter().zip(args).any(|(p, a)| *p != a.ty())
+        {
             let given: Vec<ValueType> = args.iter().map(Value::ty).collect();
             return Err(VmError::BadArguments(format!(
                 "{function:?} takes ({}), given ({})",
-                join(&params),
+                join(&export.params),
                 join(&given)
             )));
         }
-        let args: Vec<Val> = args.iter().map(|a| a.to_wasmtime()).collect();
-        let mut results = vec![Val::I32(0); result_count];
-        live.store.set_fuel(fuel).map_err(VmError::wasmtime)?;
-        let outcome = func
-            .call(&mut live.store, &args, &mut results)
-            .map_err(|e| call_error(e, fuel, Phase::Call))
-            .and_then(|()| {
-                host::read_globals(&mut live.store, &live.global_handles)
-                    .map_err(VmError::corrupt_state(module))
-            });
-        self.last_fuel = Some(fuel - live.store.get_fuel().unwrap_or(0));
+        let checkpoint = if export.read_only {
+            None
+        } else {
+            Some(self.inner.call_checkpoint()?)
+        };
+        raw.clear();
+        raw.extend(args.iter().copied().map(Value::to_raw));
+        raw.resize(args.len().max(export.results.len()), ValRaw::i32(0));
+        store.set_fuel(fuel).map_err(VmError::wasmtime)?;
+        let buffer: *mut [ValRaw] = raw.as_mut_slice();
+        // SAFETY: `func` was looked up in this store's instance; `buffer` is valid for the call
+        // (`raw` is not touched meanwhile), starts with one value of each parameter's type (the
+        // arguments' types equal `params`, the function's own, checked above) and has room for
+        // every result; all are numbers, so there is no reference to keep alive, and the store
+        // is synchronous, so the call is not inside an async one.
+        let outcome = unsafe { export.func.call_unchecked(&mut *store, buffer) }
+            .map_err(|e| call_error(e, fuel, Phase::Call));
+        let outcome = match (outcome, export.read_only) {
+            (Ok(()), true) => Ok(None),
+            (Ok(()), false) => host::read_globals(store, global_handles)
+                .map(Some)
+                .map_err(VmError::corrupt_state(module)),
+            (Err(err), _) => Err(err),
+        };
         match outcome {
-            Ok(globals) => {
-                live.globals = globals;
-                live.store.data_mut().end_call();
+            Ok(written) => {
+                self.last_fuel = LastFuel::InHot(fuel);
+                if let Some(written) = written {
+                    *globals = written;
+                    store.data_mut().end_call();
+                }
                 self.vm.inner.calls.fetch_add(1, Ordering::Relaxed);
-                results.iter().map(Value::from_wasmtime).collect()
+                let mut values = Vec::with_capacity(export.results.len());
+                for (ty, raw) in export.results.iter().zip(raw.iter()) {
+                    values.push(Value::from_raw(*ty, raw));
+                }
+                Ok(values)
             }
             Err(err) => {
+                self.last_fuel = LastFuel::Known(fuel - store.get_fuel().unwrap_or(0));
                 // Undo the call: memory (content and size) and key-value data (its undo log)
-                // from the checkpoint, globals from the last good values. The instance is
-                // dropped, as wasmtime's view of the memory size may be stale now.
-                let Some(Slot::Live(live)) = self.modules.remove(module) else {
-                    unreachable!("the module was live");
+                // from the checkpoint, globals from the last good values; a read-only call has
+                // nothing to undo. The instance is dropped, as wasmtime's view of the memory
+                // size may be stale now.
+                let Some((_, live)) = self.hot.take() else {
+                    unreachable!("the module was hot");
                 };
                 let Live { globals, .. } = *live;
                 self.modules
                     .insert(*module, Slot::Idle(HostBlob { globals }));
-                self.inner.rollback(&checkpoint)?;
+                if let Some(checkpoint) = checkpoint {
+                    self.inner.rollback(&checkpoint)?;
+                }
                 Err(err)
             }
         }
     }
 
+    /// Makes `module` live in `modules` (the hot module is parked first).
     fn ensure_live(&mut self, module: &ModuleId) -> Result<(), VmError> {
+        self.park();
         if let Some(Slot::Live(_)) = self.modules.get(module) {
             return Ok(());
         }
@@ -386,7 +487,10 @@ impl Session {
             loaded,
             global_handles,
             globals: blob.globals,
-            funcs: HashMap::new(),
+            funcs: Vec::new(),
+            func_index: HashMap::default(),
+            last_func: 0,
+            raw: Vec::new(),
         })
     }
 
@@ -450,7 +554,7 @@ impl Session {
     }
 
     fn refuse_live_modules(&self) -> Result<(), VmError> {
-        if self.modules.values().any(|s| matches!(s, Slot::Live(_))) {
+        if self.hot.is_some() || self.modules.values().any(|s| matches!(s, Slot::Live(_))) {
             return Err(VmError::BadArguments(
                 "savepoints need a session that has instantiated no module of the host ABI".into(),
             ));
@@ -461,6 +565,7 @@ impl Session {
     /// Commits the session's state and returns its root (an existing commit's root when the
     /// state equals it).
     pub fn commit(mut self) -> Result<Root, VmError> {
+        self.park();
         for (id, slot) in std::mem::take(&mut self.modules) {
             let blob = match slot {
                 Slot::Live(live) => HostBlob {
@@ -475,6 +580,38 @@ impl Session {
         tracing::info!(%root, "committed");
         Ok(root)
     }
+}
+
+/// Looks `function` up among the instance's exports (not the host's own, `__strata_`), with its
+/// types and whether it is read-only.
+fn lookup(
+    store: &mut wasmtime::Store<HostState>,
+    instance: &Instance,
+    loaded: &Loaded,
+    function: &str,
+) -> Result<Export, VmError> {
+    let func = if function.starts_with(RESERVED_PREFIX) {
+        None
+    } else {
+        instance.get_func(&mut *store, function)
+    }
+    .ok_or_else(|| VmError::UnknownFunction(function.to_owned()))?;
+    let ty = func.ty(&*store);
+    let params = ty
+        .params()
+        .map(|p| ValueType::from_wasmtime(&p))
+        .collect::<Result<_, _>>()?;
+    // Refused before it runs, like a parameter type: a result the caller cannot be given.
+    let results = ty
+        .results()
+        .map(|r| ValueType::from_wasmtime(&r))
+        .collect::<Result<_, _>>()?;
+    Ok(Export {
+        func,
+        params,
+        results,
+        read_only: loaded.shape.read_only.contains(function),
+    })
 }
 
 fn join(types: &[ValueType]) -> String {

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use wasmtime::ValRaw;
+
 use crate::VmError;
 
 /// The type of a call parameter or result.
@@ -97,24 +99,23 @@ impl Value {
         }
     }
 
-    pub(crate) fn to_wasmtime(self) -> wasmtime::Val {
+    /// The raw form `Func::call_unchecked` reads.
+    pub(crate) fn to_raw(self) -> ValRaw {
         match self {
-            Value::I32(v) => wasmtime::Val::I32(v),
-            Value::I64(v) => wasmtime::Val::I64(v),
-            Value::F32(v) => wasmtime::Val::F32(v.to_bits()),
-            Value::F64(v) => wasmtime::Val::F64(v.to_bits()),
+            Value::I32(v) => ValRaw::i32(v),
+            Value::I64(v) => ValRaw::i64(v),
+            Value::F32(v) => ValRaw::f32(v.to_bits()),
+            Value::F64(v) => ValRaw::f64(v.to_bits()),
         }
     }
 
-    pub(crate) fn from_wasmtime(val: &wasmtime::Val) -> Result<Self, VmError> {
-        match val {
-            wasmtime::Val::I32(v) => Ok(Value::I32(*v)),
-            wasmtime::Val::I64(v) => Ok(Value::I64(*v)),
-            wasmtime::Val::F32(v) => Ok(Value::F32(f32::from_bits(*v))),
-            wasmtime::Val::F64(v) => Ok(Value::F64(f64::from_bits(*v))),
-            _ => Err(VmError::BadArguments(
-                "the function returned a value that is not a number".to_owned(),
-            )),
+    /// A result `Func::call_unchecked` wrote as a value of type `ty`.
+    pub(crate) fn from_raw(ty: ValueType, raw: &ValRaw) -> Self {
+        match ty {
+            ValueType::I32 => Value::I32(raw.get_i32()),
+            ValueType::I64 => Value::I64(raw.get_i64()),
+            ValueType::F32 => Value::F32(f32::from_bits(raw.get_f32())),
+            ValueType::F64 => Value::F64(f64::from_bits(raw.get_f64())),
         }
     }
 }
