@@ -644,6 +644,15 @@ pub(crate) const TARGETS: &[Target] = &[
 /// what a run showed, with the date, so that a later run's table can be read against it.
 const NOTES: &[(&str, &str)] = &[
     (
+        "durable_commit_1_page",
+        "The disk is a shared virtual disk whose fsync latency swings from minute to minute: on \
+         2026-12-01 the default (`EachFile`, its syncs issued at once) measured 1.57x the floor \
+         in the run of record, 2.39x in a run 20 minutes before, and 1.5-2.3x in direct runs; \
+         `syncfs` 0.9-1.4x. `commit_no_fsync` is the part of a commit that is not syncing \
+         (0.6-2 ms across those runs; in a profile a third of it is ext4 allocating inodes for \
+         the commit's five new directories).",
+    ),
+    (
         "cache/*/vs_floor",
         "`deserialize_bytes` is the floor of a load from bytes in memory: wasmtime puts them \
          into fresh pages, 2-3 µs per 4 KiB page on this VM, where a file hit maps pages the \
