@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use vm_host::{ModuleId, Root, Value, Vm, VmConfig, VmError};
+use vm_host::{ModuleId, Root, Value, ValueType, Vm, VmConfig, VmError};
 
 const COUNTER: &str = include_str!("../../crates/vm-host/contracts/counter.wat");
 const BANK: &str = include_str!("../../crates/vm-host/contracts/bank.wat");
@@ -375,8 +375,14 @@ fn host_exports_are_not_callable() -> Result<()> {
     ] {
         let err = s.call(&counter, name, &[]).expect_err(name);
         assert!(matches!(err, VmError::UnknownFunction(_)), "{err}");
+        let err = s.signature(&counter, name).expect_err(name);
+        assert!(matches!(err, VmError::UnknownFunction(_)), "{err}");
     }
     assert_eq!(s.call(&counter, "get", &[])?, [Value::I64(0)]);
+    assert_eq!(
+        s.signature(&counter, "get")?,
+        (vec![], vec![ValueType::I64])
+    );
     Ok(())
 }
 

@@ -5,6 +5,36 @@
 use crate::mapping::{DirtySource, set_dirty_source};
 use crate::{Bytecode, ModuleId, PAGE_SIZE, Root, Store, StoreConfig};
 
+/// A store in `dir` holding one committed module (its code tagged with `tag`) whose memory is
+/// `pages` wasm pages of `byte`.
+fn store_with_module(
+    dir: &std::path::Path,
+    config: StoreConfig,
+    tag: u8,
+    pages: usize,
+    byte: u8,
+) -> (Store, ModuleId, Root) {
+    let store = Store::open(dir, config).unwrap();
+    let code = [b"\0asm\x01\0\0\0".as_slice(), &[tag]].concat();
+    let id = ModuleId::of_wasm(&code);
+    let mut s = store.session(None).unwrap();
+    s.deploy(
+        Bytecode::hash(&code[..]),
+        vec![byte; pages * PAGE_SIZE],
+        vec![],
+    )
+    .unwrap();
+    let root = s.commit().unwrap();
+    (store, id, root)
+}
+
+fn no_fsync() -> StoreConfig {
+    StoreConfig {
+        fsync: false,
+        ..StoreConfig::default()
+    }
+}
+
 /// A history with deltas, a full image, grows, rollbacks and rewrites of identical bytes.
 fn history(dir: &std::path::Path, source: DirtySource) -> Vec<(Root, Vec<u8>)> {
     set_dirty_source(source);
@@ -13,13 +43,7 @@ fn history(dir: &std::path::Path, source: DirtySource) -> Vec<(Root, Vec<u8>)> {
         delta_ratio: 4,
         ..StoreConfig::default()
     };
-    let store = Store::open(dir, config).unwrap();
-    let code = b"\0asm\x01\0\0\0x".to_vec();
-    let id = ModuleId::of_wasm(&code);
-    let mut s = store.session(None).unwrap();
-    s.deploy(Bytecode::hash(&code[..]), vec![3; 4 * PAGE_SIZE], vec![])
-        .unwrap();
-    let mut root = s.commit().unwrap();
+    let (store, id, mut root) = store_with_module(dir, config, b'x', 4, 3);
     let mut out = Vec::new();
     for i in 0..12usize {
         let mut s = store.session(Some(root)).unwrap();
@@ -81,20 +105,7 @@ fn a_plan_that_breaks_an_index_invariant_is_an_internal_error_with_its_source() 
 /// checkpoint copied; checks every rollback and the final commit against a model.
 fn small_calls_after_dirtying(dir: &std::path::Path, tracking: bool) -> Vec<usize> {
     crate::mapping::set_tracking(tracking);
-    let store = Store::open(
-        dir,
-        StoreConfig {
-            fsync: false,
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
-    let code = b"\0asm\x01\0\0\0h".to_vec();
-    let id = ModuleId::of_wasm(&code);
-    let mut s = store.session(None).unwrap();
-    s.deploy(Bytecode::hash(&code[..]), vec![7; 4 * PAGE_SIZE], vec![])
-        .unwrap();
-    let root = s.commit().unwrap();
+    let (store, id, root) = store_with_module(dir, no_fsync(), b'h', 4, 7);
     let mut s = store.session(Some(root)).unwrap();
     let m = s.memory(&id, 1 << 30).unwrap();
     m.grow_to(16 << 20).unwrap();
@@ -176,20 +187,7 @@ fn call_checkpoints_match_a_model() {
     for tracking in [true, false] {
         crate::mapping::set_tracking(tracking);
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            StoreConfig {
-                fsync: false,
-                ..StoreConfig::default()
-            },
-        )
-        .unwrap();
-        let code = b"\0asm\x01\0\0\0m".to_vec();
-        let id = ModuleId::of_wasm(&code);
-        let mut s = store.session(None).unwrap();
-        s.deploy(Bytecode::hash(&code[..]), vec![5; 2 * PAGE_SIZE], vec![])
-            .unwrap();
-        let mut root = s.commit().unwrap();
+        let (store, id, mut root) = store_with_module(dir.path(), no_fsync(), b'm', 2, 5);
         let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(tracking);
         let mut next = move |n: u64| {
             x ^= x << 13;
@@ -264,20 +262,7 @@ fn reads_without_a_call_checkpoint_keep_rollbacks_exact() {
         crate::session::TRACK_AFTER.with(|t| t.set(track_after));
         crate::mapping::set_tracking(tracking);
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            StoreConfig {
-                fsync: false,
-                ..StoreConfig::default()
-            },
-        )
-        .unwrap();
-        let code = b"\0asm\x01\0\0\0r".to_vec();
-        let id = ModuleId::of_wasm(&code);
-        let mut s = store.session(None).unwrap();
-        s.deploy(Bytecode::hash(&code[..]), vec![7; 8 * PAGE_SIZE], vec![])
-            .unwrap();
-        let root = s.commit().unwrap();
+        let (store, id, root) = store_with_module(dir.path(), no_fsync(), b'r', 8, 7);
         let mut s = store.session(Some(root)).unwrap();
         let m = s.memory(&id, 68 * PAGE_SIZE).unwrap();
         let mut model = vec![7u8; 8 * PAGE_SIZE];

@@ -265,20 +265,13 @@ impl Session {
         function: &str,
     ) -> Result<(Vec<ValueType>, Vec<ValueType>), VmError> {
         let loaded = self.load(module)?;
-        let ty = loaded
-            .module
-            .get_export(function)
+        let ty = Some(function)
+            .filter(|f| !f.starts_with(RESERVED_PREFIX))
+            .and_then(|f| loaded.module.get_export(f))
             .and_then(|e| e.func().cloned())
             .ok_or_else(|| VmError::UnknownFunction(function.to_owned()))?;
-        let params = ty
-            .params()
-            .map(|p| ValueType::from_wasmtime(&p))
-            .collect::<Result<_, _>>()?;
-        let results = ty
-            .results()
-            .map(|r| ValueType::from_wasmtime(&r))
-            .collect::<Result<_, _>>()?;
-        Ok((params, results))
+        let (params, results) = value_types(&ty)?;
+        Ok((params.into_vec(), results.into_vec()))
     }
 
     /// Puts the hot module back among the others.
@@ -582,6 +575,19 @@ impl Session {
     }
 }
 
+/// The parameter and result types of `ty`; an error if one is not a number type.
+fn value_types(ty: &wasmtime::FuncType) -> Result<(Box<[ValueType]>, Box<[ValueType]>), VmError> {
+    let params = ty
+        .params()
+        .map(|p| ValueType::from_wasmtime(&p))
+        .collect::<Result<_, _>>()?;
+    let results = ty
+        .results()
+        .map(|r| ValueType::from_wasmtime(&r))
+        .collect::<Result<_, _>>()?;
+    Ok((params, results))
+}
+
 /// Looks `function` up among the instance's exports (not the host's own, `__strata_`), with its
 /// types and whether it is read-only.
 fn lookup(
@@ -596,16 +602,8 @@ fn lookup(
         instance.get_func(&mut *store, function)
     }
     .ok_or_else(|| VmError::UnknownFunction(function.to_owned()))?;
-    let ty = func.ty(&*store);
-    let params = ty
-        .params()
-        .map(|p| ValueType::from_wasmtime(&p))
-        .collect::<Result<_, _>>()?;
-    // Refused before it runs, like a parameter type: a result the caller cannot be given.
-    let results = ty
-        .results()
-        .map(|r| ValueType::from_wasmtime(&r))
-        .collect::<Result<_, _>>()?;
+    // A result the caller cannot be given is refused before the call runs, like a parameter.
+    let (params, results) = value_types(&func.ty(&*store))?;
     Ok(Export {
         func,
         params,
