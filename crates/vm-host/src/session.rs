@@ -575,8 +575,11 @@ impl Session {
     }
 }
 
+/// Parameter and result types.
+type Signature = (Box<[ValueType]>, Box<[ValueType]>);
+
 /// The parameter and result types of `ty`; an error if one is not a number type.
-fn value_types(ty: &wasmtime::FuncType) -> Result<(Box<[ValueType]>, Box<[ValueType]>), VmError> {
+fn value_types(ty: &wasmtime::FuncType) -> Result<Signature, VmError> {
     let params = ty
         .params()
         .map(|p| ValueType::from_wasmtime(&p))
