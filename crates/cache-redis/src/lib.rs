@@ -494,17 +494,15 @@ impl Shared {
     ) -> Result<Module, BadEntry> {
         let opened = envelope::open(key, value, self.max_artifact_bytes, tagger)?;
         let artifact = opened.artifact()?;
+        // A memfd is anonymous memory with a file handle, not storage (no path, nothing
+        // durable): no file-system call, so nothing for strata-fs to make.
         let module = match self.memfds.file(&artifact) {
-            // SAFETY: `Module::deserialize_open_file` trusts the file to hold an artifact this
-            // wasmtime build produced, unchanged for the module's lifetime. It holds exactly
-            // the bytes whose keyed tag just matched: sealed by a holder of the fleet's MAC
-            // key, which only nodes serializing with an engine of this key's fingerprint
-            // (checked by `load`, and part of the tagged key) hold. And it cannot change: a
-            // memfd of this process only, which the pool writes again only once no other
-            // open file description of it (this one, or the mapping wasmtime makes of it)
-            // exists, or a one-off memfd sealed against writes (`memfd.rs`).
-            // A memfd is anonymous memory with a file handle, not storage (no path, nothing
-            // durable): no file-system call, so nothing for strata-fs to make.
+            // SAFETY: `Module::deserialize_open_file` trusts the file to hold an artifact of
+            // this wasmtime build, unchanged while mapped. It holds exactly the bytes whose
+            // keyed tag just matched (only nodes of this engine's fingerprint, which `load`
+            // checked and the tag covers, hold the fleet's MAC key). It cannot change: the
+            // pool rewrites a memfd only once no other open description of it (this one, or
+            // wasmtime's mapping) exists, and a one-off memfd is sealed (`memfd.rs`).
             Ok(memfd) => unsafe { Module::deserialize_open_file(&self.engine, memfd.into()) },
             // SAFETY: as above, the bytes whose tag matched, copied by wasmtime.
             Err(_) => unsafe { Module::deserialize(&self.engine, &artifact) },
