@@ -82,7 +82,7 @@ impl Fs for RealFs {
         File::open(path)?.sync_all()
     }
 
-    /// Issued at once from up to [`SYNC_THREADS`] threads: a journaling file system (ext4's
+    /// Issued at once from up to 8 threads: a journaling file system (ext4's
     /// jbd2, XFS's log) commits the syncs that wait together in one journal commit, where one
     /// after another each waits for a commit of its own.
     fn sync_batch(&self, files: &[PathBuf], dirs: &[PathBuf]) -> io::Result<()> {
