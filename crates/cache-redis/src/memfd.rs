@@ -18,8 +18,10 @@
 //! written. Only this process holds these files (close-on-exec, no path), and a pooled file is
 //! taken out of the pool while it is written, so no two loads write one file.
 //!
-//! A file the pool cannot keep (over its byte budget, or `/proc` missing) is a one-off memfd,
-//! sealed against writes, size changes and unsealing, as every memfd was before the pool.
+//! A file the pool cannot keep (over its byte budget or its 8 files, or on a system that grants
+//! no leases) is a one-off memfd, sealed against writes, size changes and unsealing, as every
+//! memfd was before the pool. Without `/proc` no memfd can be reopened: `MemfdPool::file`
+//! fails and the caller falls back to `Module::deserialize`'s copy.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
