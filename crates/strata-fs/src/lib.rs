@@ -80,7 +80,8 @@ pub enum Zeros {
 /// changes it.
 ///
 /// The provided methods ([`create_dir_all_durable`](Fs::create_dir_all_durable), the marker
-/// files) are built from the others, so a wrapper sees (and may fail) each of their steps.
+/// files, [`sync_batch`](Fs::sync_batch)) are built from the others, so a wrapper sees (and may
+/// fail) each of their steps; `RealFs` overrides `sync_batch` to issue its syncs at once.
 pub trait Fs: Send + Sync + fmt::Debug {
     // Directories.
 
